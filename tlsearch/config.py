@@ -1,0 +1,343 @@
+"""The study config: YAML → validated objects, before any work starts.
+
+Two stages, both before anything is written:
+
+1. :func:`load_config` parses the YAML (``yaml.safe_load``) and validates its shape with pydantic:
+   unknown keys, wrong types, out-of-range numbers.
+2. :func:`resolve_space` checks the ``space`` section against the loaded plugins: unknown plugin
+   names, unknown hyperparameters, values outside a hyperparameter's type or choices.
+
+Every error is one :class:`~tlsearch.errors.ConfigError` naming the file, the field, the bad value
+and the valid choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tlsearch.errors import ConfigError, PluginError, format_choices
+from tlsearch.space import Categorical, Float, Fixed, Hyperparameter, SearchSpace, narrow
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """A numeric range for a searched setting: ``{low: 1e-4, high: 1e-2, log: true}``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.low > self.high:
+            raise ValueError(f"low must be <= high but got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 but got low={self.low}")
+        return self
+
+
+class DataSettings(_Strict):
+    """Where the images are. Either ``train`` + ``val`` folders, or one ``folder`` split by
+    ``val_fraction``; for regression, ``csv`` (columns ``path,target…``) with ``val_csv`` or
+    ``val_fraction``. Folders hold one sub-folder per class."""
+
+    train: Path | None = None
+    val: Path | None = None
+    folder: Path | None = None
+    csv: Path | None = None
+    val_csv: Path | None = None
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    image_size: int | None = Field(None, ge=16, le=1024, description="override the backbone's input size")
+    on_bad_image: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSettings:
+        sources = [s for s in ("train", "folder", "csv") if getattr(self, s) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one of: train (with val), folder (split by val_fraction), csv; "
+                f"got {', '.join(sources) or 'none'}"
+            )
+        if self.val is not None and self.train is None:
+            raise ValueError("val is only valid with train")
+        if self.val_csv is not None and self.csv is None:
+            raise ValueError("val_csv is only valid with csv")
+        return self
+
+
+class TrainingSettings(_Strict):
+    """How one trial trains."""
+
+    epochs: int = Field(3, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    eval_batch_size: int | None = Field(None, ge=1)
+    lr: Union[float, Range] = Range(low=1e-4, high=1e-2, log=True)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    augment: bool = True
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    loss: Literal["auto", "cross_entropy", "mse", "huber"] = "auto"
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, v: float | Range) -> float | Range:
+        if isinstance(v, (int, float)) and v <= 0:
+            raise ValueError(f"lr must be > 0 but got {v}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in {"auto", "cpu", "cuda", "mps"} or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"device {v!r} is not valid; valid choices: auto, cpu, cuda, cuda:N, mps")
+
+
+class SearchSettings(_Strict):
+    """The Optuna search: budget, sampler, pruner."""
+
+    n_trials: int | None = Field(10, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds")
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    seed: int | None = 0
+    metric: str | None = None
+
+
+class ExportSettings(_Strict):
+    """What happens to the best trial at the end of ``tlsearch run``."""
+
+    enabled: bool = True
+    path: str = "model.onnx"
+    tolerance: float = Field(1e-4, gt=0)
+    opset: int | None = Field(None, ge=17)
+
+
+class SpaceSettings(_Strict):
+    """Which plugins the search may use, each mapped to its hyperparameter overrides."""
+
+    backbone: dict[str, dict[str, Any]] = Field(min_length=1)
+    head: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"linear": {}}, min_length=1)
+    freezing: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"full_finetune": {}}, min_length=1)
+    regularizers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("backbone", "head", "freezing", "regularizers", mode="before")
+    @classmethod
+    def _list_as_mapping(cls, v: Any) -> Any:
+        # `head: [linear, mlp]` is shorthand for `head: {linear: {}, mlp: {}}`; `linear: null` means {}.
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            return {x: {} for x in v}
+        if isinstance(v, dict):
+            return {k: ({} if params is None else params) for k, params in v.items()}
+        return v
+
+
+TASKS = ("classification", "regression")
+METRICS = {"classification": {"accuracy": "maximize", "val_loss": "minimize"},
+           "regression": {"r2": "maximize", "mae": "minimize", "val_loss": "minimize"}}
+
+
+class StudyConfig(_Strict):
+    """A whole study file. ``source`` is the YAML path (relative paths inside it resolve from its folder)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: Literal["classification", "regression"] = "classification"
+    data: DataSettings
+    space: SpaceSettings
+    training: TrainingSettings = TrainingSettings()
+    search: SearchSettings = SearchSettings()
+    export: ExportSettings = ExportSettings()
+    storage: str | None = None
+    plugins: list[Path] = Field(default_factory=list)
+    source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _metric(self) -> StudyConfig:
+        metrics = METRICS[self.task]
+        if self.search.metric is not None and self.search.metric not in metrics:
+            raise ValueError(
+                f"search.metric {self.search.metric!r} is not valid for task {self.task!r}; "
+                f"valid choices: {', '.join(metrics)}"
+            )
+        return self
+
+    @property
+    def metric(self) -> str:
+        return self.search.metric or next(iter(METRICS[self.task]))
+
+    @property
+    def direction(self) -> str:
+        return METRICS[self.task][self.metric]
+
+    def resolve_path(self, p: Path | str) -> Path:
+        p = Path(p).expanduser()
+        if not p.is_absolute() and self.source is not None:
+            p = self.source.parent / p
+        return p
+
+
+def _field_path(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
+    """The dotted field name for a pydantic error location, and the valid keys where it points.
+
+    Union members and validator tags that pydantic adds to locations are dropped, so the user sees
+    ``training.lr``, not ``training.lr.Range``.
+    """
+    current: Any = StudyConfig
+    parts: list[str] = []
+    valid: list[str] = []
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            valid = [k for k, f in current.model_fields.items() if not f.exclude]
+            if part not in current.model_fields:
+                if isinstance(part, str) and part[:1].isupper() or part in {"float", "int", "str", "bool", "none"}:
+                    continue  # a union member's tag
+                parts.append(str(part))
+                current = None
+                continue
+            parts.append(str(part))
+            annotation = current.model_fields[part].annotation
+            current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else ...
+        elif current is ...:
+            parts.append(str(part))
+    return ".".join(parts), valid
+
+
+def format_validation_error(exc: ValidationError, *, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        field, valid = _field_path(tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key {field!r}; valid keys here: {format_choices(valid)}")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: {field}: required field is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {field or '(top level)'}: {msg} (got {err.get('input')!r})")
+    unique = list(dict.fromkeys(lines))
+    return "\n".join(unique[:8]) + (f"\n… and {len(unique) - 8} more" if len(unique) > 8 else "")
+
+
+def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> StudyConfig:
+    """Read and validate a study file. ``overrides`` maps dotted keys (``search.n_trials``) to values."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the study file: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the study file must be a mapping of keys (name, data, space, …), got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return parse_config(raw, source=source, path=path.resolve())
+
+
+def parse_config(raw: Mapping[str, Any], *, source: str = "<study>", path: Path | None = None) -> StudyConfig:
+    """Validate an already-parsed study mapping (for scripts and tests)."""
+    try:
+        config = StudyConfig.model_validate({**raw, "source": path})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source=source)) from None
+    _check_paths(config, source)
+    return config
+
+
+def _check_paths(config: StudyConfig, source: str) -> None:
+    d = config.data
+    for field in ("train", "val", "folder"):
+        value = getattr(d, field)
+        if value is not None and not config.resolve_path(value).is_dir():
+            raise ConfigError(f"{source}: data.{field}: folder {str(config.resolve_path(value))!r} does not exist")
+    for field in ("csv", "val_csv"):
+        value = getattr(d, field)
+        if value is not None and not config.resolve_path(value).is_file():
+            raise ConfigError(f"{source}: data.{field}: file {str(config.resolve_path(value))!r} does not exist")
+    for i, p in enumerate(config.plugins):
+        if not config.resolve_path(p).is_file():
+            raise ConfigError(f"{source}: plugins[{i}]: plugin file {str(config.resolve_path(p))!r} does not exist")
+
+
+# --- stage 2: the space against the registry ------------------------------------------------------
+
+SPACE_KINDS = {"backbone": "backbone", "head": "head", "freezing": "freezing", "regularizers": "regularizer"}
+
+
+@dataclass(frozen=True)
+class PluginChoice:
+    """One plugin the search may pick, with its hyperparameters as the study narrowed them."""
+
+    kind: str
+    name: str
+    space: SearchSpace
+    enabled: Hyperparameter = Fixed(True)  # regularizers: searched on/off unless the study fixes it
+
+
+@dataclass(frozen=True)
+class ResolvedSpace:
+    """The search space of a study: for each kind, the plugins it may choose among."""
+
+    backbone: tuple[PluginChoice, ...]
+    head: tuple[PluginChoice, ...]
+    freezing: tuple[PluginChoice, ...]
+    regularizers: tuple[PluginChoice, ...]
+    lr: Hyperparameter
+
+
+def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
+    """Check ``config.space`` against the registry; narrow every hyperparameter the study overrides."""
+    source = str(config.source or "<study>")
+    resolved: dict[str, tuple[PluginChoice, ...]] = {}
+    for section, kind in SPACE_KINDS.items():
+        choices = []
+        for name, overrides in getattr(config.space, section).items():
+            where = f"{source}: space.{section}.{name}"
+            try:
+                info = registry.get(kind, name, where=f"{source}: space.{section}")
+            except PluginError as exc:
+                raise ConfigError(str(exc)) from None
+            if not isinstance(overrides, Mapping):
+                raise ConfigError(f"{where}: expected a mapping of hyperparameter → value or range, got {overrides!r}")
+            overrides = dict(overrides)
+            enabled: Hyperparameter = Fixed(True)
+            if kind == "regularizer":
+                enabled = narrow(Categorical((True, False)), overrides.pop("enabled", [True, False]), where=f"{where}.enabled")
+            elif "enabled" in overrides:
+                raise ConfigError(f"{where}.enabled: only regularizers can be switched on and off")
+            declared = info.cls.hyperparameters
+            unknown = set(overrides) - set(declared)
+            if unknown:
+                raise ConfigError(
+                    f"{where}: unknown hyperparameter {sorted(unknown)[0]!r}; "
+                    f"valid: {format_choices(declared)}" + (", enabled" if kind == "regularizer" else "")
+                )
+            params: dict[str, Hyperparameter] = {}
+            for pname, hp in declared.items():
+                if pname in overrides:
+                    params[pname] = narrow(hp, overrides[pname], where=f"{where}.{pname}")
+                elif type(hp).__name__ == "Required":
+                    raise ConfigError(f"{where}.{pname}: required ({hp.describe()}){': ' + hp.help if hp.help else ''}")
+                else:
+                    params[pname] = hp
+            choices.append(PluginChoice(kind, name, SearchSpace(params), enabled))
+        resolved[section] = tuple(choices)
+    lr = config.training.lr
+    lr_hp: Hyperparameter = Float(lr.low, lr.high, log=lr.log) if isinstance(lr, Range) else Fixed(float(lr))
+    return ResolvedSpace(lr=lr_hp, **resolved)

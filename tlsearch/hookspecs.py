@@ -1,0 +1,89 @@
+"""Every hook tlsearch calls, grouped by the phase of a study in which it is called.
+
+Implement a hook with a function of the same name decorated with :data:`tlsearch.hookimpl`, in a
+module that an entry point of the ``tlsearch`` group names (or a file given with ``--plugin``).
+Hooks are always called with keyword arguments, and an implementation may accept fewer arguments
+than the spec lists, so specs can grow without breaking plugins.
+
+These docstrings are the reference documentation of the hooks (``tlsearch plugins hooks`` prints them).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tlsearch import hookspec
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tlsearch.config import StudyConfig
+    from tlsearch.registry import Register
+
+
+# --- Phase 1: registration (once, when the plugin manager loads) -------------------------------
+
+
+@hookspec
+def tlsearch_register_backbones(register: Register) -> None:
+    """Add :class:`tlsearch.kinds.Backbone` subclasses with ``register.add(cls)``.
+
+    ``register`` refuses a class that is not a backbone, has an invalid name or declares invalid
+    hyperparameters; a name another plugin already registered is an error naming both providers.
+    """
+
+
+@hookspec
+def tlsearch_register_heads(register: Register) -> None:
+    """Add :class:`tlsearch.kinds.Head` subclasses with ``register.add(cls)``."""
+
+
+@hookspec
+def tlsearch_register_freezing_strategies(register: Register) -> None:
+    """Add :class:`tlsearch.kinds.FreezingStrategy` subclasses with ``register.add(cls)``."""
+
+
+@hookspec
+def tlsearch_register_regularizers(register: Register) -> None:
+    """Add :class:`tlsearch.kinds.Regularizer` subclasses with ``register.add(cls)``."""
+
+
+# --- Phase 2: the study (observers: a raising implementation is reported with its plugin's name) --
+
+
+@hookspec
+def tlsearch_study_start(study: optuna.Study, config: StudyConfig, out_dir: str) -> None:
+    """A process starts (or resumes) working on ``study``; ``out_dir`` is the study folder."""
+
+
+@hookspec
+def tlsearch_trial_start(trial: optuna.Trial, choices: dict[str, Any], out_dir: str) -> None:
+    """A trial starts. ``choices`` holds the sampled plugins and hyperparameters, e.g.
+    ``{"backbone": "timm", "backbone.timm.model": "resnet18", "train.lr": 0.001, …}``."""
+
+
+@hookspec
+def tlsearch_epoch_end(trial: optuna.Trial, epoch: int, metrics: dict[str, float], out_dir: str) -> None:
+    """An epoch of ``trial`` ended (0-based ``epoch``). ``metrics`` holds ``train_loss``,
+    ``val_loss``, the task's metrics (``accuracy`` or ``r2``/``mae``) and ``epoch_seconds``."""
+
+
+@hookspec
+def tlsearch_trial_end(
+    trial: optuna.Trial, state: str, value: float | None, metrics: dict[str, float], out_dir: str
+) -> None:
+    """A trial ended in ``state`` (``COMPLETE``, ``PRUNED`` or ``FAIL``) with objective ``value``
+    (None unless complete) and its last ``metrics`` (with ``failure`` reason when it failed)."""
+
+
+@hookspec
+def tlsearch_study_end(study: optuna.Study, out_dir: str) -> None:
+    """This process finished its share of the study's budget."""
+
+
+# --- Phase 3: export -----------------------------------------------------------------------------
+
+
+@hookspec
+def tlsearch_export_done(path: str, metadata: dict[str, Any]) -> None:
+    """A model was exported to ``path`` and passed its checks; ``metadata`` is what it carries."""

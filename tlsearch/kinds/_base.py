@@ -1,0 +1,56 @@
+"""What every plugin of every kind has: a name, a docstring, and declared hyperparameters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from tlsearch.space import Hyperparameter
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+RESERVED_PARAMS = frozenset({"enabled"})
+
+
+class Plugin:
+    """Base of the four plugin kinds.
+
+    A plugin is a class. ``name`` is how studies refer to it; ``hyperparameters`` declares what the
+    search may tune, with ranges that work (a study may narrow them). For each trial the search
+    samples the hyperparameters and instantiates the class with them as keyword arguments, so
+    ``FreezeStages(n_frozen=2)`` is also how a test or a script uses a plugin directly.
+
+    The class docstring is the plugin's documentation (``tlsearch plugins list`` shows its first
+    line): say what it does and cite where it comes from.
+    """
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    hyperparameters: ClassVar[Mapping[str, Hyperparameter]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        declared = type(self).hyperparameters
+        unknown = set(params) - set(declared)
+        if unknown:
+            raise TypeError(
+                f"{self.kind} {self.name!r} got unknown hyperparameter(s) {sorted(unknown)}; "
+                f"declared: {sorted(declared) or '(none)'}"
+            )
+        values = {k: hp.default for k, hp in declared.items()}
+        values.update(params)
+        missing = [k for k, v in values.items() if v is None and type(declared[k]).__name__ == "Required"]
+        if missing:
+            raise TypeError(f"{self.kind} {self.name!r} needs a value for {missing}")
+        self.params: dict[str, Any] = values
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    @classmethod
+    def summary(cls) -> str:
+        """First line of the docstring."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""

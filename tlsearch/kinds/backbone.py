@@ -1,0 +1,31 @@
+"""Backbones: pretrained feature extractors."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+from tlsearch.kinds._base import Plugin
+from tlsearch.kinds.model import BuiltBackbone
+
+
+class Backbone(Plugin):
+    """A pretrained feature extractor (timm, torchvision, a local file …).
+
+    Required: :meth:`build`. ``family`` groups related backbones in listings and reports.
+
+    ``build`` receives the options that regularizers ask for (today ``drop_path_rate``); a
+    backbone that cannot honour one should ignore it and say so in its docstring.
+    """
+
+    kind: ClassVar[str] = "backbone"
+    family: ClassVar[str] = ""
+
+    @abstractmethod
+    def build(self, **options: Any) -> BuiltBackbone:
+        """Create the feature extractor with its weights loaded. Never falls back silently to random
+        weights: a missing weight file or an offline hub is an error that says how to give one."""
+
+    def describe(self) -> dict[str, Any]:
+        """Cheap facts for listings and the search (parameter count, FLOPs) without building; may be empty."""
+        return {}

@@ -1,0 +1,61 @@
+"""Regularizers: what keeps a fine-tuned model close to what it learnt, or from over-fitting."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from tlsearch.kinds._base import Plugin
+from tlsearch.kinds.model import TransferModel
+
+
+class Regularizer(Plugin):
+    """Any of: optimizer options, loss options, a batch transform, a penalty term, backbone options.
+
+    Every method has a no-op default; a regularizer overrides the one or two it needs (Optuna's
+    pattern for optional hooks). Several regularizers can be active in one trial; their
+    ``optimizer_options``/``loss_options``/``backbone_options`` are merged (a key claimed by two
+    regularizers is a configuration error), batch transforms run in order, penalties add up.
+
+    ``uses_inputs``: True when the regularizer needs real images in each step (a batch transform,
+    or a penalty on the model's own activations). Such a regularizer disables the feature cache.
+    """
+
+    kind: ClassVar[str] = "regularizer"
+    uses_inputs: ClassVar[bool] = False
+
+    def backbone_options(self) -> dict[str, Any]:
+        """Options passed to ``Backbone.build`` (e.g. ``{"drop_path_rate": 0.1}``)."""
+        return {}
+
+    def optimizer_options(self) -> dict[str, Any]:
+        """Options for the optimizer (e.g. ``{"weight_decay": 0.05}``, decoupled as in AdamW)."""
+        return {}
+
+    def loss_options(self) -> dict[str, Any]:
+        """Options for the classification loss (e.g. ``{"label_smoothing": 0.1}``)."""
+        return {}
+
+    def setup(self, model: TransferModel, *, num_outputs: int, task: str) -> None:  # noqa: B027
+        """Before training (e.g. keep a copy of the starting weights θ0 for L2-SP)."""
+
+    def transform_batch(
+        self, images: torch.Tensor, targets: torch.Tensor, *, num_outputs: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transform a training batch on its device (mixup, cutmix).
+
+        ``targets`` are class indices ``(N,)`` or already-soft ``(N, C)`` probabilities; a transform
+        that mixes labels returns soft ``(N, C)`` targets.
+        """
+        return images, targets
+
+    def penalty(
+        self, model: TransferModel, *, images: torch.Tensor | None, features: torch.Tensor
+    ) -> torch.Tensor | None:
+        """An extra loss term for this step, or None. ``features`` are the pooled backbone features;
+        ``images`` is None when training on cached features."""
+        return None
+
+    def teardown(self, model: TransferModel) -> None:  # noqa: B027
+        """After training (remove hooks added in :meth:`setup`)."""

@@ -1,0 +1,297 @@
+"""The plugin manager: loading plugins, and the typed registries their ``register_*`` hooks fill.
+
+Loading order (pluggy's eggsample shape): add the hookspecs, load the ``tlsearch`` entry-point
+group (the built-ins in ``plugins/tlsearch_builtins`` come in this way too, exactly like a
+third-party package), then plugin files a study or the command line names, then
+``check_pending()`` so a misspelt hook name fails loudly.
+
+Environment:
+
+* ``TLSEARCH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only tlsearch's own built-ins from the entry
+  points (plugin files named explicitly still load).
+* ``TLSEARCH_TRACE_HOOKS=1`` prints every hook call and its result to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import inspect
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from tlsearch import PROJECT_NAME, hookspecs
+from tlsearch.errors import PluginError, format_choices
+from tlsearch.kinds import KINDS, Plugin
+from tlsearch.kinds._base import NAME_PATTERN, RESERVED_PARAMS
+from tlsearch.space import Categorical, Fixed, Float, Int, Required
+
+ENTRY_POINT_GROUP = PROJECT_NAME
+AUTOLOAD_ENV = "TLSEARCH_DISABLE_PLUGIN_AUTOLOAD"
+TRACE_ENV = "TLSEARCH_TRACE_HOOKS"
+
+REGISTER_HOOKS = {
+    "backbone": "tlsearch_register_backbones",
+    "head": "tlsearch_register_heads",
+    "freezing": "tlsearch_register_freezing_strategies",
+    "regularizer": "tlsearch_register_regularizers",
+}
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Where a plugin came from: its pluggy plugin name and, when installed, its distribution."""
+
+    plugin: str
+    package: str | None = None
+    version: str | None = None
+
+    def __str__(self) -> str:
+        if self.package:
+            return f"{self.package} {self.version}"
+        return self.plugin
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered plugin class and its provider."""
+
+    kind: str
+    name: str
+    cls: type[Plugin]
+    provider: Provider
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "provider": self.provider.package or self.provider.plugin,
+            "version": self.provider.version,
+            "summary": self.cls.summary(),
+            "hyperparameters": {k: hp.describe() for k, hp in self.cls.hyperparameters.items()},
+        }
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A plugin that could not be imported: skipped with a warning, reported if a study needs it."""
+
+    source: str
+    error: str
+
+
+class Register:
+    """What a ``tlsearch_register_*`` hook receives: ``register.add(cls)`` checks and records a plugin."""
+
+    def __init__(self, registry: Registry, kind: str, provider: Provider) -> None:
+        self._registry = registry
+        self.kind = kind
+        self._provider = provider
+
+    def add(self, cls: type[Plugin]) -> type[Plugin]:
+        """Register ``cls``; returns it, so it also works as a class decorator."""
+        self._registry._add(self.kind, cls, self._provider)
+        return cls
+
+
+def _check_plugin_class(kind: str, cls: Any, provider: Provider) -> None:
+    base = KINDS[kind]
+    where = f"{kind} plugin {getattr(cls, '__name__', cls)!r} from {provider}"
+    if not (inspect.isclass(cls) and issubclass(cls, base)):
+        raise PluginError(f"{where}: expected a subclass of tlsearch.kinds.{base.__name__}, got {cls!r}")
+    if inspect.isabstract(cls):
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        raise PluginError(f"{where}: does not implement {', '.join(missing)}")
+    if not isinstance(cls.name, str) or not NAME_PATTERN.match(cls.name):
+        raise PluginError(f"{where}: name {cls.name!r} must match {NAME_PATTERN.pattern}")
+    if not isinstance(cls.hyperparameters, Mapping):
+        raise PluginError(f"{where}: hyperparameters must be a mapping of name → Float/Int/Categorical/Fixed")
+    for pname, hp in cls.hyperparameters.items():
+        if not isinstance(hp, (Float, Int, Categorical, Fixed, Required)):
+            raise PluginError(f"{where}: hyperparameter {pname!r} must be Float/Int/Categorical/Fixed/Required, got {hp!r}")
+        if pname in RESERVED_PARAMS or not NAME_PATTERN.match(pname):
+            raise PluginError(f"{where}: hyperparameter name {pname!r} is reserved or invalid")
+
+
+@dataclass
+class Registry:
+    """All registered plugins by kind, and the plugins that failed to load."""
+
+    plugins: dict[str, dict[str, PluginInfo]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    failures: list[LoadFailure] = field(default_factory=list)
+
+    def _add(self, kind: str, cls: type[Plugin], provider: Provider) -> None:
+        _check_plugin_class(kind, cls, provider)
+        existing = self.plugins[kind].get(cls.name)
+        if existing is not None and existing.cls is not cls:
+            raise PluginError(
+                f"{kind} {cls.name!r} is provided twice: by {existing.provider} ({existing.cls.__module__}) "
+                f"and by {provider} ({cls.__module__}); uninstall one, or set {AUTOLOAD_ENV}=1"
+            )
+        self.plugins[kind][cls.name] = PluginInfo(kind, cls.name, cls, provider)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.plugins[kind])
+
+    def get(self, kind: str, name: str, *, where: str = "") -> PluginInfo:
+        """The plugin ``name`` of ``kind``, or a :class:`PluginError` listing the valid choices
+        (and, when some plugin failed to import, why)."""
+        try:
+            return self.plugins[kind][name]
+        except KeyError:
+            pass
+        prefix = f"{where}: " if where else ""
+        message = (
+            f"{prefix}unknown {kind} {name!r}; available: {format_choices(self.plugins[kind])} "
+            "(see `tlsearch plugins list`)"
+        )
+        related = [f for f in self.failures if name in f.source] or self.failures
+        if related:
+            message += "; plugins that failed to load: " + "; ".join(f"{f.source}: {f.error}" for f in related)
+        raise PluginError(message)
+
+    def __iter__(self) -> Iterator[PluginInfo]:
+        for kind in KINDS:
+            yield from (self.plugins[kind][n] for n in sorted(self.plugins[kind]))
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager with tlsearch's specs, and the registry built from the register hooks."""
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT_NAME)
+        self.add_hookspecs(hookspecs)
+        self.failures: list[LoadFailure] = []
+        self._distributions: dict[str, tuple[str, str]] = {}  # pluggy plugin name → (package, version)
+        self._registry: Registry | None = None
+        if os.environ.get(TRACE_ENV):
+            self.trace.root.setwriter(sys.stderr.write)
+            self.enable_tracing()
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        self._registry = None
+        return super().register(plugin, name)
+
+    def load_entry_points(self, *, autoload: bool = True) -> None:
+        """Import every ``tlsearch`` entry point; one that fails to import is skipped with a warning.
+
+        With ``autoload=False`` only the entry points of tlsearch's own distribution load.
+        """
+        for dist, ep in _entry_points():
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            if not autoload and dist_name != PROJECT_NAME:
+                continue
+            if self.get_plugin(ep.name) is not None or self.is_blocked(ep.name):
+                continue
+            source = f"entry point {ep.name!r} ({ep.value}) of {dist_name} {dist.version if dist else ''}".rstrip()
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin must not take the tool down
+                self.failures.append(LoadFailure(source, f"{type(exc).__name__}: {exc}"))
+                warnings.warn(f"tlsearch: skipped {source}: {type(exc).__name__}: {exc}", stacklevel=2)
+                continue
+            self.register(module, name=ep.name)
+            if dist is not None:
+                self._distributions[ep.name] = (dist_name or "?", dist.version)
+
+    def load_file(self, path: str | Path) -> ModuleType:
+        """Import a plugin file the user named (``--plugin my_plugins.py`` or ``plugins:`` in a study)."""
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise PluginError(f"plugin file {str(path)!r} does not exist")
+        name = f"tlsearch_local_{path.stem}_{abs(hash(str(path))) & 0xFFFFFF:x}"
+        if self.get_plugin(name) is not None:
+            return self.get_plugin(name)  # type: ignore[no-any-return]
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise PluginError(f"plugin file {str(path)!r} is not a Python module")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise PluginError(f"plugin file {str(path)!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        self.register(module, name=name)
+        return module
+
+    def provider_of(self, plugin: object) -> Provider:
+        name = self.get_name(plugin) or repr(plugin)
+        if name in self._distributions:
+            return Provider(name, *self._distributions[name])
+        if isinstance(plugin, ModuleType) and getattr(plugin, "__file__", None):
+            return Provider(f"{name} ({plugin.__file__})")
+        return Provider(name)
+
+    @property
+    def registry(self) -> Registry:
+        """The plugins registered by every loaded plugin's ``register_*`` hooks (built on first use)."""
+        if self._registry is None:
+            registry = Registry(failures=list(self.failures))
+            for kind, hook_name in REGISTER_HOOKS.items():
+                hook = getattr(self.hook, hook_name)
+                # Call each implementation alone so that every class is recorded with its provider.
+                for impl in reversed(hook.get_hookimpls()):
+                    register = Register(registry, kind, self.provider_of(impl.plugin))
+                    try:
+                        impl.function(**{a: register for a in impl.argnames})
+                    except PluginError:
+                        raise
+                    except Exception as exc:
+                        raise PluginError(
+                            f"{hook_name} of plugin {self.provider_of(impl.plugin)} raised "
+                            f"{type(exc).__name__}: {exc}"
+                        ) from exc
+            self._registry = registry
+        return self._registry
+
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call an observer hook; an implementation that raises is reported with its plugin's name."""
+        hook = getattr(self.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):
+            try:
+                impl.function(**{a: kwargs[a] for a in impl.argnames if a in kwargs})
+            except Exception as exc:
+                from tlsearch.errors import PluginCallError
+
+                raise PluginCallError(
+                    f"plugin {self.provider_of(impl.plugin)} failed in {hook_name}: {type(exc).__name__}: {exc}"
+                ) from exc
+
+
+def _entry_points() -> Iterable[tuple[md.Distribution | None, md.EntryPoint]]:
+    seen: set[tuple[str, str]] = set()
+    for dist in md.distributions():
+        for ep in dist.entry_points:
+            if ep.group == ENTRY_POINT_GROUP and (ep.name, ep.value) not in seen:
+                seen.add((ep.name, ep.value))
+                yield dist, ep
+
+
+def get_plugin_manager(
+    plugin_files: Sequence[str | Path] = (), *, autoload: bool | None = None
+) -> PluginManager:
+    """A plugin manager with the entry-point plugins and ``plugin_files`` loaded and checked.
+
+    ``autoload`` defaults to the environment (``TLSEARCH_DISABLE_PLUGIN_AUTOLOAD``).
+    """
+    if autoload is None:
+        autoload = os.environ.get(AUTOLOAD_ENV, "").lower() not in {"1", "true", "yes"}
+    pm = PluginManager()
+    pm.load_entry_points(autoload=autoload)
+    for path in plugin_files:
+        pm.load_file(path)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {pm.provider_of(exc.plugin)}: {exc}") from exc
+    pm.registry  # noqa: B018 - register now, so duplicates and bad classes fail before any work
+    return pm
