@@ -1,0 +1,10 @@
+"""ONNX export, verification and INT8 quantisation of a trained model.
+
+:func:`export_onnx` writes one self-describing ``.onnx`` file (plus ``model.json``) and refuses to
+keep it unless onnxruntime reproduces PyTorch's outputs; :func:`quantize_int8` makes a static QDQ
+INT8 copy and measures what it costs in accuracy.
+"""
+
+from tlsearch.export._onnx import EXPORTERS, ExportReport, export_onnx
+
+__all__ = ["EXPORTERS", "ExportReport", "export_onnx"]
