@@ -43,8 +43,13 @@ def tlsearch_epoch_end(trial: Any, epoch: int, metrics: dict[str, float], out_di
 
 
 @hookimpl
-def tlsearch_trial_end(trial: Any, state: str, value: float | None, metrics: dict[str, Any], out_dir: str) -> None:
-    _append(out_dir, {"event": "trial_end", "trial": trial.number, "state": state, "value": value, "metrics": metrics})
+def tlsearch_trial_end(
+    trial: Any, state: str, value: float | None, metrics: dict[str, Any], out_dir: str
+) -> None:
+    _append(
+        out_dir,
+        {"event": "trial_end", "trial": trial.number, "state": state, "value": value, "metrics": metrics},
+    )
 
 
 @hookimpl

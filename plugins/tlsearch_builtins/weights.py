@@ -37,7 +37,9 @@ def resolve_weights_path(weights: str) -> Path:
         try:
             obj: object = importlib.import_module(module_name)
         except ImportError as exc:
-            raise PluginError(f"weights {weights!r}: cannot import {module_name!r} ({exc}); is it installed?") from None
+            raise PluginError(
+                f"weights {weights!r}: cannot import {module_name!r} ({exc}); is it installed?"
+            ) from None
         for attr in attr_path.split("."):
             obj = getattr(obj, attr, None)
             if obj is None:
@@ -80,7 +82,7 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, key_map: s
                 f"({len(target)}), the file has {len(state)}"
             )
         mapped = {}
-        for (src_key, tensor), (dst_key, ref) in zip(state.items(), target.items()):
+        for (src_key, tensor), (dst_key, ref) in zip(state.items(), target.items(), strict=True):
             if tensor.shape != ref.shape:
                 raise PluginError(
                     f"weights {source}: tensor {src_key!r} {tuple(tensor.shape)} does not fit "

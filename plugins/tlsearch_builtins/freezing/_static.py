@@ -1,0 +1,167 @@
+"""Freezing strategies whose choice of trainable parameters does not change during training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tlsearch.kinds import FreezingStrategy, ParamGroup, TransferModel
+from tlsearch.space import Categorical, Fixed, Float
+from tlsearch_builtins.freezing._policy import (
+    NORM_TYPES,
+    backbone_group_params,
+    freeze_stats_where_frozen,
+    set_trainable,
+)
+
+
+class FullFinetune(FreezingStrategy):
+    """Every parameter trains; the backbone at ``backbone_lr_scale`` × the head's learning rate.
+
+    BatchNorm: all layers train and update their running statistics.
+    Source: the standard fine-tuning baseline (e.g. Kornblith et al., CVPR 2019).
+    """
+
+    name = "full_finetune"
+    hyperparameters = {
+        "backbone_lr_scale": Float(0.1, 1.0, log=True, default=1.0, help="backbone lr / head lr"),
+    }
+    backbone_lr_scale: float
+
+    def setup(self, model: TransferModel) -> list[ParamGroup]:
+        set_trainable(model.parameters(), True)
+        return [
+            ParamGroup("backbone", list(model.backbone.parameters()), self.backbone_lr_scale),
+            ParamGroup("head", model.head_parameters(), 1.0),
+        ]
+
+
+class LinearProbe(FreezingStrategy):
+    """The backbone is frozen (weights and BatchNorm statistics); only the head trains.
+
+    BatchNorm: the whole backbone runs in eval mode, so its running statistics never change and its
+    features are deterministic (the trainer computes them once: the feature cache).
+    Source: the linear-evaluation protocol (e.g. Kornblith et al., *Do Better ImageNet Models
+    Transfer Better?*, CVPR 2019).
+    """
+
+    name = "linear_probe"
+    backbone_frozen = True
+
+    def setup(self, model: TransferModel) -> list[ParamGroup]:
+        set_trainable(model.backbone.parameters(), False)
+        set_trainable(model.head.parameters(), True)
+        return [ParamGroup("head", model.head_parameters(), 1.0)]
+
+    def set_train_mode(self, model: TransferModel) -> None:
+        model.backbone.eval()
+
+
+class FreezeStages(FreezingStrategy):
+    """Freeze the first layer groups (stem side) of the backbone; the rest and the head train.
+
+    How many: ``n_frozen`` groups when the study sets it (Azure AutoML's "freeze the first N
+    layers"), else ``floor(fraction × number of groups)`` (Quick-Tune's ``pct_to_freeze``; Arango
+    et al., *Quick-Tune*, ICLR 2024). ``n_frozen`` larger than the number of groups freezes all.
+    BatchNorm: layers in frozen groups run in eval mode (pretraining statistics kept); layers in
+    trained groups update their statistics. Freezing every group makes it a linear probe.
+    """
+
+    name = "freeze_stages"
+    hyperparameters = {
+        "fraction": Float(0.0, 1.0, default=0.5, help="share of layer groups to freeze, from the stem"),
+        "n_frozen": Fixed(None, help="freeze exactly this many groups instead (an int, or a list to search)"),
+    }
+    fraction: float
+    n_frozen: int | None
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"freeze_stages: fraction must be in [0, 1] but got {self.fraction}")
+        if self.n_frozen is not None and (not isinstance(self.n_frozen, int) or self.n_frozen < 0):
+            raise ValueError(f"freeze_stages: n_frozen must be an integer >= 0 but got {self.n_frozen!r}")
+        if self.n_frozen is None and self.fraction >= 1.0:
+            self.backbone_frozen = True  # type: ignore[misc]  # instance-level: known once the fraction is
+
+    def frozen_count(self, n_groups: int) -> int:
+        if self.n_frozen is not None:
+            return min(self.n_frozen, n_groups)
+        return int(self.fraction * n_groups)
+
+    def setup(self, model: TransferModel) -> list[ParamGroup]:
+        groups = backbone_group_params(model)
+        n = self.frozen_count(len(groups) - 1)
+        if n >= len(groups) - 1:
+            self.backbone_frozen = True  # type: ignore[misc]
+        for i, group in enumerate(groups):
+            set_trainable(group.params, i >= n)
+        return groups
+
+    def set_train_mode(self, model: TransferModel) -> None:
+        freeze_stats_where_frozen(model)
+
+
+class LayerDecay(FreezingStrategy):
+    """Layer-wise learning-rate decay: everything trains, group ``i`` of ``G`` at ``lr · decay^(G - i)``.
+
+    The head has depth 0 (``lr``), the last backbone group depth 1 (``lr · d``), the stem depth ``G``
+    (``lr · d^G``): layers near the input, which hold the most general features, change least.
+    Source: Clark et al., ELECTRA, ICLR 2020; Bao et al., BEiT, ICLR 2022; searched by Quick-Tune.
+    BatchNorm: all layers train and update their running statistics.
+    """
+
+    name = "layer_decay"
+    hyperparameters = {"decay": Float(0.5, 0.95, default=0.75, help="lr multiplier per layer group")}
+    decay: float
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if not 0.0 < self.decay <= 1.0:
+            raise ValueError(f"layer_decay: decay must be in (0, 1] but got {self.decay}")
+
+    def setup(self, model: TransferModel) -> list[ParamGroup]:
+        set_trainable(model.parameters(), True)
+        groups = backbone_group_params(model)
+        depth_of_stem = len(groups) - 1
+        for i, group in enumerate(groups[:-1]):
+            group.lr_scale = self.decay ** (depth_of_stem - i)
+        return groups
+
+
+class BitFit(FreezingStrategy):
+    """BitFit: only the bias terms of the backbone train (and the head); optionally the norm layers too.
+
+    "Bias terms" are all backbone parameters named ``bias``, the shifts of normalisation layers
+    included (as in the paper). With ``train_norms`` the scales of normalisation layers train as well.
+    Source: Ben Zaken et al., *BitFit*, ACL 2022; AutoGluon's ``bit_fit`` option.
+    BatchNorm: running statistics stay frozen (eval mode) unless ``train_norms``, in which case
+    BatchNorm layers train normally: a bias-only update should not also move the statistics.
+    """
+
+    name = "bitfit"
+    hyperparameters = {
+        "train_norms": Categorical((False, True), default=False, help="also train norm scales")
+    }
+    train_norms: bool
+
+    def setup(self, model: TransferModel) -> list[ParamGroup]:
+        set_trainable(model.parameters(), False)
+        norm_params = set()
+        if self.train_norms:
+            norm_params = {
+                id(p) for m in model.backbone.modules() if isinstance(m, NORM_TYPES) for p in m.parameters()
+            }
+        selected = [
+            p
+            for n, p in model.backbone.named_parameters()
+            if n.rsplit(".", 1)[-1] == "bias" or id(p) in norm_params
+        ]
+        set_trainable(selected, True)
+        set_trainable(model.head.parameters(), True)
+        return [ParamGroup("backbone", selected, 1.0), ParamGroup("head", model.head_parameters(), 1.0)]
+
+    def set_train_mode(self, model: TransferModel) -> None:
+        if not self.train_norms:
+            for module in model.backbone.modules():
+                if isinstance(module, NORM_TYPES):
+                    module.eval()
