@@ -6,5 +6,6 @@ INT8 copy and measures what it costs in accuracy.
 """
 
 from tlsearch.export._onnx import EXPORTERS, ExportReport, export_onnx
+from tlsearch.export._quantize import QuantizationReport, quantize_int8
 
-__all__ = ["EXPORTERS", "ExportReport", "export_onnx"]
+__all__ = ["EXPORTERS", "ExportReport", "QuantizationReport", "export_onnx", "quantize_int8"]

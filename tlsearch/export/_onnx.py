@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.inliner
 import torch
 from torch import nn
 
@@ -196,8 +197,9 @@ def _complete_metadata(
     model: nn.Module, metadata: Mapping[str, Any], *, embed_preprocessing: bool
 ) -> dict[str, Any]:
     meta = dict(metadata)
-    if "data_config" not in meta and isinstance(getattr(model, "data_config", None), DataConfig):
-        meta["data_config"] = model.data_config.to_dict()
+    model_config = getattr(model, "data_config", None)
+    if "data_config" not in meta and isinstance(model_config, DataConfig):
+        meta["data_config"] = model_config.to_dict()
     elif isinstance(meta.get("data_config"), DataConfig):
         meta["data_config"] = meta["data_config"].to_dict()
     meta.setdefault("labels", None)

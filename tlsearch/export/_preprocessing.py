@@ -53,7 +53,7 @@ def preprocessing_nodes(config: DataConfig, *, input_name: str, output_name: str
         )
     p = "tlsearch_pre/"
     short, size = config.resize_size, config.input_size
-    resize_attrs: dict[str, object] = {
+    resize_attrs: dict[str, Any] = {
         "mode": _RESIZE_MODES[config.interpolation],
         "coordinate_transformation_mode": "half_pixel",
         "antialias": 1,

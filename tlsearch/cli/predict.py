@@ -1,0 +1,88 @@
+"""``tlsearch predict``: run an exported model on image files and folders (no torch needed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from tlsearch.cli import main
+
+if TYPE_CHECKING:
+    from tlsearch.deploy import Prediction
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--top-k", "top_k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image."
+)
+@click.option("--json", "fmt", flag_value="json", help="One JSON array of results on stdout.")
+@click.option("--csv", "fmt", flag_value="csv", help="CSV rows on stdout.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar on stderr (default: with many files)."
+)
+def predict(
+    model: Path, paths: tuple[Path, ...], top_k: int, fmt: str | None, batch_size: int, progress: bool | None
+) -> None:
+    """Predict MODEL.onnx (exported by tlsearch) on image files and folders (recursive).
+
+    Unreadable files are reported one by one (on stderr, and in the JSON/CSV rows) while the others
+    are still predicted; the exit code is 1 if any failed.
+    """
+    from tlsearch.deploy import Predictor, collect_images
+
+    predictor = Predictor(model)
+    files = collect_images(paths)
+    if not files:
+        raise click.UsageError(f"no image files found in {', '.join(map(str, paths))}")
+    show = progress if progress is not None else len(files) > batch_size
+    from tqdm import tqdm
+
+    with tqdm(total=len(files), file=sys.stderr, disable=not show, unit="image") as bar:
+        results = predictor.predict(files, top_k=top_k, batch_size=batch_size, on_progress=bar.update)
+    if fmt == "json":
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+    elif fmt == "csv":
+        _write_csv(results, classification=predictor.task == "classification")
+    else:
+        for r in results:
+            if r.ok:
+                click.echo(f"{r.source}\t{_text(r)}")
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        click.echo(f"error: {r.source}: {r.error}", err=True)
+    if failed:
+        click.echo(f"{len(failed)} of {len(results)} file(s) could not be predicted", err=True)
+        sys.exit(1)
+
+
+def _text(result: Prediction) -> str:
+    if result.top_k:
+        return ", ".join(f"{label} {p:.3f}" for label, _, p in result.top_k)
+    return ", ".join(f"{n}={v:.6g}" for n, v in zip(result.names, result.values, strict=True))
+
+
+def _write_csv(results: Sequence[Prediction], *, classification: bool) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    if classification:
+        writer.writerow(["path", "rank", "label", "index", "probability", "error"])
+        for r in results:
+            if not r.ok:
+                writer.writerow([r.source, "", "", "", "", r.error])
+            for rank, (label, index, p) in enumerate(r.top_k, 1):
+                writer.writerow([r.source, rank, label, index, f"{p:.6f}", ""])
+    else:
+        writer.writerow(["path", "output", "value", "error"])
+        for r in results:
+            if not r.ok:
+                writer.writerow([r.source, "", "", r.error])
+            for name, value in zip(r.names, r.values, strict=True):
+                writer.writerow([r.source, name, repr(value), ""])

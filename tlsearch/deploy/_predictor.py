@@ -1,0 +1,171 @@
+"""Predict with an exported tlsearch model: onnxruntime + numpy + pillow, never torch.
+
+Labels, task and preprocessing come from the model's own metadata; images are prepared with
+:mod:`tlsearch.preprocessing`, the very code that made the training cache, so deploy sees the
+pixels training saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from tlsearch.deploy._format import INPUT_RAW, ModelFormatError, read_metadata
+from tlsearch.preprocessing import DataConfig, load_rgb, normalize, resize_center_crop
+
+Source = str | Path | np.ndarray
+
+
+@dataclass
+class Prediction:
+    """The result for one input. ``error`` is set (and the rest empty) when it could not be predicted.
+
+    Classification: ``top_k`` holds ``(label, class index, probability)``, most probable first.
+    Regression: ``values`` holds the model's outputs, named by ``names``.
+    """
+
+    source: str
+    top_k: list[tuple[str, int, float]] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source, "ok": self.ok}
+        if self.error is not None:
+            d["error"] = self.error
+        elif self.top_k:
+            d["top_k"] = [{"label": lab, "index": i, "probability": p} for lab, i, p in self.top_k]
+        else:
+            d["values"] = dict(zip(self.names, self.values, strict=True))
+        return d
+
+
+class Predictor:
+    """An exported tlsearch model ready to predict.
+
+    >>> predictor = Predictor("model.onnx")                        # doctest: +SKIP
+    >>> predictor.predict(["cat.jpg", "dog.png"], top_k=3)          # doctest: +SKIP
+
+    Raises :class:`ModelFormatError` when ``path`` is not an ONNX model exported by tlsearch.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelFormatError(f"cannot load {str(self.path)!r} as an ONNX model: {exc}") from None
+        meta = read_metadata(self.session.get_modelmeta().custom_metadata_map, source=repr(str(self.path)))
+        self.metadata: dict[str, Any] = meta
+        self.task: str = meta["task"]
+        self.data_config = DataConfig.from_dict(meta["data_config"])
+        self.raw_input = meta.get("input_format") == INPUT_RAW
+        self.input_name = self.session.get_inputs()[0].name
+        n = self.session.get_outputs()[0].shape[-1]
+        n = meta.get("num_outputs", n if isinstance(n, int) else None)
+        labels = meta.get("labels")
+        if labels is None and isinstance(n, int):
+            labels = [str(i) for i in range(n)] if self.task == "classification" else self._value_names(n)
+        self.labels: list[str] = list(labels or [])
+
+    @staticmethod
+    def _value_names(n: int) -> list[str]:
+        return ["value"] if n == 1 else [f"value_{i}" for i in range(n)]
+
+    def prepare(self, source: Source) -> np.ndarray:
+        """One input as the model takes it: HWC uint8 of the eval size, or the raw RGB image when the
+        preprocessing is in the graph. Raises ``ValueError`` naming the source when it is no image."""
+        if isinstance(source, np.ndarray):
+            if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
+                raise ValueError(
+                    f"an array input must be an HWC uint8 RGB image, got {source.dtype} {source.shape}"
+                )
+            image = Image.fromarray(source)
+        else:
+            image = load_rgb(source)
+        if self.raw_input:
+            return np.asarray(image, dtype=np.uint8)
+        return resize_center_crop(image, self.data_config)
+
+    def predict(
+        self,
+        sources: Sequence[Source],
+        *,
+        top_k: int = 5,
+        batch_size: int = 16,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[Prediction]:
+        """Predict every source (a file path or an HWC uint8 RGB array), in order, one result each.
+
+        A source that cannot be read gives a :class:`Prediction` with ``error`` set and the others
+        are still predicted. ``on_progress(n)`` is called after each ``n`` sources handled.
+        """
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1 but got {top_k}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 but got {batch_size}")
+        results: list[Prediction] = []
+        for start in range(0, len(sources), batch_size):
+            chunk = sources[start : start + batch_size]
+            names = [_name(s, start + i) for i, s in enumerate(chunk)]
+            prepared: list[tuple[int, np.ndarray]] = []
+            batch_results = [Prediction(source=n) for n in names]
+            for i, source in enumerate(chunk):
+                try:
+                    prepared.append((i, self.prepare(source)))
+                except (ValueError, OSError) as exc:
+                    batch_results[i].error = str(exc)
+            for group in self._groups(prepared):
+                outputs = self._run(np.stack([a for _, a in group]))
+                for (i, _), row in zip(group, outputs, strict=True):
+                    self._fill(batch_results[i], row, top_k)
+            results.extend(batch_results)
+            if on_progress is not None:
+                on_progress(len(chunk))
+        return results
+
+    def _groups(self, prepared: list[tuple[int, np.ndarray]]) -> list[list[tuple[int, np.ndarray]]]:
+        """Same-shape runs of inputs (raw images of different sizes cannot share a batch)."""
+        groups: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+        for item in prepared:
+            groups.setdefault(item[1].shape, []).append(item)
+        return list(groups.values())
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        x = batch if self.raw_input else normalize(batch, self.data_config)
+        return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float64)
+
+    def _fill(self, result: Prediction, row: np.ndarray, top_k: int) -> None:
+        if self.task == "classification":
+            exp = np.exp(row - row.max())
+            probs = exp / exp.sum()
+            order = np.argsort(-probs, kind="stable")[:top_k]
+            result.top_k = [(self._label(int(i)), int(i), float(probs[i])) for i in order]
+        else:
+            result.values = [float(v) for v in row]
+            result.names = self.labels if len(self.labels) == len(row) else self._value_names(len(row))
+
+    def _label(self, index: int) -> str:
+        return self.labels[index] if index < len(self.labels) else str(index)
+
+
+def _name(source: Source, index: int) -> str:
+    return f"<array {index}>" if isinstance(source, np.ndarray) else str(source)
+
+
+__all__ = ["ModelFormatError", "Prediction", "Predictor"]
