@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tlsearch.errors import ConfigError, PluginError, format_choices
-from tlsearch.space import Categorical, Float, Fixed, Hyperparameter, SearchSpace, narrow
+from tlsearch.space import Categorical, Fixed, Float, Hyperparameter, SearchSpace, narrow
 
 
 class _Strict(BaseModel):
@@ -80,7 +80,7 @@ class TrainingSettings(_Strict):
     epochs: int = Field(3, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=65_536)
     eval_batch_size: int | None = Field(None, ge=1)
-    lr: Union[float, Range] = Range(low=1e-4, high=1e-2, log=True)
+    lr: float | Range = Range(low=1e-4, high=1e-2, log=True)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     scheduler: Literal["cosine", "constant"] = "cosine"
     augment: bool = True

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 from tlsearch.errors import ConfigError
 
@@ -135,7 +135,7 @@ class Required:
         return f"required {self.kind.__name__}"
 
 
-Hyperparameter = Union[Float, Int, Categorical, Fixed, Required]
+Hyperparameter = Float | Int | Categorical | Fixed | Required
 
 
 @dataclass(frozen=True)
@@ -207,9 +207,7 @@ def _check_value(declared: Hyperparameter, v: Any, *, where: str) -> None:
                 f"{where}: {v!r} is not a valid choice; valid choices: {', '.join(map(str, declared.choices))}"
             )
     elif isinstance(declared, Required):
-        if declared.kind is float and _is_number(v):
-            return
-        if not isinstance(v, declared.kind):
+        if not isinstance(v, declared.kind) and not (declared.kind is float and _is_number(v)):
             raise ConfigError(f"{where}: expected a {declared.kind.__name__}, got {v!r}")
     elif isinstance(declared, Fixed):
         if declared.value is not None and type(v) is not type(declared.value) and not (

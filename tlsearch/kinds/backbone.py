@@ -14,8 +14,12 @@ class Backbone(Plugin):
 
     Required: :meth:`build`. ``family`` groups related backbones in listings and reports.
 
-    ``build`` receives the options that regularizers ask for (today ``drop_path_rate``); a
-    backbone that cannot honour one should ignore it and say so in its docstring.
+    ``build`` receives options as keywords; a backbone ignores those it cannot honour (and says so
+    in its docstring):
+
+    * ``drop_path_rate`` (float): asked for by regularizers (stochastic depth);
+    * ``load_weights`` (bool, default True): False when tlsearch will load a trial's checkpoint right
+      after building (export, resume), so the pretrained weights need not be fetched again.
     """
 
     kind: ClassVar[str] = "backbone"

@@ -1,0 +1,23 @@
+"""``tlsearch demo-data``: write the built-in shapes image set (no download)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tlsearch.cli import main
+
+
+@main.command("demo-data")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--per-class", default=80, show_default=True, help="training images per class")
+@click.option("--val-per-class", default=20, show_default=True, help="validation images per class")
+@click.option("--size", default=64, show_default=True, help="image side in pixels")
+@click.option("--seed", default=0, show_default=True)
+def demo_data(folder: Path, per_class: int, val_per_class: int, size: int, seed: int) -> None:
+    """Write FOLDER/train/<class>/ and FOLDER/val/<class>/ with images of four shapes."""
+    from tlsearch.demo import make_shapes
+
+    make_shapes(folder, per_class=per_class, val_per_class=val_per_class, size=size, seed=seed)
+    click.echo(f"wrote {folder}/train and {folder}/val")

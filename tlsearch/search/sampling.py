@@ -1,0 +1,95 @@
+"""Composing the search space of a trial from the plugins' own spaces, define-by-run.
+
+A trial's *choices* are one flat, JSON-able mapping, the same names Optuna records as parameters
+(plus the values a study fixed, which Optuna does not record)::
+
+    {"backbone": "timm", "backbone.timm.model": "resnet18", "head": "linear",
+     "freezing": "layer_decay", "freezing.layer_decay.decay": 0.7,
+     "regularizer.label_smoothing": True, "regularizer.label_smoothing.epsilon": 0.1,
+     "train.lr": 0.001}
+
+:func:`instantiate` turns choices back into plugin objects, so a finished trial can be rebuilt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tlsearch.config import PluginChoice, ResolvedSpace
+from tlsearch.kinds import Backbone, FreezingStrategy, Head, Regularizer
+from tlsearch.registry import Registry
+from tlsearch.space import Categorical, _Trial
+
+
+def _pick(trial: _Trial, key: str, options: tuple[PluginChoice, ...]) -> PluginChoice:
+    by_name = {c.name: c for c in options}
+    name = Categorical(tuple(by_name)).suggest(trial, key)
+    return by_name[name]
+
+
+def sample_choices(trial: _Trial, space: ResolvedSpace) -> dict[str, Any]:
+    """Sample one trial's plugins and hyperparameters (define-by-run, namespaced names)."""
+    choices: dict[str, Any] = {}
+    for key in ("backbone", "head", "freezing"):
+        choice = _pick(trial, key, getattr(space, key))
+        choices[key] = choice.name
+        for pname, value in choice.space.sample(trial, f"{key}.{choice.name}").items():
+            choices[f"{key}.{choice.name}.{pname}"] = value
+    for reg in space.regularizers:
+        prefix = f"regularizer.{reg.name}"
+        enabled = bool(reg.enabled.suggest(trial, prefix))
+        choices[prefix] = enabled
+        if enabled:
+            for pname, value in reg.space.sample(trial, prefix).items():
+                choices[f"{prefix}.{pname}"] = value
+    choices["train.lr"] = float(space.lr.suggest(trial, "train.lr"))
+    return choices
+
+
+@dataclass
+class TrialPlugins:
+    """The plugin objects of one trial."""
+
+    backbone: Backbone
+    head: Head
+    freezing: FreezingStrategy
+    regularizers: list[Regularizer]
+
+    def names(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone.name,
+            "head": self.head.name,
+            "freezing": self.freezing.name,
+            "regularizers": [r.name for r in self.regularizers],
+        }
+
+
+def _params(choices: dict[str, Any], prefix: str) -> dict[str, Any]:
+    start = prefix + "."
+    return {k[len(start):]: v for k, v in choices.items() if k.startswith(start) and "." not in k[len(start):]}
+
+
+def instantiate(choices: dict[str, Any], registry: Registry) -> TrialPlugins:
+    """The plugin objects that ``choices`` describe."""
+    made: dict[str, Any] = {}
+    for key in ("backbone", "head", "freezing"):
+        info = registry.get(key, choices[key])
+        made[key] = info.cls(**_params(choices, f"{key}.{choices[key]}"))
+    regularizers = []
+    for key, value in choices.items():
+        if key.startswith("regularizer.") and key.count(".") == 1 and value:
+            name = key.split(".", 1)[1]
+            regularizers.append(registry.get("regularizer", name).cls(**_params(choices, key)))
+    return TrialPlugins(made["backbone"], made["head"], made["freezing"], regularizers)
+
+
+def describe_choices(choices: dict[str, Any]) -> str:
+    """A one-line summary: ``timm(resnet18) + linear | layer_decay | label_smoothing, mixup``."""
+    backbone = choices["backbone"]
+    model = choices.get(f"backbone.{backbone}.model")
+    regs = [k.split(".", 1)[1] for k, v in choices.items() if k.startswith("regularizer.") and k.count(".") == 1 and v]
+    return (
+        f"{backbone}{f'({model})' if model else ''} + {choices['head']} | {choices['freezing']}"
+        f" | {', '.join(regs) or 'no regularizer'} | lr {choices['train.lr']:.2g}"
+    )

@@ -1,0 +1,68 @@
+"""The study folder: everything one study writes, in one place that a rerun resumes from.
+
+::
+
+    runs/<name>/
+        study.json          the validated study config (and where it came from)
+        study.db            the Optuna storage of an embedded run (SQLite)
+        trail.jsonl         one JSON line per study/trial/epoch event
+        cache/              decoded images and backbone features, shared by all trials
+        trials/<n>/         model.safetensors + trial.json for trial n
+        model.onnx          the exported best model (+ model.json)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tlsearch.config import StudyConfig, parse_config
+from tlsearch.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StudyDir:
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "study.json"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def default_storage(self) -> str:
+        return f"sqlite:///{(self.root / 'study.db').resolve()}"
+
+    def trial_dir(self, number: int) -> Path:
+        return self.root / "trials" / f"{number:04d}"
+
+    def save_config(self, config: StudyConfig) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        payload = {"source": str(config.source) if config.source else None,
+                   "config": config.model_dump(mode="json", exclude={"source"})}
+        write_json_atomic(self.config_file, payload)
+
+    def load_config(self) -> StudyConfig:
+        if not self.config_file.is_file():
+            raise ConfigError(f"{str(self.root)!r} is not a tlsearch study folder (no study.json); run `tlsearch run` first")
+        payload = json.loads(self.config_file.read_text())
+        source = Path(payload["source"]) if payload.get("source") else None
+        return parse_config(payload["config"], source=str(self.config_file), path=source)
+
+    def storage(self, config: StudyConfig, override: str | None = None) -> str:
+        return override or config.storage or self.default_storage
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, default=str)
+    os.replace(f.name, path)
