@@ -1,0 +1,201 @@
+"""export_onnx on a tiny model of each backbone family: checker, parity, dynamic batch, metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from tlsearch.errors import ExportError
+from tlsearch.export import export_onnx
+from tlsearch.preprocessing import DataConfig, normalize
+
+SIZE = 48
+CONFIG = DataConfig(SIZE, interpolation="bicubic", crop_pct=0.9)
+LABELS = ["cat", "dog", "fox"]
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    """Smooth structured images (not pure noise), as prepare_image would return them."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    out = []
+    for _ in range(n):
+        a, b, c = rng.uniform(1, 6, 3)
+        img = np.stack([np.sin(a * x + b * y), np.cos(b * x * y * 4), np.sin(c * (x - y))], -1) * 110 + 128
+        out.append(np.clip(img + rng.normal(0, 10, img.shape), 0, 255))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def metadata(**extra: object) -> dict[str, object]:
+    return {
+        "task": "classification",
+        "labels": LABELS,
+        "data_config": CONFIG.to_dict(),
+        "trial": 7,
+        "choices": {"backbone": "timm", "backbone.timm.model": "test_resnet", "head": "linear"},
+        "metric": "accuracy",
+        "value": 0.91,
+        **extra,
+    }
+
+
+def build(family: str) -> nn.Module:
+    torch.manual_seed(0)
+    if family == "torchvision_mobilenet_v3_small":
+        model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=len(LABELS))
+    else:
+        model = (
+            timm.create_model(family, pretrained=False, num_classes=len(LABELS), img_size=SIZE)
+            if family in ("test_vit",)
+            else timm.create_model(family, pretrained=False, num_classes=len(LABELS))
+        )
+    return model.eval()
+
+
+FAMILIES = ["test_resnet", "test_efficientnet", "test_vit", "test_convnext", "torchvision_mobilenet_v3_small"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    model = build(request.param)
+    path = tmp_path_factory.mktemp(request.param) / "model.onnx"
+    report = export_onnx(model, path=path, metadata=metadata(), validation_images=images(6))
+    return model, report
+
+
+def test_export_passes_checks_and_writes_one_file(exported) -> None:  # type: ignore[no-untyped-def]
+    _, report = exported
+    assert report.path.exists() and report.model_json.exists()
+    assert sorted(p.name for p in report.path.parent.iterdir()) == [
+        "model.json",
+        "model.onnx",
+    ]  # no .data file
+    onnx.checker.check_model(str(report.path), full_check=True)
+    assert report.max_abs_diff <= 1e-4
+    assert report.top1_agreement == 1.0
+    assert 1 in report.batch_sizes_checked and max(report.batch_sizes_checked) >= 6
+    assert report.size_bytes == report.path.stat().st_size
+    proto = onnx.load(str(report.path))
+    assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
+    assert not proto.functions
+
+
+def test_dynamic_batch_matches_pytorch_at_batch_3(exported) -> None:  # type: ignore[no-untyped-def]
+    model, report = exported
+    x = normalize(images(3, seed=5), CONFIG)
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] not in (1, 2, 6)  # symbolic, not the example's size
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x)).numpy()
+    assert got.shape == (3, len(LABELS))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_metadata_round_trips_through_onnxruntime_and_model_json(exported) -> None:  # type: ignore[no-untyped-def]
+    _, report = exported
+    meta_map = ort.InferenceSession(str(report.path)).get_modelmeta().custom_metadata_map
+    carried = json.loads(meta_map["tlsearch"])
+    for key, value in metadata().items():
+        assert carried[key] == value
+    assert json.loads(meta_map["labels"]) == LABELS
+    assert json.loads(meta_map["task"]) == "classification"
+    assert carried["input_format"] == "nchw_float32_normalized" and carried["num_outputs"] == 3
+    assert carried["tlsearch_version"]
+    sidecar = json.loads(report.model_json.read_text())
+    assert sidecar["metadata"] == carried
+    assert sidecar["sha256"] == report.sha256
+    assert sidecar["verification"]["max_abs_diff"] == report.max_abs_diff
+
+
+class _DiffersWhenExported(nn.Module):
+    """Exports a graph that is not the eager model: the kind of bug parity must catch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        if torch.onnx.is_in_onnx_export():
+            y = y + 0.01
+        return y
+
+
+def test_parity_failure_raises_with_the_diff_and_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "model.onnx"
+    with pytest.raises(ExportError, match=r"max abs diff 0\.01") as info:
+        export_onnx(
+            _DiffersWhenExported().eval(), path=path, metadata=metadata(), validation_images=images(4)
+        )
+    assert "dynamo exporter" in str(info.value) and "torchscript exporter" in str(info.value)
+    assert not path.exists() and not path.with_suffix(".json").exists()
+    assert list(path.parent.iterdir()) == []  # no temporary leftovers either
+
+
+def test_tolerance_below_the_real_difference_fails(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
+    )
+    path = tmp_path / "model.onnx"
+    with pytest.raises(ExportError, match="tolerance 0"):
+        export_onnx(
+            _Scaled(model).eval(),
+            path=path,
+            metadata=metadata(),
+            validation_images=images(3),
+            tolerance=0.0,
+            exporter="torchscript",
+        )
+    assert not path.exists()
+
+
+class _Scaled(nn.Module):
+    """Large outputs so that float32 rounding differs between PyTorch and onnxruntime."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * 12345.678 + torch.exp(self.inner(x))
+
+
+def test_model_in_training_mode_is_refused(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(3 * SIZE * SIZE, 3))
+    with pytest.raises(ExportError, match=r"training mode.*model\.eval\(\)"):
+        export_onnx(model, path=tmp_path / "m.onnx", metadata=metadata(), validation_images=images(2))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"validation_images": np.zeros((2, 32, 32, 3), np.uint8)}, r"\(N, 48, 48, 3\) uint8"),
+        ({"metadata": metadata(task="segmentation")}, "valid: classification, regression"),
+        ({"metadata": metadata(labels=["a", "b"])}, "2 labels but the model has 3 outputs"),
+        ({"metadata": metadata(trial=object())}, "JSON"),
+        ({"exporter": "fast"}, "valid: auto, dynamo, torchscript"),
+    ],
+)
+def test_bad_arguments_name_the_problem(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 3)).eval()
+    args: dict[str, object] = {
+        "path": tmp_path / "m.onnx",
+        "metadata": metadata(),
+        "validation_images": images(2),
+    }
+    args.update(kwargs)
+    with pytest.raises(ExportError, match=message):
+        export_onnx(model, **args)  # type: ignore[arg-type]
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,0 +1,110 @@
+"""Preprocessing in the graph: raw uint8 images of any size give what prepare_image + the plain model give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from tlsearch.errors import ExportError
+from tlsearch.export import export_onnx
+from tlsearch.export._preprocessing import PIXEL_TOLERANCE, embed_preprocessing, preprocessing_model
+from tlsearch.preprocessing import DataConfig, normalize, resize_center_crop
+
+SIZES = [(48, 48), (37, 53), (90, 45), (20, 30), (200, 150)]
+
+
+def raw_image(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    a, b = rng.uniform(0.05, 0.3, 2)
+    img = np.stack([np.sin(a * x) * 100 + 120, np.cos(b * y) * 90 + 120, (x * 3 + y * 2) % 256], -1)
+    return np.clip(img + rng.normal(0, 15, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_graph_preprocessing_matches_pil_within_the_documented_levels(interpolation: str) -> None:
+    config = DataConfig(40, interpolation=interpolation, crop_pct=0.875)
+    session = ort.InferenceSession(preprocessing_model(config).SerializeToString())
+    std = np.asarray(config.std, np.float32).reshape(1, 3, 1, 1) * 255
+    for i, (h, w) in enumerate(SIZES):
+        raw = raw_image(h, w, i)
+        want = normalize(resize_center_crop(Image.fromarray(raw), config)[None], config)
+        got = session.run(None, {"image": raw[None]})[0]
+        levels = np.abs(got - want) * std
+        assert levels.max() <= PIXEL_TOLERANCE[interpolation], (h, w, levels.max())
+        assert levels.mean() < 0.1
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=5).eval()
+    config = DataConfig(48, interpolation="bicubic", crop_pct=0.875)
+    raws = [raw_image(h, w, i) for i, (h, w) in enumerate(SIZES)]
+    prepared = np.stack([resize_center_crop(Image.fromarray(r), config) for r in raws])
+    folder = tmp_path_factory.mktemp("raw")
+    report = export_onnx(
+        model,
+        path=folder / "model.onnx",
+        metadata={"task": "classification", "labels": list("abcde"), "data_config": config.to_dict()},
+        validation_images=prepared,
+        embed_preprocessing=True,
+        raw_images=raws,
+    )
+    return model, config, raws, prepared, report
+
+
+def test_raw_input_model_gives_the_plain_models_top1_on_images_of_different_sizes(exported) -> None:  # type: ignore[no-untyped-def]
+    model, config, raws, prepared, report = exported
+    session = ort.InferenceSession(str(report.path))
+    (inp,) = session.get_inputs()
+    assert inp.type == "tensor(uint8)" and inp.shape[3] == 3
+    with torch.inference_mode():
+        plain = model(torch.from_numpy(normalize(prepared, config))).numpy()
+    for raw, want in zip(raws, plain, strict=True):
+        got = session.run(None, {inp.name: raw[None]})[0][0]
+        assert got.argmax() == want.argmax()
+        np.testing.assert_allclose(got, want, atol=0.05)
+    assert report.input_format == "nhwc_uint8_raw"
+    assert report.preprocessing["pixel_max_diff_levels"] <= 2.0
+    assert report.preprocessing["image_sizes"] == [list(s) for s in SIZES]
+    assert report.preprocessing["top1_agreement"] == 1.0
+
+
+def test_raw_input_model_takes_a_batch_of_same_size_images(exported) -> None:  # type: ignore[no-untyped-def]
+    _, _, raws, _, report = exported
+    session = ort.InferenceSession(str(report.path))
+    batch = np.stack([raws[1], raw_image(37, 53, 99), raws[1]])
+    out = session.run(None, {"image": batch})[0]
+    single = session.run(None, {"image": raws[1][None]})[0]
+    assert out.shape == (3, 5)
+    np.testing.assert_allclose(out[0], single[0], atol=1e-5)
+    np.testing.assert_allclose(out[2], single[0], atol=1e-5)
+
+
+def test_interpolations_without_an_onnx_equivalent_are_refused(exported) -> None:  # type: ignore[no-untyped-def]
+    import onnx
+
+    *_, report = exported
+    proto = onnx.load(str(report.path))
+    with pytest.raises(ExportError, match="'lanczos'.*supports: bilinear, bicubic"):
+        embed_preprocessing(proto, DataConfig(48, interpolation="lanczos"))
+
+
+def test_opset_below_18_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["y"])], "g", [x], [y])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    with pytest.raises(ExportError, match="opset >= 18; the model has opset 17"):
+        embed_preprocessing(proto, DataConfig(8))
