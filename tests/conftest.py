@@ -1,0 +1,59 @@
+"""Fixtures shared by the core tests: a small labelled image set and study files written on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``train/`` and ``val/`` class folders of 32 px shape images (4 classes), made once per session."""
+    from tlsearch.demo import make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("shapes"), per_class=12, val_per_class=4, size=32, seed=0)
+
+
+TINY_STUDY: dict[str, Any] = {
+    "name": "tiny",
+    "data": {"train": None, "val": None, "image_size": 32},
+    "space": {
+        "backbone": {"timm": {"model": "test_efficientnet", "weights": "random"}},
+        "head": ["linear"],
+        "freezing": ["linear_probe", "full_finetune"],
+        "regularizers": {"label_smoothing": {}},
+    },
+    "training": {"epochs": 2, "batch_size": 16, "lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+    "search": {"n_trials": 3, "seed": 0},
+    "export": {"enabled": False},
+}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+@pytest.fixture
+def write_study(tmp_path: Path, shapes_dir: Path):
+    """``write_study(**sections)`` writes a tiny study YAML (merged over :data:`TINY_STUDY`) and returns its path."""
+
+    def write(name: str = "study.yaml", **sections: Any) -> Path:
+        base = _merge(
+            TINY_STUDY, {"data": {"train": str(shapes_dir / "train"), "val": str(shapes_dir / "val")}}
+        )
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(_merge(base, sections), sort_keys=False))
+        return path
+
+    return write
