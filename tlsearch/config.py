@@ -127,8 +127,10 @@ class SpaceSettings(_Strict):
     """Which plugins the search may use, each mapped to its hyperparameter overrides."""
 
     backbone: dict[str, dict[str, Any]] = Field(min_length=1)
-    head: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"linear": {}}, min_length=1)
-    freezing: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"full_finetune": {}}, min_length=1)
+    head: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"linear": dict[str, Any]()}, min_length=1)
+    freezing: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"full_finetune": dict[str, Any]()}, min_length=1
+    )
     regularizers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("backbone", "head", "freezing", "regularizers", mode="before")

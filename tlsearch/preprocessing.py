@@ -101,6 +101,6 @@ def prepare_image(path: str | Path, config: DataConfig) -> np.ndarray:
 
 def normalize(batch_hwc_uint8: np.ndarray, config: DataConfig) -> np.ndarray:
     """NHWC uint8 → NCHW float32 normalised, as the exported model expects."""
-    x = batch_hwc_uint8.astype(np.float32) / 255.0
-    x = (x - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    x = batch_hwc_uint8.astype(np.float32) / np.float32(255.0)
+    mean, std = np.asarray(config.mean, np.float32), np.asarray(config.std, np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(0, 3, 1, 2))

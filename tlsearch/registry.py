@@ -208,8 +208,9 @@ class PluginManager(pluggy.PluginManager):
         if not path.is_file():
             raise PluginError(f"plugin file {str(path)!r} does not exist")
         name = f"tlsearch_local_{path.stem}_{abs(hash(str(path))) & 0xFFFFFF:x}"
-        if self.get_plugin(name) is not None:
-            return self.get_plugin(name)  # type: ignore[no-any-return]
+        loaded = self.get_plugin(name)
+        if isinstance(loaded, ModuleType):
+            return loaded
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise PluginError(f"plugin file {str(path)!r} is not a Python module")

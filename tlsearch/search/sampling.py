@@ -76,11 +76,13 @@ def instantiate(choices: dict[str, Any], registry: Registry) -> TrialPlugins:
     for key in ("backbone", "head", "freezing"):
         info = registry.get(key, choices[key])
         made[key] = info.cls(**_params(choices, f"{key}.{choices[key]}"))
-    regularizers = []
+    regularizers: list[Regularizer] = []
     for key, value in choices.items():
         if key.startswith("regularizer.") and key.count(".") == 1 and value:
             name = key.split(".", 1)[1]
-            regularizers.append(registry.get("regularizer", name).cls(**_params(choices, key)))
+            regularizer = registry.get("regularizer", name).cls(**_params(choices, key))
+            assert isinstance(regularizer, Regularizer)
+            regularizers.append(regularizer)
     return TrialPlugins(made["backbone"], made["head"], made["freezing"], regularizers)
 
 
