@@ -2,8 +2,12 @@
 
 The cache file's name is a hash of the preprocessing and of every image's path, size and mtime, so
 a changed dataset or input size gets a new cache, and all trials and workers of a study share one.
-Files are written to a temporary name and renamed, so concurrent writers are safe (the last rename
-wins with identical content).
+Creation holds a file lock per key (:func:`tlsearch.data.lock.file_lock`): the first worker decodes,
+the others wait and then read its result, so no two workers decode the same data. Files are written
+to a temporary name and renamed, so a reader never sees a half-written file.
+
+A cache hit is memory-mapped (read-only): the pages are read on first use and shared by every
+worker process on the machine through the page cache.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from tlsearch.data.lock import file_lock
 from tlsearch.data.sources import ImageList
 from tlsearch.errors import DataError
 from tlsearch.preprocessing import DataConfig, prepare_image
@@ -29,18 +34,27 @@ CACHE_VERSION = 1
 
 @dataclass
 class DecodedImages:
-    """``images``: (N, S, S, 3) uint8 eval-preprocessed; ``targets``: (N,) int64 or (N, T) float32."""
+    """``images``: (N, S, S, 3) uint8 eval-preprocessed; ``targets``: (N,) int64 or (N, T) float32.
+
+    ``key`` identifies the decoded content (the cache key; empty when built by hand) and is part of
+    the feature cache's key; ``path`` is the cache file (None when not cached), which streaming
+    data-loader workers memory-map instead of receiving a pickled copy of ``images``.
+    """
 
     images: np.ndarray
     targets: np.ndarray
     source: ImageList
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable images
+    key: str = ""
+    path: Path | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
 
 def cache_key(images: ImageList, config: DataConfig) -> str:
+    """A hash of the preprocessing and of every image's resolved path, size and mtime: any change to
+    the data (an edited, added, removed or renamed file) or to the geometry gives a new key."""
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "config": config.to_dict()}, sort_keys=True).encode())
     for path in images.paths:
@@ -71,13 +85,35 @@ def decode_images(
     """
     if on_bad_image not in {"error", "skip"}:
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-    key = cache_key(images, config) if cache_dir is not None else ""
-    if cache_dir is not None:
-        cached = _load(Path(cache_dir), key)
-        if cached is not None:
-            array, keep, skipped = cached
-            return DecodedImages(array, _targets_array(images, keep), images.subset(keep), skipped)
+    key = cache_key(images, config)
+    if cache_dir is None:
+        return _decode(
+            images, config, key=key, on_bad_image=on_bad_image, progress=progress, description=description
+        )
+    cache_dir = Path(cache_dir)
+    hit = _load(cache_dir, key, images, config, on_bad_image=on_bad_image)
+    if hit is not None:
+        return hit
+    with file_lock(cache_dir / f"images-{key}.lock"):
+        hit = _load(cache_dir, key, images, config, on_bad_image=on_bad_image)  # another worker made it
+        if hit is not None:
+            return hit
+        decoded = _decode(
+            images, config, key=key, on_bad_image=on_bad_image, progress=progress, description=description
+        )
+        keep = _kept_indices(images, decoded)
+        decoded.path = _save(cache_dir, key, decoded.images, keep, decoded.skipped)
+    return decoded
 
+
+def _kept_indices(images: ImageList, decoded: DecodedImages) -> list[int]:
+    skipped = {p for p, _ in decoded.skipped}
+    return [i for i, p in enumerate(images.paths) if str(p) not in skipped]
+
+
+def _decode(
+    images: ImageList, config: DataConfig, *, key: str, on_bad_image: str, progress: bool, description: str
+) -> DecodedImages:
     s = config.input_size
     out = np.empty((len(images), s, s, 3), dtype=np.uint8)
     ok = np.ones(len(images), dtype=bool)
@@ -94,37 +130,60 @@ def decode_images(
 
     threads = min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding and resizing
-        for _ in tqdm(pool.map(work, range(len(images))), total=len(images), desc=description,
-                      disable=not progress, leave=False, unit="img"):
+        for _ in tqdm(
+            pool.map(work, range(len(images))),
+            total=len(images),
+            desc=description,
+            disable=not progress,
+            leave=False,
+            unit="img",
+        ):
             pass
     keep = [i for i in range(len(images)) if ok[i]]
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}", stacklevel=2)
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}", stacklevel=3)
     if not keep:
         raise DataError("no readable image left after skipping unreadable files")
     array = out[keep] if skipped else out
-    if cache_dir is not None:
-        _save(Path(cache_dir), key, array, keep, skipped)
-    return DecodedImages(array, _targets_array(images, keep), images.subset(keep), sorted(skipped))
+    return DecodedImages(array, _targets_array(images, keep), images.subset(keep), sorted(skipped), key=key)
 
 
-def _load(cache_dir: Path, key: str) -> tuple[np.ndarray, list[int], list[tuple[str, str]]] | None:
+def _load(
+    cache_dir: Path, key: str, images: ImageList, config: DataConfig, *, on_bad_image: str
+) -> DecodedImages | None:
+    """The cached entry for ``key``, memory-mapped; None when missing or damaged (then it is rebuilt)."""
     data, meta = cache_dir / f"images-{key}.npy", cache_dir / f"images-{key}.json"
     if not (data.is_file() and meta.is_file()):
         return None
     try:
         info = json.loads(meta.read_text())
-        array = np.load(data, mmap_mode=None, allow_pickle=False)
-    except (OSError, ValueError):
-        return None  # a damaged cache is rebuilt
-    return array, list(info["keep"]), [tuple(x) for x in info["skipped"]]  # type: ignore[misc]
+        array = np.load(data, mmap_mode="r", allow_pickle=False)
+        keep = [int(i) for i in info["keep"]]
+        skipped = [(str(p), str(r)) for p, r in info["skipped"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    s = config.input_size
+    if array.dtype != np.uint8 or array.shape != (len(keep), s, s, 3) or (keep and max(keep) >= len(images)):
+        return None
+    if skipped and on_bad_image == "error":
+        raise DataError(
+            f"{skipped[0][0]}: {skipped[0][1]} (cached as unreadable; set data.on_bad_image: skip "
+            "to leave such files out)"
+        )
+    return DecodedImages(
+        array, _targets_array(images, keep), images.subset(keep), skipped, key=key, path=data
+    )
 
 
-def _save(cache_dir: Path, key: str, array: np.ndarray, keep: list[int], skipped: list[tuple[str, str]]) -> None:
+def _save(
+    cache_dir: Path, key: str, array: np.ndarray, keep: list[int], skipped: list[tuple[str, str]]
+) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / f"images-{key}.npy"
     with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npy.tmp", delete=False) as f:
         np.save(f, array, allow_pickle=False)
-    os.replace(f.name, cache_dir / f"images-{key}.npy")
+    os.replace(f.name, target)
     with tempfile.NamedTemporaryFile("w", dir=cache_dir, suffix=".json.tmp", delete=False) as f:
         json.dump({"keep": keep, "skipped": skipped}, f)
     os.replace(f.name, cache_dir / f"images-{key}.json")
+    return target

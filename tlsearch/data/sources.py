@@ -14,7 +14,9 @@ from tlsearch.errors import DataError
 if TYPE_CHECKING:
     from tlsearch.config import DataSettings
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
 
 
 @dataclass
@@ -49,11 +51,15 @@ def scan_folder(root: Path, *, classes: list[str] | None = None) -> ImageList:
     if classes is None:
         classes = found
         if len(classes) < 2:
-            raise DataError(f"{str(root)!r} must hold one sub-folder per class (at least 2); found {found or 'none'}")
+            raise DataError(
+                f"{str(root)!r} must hold one sub-folder per class (at least 2); found {found or 'none'}"
+            )
     else:
         extra = sorted(set(found) - set(classes))
         if extra:
-            raise DataError(f"{str(root)!r} has classes the training data lacks: {extra}; training classes: {classes}")
+            raise DataError(
+                f"{str(root)!r} has classes the training data lacks: {extra}; training classes: {classes}"
+            )
     paths: list[Path] = []
     targets: list[int] = []
     for index, name in enumerate(classes):
@@ -118,7 +124,9 @@ def split(images: ImageList, *, val_fraction: float, seed: int) -> tuple[ImageLi
     return images.subset(sorted(train_idx)), images.subset(sorted(val_idx))
 
 
-def load_splits(data: DataSettings, *, task: str, seed: int, resolve: Callable[[Path], Path]) -> tuple[ImageList, ImageList]:
+def load_splits(
+    data: DataSettings, *, task: str, seed: int, resolve: Callable[[Path], Path]
+) -> tuple[ImageList, ImageList]:
     """The train and validation images a study's ``data`` section describes; ``resolve`` turns the
     section's relative paths into paths relative to the study file."""
     if task == "regression":
@@ -128,11 +136,15 @@ def load_splits(data: DataSettings, *, task: str, seed: int, resolve: Callable[[
         if data.val_csv is not None:
             val = read_csv(resolve(data.val_csv))
             if val.target_names != full.target_names:
-                raise DataError(f"data.val_csv targets {val.target_names} differ from data.csv's {full.target_names}")
+                raise DataError(
+                    f"data.val_csv targets {val.target_names} differ from data.csv's {full.target_names}"
+                )
             return full, val
         return split(full, val_fraction=data.val_fraction, seed=seed)
     if data.csv is not None:
-        raise DataError("data.csv is for task regression; classification reads class folders (train/val or folder)")
+        raise DataError(
+            "data.csv is for task regression; classification reads class folders (train/val or folder)"
+        )
     if data.folder is not None:
         return split(scan_folder(resolve(data.folder)), val_fraction=data.val_fraction, seed=seed)
     assert data.train is not None  # the config guarantees one source
