@@ -105,13 +105,16 @@ class BackboneContract(PluginContract):
     def test_layer_groups_are_ordered_input_to_output(self, built: BuiltBackbone) -> None:
         order: dict[str, int] = {}
         handles = []
+
+        def record(name: str) -> Any:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                order.setdefault(name, len(order))
+
+            return hook
+
         for name, module in built.module.named_modules():
             if any(True for _ in module.parameters(recurse=False)):
-                handles.append(
-                    module.register_forward_hook(
-                        lambda m, a, o, name=name: order.setdefault(name, len(order))
-                    )
-                )
+                handles.append(module.register_forward_hook(record(name)))
         built.module.eval()
         with torch.no_grad():
             built.module(torch.randn(1, 3, self.image_size, self.image_size))

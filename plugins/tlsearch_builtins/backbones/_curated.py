@@ -61,7 +61,7 @@ class CuratedTimmBackbone(Backbone):
 
 def _curated(name: str, *, tier: str, reference: str, packaged: tuple[str, str] | None = None) -> type:
     doc = (
-        f"{name} from timm ({tier} tier); {reference}\n\n"
+        f"{name} from timm ({tier} tier). Source: {reference}\n\n"
         f"A fixed ``timm`` backbone: weights from the hub by default, or ``weights: <file>`` / ``random``."
     )
     if packaged:
