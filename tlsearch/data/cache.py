@@ -183,7 +183,7 @@ def _save(
     with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npy.tmp", delete=False) as f:
         np.save(f, array, allow_pickle=False)
     os.replace(f.name, target)
-    with tempfile.NamedTemporaryFile("w", dir=cache_dir, suffix=".json.tmp", delete=False) as f:
-        json.dump({"keep": keep, "skipped": skipped}, f)
-    os.replace(f.name, cache_dir / f"images-{key}.json")
+    with tempfile.NamedTemporaryFile("w", dir=cache_dir, suffix=".json.tmp", delete=False) as g:
+        json.dump({"keep": keep, "skipped": skipped}, g)
+    os.replace(g.name, cache_dir / f"images-{key}.json")
     return target

@@ -38,7 +38,7 @@ class ImageList:
     def subset(self, indices: list[int]) -> ImageList:
         return ImageList(
             [self.paths[i] for i in indices],
-            [self.targets[i] for i in indices],  # type: ignore[misc]
+            [self.targets[i] for i in indices],  # type: ignore[arg-type]
             self.classes,
             self.target_names,
         )
@@ -108,7 +108,7 @@ def split(images: ImageList, *, val_fraction: float, seed: int) -> tuple[ImageLi
     if images.classes is not None:
         by_class: dict[int, list[int]] = {}
         for i, t in enumerate(images.targets):
-            by_class.setdefault(int(t), []).append(i)  # type: ignore[arg-type]
+            by_class.setdefault(int(t), []).append(i)  # type: ignore[call-overload]
         for indices in by_class.values():
             rng.shuffle(indices)
             n_val = max(1, round(len(indices) * val_fraction)) if len(indices) > 1 else 0

@@ -1,18 +1,23 @@
-"""Training one trial: the loop, the device and precision policy, metrics."""
+"""Training one trial: the loop, the device and precision policy, the feature cache, metrics."""
 
-from tlsearch.train.device import Precision, resolve_device, resolve_precision
-from tlsearch.train.loop import (
-    FitResult,
-    NonFiniteError,
-    Trainer,
-    TrainSettings,
-    apply_lr,
-    build_optimizer,
-    merge_options,
+from tlsearch.train.compiling import CompileDecision, CompileProfile, decide_compile
+from tlsearch.train.device import (
+    Precision,
+    configure_backends,
+    is_convolutional,
+    resolve_device,
+    resolve_precision,
+    use_channels_last,
 )
+from tlsearch.train.features import FeatureCache, feature_key, weights_fingerprint
+from tlsearch.train.loop import FitResult, NonFiniteError, Trainer, TrainSettings
 from tlsearch.train.metrics import evaluate_outputs
+from tlsearch.train.optim import apply_lr, build_optimizer, merge_options, schedule_factor
 
 __all__ = [
+    "CompileDecision",
+    "CompileProfile",
+    "FeatureCache",
     "FitResult",
     "NonFiniteError",
     "Precision",
@@ -20,8 +25,15 @@ __all__ = [
     "Trainer",
     "apply_lr",
     "build_optimizer",
+    "configure_backends",
+    "decide_compile",
     "evaluate_outputs",
+    "feature_key",
+    "is_convolutional",
     "merge_options",
     "resolve_device",
     "resolve_precision",
+    "schedule_factor",
+    "use_channels_last",
+    "weights_fingerprint",
 ]

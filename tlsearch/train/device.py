@@ -55,3 +55,31 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
             raise ConfigError("training.precision fp16 needs a GPU; on the CPU use fp32 or bf16")
         return Precision("fp16", device.type, torch.float16)
     raise ConfigError(f"training.precision {name!r} is not valid; valid choices: auto, fp32, bf16, fp16")
+
+
+def is_convolutional(module: torch.nn.Module) -> bool:
+    """True for a convolutional network: more than one ``Conv2d`` (a ViT or Swin has exactly one,
+    its patch embedding; ResNets, EfficientNets, ConvNeXts and conv-attention hybrids have many)."""
+    convs = 0
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            convs += 1
+            if convs > 1:
+                return True
+    return False
+
+
+def use_channels_last(module: torch.nn.Module, device: torch.device) -> bool:
+    """channels_last memory layout: on CUDA for convolutional networks (cuDNN's fast NHWC kernels
+    for tensor cores), never for transformers (their only convolution is the patch embedding, and
+    NHWC buys nothing there) and never on the CPU, where oneDNN picks its own layout."""
+    return device.type == "cuda" and is_convolutional(module)
+
+
+def configure_backends(device: torch.device) -> None:
+    """Process-wide CUDA settings for training: cuDNN autotuning (fixed input sizes within a trial,
+    so the search for the fastest kernels pays for itself) and TF32 matmuls for fp32 work."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

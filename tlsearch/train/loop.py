@@ -3,31 +3,67 @@
 The loop is plugin-agnostic: a freezing strategy decides what trains (param groups with
 learning-rate multipliers, re-read every epoch), regularizers add optimizer options, loss options,
 batch transforms and penalty terms. Data arrives decoded (uint8, see :mod:`tlsearch.data`), lives on
-the training device, and is augmented there on whole batches.
+the training device when it fits (else streams from the memory-mapped cache), and is normalised and
+augmented there on whole batches.
 
-When the backbone is frozen for the whole trial and no regularizer needs real inputs, the backbone
-runs once over the (unaugmented) data and the head trains on its features: the feature cache.
+Speed (see ``benchmarks/README.md``, "Fast trials"): bf16 autocast (fp16 + grad scaler on GPUs
+without bf16), channels_last for convolutional backbones, cuDNN autotuning, a fused optimizer on
+CUDA, evaluation under ``inference_mode`` in 4× larger batches, ``torch.compile`` only for trials
+long enough to repay it (:mod:`tlsearch.train.compiling`), and no host↔device synchronisation in
+the step: the loss is summed on the device and checked every ``CHECK_EVERY`` steps.
+
+When the backbone is frozen for the whole trial, no regularizer needs real inputs and inputs are
+not randomly augmented, the backbone runs once over the data and the head trains on its features;
+with ``feature_cache_dir`` those features are shared across trials (:mod:`tlsearch.train.features`).
+Frozen-backbone trials skip random augmentation unless ``TrainSettings.augment_frozen`` (the
+linear-probe convention), so the cached and uncached forms of a trial compute the same thing.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from tlsearch.data.augment import batch_indices, normalize, random_resized_crop_flip
+from tlsearch.data.augment import Normalizer, batch_indices, draw_crop_params, random_resized_crop_flip
+from tlsearch.data.batches import (
+    DEFAULT_BUDGET_FRACTION,
+    Placement,
+    TensorBatches,
+    batch_source,
+    is_resident,
+    plan_placement,
+    release_resident,
+)
 from tlsearch.data.cache import DecodedImages
 from tlsearch.errors import ConfigError, TlsearchError
-from tlsearch.kinds import FreezingStrategy, ParamGroup, Regularizer, TransferModel
-from tlsearch.train.device import Precision, resolve_precision
+from tlsearch.kinds import FreezingStrategy, Regularizer, TransferModel
+from tlsearch.train.compiling import decide_compile
+from tlsearch.train.device import Precision, configure_backends, resolve_precision, use_channels_last
+from tlsearch.train.features import FeatureCache, feature_key
 from tlsearch.train.metrics import evaluate_outputs
+from tlsearch.train.optim import apply_lr, build_optimizer, merge_options, schedule_factor
+from tlsearch.train.timing import DataTimer
+
+__all__ = [
+    "FitResult",
+    "NonFiniteError",
+    "TrainSettings",
+    "Trainer",
+    "apply_lr",
+    "build_optimizer",
+    "merge_options",
+    "schedule_factor",
+]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+CHECK_EVERY = 50  # steps between checks that the loss is finite on CUDA (each check synchronises)
 
 
 class NonFiniteError(TlsearchError):
@@ -36,7 +72,14 @@ class NonFiniteError(TlsearchError):
 
 @dataclass
 class TrainSettings:
-    """What the loop needs of a study's ``training`` section, plus the sampled learning rate."""
+    """What the loop needs of a study's ``training`` section, plus the sampled learning rate.
+
+    Speed settings (defaults are right for searches): ``data_placement`` ``auto | resident |
+    stream``; ``loader_workers`` for streaming (None: cores − 1, at most 8); ``compile`` ``auto |
+    always | never``; ``feature_cache`` lets frozen-backbone trials train on cached features;
+    ``augment_frozen`` randomly augments frozen-backbone trials (which then cannot use the cache);
+    ``data_budget_fraction`` of free GPU memory the images may take to stay resident.
+    """
 
     epochs: int = 3
     batch_size: int = 32
@@ -47,11 +90,22 @@ class TrainSettings:
     loss: str = "auto"
     eval_batch_size: int | None = None
     precision: str = "auto"
+    data_placement: str = "auto"
+    loader_workers: int | None = None
+    compile: str = "auto"
+    feature_cache: bool = True
+    augment_frozen: bool = False
+    data_budget_fraction: float = DEFAULT_BUDGET_FRACTION
 
 
 @dataclass
 class FitResult:
-    """Per-epoch metrics (``history``), the final epoch's ``metrics``, and how the trial ran."""
+    """Per-epoch metrics (``history``), the final epoch's ``metrics``, and how the trial ran.
+
+    ``extras``: ``data_placement`` (+ ``_reason``), ``channels_last``, ``compile`` (+ ``_reason``),
+    ``feature_cache`` (key, hit, seconds) for cached trials, and ``epochs``: per epoch
+    ``train_seconds``, ``train_images`` and, when profiling, ``data_seconds``.
+    """
 
     history: list[dict[str, float]]
     metrics: dict[str, float]
@@ -61,55 +115,16 @@ class FitResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def merge_options(regularizers: Sequence[Regularizer], method: str) -> dict[str, Any]:
-    """Merge one kind of options from several regularizers; a key claimed twice is an error."""
-    merged: dict[str, Any] = {}
-    owner: dict[str, str] = {}
-    for reg in regularizers:
-        for key, value in getattr(reg, method)().items():
-            if key in merged:
-                raise ConfigError(f"regularizers {owner[key]!r} and {reg.name!r} both set {key!r}; choose one")
-            merged[key], owner[key] = value, reg.name
-    return merged
-
-
-def build_optimizer(groups: Sequence[ParamGroup], *, lr: float, name: str = "adamw", weight_decay: float = 0.0,
-                    fused: bool = False) -> torch.optim.Optimizer:
-    """One optimizer over every group; each split into weights (decayed) and biases/norms (not decayed).
-
-    Every optimizer param group carries ``lr_scale`` and the ``ParamGroup`` it came from, so
-    :func:`apply_lr` can re-read the strategy's multipliers each epoch.
-    """
-    param_groups: list[dict[str, Any]] = []
-    for group in groups:
-        decay = [p for p in group.params if p.ndim >= 2]
-        no_decay = [p for p in group.params if p.ndim < 2]
-        for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
-            if params:
-                param_groups.append({"params": params, "weight_decay": wd, "lr": lr * group.lr_scale,
-                                     "source": group, "name": group.name})
-    if not param_groups:
-        raise ConfigError("the freezing strategy left no parameter to train")
-    if name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=lr, fused=fused or None)
-    if name == "sgd":
-        return torch.optim.SGD(param_groups, lr=lr, momentum=0.9, nesterov=True, fused=fused or None)
-    raise ConfigError(f"optimizer {name!r} is not valid; valid choices: adamw, sgd")
-
-
-def apply_lr(optimizer: torch.optim.Optimizer, *, base_lr: float, factor: float) -> None:
-    for pg in optimizer.param_groups:
-        pg["lr"] = base_lr * pg["source"].lr_scale * factor
-
-
-def schedule_factor(kind: str, step: int, total: int) -> float:
-    if kind == "constant" or total <= 1:
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+Source = Any  # ResidentBatches | StreamingBatches | TensorBatches: len() and iterate(batches)
 
 
 class Trainer:
-    """Trains ``model`` with a freezing strategy and regularizers on decoded images."""
+    """Trains ``model`` with a freezing strategy and regularizers on decoded images.
+
+    ``feature_cache_dir`` (the study folder's ``cache/``) shares frozen backbones' features across
+    trials; ``backbone_identity`` (the backbone plugin's name, hyperparameters and build options) is
+    part of that cache's key. ``profile`` measures the time each step waits for its data.
+    """
 
     def __init__(
         self,
@@ -122,6 +137,9 @@ class Trainer:
         settings: TrainSettings,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        feature_cache_dir: str | Path | None = None,
+        backbone_identity: Mapping[str, Any] | None = None,
+        profile: bool = False,
     ) -> None:
         self.model = model
         self.strategy = strategy
@@ -131,19 +149,28 @@ class Trainer:
         self.settings = settings
         self.device = torch.device(device)
         self.seed = seed
+        self.feature_cache_dir = Path(feature_cache_dir) if feature_cache_dir is not None else None
+        self.backbone_identity = backbone_identity
+        self.profile = profile
         self.precision: Precision = resolve_precision(settings.precision, self.device)
         self.loss_options = merge_options(self.regularizers, "loss_options")
         self.optimizer_options = merge_options(self.regularizers, "optimizer_options")
         unknown = set(self.loss_options) - {"label_smoothing"}
         if unknown:
-            raise ConfigError(f"unknown loss option(s) {sorted(unknown)} from regularizers; valid: label_smoothing")
+            raise ConfigError(
+                f"unknown loss option(s) {sorted(unknown)} from regularizers; valid: label_smoothing"
+            )
+        self.channels_last = False
+        self._normalizer: Normalizer | None = None
 
     # --- the pieces ---------------------------------------------------------------------------
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         outputs = outputs.float()
         if self.task == "classification":
-            return F.cross_entropy(outputs, targets, label_smoothing=float(self.loss_options.get("label_smoothing", 0.0)))
+            return F.cross_entropy(
+                outputs, targets, label_smoothing=float(self.loss_options.get("label_smoothing", 0.0))
+            )
         kind = self.settings.loss if self.settings.loss != "auto" else "mse"
         if kind == "huber":
             return F.huber_loss(outputs, targets.float())
@@ -151,81 +178,177 @@ class Trainer:
             return F.mse_loss(outputs, targets.float())
         raise ConfigError(f"loss {kind!r} does not fit task regression; valid: mse, huber")
 
-    def use_feature_cache(self) -> bool:
-        return self.strategy.backbone_frozen and not any(r.uses_inputs for r in self.regularizers)
+    def augments(self) -> bool:
+        """Random crop + flip of training inputs: on, except for frozen backbones (see the module doc)."""
+        return self.settings.augment and (not self.strategy.backbone_frozen or self.settings.augment_frozen)
 
-    def _inputs(self, images_uint8: torch.Tensor, *, train: bool, generator: torch.Generator | None) -> torch.Tensor:
-        x = normalize(images_uint8, self.model.data_config)
-        if train and self.settings.augment:
-            x = random_resized_crop_flip(x, generator=generator)
-        if self.device.type == "cuda":
+    def use_feature_cache(self) -> bool:
+        return (
+            self.settings.feature_cache
+            and self.strategy.backbone_frozen
+            and not self.augments()
+            and not any(r.uses_inputs for r in self.regularizers)
+        )
+
+    def _inputs(
+        self, images_uint8: torch.Tensor, *, train: bool, params: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Uint8 NCHW batch on the device → the model's float input (normalised, augmented when training)."""
+        if self._normalizer is None or self._normalizer.scale.device != images_uint8.device:
+            self._normalizer = Normalizer(self.model.data_config, device=images_uint8.device)
+        x = self._normalizer(images_uint8)
+        if train and self.augments():
+            x = random_resized_crop_flip(x, params=params)
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _eval_batch_size(self) -> int:
+        return self.settings.eval_batch_size or self.settings.batch_size * 4
+
     @torch.inference_mode()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone features of uint8 images, in eval mode, in evaluation-sized batches."""
+    def _features_of(self, source: Source) -> torch.Tensor:
         self.model.eval()
         out = []
-        for idx in batch_indices(len(images), self._eval_batch_size(), shuffle=False):
+        for images, _ in source.iterate(batch_indices(len(source), self._eval_batch_size(), shuffle=False)):
             with self.precision.autocast():
-                out.append(self.model.forward_features(self._inputs(images[idx], train=False, generator=None)).float())
+                out.append(self.model.forward_features(self._inputs(images, train=False)).float())
         return torch.cat(out)
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features of NCHW uint8 images, in eval mode, in evaluation-sized batches."""
+        return self._features_of(TensorBatches(images, torch.zeros(len(images), device=images.device)))
+
     @torch.inference_mode()
-    def evaluate(self, images: torch.Tensor | None, targets: torch.Tensor, *, features: torch.Tensor | None = None
-                 ) -> dict[str, float]:
-        """Validation metrics and loss; from cached ``features`` when given."""
+    def _evaluate(self, source: Source, *, cached: bool) -> dict[str, float]:
         self.model.eval()
-        outputs = []
-        n = len(targets)
-        for idx in batch_indices(n, self._eval_batch_size(), shuffle=False):
+        outputs, targets = [], []
+        for inputs, batch_targets in source.iterate(
+            batch_indices(len(source), self._eval_batch_size(), shuffle=False)
+        ):
             with self.precision.autocast():
-                if features is not None:
-                    outputs.append(self.model.head(features[idx]).float())
-                else:
-                    assert images is not None
-                    outputs.append(self.model(self._inputs(images[idx], train=False, generator=None)).float())
-        out = torch.cat(outputs)
-        metrics = evaluate_outputs(out, targets, task=self.task)
-        metrics["val_loss"] = float(self.loss(out, targets))
+                out = self.model.head(inputs) if cached else self.model(self._inputs(inputs, train=False))
+            outputs.append(out.float())
+            targets.append(batch_targets)
+        out, target = torch.cat(outputs), torch.cat(targets)
+        metrics = evaluate_outputs(out, target, task=self.task)
+        metrics["val_loss"] = float(self.loss(out, target))
         return metrics
 
-    def _eval_batch_size(self) -> int:
-        return self.settings.eval_batch_size or self.settings.batch_size * 2
+    def evaluate(
+        self, images: torch.Tensor | None, targets: torch.Tensor, *, features: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """Validation metrics and loss of NCHW uint8 ``images``; from cached ``features`` when given."""
+        if features is not None:
+            return self._evaluate(TensorBatches(features, targets), cached=True)
+        if images is None:
+            raise ValueError("evaluate needs images or features")
+        return self._evaluate(TensorBatches(images, targets), cached=False)
+
+    # --- data ---------------------------------------------------------------------------------
+
+    def _place(self, train: DecodedImages, val: DecodedImages) -> Placement:
+        if self.device.type == "cuda" and self.settings.data_placement == "auto":
+            if is_resident(train.images, self.device) and is_resident(val.images, self.device):
+                return Placement("resident", "already on the device from an earlier trial")
+            release_resident()
+            torch.cuda.empty_cache()
+        return plan_placement(
+            train.images.nbytes + val.images.nbytes,
+            device=self.device,
+            mode=self.settings.data_placement,
+            budget_fraction=self.settings.data_budget_fraction,
+        )
+
+    def _image_sources(
+        self, train: DecodedImages, val: DecodedImages, extras: dict[str, Any]
+    ) -> tuple[Source, Source]:
+        placement = self._place(train, val)
+        extras["data_placement"], extras["data_placement_reason"] = placement.where, placement.reason
+        workers = self.settings.loader_workers
+        return (
+            batch_source(train, device=self.device, placement=placement.where, workers=workers),
+            batch_source(val, device=self.device, placement=placement.where, workers=workers),
+        )
+
+    def _feature_sources(
+        self, train: DecodedImages, val: DecodedImages, extras: dict[str, Any]
+    ) -> tuple[Source, Source]:
+        started = time.perf_counter()
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            train_src, val_src = self._image_sources(train, val, extras)
+            return self._features_of(train_src), self._features_of(val_src)
+
+        key = None
+        hit = False
+        if self.feature_cache_dir is None:
+            train_f, val_f = compute()
+        else:
+            key = feature_key(
+                backbone=self.model.backbone,
+                identity=self.backbone_identity,
+                data_config=self.model.data_config,
+                train=train,
+                val=val,
+                precision=self.precision.name,
+            )
+            (train_f, val_f), hit = FeatureCache(self.feature_cache_dir).get_or_compute(
+                key, compute, device=self.device
+            )
+            if hit:
+                extras["data_placement"], extras["data_placement_reason"] = "features", "cached features"
+        extras["feature_cache"] = {"key": key, "hit": hit, "seconds": time.perf_counter() - started}
+        train_y = torch.from_numpy(train.targets).to(self.device)
+        val_y = torch.from_numpy(val.targets).to(self.device)
+        return TensorBatches(train_f, train_y), TensorBatches(val_f, val_y)
 
     # --- the loop -----------------------------------------------------------------------------
 
-    def fit(self, train: DecodedImages, val: DecodedImages, *, on_epoch_end: EpochCallback | None = None) -> FitResult:
+    def fit(
+        self, train: DecodedImages, val: DecodedImages, *, on_epoch_end: EpochCallback | None = None
+    ) -> FitResult:
         """Train for ``settings.epochs``; ``on_epoch_end(epoch, metrics)`` may raise to stop (pruning)."""
         started = time.perf_counter()
         torch.manual_seed(self.seed)
+        configure_backends(self.device)
         model = self.model.to(self.device)
-        if self.device.type == "cuda":
+        self.channels_last = use_channels_last(model.backbone, self.device)
+        if self.channels_last:
             model.to(memory_format=torch.channels_last)
         groups = self.strategy.setup(model)
         for reg in self.regularizers:
             reg.setup(model, num_outputs=self.num_outputs, task=self.task)
         optimizer = build_optimizer(
-            groups, lr=self.settings.lr, name=self.settings.optimizer,
+            groups,
+            lr=self.settings.lr,
+            name=self.settings.optimizer,
             weight_decay=float(self.optimizer_options.get("weight_decay", 0.0)),
             fused=self.device.type == "cuda",
         )
         scaler = self.precision.grad_scaler()
-
-        train_x = torch.from_numpy(train.images).permute(0, 3, 1, 2).to(self.device)
-        val_x = torch.from_numpy(val.images).permute(0, 3, 1, 2).to(self.device)
-        train_y = torch.from_numpy(train.targets).to(self.device)
-        val_y = torch.from_numpy(val.targets).to(self.device)
+        extras: dict[str, Any] = {"channels_last": self.channels_last, "epochs": []}
 
         cached = self.use_feature_cache()
-        train_f = val_f = None
-        if cached:
-            train_f, val_f = self.features(train_x), self.features(val_x)
+        sources = (
+            self._feature_sources(train, val, extras) if cached else self._image_sources(train, val, extras)
+        )
+        train_src, val_src = sources
+        steps_per_epoch = len(
+            batch_indices(len(train_src), self.settings.batch_size, shuffle=False, drop_last=True)
+        )
+        total_steps = steps_per_epoch * self.settings.epochs
+        decision = decide_compile(
+            mode="never" if cached else self.settings.compile,  # a head on features: nothing to gain
+            device=self.device,
+            expected_images=total_steps * self.settings.batch_size,
+            model_name=str(model.info.get("model", "")),
+        )
+        extras["compile"], extras["compile_reason"] = decision.compile, decision.reason
+        if decision.compile:
+            model.backbone.compile()
 
         generator = torch.Generator().manual_seed(self.seed)
-        steps_per_epoch = len(batch_indices(len(train_y), self.settings.batch_size, shuffle=False, drop_last=True))
-        total_steps = steps_per_epoch * self.settings.epochs
         step = 0
         history: list[dict[str, float]] = []
         try:
@@ -234,18 +357,20 @@ class Trainer:
                 model.train()
                 self.strategy.set_train_mode(model)
                 self.strategy.on_epoch_start(model, epoch, groups)
-                running, seen = 0.0, 0
-                for idx in batch_indices(len(train_y), self.settings.batch_size, shuffle=True,
-                                         generator=generator, drop_last=True):
-                    apply_lr(optimizer, base_lr=self.settings.lr, factor=schedule_factor(self.settings.scheduler, step, total_steps))
-                    loss = self._step(model, optimizer, scaler, idx, train_x, train_y, train_f, generator)
-                    if not math.isfinite(loss):
-                        raise NonFiniteError(f"training loss became {loss} at epoch {epoch}, step {step}")
-                    running += loss * len(idx)
-                    seen += len(idx)
-                    step += 1
-                metrics = self.evaluate(val_x, val_y, features=val_f)
-                metrics["train_loss"] = running / max(seen, 1)
+                train_loss, step, timing = self._train_epoch(
+                    model,
+                    optimizer,
+                    scaler,
+                    train_src,
+                    generator=generator,
+                    cached=cached,
+                    step=step,
+                    total_steps=total_steps,
+                    epoch=epoch,
+                )
+                extras["epochs"].append(timing)
+                metrics = self._evaluate(val_src, cached=cached)
+                metrics["train_loss"] = train_loss
                 metrics["epoch_seconds"] = time.perf_counter() - epoch_start
                 bad = [k for k, v in metrics.items() if not math.isfinite(v)]
                 if bad:
@@ -256,19 +381,87 @@ class Trainer:
         finally:
             for reg in self.regularizers:
                 reg.teardown(model)
-        return FitResult(history, history[-1], time.perf_counter() - started, cached, self.precision.name)
+            if decision.compile:
+                model.backbone._compiled_call_impl = None  # back to eager for export and checkpoints
+        return FitResult(
+            history, history[-1], time.perf_counter() - started, cached, self.precision.name, extras
+        )
 
-    def _step(self, model: TransferModel, optimizer: torch.optim.Optimizer, scaler: Any, idx: torch.Tensor,
-              train_x: torch.Tensor, train_y: torch.Tensor, train_f: torch.Tensor | None,
-              generator: torch.Generator) -> float:
-        idx = idx.to(self.device)
-        targets = train_y[idx]
+    def _train_epoch(
+        self,
+        model: TransferModel,
+        optimizer: torch.optim.Optimizer,
+        scaler: Any,
+        source: Source,
+        *,
+        generator: torch.Generator,
+        cached: bool,
+        step: int,
+        total_steps: int,
+        epoch: int,
+    ) -> tuple[float, int, dict[str, float]]:
+        batches = batch_indices(
+            len(source), self.settings.batch_size, shuffle=True, generator=generator, drop_last=True
+        )
+        crops = self._crop_params(batches, generator) if not cached and self.augments() else None
+        running = torch.zeros((), device=self.device)
+        seen = 0
+        timer = DataTimer(self.device, enabled=self.profile)
+        check_every = CHECK_EVERY if self.device.type == "cuda" else 1
+        started = time.perf_counter()
+        iterator: Iterator[tuple[torch.Tensor, torch.Tensor]] = source.iterate(batches)
+        for i in range(len(batches)):
+            timer.start()
+            inputs, targets = next(iterator)
+            if not cached:
+                inputs = self._inputs(inputs, train=True, params=crops[i] if crops is not None else None)
+            timer.stop()
+            apply_lr(
+                optimizer,
+                base_lr=self.settings.lr,
+                factor=schedule_factor(self.settings.scheduler, step, total_steps),
+            )
+            loss = self._step(model, optimizer, scaler, inputs, targets, cached=cached)
+            running += loss.detach() * len(targets)
+            seen += len(targets)
+            step += 1
+            if (i + 1) % check_every == 0 and not bool(torch.isfinite(running)):
+                raise NonFiniteError(f"training loss became non-finite at epoch {epoch}, by step {step}")
+        train_loss = float(running) / max(seen, 1)  # synchronises once per epoch
+        if not math.isfinite(train_loss):
+            raise NonFiniteError(f"training loss became {train_loss} at epoch {epoch}")
+        timing = {
+            "train_seconds": time.perf_counter() - started,
+            "train_images": float(seen),
+            "steps": float(len(batches)),
+        }
+        if self.profile:
+            timing["data_seconds"] = timer.total()
+        return train_loss, step, timing
+
+    def _crop_params(self, batches: Sequence[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+        """The epoch's random crop/flip draws, made on the CPU and moved to the device in one copy."""
+        sizes = [len(b) for b in batches]
+        params = draw_crop_params(sum(sizes), generator=generator)
+        if self.device.type == "cuda":
+            params = params.pin_memory()
+        return list(params.to(self.device, non_blocking=True).split(sizes))
+
+    def _step(
+        self,
+        model: TransferModel,
+        optimizer: torch.optim.Optimizer,
+        scaler: Any,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        cached: bool,
+    ) -> torch.Tensor:
         with self.precision.autocast():
-            if train_f is not None:
-                features = train_f[idx]
-                images = None
+            if cached:
+                features, images = inputs, None
             else:
-                images = self._inputs(train_x[idx], train=True, generator=generator)
+                images = inputs
                 for reg in self.regularizers:
                     images, targets = reg.transform_batch(images, targets, num_outputs=self.num_outputs)
                 features = model.forward_features(images)
@@ -286,4 +479,4 @@ class Trainer:
         else:
             loss.backward()
             optimizer.step()
-        return float(loss.detach())
+        return loss

@@ -1,0 +1,74 @@
+"""On a CUDA device: resident batches equal the CPU path, and a bf16/channels_last trial runs
+without host synchronisation per step. Skipped where there is no CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tlsearch_builtins.freezing._static import FullFinetune, LinearProbe
+
+from tlsearch.data import ResidentBatches, StreamingBatches, batch_indices, decode_images, scan_folder
+from tlsearch.data.augment import Normalizer, draw_crop_params, random_resized_crop_flip
+from tlsearch.preprocessing import DataConfig
+from tlsearch.testing._tiny import TinyBackbone, tiny_transfer_model
+from tlsearch.train import Trainer, TrainSettings
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.fixture(scope="module")
+def data(shapes_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.mktemp("images")
+    train = scan_folder(shapes_dir / "train")
+    val = scan_folder(shapes_dir / "val", classes=train.classes)
+    config = TinyBackbone().build().data_config
+    return (
+        decode_images(train, config, cache_dir=cache, progress=False),
+        decode_images(val, config, cache_dir=cache, progress=False),
+    )
+
+
+def test_resident_and_streamed_gpu_batches_equal_the_cpu_batches(data):
+    train, _ = data
+    batches = batch_indices(len(train), 5, shuffle=True, generator=torch.Generator().manual_seed(0))
+    cpu = [x for x, _ in ResidentBatches(train, torch.device("cpu")).iterate(batches)]
+    for source in (
+        ResidentBatches(train, torch.device("cuda")),
+        StreamingBatches(train, torch.device("cuda"), workers=1),
+    ):
+        gpu = [x for x, _ in source.iterate(batches)]
+        assert all(g.is_cuda and torch.equal(g.cpu(), c) for g, c in zip(gpu, cpu, strict=True))
+
+
+def test_gpu_augmentation_matches_cpu():
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    params = draw_crop_params(6, generator=torch.Generator().manual_seed(0))
+    config = DataConfig(input_size=32)
+    cpu = random_resized_crop_flip(Normalizer(config, device="cpu")(x), params=params)
+    gpu = random_resized_crop_flip(Normalizer(config, device="cuda")(x.cuda()), params=params.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", [FullFinetune, LinearProbe])
+def test_a_trial_runs_on_cuda_with_mixed_precision(data, strategy, tmp_path):
+    model = tiny_transfer_model(num_outputs=4)
+    trainer = Trainer(
+        model,
+        strategy=strategy(),
+        num_outputs=4,
+        device="cuda",
+        profile=True,
+        settings=TrainSettings(epochs=2, batch_size=8),
+        feature_cache_dir=tmp_path,
+    )
+    result = trainer.fit(*data)
+    assert result.precision in {"bf16", "fp16"}
+    assert np.isfinite(result.metrics["val_loss"])
+    assert result.extras["channels_last"] is True
+    assert result.used_feature_cache == (strategy is LinearProbe)
+    if strategy is FullFinetune:
+        assert result.extras["data_placement"] == "resident"
+        assert 0 < result.extras["epochs"][-1]["data_seconds"] < result.extras["epochs"][-1]["train_seconds"]
