@@ -161,7 +161,9 @@ class HeadContract(PluginContract):
         x, y = torch.randn(16, self.in_features), torch.randn(16, out_features)
         for _ in range(3):
             optimizer.zero_grad()
-            nn.functional.mse_loss(head(x), y).backward()
+            out = head(x)
+            assert out.shape == y.shape, f"output shape {tuple(out.shape)}, expected {tuple(y.shape)}"
+            nn.functional.mse_loss(out, y).backward()
             optimizer.step()
         still = [n for n, p in head.named_parameters() if torch.equal(p, before[n])]
         assert not still, f"parameters that never changed: {still}"
@@ -177,7 +179,9 @@ class HeadContract(PluginContract):
         first = None
         for _ in range(150):
             optimizer.zero_grad()
-            loss = nn.functional.mse_loss(head(x), y)
+            out = head(x)
+            assert out.shape == y.shape, f"output shape {tuple(out.shape)}, expected {tuple(y.shape)}"
+            loss = nn.functional.mse_loss(out, y)
             first = first if first is not None else float(loss.detach())
             loss.backward()
             optimizer.step()
