@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tlsearch.config import load_config
-from tlsearch.demo import make_shapes
+from tlsearch.demo import make_shapes, make_sizes
 from tlsearch.search import prepare, run_study
 
 STUDIES = sorted((Path(__file__).parents[1] / "studies").glob("*.yaml"))
@@ -19,6 +19,7 @@ def _with_data(study: Path, tmp_path: Path) -> Path:
     copy = tmp_path / study.name
     shutil.copy(study, copy)
     make_shapes(tmp_path / "data" / "shapes", per_class=8, val_per_class=4, size=64, seed=1)
+    make_sizes(tmp_path / "data" / "sizes", n=24, size=64, seed=1)
     for extra in study.parent.glob("*.py"):
         shutil.copy(extra, tmp_path / extra.name)
     return copy

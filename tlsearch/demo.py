@@ -27,7 +27,10 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         corners = 10
         radii = [r * (1.0 if i % 2 == 0 else 0.45) for i in range(corners)]
     return [
-        (cx + radii[i] * math.cos(angle + 2 * math.pi * i / corners), cy + radii[i] * math.sin(angle + 2 * math.pi * i / corners))
+        (
+            cx + radii[i] * math.cos(angle + 2 * math.pi * i / corners),
+            cy + radii[i] * math.sin(angle + 2 * math.pi * i / corners),
+        )
         for i in range(corners)
     ]
 
@@ -39,11 +42,16 @@ def draw_shape(shape: str, *, size: int, rng: random.Random) -> Image.Image:
     c0 = [rng.randint(0, 255) for _ in range(3)]
     c1 = [rng.randint(0, 255) for _ in range(3)]
     image = Image.linear_gradient("L").resize((size, size)).rotate(rng.uniform(0, 360))
-    image = Image.merge("RGB", [image.point(lambda v, a=a, b=b: a + (b - a) * v // 255) for a, b in zip(c0, c1, strict=False)])
+    image = Image.merge(
+        "RGB", [image.point(lambda v, a=a, b=b: a + (b - a) * v // 255) for a, b in zip(c0, c1, strict=False)]
+    )
     draw = ImageDraw.Draw(image)
     for _ in range(rng.randint(0, 3)):  # clutter: thin random lines
-        draw.line([(rng.uniform(0, size), rng.uniform(0, size)) for _ in range(2)],
-                  fill=tuple(rng.randint(0, 255) for _ in range(3)), width=1)
+        draw.line(
+            [(rng.uniform(0, size), rng.uniform(0, size)) for _ in range(2)],
+            fill=tuple(rng.randint(0, 255) for _ in range(3)),
+            width=1,
+        )
     r = rng.uniform(0.18, 0.34) * size
     cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
     fill = tuple(rng.randint(0, 255) for _ in range(3))
@@ -51,14 +59,23 @@ def draw_shape(shape: str, *, size: int, rng: random.Random) -> Image.Image:
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=2)
     else:
-        draw.polygon(_polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=fill, outline=outline, width=2)
+        draw.polygon(
+            _polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=fill, outline=outline, width=2
+        )
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
     noise = Image.effect_noise((size, size), rng.uniform(5, 25)).convert("RGB")
     return Image.blend(image, noise, 0.12)
 
 
-def make_shapes(root: str | Path, *, per_class: int = 80, val_per_class: int = 20, size: int = 64, seed: int = 0,
-                classes: tuple[str, ...] = SHAPES) -> Path:
+def make_shapes(
+    root: str | Path,
+    *,
+    per_class: int = 80,
+    val_per_class: int = 20,
+    size: int = 64,
+    seed: int = 0,
+    classes: tuple[str, ...] = SHAPES,
+) -> Path:
     """Write ``root/train/<shape>/*.png`` and ``root/val/<shape>/*.png``; returns ``root``."""
     root = Path(root)
     rng = random.Random(seed)
@@ -69,3 +86,32 @@ def make_shapes(root: str | Path, *, per_class: int = 80, val_per_class: int = 2
             for i in range(n):
                 draw_shape(shape, size=size, rng=rng).save(folder / f"{shape}_{i:04d}.png")
     return root
+
+
+def make_sizes(root: str | Path, *, n: int = 200, size: int = 64, seed: int = 0) -> Path:
+    """A regression set: shapes of random kind and colour whose target is their size.
+
+    Writes ``root/images/*.png`` and ``root/labels.csv`` (``path,size``, size as a fraction of the
+    image side); returns the CSV's path.
+    """
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    rows = ["path,size"]
+    for i in range(n):
+        image = Image.new("RGB", (size, size), tuple(rng.randint(0, 255) for _ in range(3)))
+        draw = ImageDraw.Draw(image)
+        fraction = rng.uniform(0.1, 0.45)
+        r = fraction * size
+        cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
+        shape = rng.choice(SHAPES)
+        fill = tuple(rng.randint(0, 255) for _ in range(3))
+        if shape == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        else:
+            draw.polygon(_polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=fill)
+        name = f"images/{i:05d}.png"
+        image.save(root / name)
+        rows.append(f"{name},{fraction:.5f}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"

@@ -15,9 +15,21 @@ from tlsearch.cli import main
 @click.option("--val-per-class", default=20, show_default=True, help="validation images per class")
 @click.option("--size", default=64, show_default=True, help="image side in pixels")
 @click.option("--seed", default=0, show_default=True)
-def demo_data(folder: Path, per_class: int, val_per_class: int, size: int, seed: int) -> None:
-    """Write FOLDER/train/<class>/ and FOLDER/val/<class>/ with images of four shapes."""
-    from tlsearch.demo import make_shapes
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "regression"]),
+    default="classification",
+    show_default=True,
+    help="regression: FOLDER/labels.csv with each shape's size as target",
+)
+def demo_data(folder: Path, per_class: int, val_per_class: int, size: int, seed: int, task: str) -> None:
+    """Write FOLDER/train/<class>/ and FOLDER/val/<class>/ with images of four shapes
+    (or, with --task regression, FOLDER/images/ and FOLDER/labels.csv)."""
+    from tlsearch.demo import make_shapes, make_sizes
 
+    if task == "regression":
+        csv = make_sizes(folder, n=(per_class + val_per_class) * 2, size=size, seed=seed)
+        click.echo(f"wrote {csv}")
+        return
     make_shapes(folder, per_class=per_class, val_per_class=val_per_class, size=size, seed=seed)
     click.echo(f"wrote {folder}/train and {folder}/val")
