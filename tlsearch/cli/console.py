@@ -1,48 +1,248 @@
-"""What ``tlsearch run`` prints: a line per trial and epoch, and a leaderboard at the end."""
+"""What a running study shows: a live view on a terminal, plain lines everywhere else.
+
+:class:`Console` receives the search's events (``on_event`` of :func:`tlsearch.search.run_study`:
+``trial_start``, ``epoch_end``, ``trial_end``) and is reused by every command that runs trials::
+
+    with Console(total=budget) as console:
+        run_study(path, on_event=console.event)
+    console.leaderboard(study, metric="accuracy")
+
+Two modes, chosen by :func:`choose_mode` unless given:
+
+* ``live`` — rich's ``Live``: a trials bar (n/N finished, elapsed, ETA from the budget and the mean
+  trial time), an epochs bar for the running trial with its plugins and current metric, and the
+  top-5 leaderboard, redrawn in place.
+* ``plain`` — one line per trial start, epoch and trial end, with no control character at all:
+  safe for CI logs, files and pipes.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, Literal
 
 import click
 import optuna
 
 from tlsearch.search.sampling import describe_choices
 
+Mode = Literal["live", "plain"]
+MODES = ("auto", "live", "plain")
+ENV_VAR = "TLSEARCH_CONSOLE"
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def choose_mode(
+    requested: str = "auto", *, stream: IO[str] | None = None, environ: dict[str, str] | None = None
+) -> Mode:
+    """``live`` or ``plain``: what was asked (argument, else ``$TLSEARCH_CONSOLE``), else ``live``
+    only on a terminal (``isatty``) whose ``TERM`` is not ``dumb``. ``NO_COLOR`` keeps the live
+    view but without colours (rich honours it)."""
+    env = os.environ if environ is None else environ
+    if requested == "auto":
+        requested = env.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if requested not in MODES:
+        raise click.BadParameter(
+            f"console mode {requested!r} is not valid; valid choices: {', '.join(MODES)}"
+        )
+    if requested != "auto":
+        return requested  # type: ignore[return-value]
+    out = stream if stream is not None else sys.stdout
+    isatty = getattr(out, "isatty", None)
+    on_terminal = bool(isatty and isatty())
+    return "live" if on_terminal and env.get("TERM", "") != "dumb" else "plain"
+
+
+def console_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--console auto|live|plain`` option, for every command that runs trials."""
+    return click.option(
+        "--console",
+        "console_mode",
+        type=click.Choice(MODES),
+        default="auto",
+        show_default=True,
+        help=f"progress display: live view on a terminal, plain lines otherwise (also ${ENV_VAR})",
+    )(fn)
+
+
+@dataclass
+class _Row:
+    number: int
+    value: float
+    summary: str
+
 
 class Console:
-    """Plain line-by-line progress (safe for logs and CI: no control characters)."""
+    """Progress of the trials this process runs (see the module docstring).
 
-    def __init__(self) -> None:
+    ``total`` is the study's budget of finished trials (None: unknown, no ETA); ``epochs`` the
+    epochs of one trial (for the epochs bar); ``stream`` where to write (default stdout). Use it as a context manager so the live view is closed, and the
+    terminal restored, even when the run fails or is interrupted.
+    """
+
+    def __init__(
+        self,
+        *,
+        total: int | None = None,
+        epochs: int | None = None,
+        mode: str = "auto",
+        stream: IO[str] | None = None,
+        top: int = 5,
+    ) -> None:
+        self.mode: Mode = choose_mode(mode, stream=stream)
+        self.total = total
+        self.epochs = epochs
+        self.top = top
+        self.stream = stream
         self.started = time.perf_counter()
         self.trial_started: dict[int, float] = {}
+        self.durations: list[float] = []
+        self.finished_before: int | None = None
+        self.finished_here = 0
+        self.rows: list[_Row] = []
+        self.maximize = True
+        self.metric = "value"
+        self.current: dict[str, Any] = {}
+        self._live: Any = None
+
+    @property
+    def live(self) -> bool:
+        return self.mode == "live"
+
+    # --- lifetime ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> Console:
+        if self.live:
+            from tlsearch.report._live import LiveView
+
+            self._live = LiveView(self, stream=self.stream)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live view (its last frame stays on screen); harmless when already closed."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def _echo(self, text: str = "") -> None:
+        click.echo(text, file=self.stream)
+
+    # --- progress figures -------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> int:
+        return (self.finished_before or 0) + self.finished_here
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def eta(self) -> float | None:
+        """Seconds until the budget is reached, from the mean time of the trials finished here."""
+        if self.total is None or not self.durations:
+            return None
+        mean = sum(self.durations) / len(self.durations)
+        running = sum(time.perf_counter() - s for s in self.trial_started.values())
+        return max(0.0, (self.total - self.finished) * mean - min(running, mean))
+
+    def leaders(self) -> list[_Row]:
+        return sorted(self.rows, key=lambda r: (-r.value if self.maximize else r.value, r.number))[: self.top]
+
+    # --- events -----------------------------------------------------------------------------------
 
     def event(self, name: str, **kw: Any) -> None:
+        """Receive one search event (``trial_start``, ``epoch_end``, ``trial_end``)."""
         trial = kw["trial"]
+        if self.finished_before is None:
+            self._seed(trial)
         if name == "trial_start":
             self.trial_started[trial.number] = time.perf_counter()
-            click.echo(f"trial {trial.number}: {describe_choices(kw['choices'])}")
+            summary = describe_choices(kw["choices"])
+            self.current[trial.number] = {
+                "summary": summary,
+                "epoch": 0,
+                "metrics": {},
+                "epochs": self.epochs,
+            }
+            if not self.live:
+                self._echo(f"trial {trial.number}: {summary}")
         elif name == "epoch_end":
-            shown = {k: v for k, v in kw["metrics"].items() if k != "epoch_seconds"}
-            text = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
-            click.echo(f"  epoch {kw['epoch']}: {text}  ({kw['metrics']['epoch_seconds']:.1f}s)")
+            state = self.current.setdefault(
+                trial.number, {"summary": "", "epoch": 0, "metrics": {}, "epochs": self.epochs}
+            )
+            state["epoch"], state["metrics"] = kw["epoch"] + 1, kw["metrics"]
+            if not self.live:
+                metrics = kw["metrics"]
+                shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch_seconds")
+                self._echo(f"  epoch {kw['epoch']}: {shown}  ({metrics.get('epoch_seconds', 0.0):.1f}s)")
         elif name == "trial_end":
-            seconds = time.perf_counter() - self.trial_started.get(trial.number, self.started)
-            detail = f"value {kw['value']:.4g}" if kw["value"] is not None else kw["metrics"].get("failure", "")
-            click.echo(f"trial {trial.number} {kw['state'].lower()} after {seconds:.1f}s {detail}".rstrip())
+            self._trial_end(trial, kw["state"], kw["value"], kw["metrics"])
+        if self._live is not None:
+            self._live.refresh()
+
+    def _seed(self, trial: Any) -> None:
+        """Learn the study (direction, metric, trials finished before this process) from the first event."""
+        study = getattr(trial, "study", None)
+        self.finished_before = 0
+        if study is None:
+            return
+        self.maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self.metric = str(study.user_attrs.get("metric") or (study.metric_names or ["value"])[0])
+        done = study.get_trials(deepcopy=False, states=FINISHED)
+        self.finished_before = len(done)
+        for t in done:
+            if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
+                choices = t.user_attrs.get("choices")
+                self.rows.append(_Row(t.number, t.value, describe_choices(choices) if choices else ""))
+
+    def _trial_end(self, trial: Any, state: str, value: float | None, metrics: dict[str, Any]) -> None:
+        started = self.trial_started.pop(trial.number, self.started)
+        seconds = time.perf_counter() - started
+        info = self.current.pop(trial.number, {"summary": ""})
+        if state in ("COMPLETE", "PRUNED"):
+            self.finished_here += 1
+            self.durations.append(seconds)
+        if state == "COMPLETE" and value is not None:
+            self.rows.append(_Row(trial.number, float(value), info["summary"]))
+        if self.live:
+            return
+        detail = f"value {value:.4g}" if value is not None else str(metrics.get("failure", ""))
+        progress = f"[{self.finished}/{self.total}]" if self.total else f"[{self.finished}]"
+        eta = self.eta()
+        tail = (
+            f", about {_duration(eta)} left" if eta is not None and self.finished < (self.total or 0) else ""
+        )
+        self._echo(
+            f"trial {trial.number} {state.lower()} after {seconds:.1f}s {detail} {progress}{tail}".rstrip()
+        )
+
+    # --- end of run -------------------------------------------------------------------------------
 
     def leaderboard(self, study: optuna.Study, *, metric: str, top: int = 5) -> None:
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        complete.sort(key=lambda t: t.value if t.value is not None else 0.0, reverse=maximize)
+        """Print the study's final standing: counts by state and its best ``top`` trials."""
+        from tlsearch.report import leaderboard
+
+        self.close()
         counts = {s.name.lower(): sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
-        click.echo("")
-        click.echo(f"study {study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
-        for rank, t in enumerate(complete[:top], 1):
-            choices = t.user_attrs.get("choices")
-            summary = describe_choices(choices) if choices else ""
-            click.echo(f"  #{rank}  trial {t.number:<3} {metric} {t.value:.4f}  {summary}")
+        self._echo("")
+        self._echo(f"study {study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+        for row in leaderboard(study, top=top):
+            self._echo(
+                f"  #{row['rank']}  trial {row['trial']:<3} {metric} {row['value']:.4f}  {row['summary']}"
+            )
 
     def exported(self, report: Any) -> None:
-        click.echo(f"\nexported {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")
+        self._echo(f"\nexported {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")
+
+
+def _duration(seconds: float | None) -> str:
+    from tlsearch.report import format_duration
+
+    return format_duration(seconds)

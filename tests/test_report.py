@@ -1,0 +1,174 @@
+"""The HTML report of a finished study: every section, no network resource, PNGs, few-trial studies."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState, create_trial
+
+from tlsearch.cli import main
+from tlsearch.demo import make_shapes
+from tlsearch.report import open_source, pareto_front, write_report
+from tlsearch.search import run_study
+
+YAML = """
+name: r
+data: {train: shapes/train, val: shapes/val, image_size: 32}
+space:
+  backbone: {timm: {model: test_efficientnet, weights: random}}
+  head: [linear]
+  freezing: [linear_probe, full_finetune]
+training: {epochs: 2, batch_size: 16}
+search: {n_trials: 2, seed: 0}
+export: {enabled: false}
+"""
+SECTIONS = ("summary", "history", "curves", "plugins", "importances", "cost", "leaderboard", "model")
+
+
+def _copy(
+    trial: optuna.trial.FrozenTrial,
+    state: TrialState,
+    *,
+    value: float | None = None,
+    history: list[float] = (),
+    **attrs: object,
+) -> optuna.trial.FrozenTrial:
+    """A trial with a real trial's parameters and attributes, but another outcome."""
+    user_attrs = {
+        **trial.user_attrs,
+        **attrs,
+        "history": [{"accuracy": h, "val_loss": 1.0, "epoch_seconds": 0.5} for h in history],
+    }
+    return create_trial(
+        state=state,
+        value=value,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs=user_attrs,
+        intermediate_values={i: h for i, h in enumerate(history)},
+    )
+
+
+@pytest.fixture(scope="module")
+def study_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2-trial run, plus copies of its first trial that completed with other scores
+    (one with another backbone), one pruned after an epoch and one that failed."""
+    root = tmp_path_factory.mktemp("report")
+    make_shapes(root / "shapes", per_class=6, val_per_class=3, size=32)
+    (root / "study.yaml").write_text(YAML)
+    result = run_study(root / "study.yaml", out_dir=root / "run", progress=False)
+    study = result.study
+    real = study.trials[0]
+    assert real.state == TrialState.COMPLETE, real.user_attrs.get("failure")
+    resnet = {**real.user_attrs["choices"], "backbone.timm.model": "test_resnet"}
+    study.add_trial(
+        _copy(real, TrialState.COMPLETE, value=0.99, history=[0.6, 0.99], choices=resnet, params=5_000_000)
+    )
+    study.add_trial(_copy(real, TrialState.COMPLETE, value=0.2, history=[0.1, 0.2], seconds=0.5))
+    study.add_trial(_copy(real, TrialState.PRUNED, history=[0.05]))
+    study.add_trial(_copy(real, TrialState.FAIL, failure="RuntimeError: boom in the head"))
+    (root / "run" / "model.onnx").write_bytes(b"not a real model")
+    (root / "run" / "model.json").write_text(
+        json.dumps(
+            {
+                "model_file": "model.onnx",
+                "verification": {"max_abs_diff": 2.5e-6, "top1_agreement": 1.0},
+                "quantization": {"accuracy_drop": 0.004, "speedup": 2.1},
+                "labels": [f"c{i}" for i in range(20)],
+            }
+        )
+    )
+    (root / "run" / "model.int8.onnx").write_bytes(b"")
+    (root / "run" / "model.int8.json").write_text("{broken")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def report(study_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    return write_report(study_folder, out=tmp_path_factory.mktemp("out") / "report.html", png=True)
+
+
+def test_every_section_and_plot(report) -> None:
+    html = report.html.read_text()
+    for anchor in SECTIONS:
+        assert f'<section id="{anchor}">' in html, anchor
+    assert [p.name for p in report.plots if p.figure is None] == []
+    assert html.count("<svg") == len(report.plots) == 5
+    assert "<h3>Best: trial 2</h3>" in html  # the resnet copy
+    assert "RuntimeError: boom in the head" in html and "after epoch 0" in html
+    assert "timm(test_resnet)" in html and "timm(test_efficientnet)" in html
+
+
+def test_leaderboard_orders_complete_trials(report) -> None:
+    html = report.html.read_text()
+    table = html[html.index('<section id="leaderboard">') : html.index('<section id="model">')]
+    first_cells = re.findall(r'<tr><td class="num">(\d+)</td><td class="num">(\d+)</td>', table)
+    ranks, trials = zip(*first_cells, strict=True)
+    assert ranks == ("1", "2", "3", "4") and trials[0] == "2" and trials[-1] == "3"
+
+
+def test_no_network_resource(report) -> None:
+    html = report.html.read_text()
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html and "<link" not in html
+    assert not re.search(r"""\b(src|href)\s*=\s*["'](?!#)""", html), "only in-page anchors may be linked"
+
+
+def test_model_files_read_defensively(report) -> None:
+    model = report.html.read_text().split('<section id="model">')[1]
+    assert "verification.max_abs_diff" in model and "2.5e-06" in model
+    assert "quantization.accuracy_drop" in model and "(20 in all)" in model
+    assert "model.int8.json" in model and "could not read model.int8.json" in model
+
+
+def test_pngs_beside_the_report(report) -> None:
+    assert {p.name for p in report.pngs} == {f"{p.name}.png" for p in report.plots}
+    for path in report.pngs:
+        assert path.parent == report.html.parent / "report_plots"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_plot_contents(report) -> None:
+    plots = {p.name: p for p in report.plots}
+    freezing = plots["plugin_comparison"].data["freezing"]
+    assert sum(g["complete"] for g in freezing.values()) == 4
+    assert (
+        sum(g["pruned"] for g in freezing.values()) == 1 and sum(g["failed"] for g in freezing.values()) == 1
+    )
+    assert plots["plugin_comparison"].data["backbone"]["timm(test_resnet)"]["best"] == pytest.approx(0.99)
+    curves = plots["learning_curves"].figure.axes[0]
+    dashed = [line for line in curves.lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and len(dashed[0].get_xdata()) == 1  # the pruned trial stops after one epoch
+    time_front = plots["cost_tradeoff"].data["trial time (seconds)"]
+    assert time_front[0] == 3 and 2 in time_front  # the fastest trial, and the best one, are on the front
+
+
+def test_pareto_front() -> None:
+    points = [(1.0, 0.5, 0), (2.0, 0.4, 1), (3.0, 0.9, 2), (3.0, 0.7, 3), (5.0, 0.9, 4)]
+    assert [n for *_, n in pareto_front(points, maximize=True)] == [0, 2]
+    assert [n for *_, n in pareto_front(points, maximize=False)] == [0, 1]
+
+
+def test_too_few_trials_and_storage_only(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    study = optuna.create_study(study_name="one", storage=url, direction="minimize")
+    study.add_trial(
+        create_trial(state=TrialState.COMPLETE, value=0.3, user_attrs={"history": [{"value": 0.3}]})
+    )
+    files = write_report(open_source(url), out=tmp_path / "one.html")
+    html = files.html.read_text()
+    assert "at least 2 complete trials" in html and "No exported model" in html
+    assert "<svg" in html and 'id="leaderboard"' in html
+
+
+def test_cli_writes_report_and_pngs(study_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(main, ["report", str(study_folder), "--out", str(out), "--png"])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and len(list((tmp_path / "r_plots").glob("*.png"))) == 5
+    assert f"wrote {out}" in result.output

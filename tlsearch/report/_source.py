@@ -1,0 +1,111 @@
+"""Opening a study to look at: from its folder (``runs/<name>``) or from an Optuna storage.
+
+Reading never changes the study: it is loaded, not created, and nothing is written to the storage.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tlsearch.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StudySource:
+    """A loaded study and what its folder says about it (``folder`` and ``budget`` are None for a
+    bare storage: the budget lives in the folder's ``study.json``). ``storage`` is the storage's
+    URL or path with any password hidden."""
+
+    study: optuna.Study
+    storage: str
+    folder: Path | None
+    budget: int | None
+    metric: str
+
+    @property
+    def maximize(self) -> bool:
+        return self.study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def open_source(
+    source: str | Path, *, study_name: str | None = None, storage: str | None = None
+) -> StudySource:
+    """Load the study in ``source``: a study folder, or a storage (a database URL such as
+    ``sqlite:///study.db`` or ``postgresql://…``, or a journal file ``study.journal``); then
+    ``study_name`` picks the study, and may be left out when the storage holds exactly one.
+
+    ``storage`` overrides the folder's storage (a study folder whose trials live in PostgreSQL).
+    """
+    from tlsearch.search import StudyDir, open_study
+    from tlsearch.search.storage import make_storage, redact
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder = Path(source)
+    if not folder.is_dir():
+        spec = str(source)
+        try:
+            backend = make_storage(spec, heartbeat_interval=None, grace_period=None)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec!r} is neither a study folder nor a storage ({exc})") from None
+        if "://" not in spec and not Path(spec.removeprefix("journal:")).is_file():
+            raise ConfigError(f"{spec!r} is neither a study folder nor an existing journal file")
+        names = [s.study_name for s in optuna.get_all_study_summaries(backend)]
+        name = study_name or _only_study(redact(spec), names)
+        if name not in names:
+            raise ConfigError(
+                f"no study {name!r} in {redact(spec)}; studies there: {', '.join(names) or 'none'}"
+            )
+        study = optuna.load_study(study_name=name, storage=backend)
+        metric = str(study.user_attrs.get("metric") or (study.metric_names or ["value"])[0])
+        return StudySource(study, redact(spec), None, None, metric)
+
+    study_dir = StudyDir(folder)
+    config = study_dir.load_config()
+    spec = study_dir.storage(config, storage)
+    if study_name is not None and study_name != config.name:
+        raise ConfigError(f"study folder {str(folder)!r} holds study {config.name!r}, not {study_name!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the sampler's options
+        study = open_study(config, spec, create=False)
+    return StudySource(study, redact(spec), folder, config.search.n_trials, config.metric)
+
+
+def _only_study(where: str, names: list[str]) -> str:
+    if len(names) != 1:
+        raise ConfigError(
+            f"{where} holds {len(names)} studies ({', '.join(names) or 'none'}); choose one with --study NAME"
+        )
+    return names[0]
+
+
+def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
+    """Wall time of a trial: its own ``seconds`` attribute when complete, else from its timestamps."""
+    seconds = trial.user_attrs.get("seconds")
+    if isinstance(seconds, (int, float)):
+        return float(seconds)
+    if trial.datetime_start is not None and trial.datetime_complete is not None:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return None
+
+
+def plugin_labels(choices: dict[str, Any]) -> dict[str, str]:
+    """The plugin of each kind a trial used, as a short label per kind:
+    ``{"backbone": "timm(resnet18)", "head": "linear", "freezing": "lp_ft", "regularizers": "mixup+l2sp"}``."""
+    backbone = str(choices.get("backbone", "?"))
+    model = choices.get(f"backbone.{backbone}.model")
+    regs = sorted(
+        k.split(".", 1)[1]
+        for k, v in choices.items()
+        if k.startswith("regularizer.") and k.count(".") == 1 and v
+    )
+    return {
+        "backbone": f"{backbone}({model})" if model else backbone,
+        "head": str(choices.get("head", "?")),
+        "freezing": str(choices.get("freezing", "?")),
+        "regularizers": "+".join(regs) or "none",
+    }

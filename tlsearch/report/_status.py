@@ -1,0 +1,203 @@
+"""Where a study stands: trials by state, the best trial, time spent and time left; and its leaderboard."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tlsearch.report._source import StudySource, open_source, plugin_labels, trial_seconds
+
+TrialState = optuna.trial.TrialState
+
+
+def leaderboard(study: optuna.Study, *, top: int | None = None) -> list[dict[str, Any]]:
+    """The complete trials, best first: one dict per trial with ``rank``, ``trial``, ``value``,
+    ``summary``, ``plugins`` (a label per kind), ``metrics``, ``params`` (parameter count) and
+    ``seconds``. ``top`` keeps the first ones."""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    complete = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None
+    ]
+    complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))  # type: ignore[operator]
+    return [_row(rank, t) for rank, t in enumerate(complete[:top] if top else complete, 1)]
+
+
+def _row(rank: int, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    from tlsearch.search.sampling import describe_choices
+
+    choices = trial.user_attrs.get("choices") or {}
+    try:
+        summary = describe_choices(choices) if choices else ""
+    except (KeyError, TypeError, ValueError):
+        summary = ""
+    return {
+        "rank": rank,
+        "trial": trial.number,
+        "value": trial.value,
+        "summary": summary,
+        "plugins": plugin_labels(choices) if choices else {},
+        "metrics": trial.user_attrs.get("metrics") or {},
+        "params": trial.user_attrs.get("params"),
+        "seconds": trial_seconds(trial),
+    }
+
+
+def study_status(
+    source: str | Path | StudySource,
+    *,
+    study_name: str | None = None,
+    storage: str | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """A JSON-able summary of the study in ``source`` (a study folder or a storage URL, see
+    :func:`~tlsearch.report.open_source`)::
+
+        {"study": "quickstart", "storage": "sqlite:///…", "folder": "runs/quickstart",
+         "metric": "accuracy", "direction": "maximize", "budget": 6,
+         "counts": {"complete": 4, "pruned": 1, "failed": 1, "running": 0, "waiting": 0},
+         "finished": 5, "remaining": 1,
+         "failures": [{"trial": 3, "reason": "RuntimeError: …"}],
+         "running": [{"trial": 6, "seconds": 12.5, "summary": "…"}],
+         "best": {"trial": 2, "value": 0.97, "plugins": {…}, "choices": {…}, "params": 3.2e6, …},
+         "time": {"trials_seconds": 118.2, "mean_trial_seconds": 19.7, "wall_seconds": 130.0},
+         "eta_seconds": 19.7}
+
+    ``finished`` counts complete and pruned trials, as the budget does. ``eta_seconds`` is the
+    remaining budget times the time spent per finished trial (all ended trials' time, failed ones
+    included, over the finished count), less what the running trials already spent, divided by the
+    number running now (parallel workers); None without a budget or a finished trial.
+    """
+    src = (
+        source
+        if isinstance(source, StudySource)
+        else open_source(source, study_name=study_name, storage=storage)
+    )
+    trials = src.study.get_trials(deepcopy=False)
+    now = now or dt.datetime.now()
+    by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
+    counts = {
+        "complete": len(by_state[TrialState.COMPLETE]),
+        "pruned": len(by_state[TrialState.PRUNED]),
+        "failed": len(by_state[TrialState.FAIL]),
+        "running": len(by_state[TrialState.RUNNING]),
+        "waiting": len(by_state[TrialState.WAITING]),
+    }
+    finished = counts["complete"] + counts["pruned"]
+    timed = [s for t in trials if t.state.is_finished() and (s := trial_seconds(t)) is not None]
+    mean = sum(timed) / len(timed) if timed else None
+    running = [_running(t, now) for t in by_state[TrialState.RUNNING]]
+    remaining = None if src.budget is None else max(0, src.budget - finished)
+    eta = None
+    per_finished = sum(timed) / finished if finished and timed else None
+    if remaining is not None and per_finished is not None:
+        spent = sum(min(r["seconds"] or 0.0, per_finished) for r in running)
+        eta = max(0.0, remaining * per_finished - spent) / max(1, len(running))
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    last = now if running else (max(ends) if ends else None)
+    wall = (last - min(starts)).total_seconds() if starts and last is not None else None
+    return {
+        "study": src.study.study_name,
+        "storage": src.storage,
+        "folder": str(src.folder) if src.folder is not None else None,
+        "metric": src.metric,
+        "direction": "maximize" if src.maximize else "minimize",
+        "budget": src.budget,
+        "counts": counts,
+        "finished": finished,
+        "remaining": remaining,
+        "failures": [
+            {"trial": t.number, "reason": str(t.user_attrs.get("failure") or "unknown (no reason recorded)")}
+            for t in by_state[TrialState.FAIL]
+        ],
+        "pruned": [{"trial": t.number, "epoch": t.last_step} for t in by_state[TrialState.PRUNED]],
+        "running": running,
+        "best": _best(src.study),
+        "time": {"trials_seconds": sum(timed), "mean_trial_seconds": mean, "wall_seconds": wall},
+        "eta_seconds": eta,
+    }
+
+
+def _running(trial: optuna.trial.FrozenTrial, now: dt.datetime) -> dict[str, Any]:
+    row = _row(0, trial)
+    seconds = (now - trial.datetime_start).total_seconds() if trial.datetime_start else None
+    history = trial.user_attrs.get("history") or []
+    return {
+        "trial": trial.number,
+        "seconds": seconds,
+        "summary": row["summary"],
+        "epochs_done": len(history),
+        "last_metrics": history[-1] if history else {},
+    }
+
+
+def _best(study: optuna.Study) -> dict[str, Any] | None:
+    rows = leaderboard(study, top=1)
+    if not rows:
+        return None
+    trial = study.trials[rows[0]["trial"]]
+    return {
+        **{k: v for k, v in rows[0].items() if k != "rank"},
+        "choices": trial.user_attrs.get("choices") or {},
+        "optuna_params": trial.params,
+    }
+
+
+def format_duration(seconds: float | None) -> str:
+    """``95`` → ``1m35s``; None → ``?``."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The human-readable text of ``tlsearch status``."""
+    c = status["counts"]
+    budget = status["budget"]
+    lines = [
+        f"study {status['study']}  ({status['folder'] or status['storage']})",
+        f"  trials: {status['finished']}{f'/{budget}' if budget else ''} finished — {c['complete']} complete, "
+        f"{c['pruned']} pruned, {c['failed']} failed, {c['running']} running"
+        + (f", {c['waiting']} waiting" if c["waiting"] else ""),
+        f"  time: {format_duration(status['time']['trials_seconds'])} in trials, "
+        f"mean {format_duration(status['time']['mean_trial_seconds'])} per trial, "
+        f"wall {format_duration(status['time']['wall_seconds'])}"
+        + (
+            f"; about {format_duration(status['eta_seconds'])} left for {status['remaining']} trial(s)"
+            if status["remaining"] and status["eta_seconds"] is not None
+            else ""
+        ),
+    ]
+    best = status["best"]
+    if best:
+        lines.append(
+            f"  best: trial {best['trial']}  {status['metric']} {best['value']:.4g}  {best['summary']}"
+        )
+        for kind, label in best["plugins"].items():
+            lines.append(f"      {kind:<13} {label}")
+        for name, value in best["optuna_params"].items():
+            lines.append(
+                f"      {name} = {value:.4g}" if isinstance(value, float) else f"      {name} = {value}"
+            )
+        if best["params"]:
+            lines.append(
+                f"      model: {best['params'] / 1e6:.2f}M parameters, trained in {format_duration(best['seconds'])}"
+            )
+    else:
+        lines.append("  best: no complete trial yet")
+    for r in status["running"]:
+        lines.append(
+            f"  running: trial {r['trial']} for {format_duration(r['seconds'])}, "
+            f"{r['epochs_done']} epoch(s) done  {r['summary']}"
+        )
+    for f in status["failures"]:
+        lines.append(f"  failed: trial {f['trial']}: {f['reason']}")
+    return "\n".join(lines)
