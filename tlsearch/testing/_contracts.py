@@ -176,7 +176,7 @@ class HeadContract(PluginContract):
         y = x[:, :1] - 0.5 * x[:, 1:2]
         optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
         head.eval()  # no dropout noise while fitting
-        first = None
+        first: float | None = None
         for _ in range(150):
             optimizer.zero_grad()
             out = head(x)
@@ -185,7 +185,7 @@ class HeadContract(PluginContract):
             first = first if first is not None else float(loss.detach())
             loss.backward()
             optimizer.step()
-        assert float(loss) < 0.5 * first
+        assert first is not None and float(loss.detach()) < 0.5 * first
 
 
 class FreezingStrategyContract(PluginContract):

@@ -96,6 +96,7 @@ def simulate_training(
     options = _merged(regularizers, "optimizer_options")
     loss_options = _merged(regularizers, "loss_options")
     optimizer = build_optimizer(groups, lr=lr, weight_decay=float(options.get("weight_decay", 0.0)))  # type: ignore[arg-type]
+    smoothing = float(loss_options.get("label_smoothing", 0.0))  # type: ignore[arg-type]
     records = []
     g = torch.Generator().manual_seed(0)
     try:
@@ -124,9 +125,7 @@ def simulate_training(
                     x, y = reg.transform_batch(x, y, num_outputs=num_outputs)
                 features = model.forward_features(x)
                 out = model.head(features)
-                loss = task_loss(
-                    out, y, task=task, label_smoothing=float(loss_options.get("label_smoothing", 0.0))
-                )  # type: ignore[arg-type]
+                loss = task_loss(out, y, task=task, label_smoothing=smoothing)
                 for reg in regularizers:
                     term = reg.penalty(model, images=x, features=features)
                     if term is not None:

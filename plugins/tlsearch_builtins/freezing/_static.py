@@ -64,6 +64,8 @@ class FreezeStages(FreezingStrategy):
     et al., *Quick-Tune*, ICLR 2024). ``n_frozen`` larger than the number of groups freezes all.
     BatchNorm: layers in frozen groups run in eval mode (pretraining statistics kept); layers in
     trained groups update their statistics. Freezing every group makes it a linear probe.
+    A study that searches ``n_frozen`` (``n_frozen: [1, 2, 3]``) should also fix ``fraction`` (any
+    value, e.g. ``fraction: 0.0``), so the search does not sample a value that is then ignored.
     """
 
     name = "freeze_stages"
