@@ -106,7 +106,7 @@ class Console:
         self.rows: list[_Row] = []
         self.maximize = True
         self.metric = "value"
-        self.current: dict[str, Any] = {}
+        self.current: dict[int, dict[str, Any]] = {}
         self._live: Any = None
 
     @property

@@ -23,6 +23,7 @@ from tlsearch.report._status import format_duration, leaderboard, study_status
 
 _SVG_PROLOGUE = re.compile(r"^.*?(?=<svg)", re.S)
 _SVG_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
+_RESULTS = ("verification", "quantization", "quantisation", "parity", "error")
 _XMLNS = re.compile(r'\s+xmlns(:\w+)?="[^"]*"')
 
 CSS = """
@@ -309,6 +310,8 @@ def _model_section(files: dict[str, dict[str, Any]]) -> str:
         )
     parts = []
     for name, payload in files.items():
-        rows = [[_esc(k), _num(v, 6)] for k, v in _flatten(payload)]
+        flat = _flatten(payload)
+        first = [kv for kv in flat if kv[0].split(".", 1)[0] in _RESULTS]  # parity and quantisation
+        rows = [[_esc(k), _num(v, 6)] for k, v in first + [kv for kv in flat if kv not in first]]
         parts.append(f"<h3>{_esc(name)}</h3>" + _table(["key", "value"], rows))
     return "".join(parts)

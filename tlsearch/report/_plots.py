@@ -18,6 +18,7 @@ from typing import Any
 import matplotlib
 import optuna
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from tlsearch.report._source import StudySource, plugin_labels, trial_seconds
 
@@ -74,7 +75,7 @@ def optimization_history(src: StudySource) -> Plot:
     ]
     ax.scatter(
         [t.number for t in complete],
-        [t.value for t in complete],
+        [float(t.value or 0.0) for t in complete],
         color=COLORS["complete"],
         label="complete",
         zorder=3,
@@ -87,10 +88,13 @@ def optimization_history(src: StudySource) -> Plot:
             label="pruned (last epoch reached)",
             zorder=3,
         )
-    best, xs, ys = None, [], []
+    best: float | None = None
+    xs: list[int] = []
+    ys: list[float] = []
     for t in sorted(complete, key=lambda t: t.number):
-        if best is None or (t.value > best if src.maximize else t.value < best):  # type: ignore[operator]
-            best = t.value
+        value = float(t.value or 0.0)
+        if best is None or (value > best if src.maximize else value < best):
+            best = value
         xs.append(t.number)
         ys.append(best)
     ax.step(xs, ys, where="post", color=COLORS["best"], label="best so far")
@@ -158,7 +162,7 @@ def learning_curves(src: StudySource) -> Plot:
             )
     ax.set_xlabel("epoch")
     ax.set_ylabel(src.metric)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     plot.figure = fig
