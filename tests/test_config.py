@@ -91,3 +91,16 @@ def test_relative_paths_resolve_from_the_study_file(tmp_path: Path, shapes_dir: 
     config = load_config(folder / "s.yaml")
     assert config.resolve_path(config.data.train) == folder / "data" / "train"
     assert config.training.epochs == 3 and config.search.sampler == "tpe"
+
+
+def test_timm_wildcard_becomes_a_choice_among_matching_models(write_study, tmp_path: Path) -> None:
+    study = write_study(space={"backbone": {"timm": {"model": "test_e*", "weights": "random"}}})
+    _, _, space, _ = prepare(study, out_dir=tmp_path / "out")
+    choices = space.backbone[0].space.params["model"].choices
+    assert "test_efficientnet" in choices and all(c.startswith("test_e") for c in choices)
+
+
+def test_wildcard_matching_nothing_is_a_config_error(write_study, tmp_path: Path) -> None:
+    study = write_study(space={"backbone": {"timm": {"model": "no_such_model_*", "weights": "random"}}})
+    with pytest.raises(ConfigError, match=r"space.backbone.timm.*no_such_model_\*"):
+        prepare(study, out_dir=tmp_path / "out")

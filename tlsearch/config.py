@@ -317,7 +317,10 @@ def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
                 raise ConfigError(str(exc)) from None
             if not isinstance(overrides, Mapping):
                 raise ConfigError(f"{where}: expected a mapping of hyperparameter → value or range, got {overrides!r}")
-            overrides = dict(overrides)
+            try:
+                overrides = info.cls.expand_overrides(overrides)
+            except PluginError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
             enabled: Hyperparameter = Fixed(True)
             if kind == "regularizer":
                 enabled = narrow(Categorical((True, False)), overrides.pop("enabled", [True, False]), where=f"{where}.enabled")

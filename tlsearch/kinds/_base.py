@@ -50,6 +50,16 @@ class Plugin:
         return f"{type(self).__name__}({args})"
 
     @classmethod
+    def expand_overrides(cls, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """The study's hyperparameter overrides for this plugin, with any shorthand made explicit.
+
+        Called when a study is read, before its values are checked against :attr:`hyperparameters`
+        (e.g. the ``timm`` backbone turns ``model: "resnet*"`` into the list of matching names).
+        Default: unchanged.
+        """
+        return dict(overrides)
+
+    @classmethod
     def summary(cls) -> str:
         """First line of the docstring."""
         doc = (cls.__doc__ or "").strip()
