@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,10 +17,28 @@ from tlsearch.errors import TlsearchError
 from tlsearch.kinds import TransferModel
 from tlsearch.preprocessing import DataConfig
 from tlsearch.registry import PluginManager
+from tlsearch.search.budget import SKIPPED_ATTR, BudgetReached, study_deadline, wait_for_slot
 from tlsearch.search.checkpoint import TrialRecord, save_checkpoint
+from tlsearch.search.failures import classify, free_accelerator_memory, guard_plugins
+from tlsearch.search.recovery import (
+    MAX_RETRIES,
+    WORKER_ATTR,
+    TrialHeartbeat,
+    WorkerIdentity,
+    requeue,
+    sweep_stale_trials,
+)
 from tlsearch.search.sampling import TrialPlugins, describe_choices, instantiate, sample_choices
+from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from tlsearch.search.study_dir import StudyDir
-from tlsearch.train import Trainer, TrainSettings, merge_options, resolve_device
+from tlsearch.train import NonFiniteError, Trainer, TrainSettings, merge_options, resolve_device
+
+log = logging.getLogger("tlsearch")
+
+
+class TrialFailed(TlsearchError):
+    """Ends a failed trial after its reason was recorded (raised without the original traceback,
+    so nothing of the failed step stays referenced)."""
 
 
 @dataclass
@@ -45,8 +64,12 @@ class StudyData:
         if config not in self._decoded:
             kw = {"cache_dir": self.cache_dir, "on_bad_image": self.on_bad_image, "progress": self.progress}
             self._decoded[config] = (
-                decode_images(self.train, config, description=f"decoding train images at {config.input_size}px", **kw),
-                decode_images(self.val, config, description=f"decoding val images at {config.input_size}px", **kw),
+                decode_images(
+                    self.train, config, description=f"decoding train images at {config.input_size}px", **kw
+                ),
+                decode_images(
+                    self.val, config, description=f"decoding val images at {config.input_size}px", **kw
+                ),
             )
         return self._decoded[config]
 
@@ -63,10 +86,31 @@ def build_model(plugins: TrialPlugins, *, num_outputs: int, image_size: int | No
 class Objective:
     """Callable for ``study.optimize``. Every trial records as user attributes: ``choices``,
     ``plugins``, ``history`` (per-epoch metrics), ``metrics``, ``seconds``, ``params`` (parameter
-    count), ``trainable_params``, ``feature_cache`` and, when it fails, ``failure``."""
+    count), ``trainable_params``, ``feature_cache``, ``worker`` (who ran it) and, when it fails,
+    ``failure`` (the reason) and ``failure_kind`` (see :mod:`tlsearch.search.failures`).
 
-    def __init__(self, *, config: StudyConfig, space: ResolvedSpace, pm: PluginManager, data: StudyData,
-                 study_dir: StudyDir, on_event: Any = None) -> None:
+    Before a trial trains it sweeps the study for trials of dead workers
+    (:mod:`tlsearch.search.recovery`) and, when ``budget`` is set, takes a slot of the global
+    budget (:mod:`tlsearch.search.budget`). A failed trial never stops the study: CUDA
+    out-of-memory frees the memory and requeues the parameters once at half the batch size,
+    non-finite results, plugin errors and unreadable images are recorded, and Ctrl-C requeues the
+    interrupted parameters so that a rerun picks them up."""
+
+    def __init__(
+        self,
+        *,
+        config: StudyConfig,
+        space: ResolvedSpace,
+        pm: PluginManager,
+        data: StudyData,
+        study_dir: StudyDir,
+        on_event: Any = None,
+        budget: int | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        grace_period: float = GRACE_PERIOD,
+        retry_oom: bool = True,
+        max_retries: int = MAX_RETRIES,
+    ) -> None:
         self.config = config
         self.space = space
         self.pm = pm
@@ -74,8 +118,42 @@ class Objective:
         self.study_dir = study_dir
         self.device = resolve_device(config.training.device)
         self.on_event = on_event or (lambda *a, **k: None)
+        self.budget = budget
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.retry_oom = retry_oom
+        self.max_retries = max_retries
+        self.identity = WorkerIdentity.current().to_dict()
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, self.identity)
+        with TrialHeartbeat(trial.study, trial._trial_id, interval=self.heartbeat_interval):
+            try:
+                self._take_slot(trial)
+                return self._trial(trial)
+            except KeyboardInterrupt:
+                reason = classify(KeyboardInterrupt())[1]
+                self._fail(trial, "interrupted", reason)
+                if trial.params:
+                    requeue(trial.study, trial, reason="interrupted", max_retries=self.max_retries)
+                    self._end(trial, "FAIL", None, {"failure": reason})  # type: ignore[dict-item]
+                raise
+
+    def _take_slot(self, trial: optuna.Trial) -> None:
+        swept = sweep_stale_trials(trial.study, grace_period=self.grace_period, max_retries=self.max_retries)
+        if swept:
+            log.warning("failed and requeued trial(s) %s: their worker is gone", swept)
+        if self.budget is None:
+            return
+        try:
+            wait_for_slot(trial.study, trial, budget=self.budget, deadline=study_deadline(trial.study))
+        except BudgetReached as exc:
+            trial.set_user_attr(SKIPPED_ATTR, True)
+            self._fail(trial, "skipped", f"skipped: {exc}")
+            trial.study.stop()
+            raise TrialFailed(str(exc)) from None
+
+    def _trial(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
         out = str(self.study_dir.root)
         choices = sample_choices(trial, self.space)
@@ -89,25 +167,59 @@ class Objective:
             self._end(trial, "PRUNED", None, history[-1] if history else {})
             raise
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TlsearchError) else str(exc)
-            trial.set_user_attr("failure", reason)
-            self._end(trial, "FAIL", None, {"failure": reason})  # type: ignore[dict-item]
-            raise
-        self._end(trial, "COMPLETE", value, history[-1])
-        return value
+            kind, reason = classify(exc)
+        else:
+            self._end(trial, "COMPLETE", value, history[-1])
+            return value
+        # Outside the except block: the exception and its traceback (holding the failed step's
+        # tensors) are gone, so the memory can really be freed.
+        free_accelerator_memory()
+        self._fail(trial, kind, reason)
+        self._end(trial, "FAIL", None, {"failure": reason})  # type: ignore[dict-item]
+        if kind == "oom":
+            self._retry_smaller(trial)
+        raise TrialFailed(reason)
+
+    def _fail(self, trial: optuna.Trial, kind: str, reason: str) -> None:
+        trial.set_user_attr("failure", reason)
+        trial.set_user_attr("failure_kind", kind)
+
+    def _retry_smaller(self, trial: optuna.Trial) -> None:
+        batch = int(trial.user_attrs.get("batch_size", self.config.training.batch_size))
+        if self.retry_oom and batch > 1 and not trial.user_attrs.get("oom_retry"):
+            requeue(
+                trial.study,
+                trial,
+                reason=f"out of memory at batch size {batch}",
+                max_retries=self.max_retries,
+                overrides={"batch_size": batch // 2, "oom_retry": True},
+            )
 
     def _end(self, trial: optuna.Trial, state: str, value: float | None, metrics: dict[str, float]) -> None:
-        self.pm.notify("tlsearch_trial_end", trial=trial, state=state, value=value, metrics=metrics,
-                       out_dir=str(self.study_dir.root))
+        self.pm.notify(
+            "tlsearch_trial_end",
+            trial=trial,
+            state=state,
+            value=value,
+            metrics=metrics,
+            out_dir=str(self.study_dir.root),
+        )
         self.on_event("trial_end", trial=trial, state=state, value=value, metrics=metrics)
 
-    def _run(self, trial: optuna.Trial, choices: dict[str, Any], history: list[dict[str, float]],
-             started: float) -> float:
+    def _run(
+        self, trial: optuna.Trial, choices: dict[str, Any], history: list[dict[str, float]], started: float
+    ) -> float:
         config = self.config
-        plugins = instantiate(choices, self.pm.registry)
+        plugins = guard_plugins(instantiate(choices, self.pm.registry), self.pm.registry)
         trial.set_user_attr("plugins", plugins.names())
         model = build_model(plugins, num_outputs=self.data.num_outputs, image_size=config.data.image_size)
         train, val = self.data.decoded(model.data_config)
+        skipped = len(train.skipped) + len(val.skipped)
+        if skipped:
+            trial.set_user_attr("skipped_images", skipped)
+            examples = [path for path, _ in (train.skipped + val.skipped)[:5]]
+            trial.study.set_user_attr("skipped_images", {"count": skipped, "examples": examples})
+        batch_size = int(trial.user_attrs.get("batch_size", config.training.batch_size))
         trainer = Trainer(
             model,
             strategy=plugins.freezing,
@@ -115,10 +227,15 @@ class Objective:
             task=config.task,
             num_outputs=self.data.num_outputs,
             settings=TrainSettings(
-                epochs=config.training.epochs, batch_size=config.training.batch_size, lr=choices["train.lr"],
-                optimizer=config.training.optimizer, scheduler=config.training.scheduler,
-                augment=config.training.augment, loss=config.training.loss,
-                eval_batch_size=config.training.eval_batch_size, precision=config.training.precision,
+                epochs=config.training.epochs,
+                batch_size=batch_size,
+                lr=choices["train.lr"],
+                optimizer=config.training.optimizer,
+                scheduler=config.training.scheduler,
+                augment=config.training.augment,
+                loss=config.training.loss,
+                eval_batch_size=config.training.eval_batch_size,
+                precision=config.training.precision,
             ),
             device=self.device,
             seed=(config.search.seed or 0) + trial.number,
@@ -129,8 +246,13 @@ class Objective:
             history.append(metrics)
             trial.set_user_attr("history", history)
             trial.report(metrics[metric], epoch)
-            self.pm.notify("tlsearch_epoch_end", trial=trial, epoch=epoch, metrics=metrics,
-                           out_dir=str(self.study_dir.root))
+            self.pm.notify(
+                "tlsearch_epoch_end",
+                trial=trial,
+                epoch=epoch,
+                metrics=metrics,
+                out_dir=str(self.study_dir.root),
+            )
             self.on_event("epoch_end", trial=trial, epoch=epoch, metrics=metrics)
             if epoch + 1 < config.training.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={metrics[metric]:.4g}")
@@ -138,17 +260,31 @@ class Objective:
         result = trainer.fit(train, val, on_epoch_end=on_epoch_end)
         value = float(result.metrics[metric])
         if not math.isfinite(value):
-            raise TlsearchError(f"{metric} is {value}; a trial must end with a finite score")
+            raise NonFiniteError(f"{metric} is {value}; a trial must end with a finite score")
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        info = {"params": params, "trainable_params": trainable, "feature_cache": result.used_feature_cache,
-                "precision": result.precision, "device": str(self.device), **model.info}
+        info = {
+            "params": params,
+            "trainable_params": trainable,
+            "feature_cache": result.used_feature_cache,
+            "precision": result.precision,
+            "device": str(self.device),
+            **model.info,
+        }
         for key, v in {"metrics": result.metrics, "seconds": time.perf_counter() - started, **info}.items():
             trial.set_user_attr(key, v)
         record = TrialRecord(
-            number=trial.number, study=config.name, task=config.task, choices=choices,
-            data_config=model.data_config.to_dict(), num_outputs=self.data.num_outputs, labels=self.data.labels,
-            metric=metric, value=value, metrics=result.metrics, info={**info, "summary": describe_choices(choices)},
+            number=trial.number,
+            study=config.name,
+            task=config.task,
+            choices=choices,
+            data_config=model.data_config.to_dict(),
+            num_outputs=self.data.num_outputs,
+            labels=self.data.labels,
+            metric=metric,
+            value=value,
+            metrics=result.metrics,
+            info={**info, "summary": describe_choices(choices)},
         )
         save_checkpoint(self.study_dir.trial_dir(trial.number), model, record)
         if self.device.type == "cuda":

@@ -6,20 +6,29 @@ study is loaded from its storage and only the trials still missing from the budg
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
 
 from tlsearch.config import StudyConfig, load_config, resolve_space
 from tlsearch.data import load_splits
+from tlsearch.errors import TlsearchError
 from tlsearch.registry import PluginManager, get_plugin_manager
+from tlsearch.search.budget import DEADLINE_ATTR, FINISHED, BudgetCallback, FailureStreakCallback, should_stop
 from tlsearch.search.objective import Objective, StudyData
+from tlsearch.search.recovery import requeue_after_heartbeat, sweep_stale_trials
+from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, check_concurrency, make_storage
 from tlsearch.search.study_dir import StudyDir
+from tlsearch.search.workers import RANK_ENV, run_workers
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+log = logging.getLogger("tlsearch")
 
 
 def make_sampler(config: StudyConfig, *, offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -44,21 +53,59 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
 
 
-def open_study(config: StudyConfig, storage: str, *, create: bool = True) -> optuna.Study:
-    """Create the study in ``storage`` or load it if it exists (this is what makes reruns resume)."""
+def open_study(
+    config: StudyConfig,
+    storage: str | BaseStorage,
+    *,
+    create: bool = True,
+    worker: int = 0,
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL,
+    grace_period: int | None = GRACE_PERIOD,
+) -> optuna.Study:
+    """Create the study in ``storage`` or load it if it exists (this is what makes reruns resume).
+
+    ``storage`` is a URL or journal path (see :func:`tlsearch.search.storage.make_storage`) or an
+    Optuna storage. ``worker`` (0, 1, …) shifts the sampler's seed, so that workers started
+    together do not all sample the same first trials; the number of trials already in the study
+    shifts it too, so that a resumed study does not replay its first samples."""
+    if isinstance(storage, str):
+        storage = make_storage(
+            storage,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            on_stale=requeue_after_heartbeat,
+        )
     existing = 0
     try:
-        summaries = optuna.get_all_study_summaries(storage)
-        existing = next((s.n_trials for s in summaries if s.study_name == config.name), 0)
-    except Exception:
-        existing = 0
+        existing = storage.get_n_trials(storage.get_study_id_from_name(config.name))
+    except KeyError:
+        if not create:
+            raise TlsearchError(
+                f"no study {config.name!r} in storage {storage!r}; start it with `tlsearch run`"
+            ) from None
     kwargs: dict[str, Any] = {
-        "study_name": config.name, "storage": storage,
-        "sampler": make_sampler(config, offset=existing), "pruner": make_pruner(config),
+        "study_name": config.name,
+        "storage": storage,
+        "sampler": make_sampler(config, offset=existing + 7919 * worker),
+        "pruner": make_pruner(config),
     }
     if create:
-        return optuna.create_study(direction=config.direction, load_if_exists=True, **kwargs)
+        return optuna.create_study(direction=config.direction, load_if_exists=True, **kwargs)  # type: ignore[arg-type]
     return optuna.load_study(**kwargs)
+
+
+def _describe_study(study: optuna.Study, config: StudyConfig, data: StudyData) -> None:
+    """The study's own attributes, written only when missing or different: many workers load the
+    same study at once, and a write that changes nothing is a write that can collide."""
+    if study.metric_names != [config.metric]:
+        study.set_metric_names([config.metric])
+    wanted: dict[str, Any] = {"task": config.task, "metric": config.metric}
+    if data.labels is not None:
+        wanted["labels"] = data.labels
+    current = study.user_attrs
+    for key, value in wanted.items():
+        if current.get(key) != value:
+            study.set_user_attr(key, value)
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -74,11 +121,19 @@ class RunResult:
     data: StudyData
 
 
-def prepare(config_or_path: StudyConfig | str | Path, *, out_dir: str | Path | None = None,
-            plugin_files: Sequence[str | Path] = (), overrides: dict[str, Any] | None = None,
-            ) -> tuple[StudyConfig, PluginManager, Any, StudyDir]:
+def prepare(
+    config_or_path: StudyConfig | str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    plugin_files: Sequence[str | Path] = (),
+    overrides: dict[str, Any] | None = None,
+) -> tuple[StudyConfig, PluginManager, Any, StudyDir]:
     """Validate everything a run needs — config, plugins, search space — before any work starts."""
-    config = config_or_path if isinstance(config_or_path, StudyConfig) else load_config(config_or_path, overrides=overrides)
+    config = (
+        config_or_path
+        if isinstance(config_or_path, StudyConfig)
+        else load_config(config_or_path, overrides=overrides)
+    )
     pm = get_plugin_manager([*(config.resolve_path(p) for p in config.plugins), *plugin_files])
     space = resolve_space(config, pm.registry)
     study_dir = StudyDir(Path(out_dir) if out_dir is not None else Path("runs") / config.name)
@@ -95,41 +150,89 @@ def run_study(
     plugin_files: Sequence[str | Path] = (),
     progress: bool = True,
     on_event: Callable[..., None] | None = None,
+    workers: int = 1,
+    join: bool = False,
+    worker_rank: int | None = None,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
+    retry_oom: bool = True,
+    max_failures_in_a_row: int | None = 10,
 ) -> RunResult:
     """Run (or resume) a study until its budget of finished trials is reached.
 
     ``n_trials`` is the study's total budget of finished (complete or pruned) trials, across reruns
-    and workers: a rerun after a crash runs only the missing ones. Failed trials are recorded and the
-    study goes on.
+    and workers: exactly that many finish (see :mod:`tlsearch.search.budget`), and a rerun after a
+    crash runs only the missing ones, after failing and requeueing the trials of dead workers
+    (:mod:`tlsearch.search.recovery`). Failed trials are recorded and the study goes on; a worker
+    stops after ``max_failures_in_a_row`` failures in a row.
+
+    ``workers`` > 1 starts that many local worker processes (one per visible GPU, or CPU
+    processes; see :mod:`tlsearch.search.workers`) and waits for them. ``join=True`` is what
+    ``tlsearch worker`` does: take part in a study someone else may be running, without resetting
+    the study's deadline (``timeout`` then limits this worker only).
     """
     config, pm, space, study_dir = prepare(config_or_path, out_dir=out_dir, plugin_files=plugin_files)
-    train, val = load_splits(config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path)
-    data = StudyData(train, val, cache_dir=study_dir.cache, on_bad_image=config.data.on_bad_image, progress=progress)
+    spec = study_dir.storage(config, storage)
+    check_concurrency(spec, workers)
+    train, val = load_splits(
+        config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
+    )
+    data = StudyData(
+        train, val, cache_dir=study_dir.cache, on_bad_image=config.data.on_bad_image, progress=progress
+    )
 
     study_dir.save_config(config)
-    study = open_study(config, study_dir.storage(config, storage))
-    study.set_metric_names([config.metric])
-    study.set_user_attr("task", config.task)
-    study.set_user_attr("metric", config.metric)
-    if data.labels is not None:
-        study.set_user_attr("labels", data.labels)
-    objective = Objective(config=config, space=space, pm=pm, data=data, study_dir=study_dir, on_event=on_event)
-    pm.notify("tlsearch_study_start", study=study, config=config, out_dir=str(study_dir.root))
-
+    rank = worker_rank if worker_rank is not None else int(os.environ.get(RANK_ENV, "0"))
+    study = open_study(
+        config, spec, worker=rank, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+    )
+    _describe_study(study, config, data)
     budget = n_trials if n_trials is not None else config.search.n_trials
-    remaining = None if budget is None else max(0, budget - finished_trials(study))
-    callbacks = []
-    if budget is not None:
-        callbacks.append(optuna.study.MaxTrialsCallback(budget, states=FINISHED))
-    if remaining != 0:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=timeout if timeout is not None else config.search.timeout,
-            catch=(Exception,),
-            callbacks=callbacks,
-            gc_after_trial=True,
-            show_progress_bar=False,
+    timeout = timeout if timeout is not None else config.search.timeout
+    if not join:
+        deadline = None if timeout is None else time.time() + timeout
+        if study.user_attrs.get(DEADLINE_ATTR) != deadline:
+            study.set_user_attr(DEADLINE_ATTR, deadline)
+    swept = sweep_stale_trials(study, grace_period=grace_period)
+    if swept:
+        log.warning("trial(s) %s were left RUNNING by a worker that is gone: failed and requeued", swept)
+    result = RunResult(study, study_dir, config, pm, data)
+    if workers > 1:
+        run_workers(
+            result,
+            storage=spec,
+            workers=workers,
+            n_trials=n_trials,
+            plugin_files=plugin_files,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
         )
-    pm.notify("tlsearch_study_end", study=study, out_dir=str(study_dir.root))
-    return RunResult(study, study_dir, config, pm, data)
+        sweep_stale_trials(study, grace_period=grace_period)
+        return result
+
+    objective = Objective(
+        config=config,
+        space=space,
+        pm=pm,
+        data=data,
+        study_dir=study_dir,
+        on_event=on_event,
+        budget=budget,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        retry_oom=retry_oom,
+    )
+    pm.notify("tlsearch_study_start", study=study, config=config, out_dir=str(study_dir.root))
+    try:
+        if not should_stop(study, budget):
+            study.optimize(
+                objective,
+                timeout=timeout,
+                catch=(Exception,),
+                callbacks=[BudgetCallback(budget), FailureStreakCallback(max_failures_in_a_row)],
+                gc_after_trial=True,
+                show_progress_bar=False,
+            )
+    finally:
+        pm.notify("tlsearch_study_end", study=study, out_dir=str(study_dir.root))
+    return result

@@ -4,7 +4,8 @@
 
     runs/<name>/
         study.json          the validated study config (and where it came from)
-        study.db            the Optuna storage of an embedded run (SQLite)
+        study.journal       the Optuna storage of an embedded run (journal file; see search/storage.py)
+        study.db            the same in a folder made by an older tlsearch (SQLite, one process)
         trail.jsonl         one JSON line per study/trial/epoch event
         cache/              decoded images and backbone features, shared by all trials
         trials/<n>/         model.safetensors + trial.json for trial n
@@ -38,7 +39,12 @@ class StudyDir:
 
     @property
     def default_storage(self) -> str:
-        return f"sqlite:///{(self.root / 'study.db').resolve()}"
+        """The journal file ``study.journal``, safe for several local processes; a folder that an
+        older tlsearch made with ``study.db`` keeps its SQLite storage."""
+        legacy = self.root / "study.db"
+        if legacy.is_file():
+            return f"sqlite:///{legacy.resolve()}"
+        return str((self.root / "study.journal").resolve())
 
     def trial_dir(self, number: int) -> Path:
         return self.root / "trials" / f"{number:04d}"

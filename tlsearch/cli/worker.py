@@ -1,0 +1,128 @@
+"""``tlsearch worker``: join a study from any machine, through its shared storage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tlsearch.cli import main
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a scheduler's stop, ``kill``) ends the trial like Ctrl-C does: recorded and requeued."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _echo_event(prefix: str) -> Any:
+    def event(name: str, **kw: Any) -> None:
+        trial = kw["trial"]
+        if name == "trial_start":
+            from tlsearch.search.sampling import describe_choices
+
+            click.echo(f"{prefix}trial {trial.number}: {describe_choices(kw['choices'])}")
+        elif name == "trial_end":
+            detail = (
+                f"value {kw['value']:.4g}" if kw["value"] is not None else kw["metrics"].get("failure", "")
+            )
+            click.echo(f"{prefix}trial {trial.number} {kw['state'].lower()} {detail}".rstrip())
+
+    return event
+
+
+@main.command()
+@click.argument("study", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--storage",
+    help="the study's Optuna storage URL (e.g. postgresql://user@host/db); "
+    "default: the study folder's own storage",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="study folder for checkpoints and caches (default: runs/<study name>, or STUDY if it is a folder)",
+)
+@click.option("--n-trials", type=click.IntRange(min=1), help="the study's total budget of finished trials")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds this worker runs at most"
+)
+@click.option(
+    "--plugin",
+    "plugin_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="a plugin file to load (repeatable)",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="seconds between a running trial's heartbeats",
+)
+@click.option(
+    "--grace-period",
+    type=click.IntRange(min=1),
+    default=120,
+    show_default=True,
+    help="seconds without a heartbeat after which another machine's trial counts as lost",
+)
+def worker(
+    study: Path,
+    storage: str | None,
+    out_dir: Path | None,
+    n_trials: int | None,
+    timeout: float | None,
+    plugin_files: tuple[Path, ...],
+    heartbeat_interval: int,
+    grace_period: int,
+) -> None:
+    """Join the study STUDY (a study YAML file, or a study folder) and run trials until its budget is done.
+
+    Start as many as you like, on any machines that reach the storage: the budget of finished
+    trials holds across all of them, and a worker that dies has its trial retried by the others.
+    """
+    import optuna
+
+    from tlsearch.config import load_config
+    from tlsearch.search import StudyDir, run_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    threads = os.environ.get("TLSEARCH_NUM_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    if study.is_dir():
+        config = StudyDir(study).load_config()
+        out_dir = out_dir or study
+    else:
+        config = load_config(study)
+    _interrupt_on_sigterm()
+    rank = os.environ.get("TLSEARCH_WORKER_RANK")
+    try:
+        run_study(
+            config,
+            out_dir=out_dir,
+            n_trials=n_trials,
+            timeout=timeout,
+            storage=storage,
+            plugin_files=plugin_files,
+            progress=False,
+            on_event=_echo_event(f"[worker {rank or os.getpid()}] "),
+            join=True,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+        )
+    except KeyboardInterrupt:
+        click.echo("interrupted: the running trial was recorded and requeued; rerun to resume", err=True)
+        sys.exit(130)

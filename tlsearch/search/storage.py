@@ -1,0 +1,136 @@
+"""Where a study lives: an Optuna storage built from a URL or a file path.
+
+Two kinds of storage, both Optuna's own (tlsearch adds no scheduler of its own):
+
+* **A database** — ``postgresql://…``, ``mysql://…``, ``sqlite:///…``: Optuna's ``RDBStorage``,
+  with Optuna's heartbeats switched on, so a trial whose worker stopped beating is failed by the
+  next worker that starts a trial. PostgreSQL (or MySQL) is the way to spread one study over
+  several machines.
+* **A journal file** — a path ending in ``.journal`` or ``.log`` (or ``journal:PATH``): Optuna's
+  ``JournalStorage`` over ``JournalFileBackend``, an append-only log guarded by a file lock.
+
+The embedded default of a study folder is the journal file ``<folder>/study.journal``. Why not
+SQLite: SQLite serialises writers with a database-wide lock, and several processes writing one
+file fail with "database is locked" (32 processes creating one study on a fresh file crashed 27 of
+them), while the journal held 640 of 640 trials under the same load. A folder begins with one
+process and may get more later (``tlsearch run --workers N``, a ``tlsearch worker`` beside it), so
+the default must be safe for several processes from the start, and a study must not change
+storage half-way. A folder created by an older tlsearch that holds ``study.db`` keeps its SQLite
+storage, for one process only (see :func:`check_concurrency`). The journal has no heartbeats;
+:mod:`tlsearch.search.recovery` fills the gap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial
+
+from tlsearch.errors import ConfigError
+
+JOURNAL_SUFFIXES = (".journal", ".log")
+RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "oracle", "mssql")
+HEARTBEAT_INTERVAL = 30
+GRACE_PERIOD = 120
+_CONNECT_ATTEMPTS = 6
+
+
+def storage_kind(spec: str) -> str:
+    """``"journal"``, ``"sqlite"`` or ``"rdb"`` (a database server) for a storage URL or path."""
+    if spec.startswith("journal:") or spec.endswith(JOURNAL_SUFFIXES) and "://" not in spec:
+        return "journal"
+    scheme = spec.split("://", 1)[0].split("+", 1)[0].lower() if "://" in spec else ""
+    if scheme == "sqlite":
+        return "sqlite"
+    if scheme in RDB_SCHEMES:
+        return "rdb"
+    raise ConfigError(
+        f"storage {spec!r} is not valid; valid forms: postgresql://user@host/db (or another SQLAlchemy URL: "
+        "mysql://…, sqlite:///file.db), or a journal file path ending in .journal or .log"
+    )
+
+
+def make_storage(
+    spec: str,
+    *,
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL,
+    grace_period: int | None = GRACE_PERIOD,
+    on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> BaseStorage:
+    """The Optuna storage for ``spec`` (see the module docstring for the accepted forms).
+
+    Databases get Optuna's heartbeats (``heartbeat_interval`` seconds, stale after
+    ``grace_period``, then ``on_stale(study, trial)`` runs); ``None`` switches them off. Connecting is retried a few times with jitter:
+    many workers starting at once on a fresh database race to create Optuna's tables.
+    """
+    kind = storage_kind(spec)
+    if kind == "journal":
+        path = Path(spec.removeprefix("journal:")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    spec = with_available_driver(spec)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {"pool_pre_ping": True}
+    last: Exception | None = None
+    for attempt in range(_CONNECT_ATTEMPTS):
+        try:
+            return RDBStorage(
+                spec,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=on_stale if heartbeat_interval else None,
+            )
+        except ImportError as exc:
+            raise ConfigError(f"storage {redact(spec)!r} needs a database driver: {exc}") from exc
+        except Exception as exc:  # a table-creation race or a server that is still starting
+            last = exc
+            time.sleep(0.2 * (2**attempt) * (0.5 + random.random()))
+    raise ConfigError(f"cannot open storage {redact(spec)!r}: {type(last).__name__}: {last}") from last
+
+
+def with_available_driver(spec: str) -> str:
+    """``postgresql://…`` with the PostgreSQL driver that is installed: SQLAlchemy 2.1 means
+    psycopg 3 by a bare ``postgresql://``, while many environments have psycopg2 only."""
+    for bare in ("postgresql://", "postgres://"):
+        if spec.startswith(bare):
+            if (
+                importlib.util.find_spec("psycopg") is None
+                and importlib.util.find_spec("psycopg2") is not None
+            ):
+                return "postgresql+psycopg2://" + spec[len(bare) :]
+            return "postgresql://" + spec[len(bare) :]
+    return spec
+
+
+def redact(spec: str) -> str:
+    """``spec`` with any password replaced by ``***`` (for messages and logs)."""
+    if "://" not in spec or "@" not in spec:
+        return spec
+    scheme, rest = spec.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    if ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    return f"{scheme}://{credentials}@{host}"
+
+
+def check_concurrency(spec: str, workers: int) -> None:
+    """Refuse to run several processes on SQLite, which fails under concurrent writers."""
+    if workers > 1 and storage_kind(spec) == "sqlite":
+        raise ConfigError(
+            f'storage {redact(spec)!r} is SQLite, which is not safe for {workers} processes ("database is '
+            'locked"); use --workers 1, a journal file (--storage path/study.journal, the default of a new study '
+            "folder) or a database server (--storage postgresql://…)"
+        )
+
+
+def has_heartbeat(storage: BaseStorage) -> bool:
+    """Whether Optuna's own heartbeats watch this storage's trials."""
+    return is_heartbeat_enabled(storage)

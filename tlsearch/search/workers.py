@@ -1,0 +1,143 @@
+"""Local workers: ``tlsearch run --workers N`` starts N ``tlsearch worker`` processes on this machine.
+
+Each worker is an ordinary process that joins the study through its storage, exactly like a
+worker started by hand on another machine; the storage (Optuna's) is the only coordination. The
+parent validates the config and plugins and creates the study *once* before any worker starts
+(creating one study from many processes at once is where storages break), then waits.
+
+Devices: with GPUs visible (``CUDA_VISIBLE_DEVICES``, or all that torch sees), worker *i* is pinned
+to GPU *i mod n* through ``CUDA_VISIBLE_DEVICES``; without, the CPU cores are shared out through
+``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` (at least one each) so N processes do not oversubscribe them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tlsearch.errors import TlsearchError
+
+RANK_ENV = "TLSEARCH_WORKER_RANK"
+THREADS_ENV = "TLSEARCH_NUM_THREADS"
+STOP_GRACE_SECONDS = 60.0
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else torch's count."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
+
+
+def worker_env(
+    rank: int, workers: int, *, gpus: Sequence[str], base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of local worker ``rank`` of ``workers``: its GPU, or its share of CPU threads."""
+    env = dict(os.environ if base is None else base)
+    env[RANK_ENV] = str(rank)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[rank % len(gpus)]
+    else:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, THREADS_ENV: threads})
+    return env
+
+
+def worker_command(
+    study: str | Path,
+    *,
+    storage: str,
+    out_dir: str | Path,
+    n_trials: int | None = None,
+    plugin_files: Sequence[str | Path] = (),
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+) -> list[str]:
+    """The ``tlsearch worker`` command line that joins ``study`` (a YAML file or a study folder)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "tlsearch",
+        "worker",
+        str(study),
+        "--storage",
+        storage,
+        "--out",
+        str(out_dir),
+    ]
+    if n_trials is not None:
+        cmd += ["--n-trials", str(n_trials)]
+    for path in plugin_files:
+        cmd += ["--plugin", str(path)]
+    if heartbeat_interval is not None:
+        cmd += ["--heartbeat-interval", str(heartbeat_interval)]
+    if grace_period is not None:
+        cmd += ["--grace-period", str(grace_period)]
+    return cmd
+
+
+def run_workers(
+    result: Any,
+    *,
+    storage: str,
+    workers: int,
+    n_trials: int | None = None,
+    plugin_files: Sequence[str | Path] = (),
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+) -> None:
+    """Start ``workers`` local worker processes on the (already created) study and wait for them.
+
+    Ctrl-C (SIGINT) reaches every worker, which fails its trial cleanly and requeues it; a worker
+    still running ``STOP_GRACE_SECONDS`` later is killed (its trial is swept on the next run).
+    Raises :class:`TlsearchError` naming the workers that exited with an error.
+    """
+    if workers < 1:
+        raise TlsearchError(f"workers must be >= 1 but got {workers}")
+    root = result.study_dir.root
+    gpus = visible_gpus()
+    cmd = worker_command(
+        root,
+        storage=storage,
+        out_dir=root,
+        n_trials=n_trials,
+        plugin_files=plugin_files,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+    )
+    procs = [subprocess.Popen(cmd, env=worker_env(rank, workers, gpus=gpus)) for rank in range(workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        stop_workers(procs)
+        raise
+    failed = [(rank, code) for rank, code in enumerate(codes) if code != 0]
+    if failed:
+        detail = ", ".join(f"worker {rank} exited with code {code}" for rank, code in failed)
+        raise TlsearchError(f"{detail}; completed trials are kept, rerun the command to resume")
+
+
+def stop_workers(procs: Sequence[subprocess.Popen[Any]], *, grace: float = STOP_GRACE_SECONDS) -> None:
+    """Interrupt the workers (each fails its running trial cleanly), then kill any that hangs."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
