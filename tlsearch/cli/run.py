@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +14,52 @@ from tlsearch.cli.console import Console, console_option
 
 @main.command()
 @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="study folder (default: runs/<study name>); rerunning with the same folder resumes")
-@click.option("--n-trials", type=click.IntRange(min=1), help="total budget of finished trials (overrides the study)")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds for this run (overrides the study)")
-@click.option("--storage", help="Optuna storage URL (e.g. postgresql://…); default: SQLite in the study folder")
-@click.option("--plugin", "plugin_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="a plugin file to load (repeatable)")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="study folder (default: runs/<study name>); rerunning with the same folder resumes",
+)
+@click.option(
+    "--n-trials", type=click.IntRange(min=1), help="total budget of finished trials (overrides the study)"
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="seconds for this run (overrides the study)",
+)
+@click.option(
+    "--storage",
+    help="Optuna storage: a URL (postgresql://…, shared by workers on several machines) "
+    "or a .journal file; default: study.journal in the study folder",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="local worker processes: one per visible GPU (pinned with CUDA_VISIBLE_DEVICES), or CPU processes",
+)
+@click.option(
+    "--plugin",
+    "plugin_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="a plugin file to load (repeatable)",
+)
 @click.option("--no-export", is_flag=True, help="skip exporting the best model")
 @console_option
-def run(study: Path, out_dir: Path | None, n_trials: int | None, timeout: float | None, storage: str | None,
-        plugin_files: tuple[Path, ...], no_export: bool, console_mode: str) -> None:
+def run(
+    study: Path,
+    out_dir: Path | None,
+    n_trials: int | None,
+    timeout: float | None,
+    storage: str | None,
+    workers: int,
+    plugin_files: tuple[Path, ...],
+    no_export: bool,
+    console_mode: str,
+) -> None:
     """Search the STUDY file's space with Optuna; every trial fine-tunes a model for real."""
     import optuna
 
@@ -33,9 +69,26 @@ def run(study: Path, out_dir: Path | None, n_trials: int | None, timeout: float 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the console prints its own lines
     config = load_config(study)
     budget = n_trials if n_trials is not None else config.search.n_trials
-    with Console(total=budget, epochs=config.training.epochs, mode=console_mode) as console:
-        result = run_study(config, out_dir=out_dir, n_trials=n_trials, timeout=timeout, storage=storage,
-                           plugin_files=plugin_files, progress=False, on_event=console.event)
+    try:
+        with Console(total=budget, epochs=config.training.epochs, mode=console_mode) as console:
+            result = run_study(
+                config,
+                out_dir=out_dir,
+                n_trials=n_trials,
+                timeout=timeout,
+                storage=storage,
+                plugin_files=plugin_files,
+                progress=False,
+                on_event=console.event,
+                workers=workers,
+            )
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted: finished trials are kept and the running one was requeued; "
+            "rerun the same command to resume",
+            err=True,
+        )
+        sys.exit(130)
     console.leaderboard(result.study, metric=result.config.metric)
     if result.config.export.enabled and not no_export:
         report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
