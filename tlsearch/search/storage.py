@@ -27,8 +27,10 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend
@@ -81,19 +83,38 @@ def make_storage(
     last: Exception | None = None
     for attempt in range(_CONNECT_ATTEMPTS):
         try:
-            return RDBStorage(
+            storage = RDBStorage(
                 spec,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=on_stale if heartbeat_interval else None,
             )
+            if kind == "sqlite":
+                _write_ahead_log(storage)
+            return storage
         except ImportError as exc:
             raise ConfigError(f"storage {redact(spec)!r} needs a database driver: {exc}") from exc
         except Exception as exc:  # a table-creation race or a server that is still starting
             last = exc
             time.sleep(0.2 * (2**attempt) * (0.5 + random.random()))
     raise ConfigError(f"cannot open storage {redact(spec)!r}: {type(last).__name__}: {last}") from last
+
+
+def _write_ahead_log(storage: RDBStorage) -> None:
+    """SQLite in WAL mode with ``synchronous=NORMAL``: a commit appends to the log without an fsync
+    (Optuna commits every parameter and attribute on its own, ~25 per trial, each an fsync of
+    several ms otherwise). A crashed process loses nothing committed; only a power cut can drop the
+    last commits, never corrupt the file. Readers no longer block the writer either."""
+
+    def pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # connections opened while Optuna set up its tables get the pragmas too
 
 
 def with_available_driver(spec: str) -> str:
