@@ -199,9 +199,11 @@ class Trainer:
         x = self._normalizer(images_uint8)
         if train and self.augments():
             x = random_resized_crop_flip(x, params=params)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        # one layout whatever the source: the uint8 cache is NHWC, so un-augmented batches arrive as
+        # channels_last views while augmented ones are NCHW; the backbone sees the layout chosen for it
+        return x.contiguous(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
 
     def _eval_batch_size(self) -> int:
         return self.settings.eval_batch_size or self.settings.batch_size * 4
