@@ -130,7 +130,10 @@ def _records(out: Path) -> list[dict]:
 
 
 def _study(out: Path) -> optuna.Study:
-    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    from tlsearch.search import StudyDir
+    from tlsearch.search.storage import make_storage
+
+    return optuna.load_study(study_name="tiny", storage=make_storage(StudyDir(out).default_storage))
 
 
 def test_trials_complete_with_their_attributes(finished) -> None:
