@@ -116,7 +116,9 @@ def _check_plugin_class(kind: str, cls: Any, provider: Provider) -> None:
         raise PluginError(f"{where}: hyperparameters must be a mapping of name → Float/Int/Categorical/Fixed")
     for pname, hp in cls.hyperparameters.items():
         if not isinstance(hp, (Float, Int, Categorical, Fixed, Required)):
-            raise PluginError(f"{where}: hyperparameter {pname!r} must be Float/Int/Categorical/Fixed/Required, got {hp!r}")
+            raise PluginError(
+                f"{where}: hyperparameter {pname!r} must be Float/Int/Categorical/Fixed/Required, got {hp!r}"
+            )
         if pname in RESERVED_PARAMS or not NAME_PATTERN.match(pname):
             raise PluginError(f"{where}: hyperparameter name {pname!r} is reserved or invalid")
 
@@ -155,7 +157,9 @@ class Registry:
         )
         related = [f for f in self.failures if name in f.source] or self.failures
         if related:
-            message += "; plugins that failed to load: " + "; ".join(f"{f.source}: {f.error}" for f in related)
+            message += "; plugins that failed to load: " + "; ".join(
+                f"{f.source}: {f.error}" for f in related
+            )
         raise PluginError(message)
 
     def __iter__(self) -> Iterator[PluginInfo]:
@@ -191,7 +195,9 @@ class PluginManager(pluggy.PluginManager):
                 continue
             if self.get_plugin(ep.name) is not None or self.is_blocked(ep.name):
                 continue
-            source = f"entry point {ep.name!r} ({ep.value}) of {dist_name} {dist.version if dist else ''}".rstrip()
+            source = (
+                f"entry point {ep.name!r} ({ep.value}) of {dist_name} {dist.version if dist else ''}".rstrip()
+            )
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin must not take the tool down
@@ -220,7 +226,9 @@ class PluginManager(pluggy.PluginManager):
             spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(name, None)
-            raise PluginError(f"plugin file {str(path)!r} failed to import: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"plugin file {str(path)!r} failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
         self.register(module, name=name)
         return module
 

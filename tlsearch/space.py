@@ -172,9 +172,13 @@ def narrow(declared: Hyperparameter, value: Any, *, where: str) -> Hyperparamete
             raise ConfigError(f"{where}: low and high must be numbers, got low={low!r}, high={high!r}")
         if isinstance(declared, Int) or (isinstance(declared, Required) and declared.kind is int):
             if not (float(low).is_integer() and float(high).is_integer()):
-                raise ConfigError(f"{where}: this hyperparameter is an integer; got low={low!r}, high={high!r}")
+                raise ConfigError(
+                    f"{where}: this hyperparameter is an integer; got low={low!r}, high={high!r}"
+                )
             try:
-                return Int(int(low), int(high), step=int(value.get("step", 1)), log=bool(value.get("log", False)))
+                return Int(
+                    int(low), int(high), step=int(value.get("step", 1)), log=bool(value.get("log", False))
+                )
             except ValueError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
         if isinstance(declared, Float) or (isinstance(declared, Required) and declared.kind is float):
@@ -183,7 +187,9 @@ def narrow(declared: Hyperparameter, value: Any, *, where: str) -> Hyperparamete
                 return Float(float(low), float(high), log=log)
             except ValueError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-        raise ConfigError(f"{where}: a range {{low, high}} only fits a numeric hyperparameter; this one is {declared.describe()}")
+        raise ConfigError(
+            f"{where}: a range {{low, high}} only fits a numeric hyperparameter; this one is {declared.describe()}"
+        )
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     if not values:
         raise ConfigError(f"{where}: an empty list leaves nothing to choose")
@@ -210,7 +216,9 @@ def _check_value(declared: Hyperparameter, v: Any, *, where: str) -> None:
         if not isinstance(v, declared.kind) and not (declared.kind is float and _is_number(v)):
             raise ConfigError(f"{where}: expected a {declared.kind.__name__}, got {v!r}")
     elif isinstance(declared, Fixed):
-        if declared.value is not None and type(v) is not type(declared.value) and not (
-            _is_number(v) and _is_number(declared.value)
+        if (
+            declared.value is not None
+            and type(v) is not type(declared.value)
+            and not (_is_number(v) and _is_number(declared.value))
         ):
             raise ConfigError(f"{where}: expected a {type(declared.value).__name__}, got {v!r}")

@@ -25,7 +25,9 @@ class BuiltBackbone:
     num_features: int
     data_config: DataConfig
     layer_groups: list[list[str]]
-    info: dict[str, Any] = field(default_factory=dict)  # e.g. {"params": 5.3e6, "gflops": 0.4, "weights": "hub"}
+    info: dict[str, Any] = field(
+        default_factory=dict
+    )  # e.g. {"params": 5.3e6, "gflops": 0.4, "weights": "hub"}
 
 
 class TransferModel(nn.Module):

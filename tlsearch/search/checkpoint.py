@@ -56,7 +56,9 @@ def save_checkpoint(folder: Path, model: TransferModel, record: TrialRecord) -> 
 def load_record(folder: Path) -> TrialRecord:
     path = folder / RECORD_FILE
     if not path.is_file():
-        raise TlsearchError(f"no checkpoint in {str(folder)!r} (the trial did not complete, or its files were removed)")
+        raise TlsearchError(
+            f"no checkpoint in {str(folder)!r} (the trial did not complete, or its files were removed)"
+        )
     return TrialRecord(**json.loads(path.read_text()))
 
 

@@ -67,7 +67,9 @@ class TrialPlugins:
 
 def _params(choices: dict[str, Any], prefix: str) -> dict[str, Any]:
     start = prefix + "."
-    return {k[len(start):]: v for k, v in choices.items() if k.startswith(start) and "." not in k[len(start):]}
+    return {
+        k[len(start) :]: v for k, v in choices.items() if k.startswith(start) and "." not in k[len(start) :]
+    }
 
 
 def instantiate(choices: dict[str, Any], registry: Registry) -> TrialPlugins:
@@ -90,7 +92,11 @@ def describe_choices(choices: dict[str, Any]) -> str:
     """A one-line summary: ``timm(resnet18) + linear | layer_decay | label_smoothing, mixup``."""
     backbone = choices["backbone"]
     model = choices.get(f"backbone.{backbone}.model")
-    regs = [k.split(".", 1)[1] for k, v in choices.items() if k.startswith("regularizer.") and k.count(".") == 1 and v]
+    regs = [
+        k.split(".", 1)[1]
+        for k, v in choices.items()
+        if k.startswith("regularizer.") and k.count(".") == 1 and v
+    ]
     return (
         f"{backbone}{f'({model})' if model else ''} + {choices['head']} | {choices['freezing']}"
         f" | {', '.join(regs) or 'no regularizer'} | lr {choices['train.lr']:.2g}"

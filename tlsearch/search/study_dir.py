@@ -51,13 +51,17 @@ class StudyDir:
 
     def save_config(self, config: StudyConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        payload = {"source": str(config.source) if config.source else None,
-                   "config": config.model_dump(mode="json", exclude={"source"})}
+        payload = {
+            "source": str(config.source) if config.source else None,
+            "config": config.model_dump(mode="json", exclude={"source"}),
+        }
         write_json_atomic(self.config_file, payload)
 
     def load_config(self) -> StudyConfig:
         if not self.config_file.is_file():
-            raise ConfigError(f"{str(self.root)!r} is not a tlsearch study folder (no study.json); run `tlsearch run` first")
+            raise ConfigError(
+                f"{str(self.root)!r} is not a tlsearch study folder (no study.json); run `tlsearch run` first"
+            )
         payload = json.loads(self.config_file.read_text())
         source = Path(payload["source"]) if payload.get("source") else None
         return parse_config(payload["config"], source=str(self.config_file), path=source)
@@ -69,6 +73,8 @@ class StudyDir:
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8"
+    ) as f:
         json.dump(payload, f, indent=2, default=str)
     os.replace(f.name, path)
