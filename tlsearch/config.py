@@ -103,8 +103,29 @@ class TrainingSettings(_Strict):
         raise ValueError(f"device {v!r} is not valid; valid choices: auto, cpu, cuda, cuda:N, mps")
 
 
+class RankSettings(_Strict):
+    """Zero-cost backbone ranking before the first trial (see ``docs/smarter-search.md``).
+
+    ``score``: the transferability score of frozen features over the training split; ``keep_top``:
+    drop all but the best N backbone candidates from the space (None keeps all); ``order_first``:
+    the first trials try the candidates best first; ``max_images``: score on at most this many
+    training images (a seeded random subset), to bound the forward pass."""
+
+    score: Literal["logme", "hscore"] = "logme"
+    keep_top: int | None = Field(None, ge=1)
+    order_first: bool = True
+    max_images: int | None = Field(2000, ge=8)
+
+
+#: objectives that measure cost (always minimised), besides the task's metrics
+COST_OBJECTIVES = ("latency_ms", "params", "gflops")
+
+
 class SearchSettings(_Strict):
-    """The Optuna search: budget, sampler, pruner."""
+    """The Optuna search: budget, sampler, pruner, and the smarter-search options: ``rank`` (zero-cost
+    backbone ranking), ``warm_start`` (a portfolio of strong first trials), ``objectives`` (several,
+    e.g. ``[accuracy, latency_ms]``: a Pareto front), ``constraints`` (cost limits, e.g.
+    ``{latency_ms: 20}``), ``tie_tolerance`` (scores this close count as equal; the cheaper wins)."""
 
     n_trials: int | None = Field(10, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds")
@@ -112,6 +133,11 @@ class SearchSettings(_Strict):
     pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
     seed: int | None = 0
     metric: str | None = None
+    rank: RankSettings | None = None
+    warm_start: bool = False
+    objectives: list[str] | None = Field(None, min_length=1)
+    constraints: dict[str, float] = Field(default_factory=dict)
+    tie_tolerance: float = Field(0.0, ge=0)
 
 
 class ExportSettings(_Strict):
@@ -171,11 +197,52 @@ class StudyConfig(_Strict):
                 f"search.metric {self.search.metric!r} is not valid for task {self.task!r}; "
                 f"valid choices: {', '.join(metrics)}"
             )
+        objectives = self.search.objectives
+        if objectives is not None:
+            valid = [*metrics, *COST_OBJECTIVES]
+            for name in objectives:
+                if name not in valid:
+                    raise ValueError(
+                        f"search.objectives: {name!r} is not valid for task {self.task!r}; valid choices: {', '.join(valid)}"
+                    )
+            if objectives[0] not in metrics:
+                raise ValueError(
+                    f"search.objectives must start with the task's metric ({', '.join(metrics)}), got {objectives[0]!r}"
+                )
+            if len(set(objectives)) != len(objectives):
+                raise ValueError(f"search.objectives lists a name twice: {objectives}")
+            if self.search.metric is not None and self.search.metric != objectives[0]:
+                raise ValueError(
+                    f"search.metric {self.search.metric!r} differs from the first objective {objectives[0]!r}; give one"
+                )
+        for name, limit in self.search.constraints.items():
+            if name not in COST_OBJECTIVES:
+                raise ValueError(
+                    f"search.constraints: {name!r} cannot be constrained; valid choices: {', '.join(COST_OBJECTIVES)}"
+                )
+            if limit <= 0:
+                raise ValueError(f"search.constraints.{name} must be > 0 but got {limit}")
         return self
 
     @property
     def metric(self) -> str:
+        if self.search.objectives is not None:
+            return self.search.objectives[0]
         return self.search.metric or next(iter(METRICS[self.task]))
+
+    @property
+    def objectives(self) -> list[str]:
+        """What the study optimises: ``search.objectives``, or just the metric."""
+        return list(self.search.objectives or [self.metric])
+
+    @property
+    def directions(self) -> list[str]:
+        """One direction per objective: the metric's own, ``minimize`` for costs."""
+        return [METRICS[self.task].get(name, "minimize") for name in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     @property
     def direction(self) -> str:

@@ -26,6 +26,7 @@ COMMANDS = {
     "export": "export",
     "predict": "predict",
     "plugins": "plugins",
+    "rank": "rank",
     "demo-data": "data",
 }
 

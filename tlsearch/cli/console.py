@@ -193,14 +193,14 @@ class Console:
         self.finished_before = 0
         if study is None:
             return
-        self.maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self.maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE  # the metric's
         self.metric = str(study.user_attrs.get("metric") or (study.metric_names or ["value"])[0])
         done = study.get_trials(deepcopy=False, states=FINISHED)
         self.finished_before = len(done)
         for t in done:
-            if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
+            if t.state == optuna.trial.TrialState.COMPLETE and t.values:
                 choices = t.user_attrs.get("choices")
-                self.rows.append(_Row(t.number, t.value, describe_choices(choices) if choices else ""))
+                self.rows.append(_Row(t.number, t.values[0], describe_choices(choices) if choices else ""))
 
     def _trial_end(self, trial: Any, state: str, value: float | None, metrics: dict[str, Any]) -> None:
         started = self.trial_started.pop(trial.number, self.started)

@@ -29,7 +29,7 @@ class StudySource:
 
     @property
     def maximize(self) -> bool:
-        return self.study.direction == optuna.study.StudyDirection.MAXIMIZE
+        return self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE  # the metric's, in any study
 
 
 def open_source(

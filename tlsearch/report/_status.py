@@ -13,15 +13,17 @@ from tlsearch.report._source import StudySource, open_source, plugin_labels, tri
 TrialState = optuna.trial.TrialState
 
 
-def leaderboard(study: optuna.Study, *, top: int | None = None) -> list[dict[str, Any]]:
+def leaderboard(
+    study: optuna.Study, *, top: int | None = None, tie_tolerance: float = 0.0
+) -> list[dict[str, Any]]:
     """The complete trials, best first: one dict per trial with ``rank``, ``trial``, ``value``,
     ``summary``, ``plugins`` (a label per kind), ``metrics``, ``params`` (parameter count) and
-    ``seconds``. ``top`` keeps the first ones."""
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    complete = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None
-    ]
-    complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))  # type: ignore[operator]
+    ``seconds``. ``top`` keeps the first ones. Order: cost-aware, as best-trial selection is
+    (:func:`tlsearch.search.objectives.ranked_trials`: equal scores, the cheaper first; feasible
+    before infeasible; in a multi-objective study the Pareto front first, ``value`` its metric)."""
+    from tlsearch.search.objectives import ranked_trials
+
+    complete = ranked_trials(study, tie_tolerance=tie_tolerance)
     return [_row(rank, t) for rank, t in enumerate(complete[:top] if top else complete, 1)]
 
 
@@ -36,7 +38,7 @@ def _row(rank: int, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return {
         "rank": rank,
         "trial": trial.number,
-        "value": trial.value,
+        "value": trial.values[0] if trial.values else None,
         "summary": summary,
         "plugins": plugin_labels(choices) if choices else {},
         "metrics": trial.user_attrs.get("metrics") or {},

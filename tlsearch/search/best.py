@@ -9,20 +9,20 @@ import optuna
 
 from tlsearch import __version__
 from tlsearch.data import decode_images, load_splits
-from tlsearch.errors import TlsearchError
 from tlsearch.registry import PluginManager, get_plugin_manager
 from tlsearch.search.checkpoint import load_checkpoint
+from tlsearch.search.objectives import select_best
 from tlsearch.search.study import open_study
 from tlsearch.search.study_dir import StudyDir
 
 MAX_PARITY_IMAGES = 64
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not complete:
-        raise TlsearchError(f"study {study.study_name!r} has no complete trial yet; nothing to export")
-    return study.best_trial
+def best_trial(study: optuna.Study, *, tie_tolerance: float = 0.0) -> optuna.trial.FrozenTrial:
+    """The trial to export: the best score, the cheaper among equal ones; in a multi-objective study
+    the most accurate trial of the Pareto front; with constraints, a feasible one
+    (:func:`tlsearch.search.objectives.select_best`)."""
+    return select_best(study, tie_tolerance=tie_tolerance)
 
 
 def export_study(
@@ -44,7 +44,9 @@ def export_study(
     config = study_dir.load_config()
     pm = pm or get_plugin_manager([config.resolve_path(p) for p in config.plugins])
     study = open_study(config, study_dir.storage(config, storage), create=False)
-    chosen = best_trial(study) if trial is None else study.trials[trial]
+    chosen = (
+        best_trial(study, tie_tolerance=config.search.tie_tolerance) if trial is None else study.trials[trial]
+    )
     model, record = load_checkpoint(study_dir.trial_dir(chosen.number), pm.registry)
     _, val = load_splits(config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path)
     val = val.subset(list(range(min(len(val), MAX_PARITY_IMAGES))))

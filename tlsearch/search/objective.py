@@ -16,10 +16,17 @@ from tlsearch.data import DecodedImages, ImageList, decode_images
 from tlsearch.errors import TlsearchError
 from tlsearch.kinds import TransferModel
 from tlsearch.preprocessing import DataConfig
+from tlsearch.rank.ranking import choices_identity
 from tlsearch.registry import PluginManager
 from tlsearch.search.budget import SKIPPED_ATTR, BudgetReached, study_deadline, wait_for_slot
 from tlsearch.search.checkpoint import TrialRecord, save_checkpoint
 from tlsearch.search.failures import classify, free_accelerator_memory, guard_plugins
+from tlsearch.search.objectives import (
+    LATENCY_ATTR,
+    measure_latency,
+    objective_values,
+    record_constraints,
+)
 from tlsearch.search.recovery import (
     MAX_RETRIES,
     WORKER_ATTR,
@@ -125,7 +132,7 @@ class Objective:
         self.max_retries = max_retries
         self.identity = WorkerIdentity.current().to_dict()
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         trial.set_user_attr(WORKER_ATTR, self.identity)
         with TrialHeartbeat(trial.study, trial._trial_id, interval=self.heartbeat_interval):
             try:
@@ -153,7 +160,7 @@ class Objective:
             trial.study.stop()
             raise TrialFailed(str(exc)) from None
 
-    def _trial(self, trial: optuna.Trial) -> float:
+    def _trial(self, trial: optuna.Trial) -> float | list[float]:
         started = time.perf_counter()
         out = str(self.study_dir.root)
         choices = sample_choices(trial, self.space)
@@ -169,7 +176,7 @@ class Objective:
         except Exception as exc:
             kind, reason = classify(exc)
         else:
-            self._end(trial, "COMPLETE", value, history[-1])
+            self._end(trial, "COMPLETE", value if isinstance(value, float) else value[0], history[-1])
             return value
         # Outside the except block: the exception and its traceback (holding the failed step's
         # tensors) are gone, so the memory can really be freed.
@@ -208,7 +215,7 @@ class Objective:
 
     def _run(
         self, trial: optuna.Trial, choices: dict[str, Any], history: list[dict[str, float]], started: float
-    ) -> float:
+    ) -> float | list[float]:
         config = self.config
         plugins = guard_plugins(instantiate(choices, self.pm.registry), self.pm.registry)
         trial.set_user_attr("plugins", plugins.names())
@@ -239,13 +246,18 @@ class Objective:
             ),
             device=self.device,
             seed=(config.search.seed or 0) + trial.number,
+            feature_cache_dir=self.study_dir.cache,
+            backbone_identity=choices_identity(
+                choices, merge_options(plugins.regularizers, "backbone_options")
+            ),
         )
         metric = config.metric
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             history.append(metrics)
             trial.set_user_attr("history", history)
-            trial.report(metrics[metric], epoch)
+            if not config.multi_objective:  # Optuna cannot prune multi-objective trials
+                trial.report(metrics[metric], epoch)
             self.pm.notify(
                 "tlsearch_epoch_end",
                 trial=trial,
@@ -254,7 +266,7 @@ class Objective:
                 out_dir=str(self.study_dir.root),
             )
             self.on_event("epoch_end", trial=trial, epoch=epoch, metrics=metrics)
-            if epoch + 1 < config.training.epochs and trial.should_prune():
+            if epoch + 1 < config.training.epochs and not config.multi_objective and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={metrics[metric]:.4g}")
 
         result = trainer.fit(train, val, on_epoch_end=on_epoch_end)
@@ -269,6 +281,7 @@ class Objective:
             "feature_cache": result.used_feature_cache,
             "precision": result.precision,
             "device": str(self.device),
+            LATENCY_ATTR: measure_latency(model, input_size=model.data_config.input_size, device=self.device),
             **model.info,
         }
         for key, v in {"metrics": result.metrics, "seconds": time.perf_counter() - started, **info}.items():
@@ -289,4 +302,5 @@ class Objective:
         save_checkpoint(self.study_dir.trial_dir(trial.number), model, record)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        return value
+        record_constraints(trial, config, info)
+        return objective_values(config, value=value, attrs=info)

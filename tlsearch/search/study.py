@@ -20,13 +20,17 @@ from optuna.storages import BaseStorage
 from tlsearch.config import StudyConfig, load_config, resolve_space
 from tlsearch.data import load_splits
 from tlsearch.errors import TlsearchError
+from tlsearch.rank.study import ranked_space
 from tlsearch.registry import PluginManager, get_plugin_manager
 from tlsearch.search.budget import DEADLINE_ATTR, FINISHED, BudgetCallback, FailureStreakCallback, should_stop
 from tlsearch.search.objective import Objective, StudyData
+from tlsearch.search.objectives import sampler_constraints_func
+from tlsearch.search.portfolio import warm_start
 from tlsearch.search.recovery import requeue_after_heartbeat, sweep_stale_trials
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, check_concurrency, make_storage
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.workers import RANK_ENV, run_workers
+from tlsearch.train import resolve_device
 
 log = logging.getLogger("tlsearch")
 
@@ -38,19 +42,28 @@ def make_sampler(config: StudyConfig, *, offset: int = 0) -> optuna.samplers.Bas
     if config.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     n_startup = max(2, min(10, (config.search.n_trials or 20) // 3))
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=n_startup)
+    constraints = sampler_constraints_func(config)  # see search/objectives.py
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, n_startup_trials=n_startup, constraints_func=constraints
+    )
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """Epochs are the budget (a trial reports its metric at step = epoch index 0, 1, …). ``median``
+    stops a trial below the median of earlier trials from its first epoch on; ``successive_halving``
+    and ``hyperband`` (reduction factor 3) keep the best third at each rung, the first rung after
+    the second epoch. Multi-objective studies are never pruned (Optuna's pruners are single-objective)."""
     epochs = config.training.epochs
     kind = config.search.pruner
-    if kind == "none" or epochs < 2:
+    if kind == "none" or epochs < 2 or config.multi_objective:
         return optuna.pruners.NopPruner()
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=1, reduction_factor=3, min_early_stopping_rate=0
+    )
 
 
 def open_study(
@@ -90,15 +103,15 @@ def open_study(
         "pruner": make_pruner(config),
     }
     if create:
-        return optuna.create_study(direction=config.direction, load_if_exists=True, **kwargs)  # type: ignore[arg-type]
+        return optuna.create_study(directions=config.directions, load_if_exists=True, **kwargs)  # type: ignore[arg-type]
     return optuna.load_study(**kwargs)
 
 
 def _describe_study(study: optuna.Study, config: StudyConfig, data: StudyData) -> None:
     """The study's own attributes, written only when missing or different: many workers load the
     same study at once, and a write that changes nothing is a write that can collide."""
-    if study.metric_names != [config.metric]:
-        study.set_metric_names([config.metric])
+    if study.metric_names != config.objectives:
+        study.set_metric_names(config.objectives)
     wanted: dict[str, Any] = {"task": config.task, "metric": config.metric}
     if data.labels is not None:
         wanted["labels"] = data.labels
@@ -196,6 +209,17 @@ def run_study(
     swept = sweep_stale_trials(study, grace_period=grace_period)
     if swept:
         log.warning("trial(s) %s were left RUNNING by a worker that is gone: failed and requeued", swept)
+    space, ranking = ranked_space(
+        study,
+        config=config,
+        space=space,
+        registry=pm.registry,
+        data=data,
+        cache_dir=study_dir.cache,
+        device=resolve_device(config.training.device),
+    )
+    if not join:
+        warm_start(study, config=config, space=space, ranking=ranking)
     result = RunResult(study, study_dir, config, pm, data)
     if workers > 1:
         run_workers(

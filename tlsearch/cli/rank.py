@@ -1,0 +1,95 @@
+"""``tlsearch rank``: the study's candidate backbones ranked by a zero-cost transferability score."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from tlsearch.cli import main
+
+
+@main.command()
+@click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--score",
+    type=click.Choice(["logme", "hscore"]),
+    help="score to rank by (default: the study's, else logme)",
+)
+@click.option("--max-images", type=click.IntRange(min=8), help="score on at most this many training images")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="study folder whose feature cache to use (default: runs/<study name>)",
+)
+@click.option(
+    "--plugin",
+    "plugin_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="a plugin file to load (repeatable)",
+)
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def rank(
+    study: Path,
+    score: str | None,
+    max_images: int | None,
+    out_dir: Path | None,
+    plugin_files: tuple[Path, ...],
+    as_json: bool,
+) -> None:
+    """Rank the STUDY file's backbones by transferability of their frozen features, with their cost.
+
+    One forward pass per backbone over the training split (features are kept in the study's
+    cache, so a run afterwards reuses them). Scores order and prune candidates; they never decide
+    alone: no score is reliable on every dataset (see docs/smarter-search.md)."""
+    from tlsearch.data import load_splits
+    from tlsearch.rank import rank_backbones
+    from tlsearch.search import StudyData, prepare
+    from tlsearch.train import resolve_device
+
+    config, pm, space, study_dir = prepare(study, out_dir=out_dir, plugin_files=plugin_files)
+    settings = config.search.rank
+    score = score or (settings.score if settings else "logme")
+    if max_images is None and settings is not None:
+        max_images = settings.max_images
+    train, val = load_splits(
+        config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
+    )
+    data = StudyData(
+        train, val, cache_dir=study_dir.cache, on_bad_image=config.data.on_bad_image, progress=False
+    )
+    ranking = rank_backbones(
+        space,
+        registry=pm.registry,
+        data=data,
+        task=config.task,
+        score=score,
+        image_size=config.data.image_size,
+        device=resolve_device(config.training.device),
+        cache_dir=study_dir.cache,
+        max_images=max_images,
+        seed=config.search.seed or 0,
+        all_scores=True,
+        on_candidate=None
+        if as_json
+        else lambda r: click.echo(f"  scored {r.label} in {r.seconds:.1f} s", err=True),
+    )
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in ranking], indent=2, default=str))
+        return
+    click.echo(f"{'#':>2}  {'backbone':<32} {score:>9}  {'params':>8}  {'GFLOPs':>7}  {'fwd ms':>7}  images")
+    for i, r in enumerate(ranking, 1):
+        if r.error:
+            click.echo(f"{i:>2}  {r.label:<32} {'—':>9}  failed: {r.error}")
+            continue
+        params = f"{r.num_params / 1e6:.2f}M" if r.num_params else "?"
+        gflops = f"{r.gflops:.3f}" if r.gflops is not None and math.isfinite(r.gflops) else "?"
+        fwd = f"{r.forward_ms:.1f}" if r.forward_ms is not None else "?"
+        click.echo(f"{i:>2}  {r.label:<32} {r.score:>9.4f}  {params:>8}  {gflops:>7}  {fwd:>7}  {r.images}")
+    click.echo(
+        "\nHigher is better. A score orders and prunes candidates; it is not a verdict (docs/smarter-search.md)."
+    )

@@ -1,0 +1,195 @@
+"""Accuracy versus cost: what a trial returns, which trials are feasible, and which trial is best.
+
+A study optimises its metric alone (the default), several objectives at once, or its metric under
+cost limits (``docs/smarter-search.md``)::
+
+    search: {objectives: [accuracy, latency_ms]}      # a Pareto front (Optuna multi-objective)
+    search: {constraints: {latency_ms: 20}}           # max accuracy s.t. latency ≤ 20 ms
+
+Costs are ``latency_ms`` (the trained model's batch-1 forward time on the trial's device: median of
+timed runs after warm-up, :func:`measure_latency`), ``params`` and ``gflops``; every trial records
+``latency_ms`` as a user attribute. A constrained trial stores ``constraints`` (value − limit per
+constraint; ≤ 0 is feasible) for Optuna (``Trial.set_constraint``, or ``constraints_func`` on older Optuna).
+
+Best-trial selection is cost-aware (:func:`select_best`): among trials whose score is equal (within
+``search.tie_tolerance``), the one with fewer parameters wins, then the faster one; in a
+multi-objective study, the most accurate trial of the Pareto front (same tie-break); with
+constraints, only feasible trials count. The leaderboard orders trials the same way
+(:func:`ranked_trials`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+import torch
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from tlsearch.config import COST_OBJECTIVES, StudyConfig
+from tlsearch.errors import TlsearchError
+
+LATENCY_ATTR = "latency_ms"
+CONSTRAINTS_ATTR = "constraints"
+LATENCY_WARMUP = 2
+LATENCY_RUNS = 7
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: torch.nn.Module,
+    *,
+    input_size: int,
+    device: torch.device | str = "cpu",
+    runs: int = LATENCY_RUNS,
+    warmup: int = LATENCY_WARMUP,
+) -> float:
+    """Batch-1 forward time of ``model`` in milliseconds (eval mode, fp32): the median of ``runs``
+    timed calls after ``warmup`` untimed ones, synchronising the GPU around each call."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1 but got {runs}")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, 3, input_size, input_size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    try:
+        for i in range(warmup + runs):
+            sync()
+            started = time.perf_counter()
+            model(x)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
+    finally:
+        model.train(was_training)
+    return statistics.median(times) * 1000.0
+
+
+def cost_value(name: str, attrs: dict[str, Any]) -> float:
+    """The cost ``name`` (one of ``COST_OBJECTIVES``) from a trial's user attributes."""
+    if name not in COST_OBJECTIVES:
+        raise ValueError(f"unknown cost {name!r}; valid choices: {', '.join(COST_OBJECTIVES)}")
+    value = attrs.get(name)
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise TlsearchError(
+            f"the trial has no finite {name!r} to optimise (got {value!r}); "
+            "its backbone does not report it — choose another objective"
+        )
+    return float(value)
+
+
+def objective_values(config: StudyConfig, *, value: float, attrs: dict[str, Any]) -> float | list[float]:
+    """What the objective returns: the metric ``value`` alone, or one value per ``config.objectives``."""
+    if not config.multi_objective:
+        return value
+    return [value if i == 0 else cost_value(name, attrs) for i, name in enumerate(config.objectives)]
+
+
+def constraint_values(config: StudyConfig, attrs: dict[str, Any]) -> list[float]:
+    """``cost − limit`` per constraint of the study (≤ 0: satisfied), in the order the study lists them."""
+    return [cost_value(name, attrs) - limit for name, limit in config.search.constraints.items()]
+
+
+def record_constraints(trial: optuna.Trial, config: StudyConfig, attrs: dict[str, Any]) -> None:
+    """Store a finished trial's constraint values: as the user attribute ``constraints`` (read by
+    :func:`select_best`) and, on Optuna ≥ 5, with ``Trial.set_constraint`` (read by its samplers)."""
+    if not config.search.constraints:
+        return
+    values = constraint_values(config, attrs)
+    trial.set_user_attr(CONSTRAINTS_ATTR, values)
+    if hasattr(trial, "set_constraint"):
+        for name, value in zip(config.search.constraints, values, strict=True):
+            trial.set_constraint(name, value)
+
+
+def sampler_constraints_func(config: StudyConfig) -> Any:
+    """The ``constraints_func`` for the sampler: only for a constrained study on an Optuna without
+    ``Trial.set_constraint`` (Optuna 5 deprecates ``constraints_func`` for it)."""
+    if not config.search.constraints or hasattr(optuna.trial.Trial, "set_constraint"):
+        return None
+    return constraints_func
+
+
+def constraints_func(trial: FrozenTrial) -> Sequence[float]:
+    """Optuna's ``constraints_func``: a trial without values (failed, pruned) counts as infeasible."""
+    return trial.user_attrs.get(CONSTRAINTS_ATTR) or [math.inf]
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """True unless the trial recorded a violated constraint (studies without constraints: always)."""
+    values = trial.user_attrs.get(CONSTRAINTS_ATTR)
+    return values is None or all(v <= 0 for v in values)
+
+
+def _maximise(study: optuna.Study) -> bool:
+    return study.directions[0] == StudyDirection.MAXIMIZE
+
+
+def primary_value(trial: FrozenTrial) -> float:
+    """The trial's metric: its value, or its first value in a multi-objective study."""
+    values = trial.values
+    return float(values[0]) if values else math.nan
+
+
+def cost_key(trial: FrozenTrial) -> tuple[float, float, float, int]:
+    """Cheaper first: parameter count, then batch-1 latency, then training seconds, then trial number."""
+    attrs = trial.user_attrs
+
+    def num(key: str) -> float:
+        v = attrs.get(key)
+        return float(v) if isinstance(v, (int, float)) else math.inf
+
+    return num("params"), num(LATENCY_ATTR), num("seconds"), trial.number
+
+
+def _candidates(study: optuna.Study) -> list[FrozenTrial]:
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    good = [t for t in complete if feasible(t)]
+    return good or complete
+
+
+def ranked_trials(study: optuna.Study, *, tie_tolerance: float = 0.0) -> list[FrozenTrial]:
+    """Complete trials, best first: feasible before infeasible (least violation first); by metric,
+    scores within ``tie_tolerance`` of the best remaining counting as equal and ordered by
+    :func:`cost_key`. In a multi-objective study the Pareto front comes first."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    sign = -1.0 if _maximise(study) else 1.0
+    front_ids = {t._trial_id for t in study.best_trials} if len(study.directions) > 1 and complete else set()
+
+    def tier(t: FrozenTrial) -> tuple[int, float, int]:
+        violation = sum(max(v, 0.0) for v in t.user_attrs.get(CONSTRAINTS_ATTR) or [])
+        return (0 if feasible(t) else 1, violation, 0 if (not front_ids or t._trial_id in front_ids) else 1)
+
+    remaining = sorted(complete, key=lambda t: (tier(t), sign * primary_value(t), cost_key(t)))
+    ranked: list[FrozenTrial] = []
+    while remaining:
+        head = remaining[0]
+        best = sign * primary_value(head)
+        ties = [
+            t for t in remaining if tier(t) == tier(head) and sign * primary_value(t) <= best + tie_tolerance
+        ]
+        chosen = min(ties, key=cost_key)
+        ranked.append(chosen)
+        remaining.remove(chosen)
+    return ranked
+
+
+def select_best(study: optuna.Study, *, tie_tolerance: float = 0.0) -> FrozenTrial:
+    """The trial to export: see the module docstring. Raises when no trial completed."""
+    if not _candidates(study):
+        raise TlsearchError(f"study {study.study_name!r} has no complete trial yet; nothing to export")
+    return ranked_trials(study, tie_tolerance=tie_tolerance)[0]
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The non-dominated complete trials (``study.best_trials``), most accurate first; feasible ones
+    only when the study has constraints (Optuna already excludes infeasible trials there)."""
+    sign = -1.0 if _maximise(study) else 1.0
+    return sorted(study.best_trials, key=lambda t: (sign * primary_value(t), cost_key(t)))
