@@ -69,7 +69,7 @@ def study_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     study.add_trial(
         _copy(real, TrialState.COMPLETE, value=0.99, history=[0.6, 0.99], choices=resnet, params=5_000_000)
     )
-    study.add_trial(_copy(real, TrialState.COMPLETE, value=0.2, history=[0.1, 0.2], seconds=0.5))
+    study.add_trial(_copy(real, TrialState.COMPLETE, value=0.2, history=[0.1, 0.2], seconds=0.001))
     study.add_trial(_copy(real, TrialState.PRUNED, history=[0.05]))
     study.add_trial(_copy(real, TrialState.FAIL, failure="RuntimeError: boom in the head"))
     (root / "run" / "model.onnx").write_bytes(b"not a real model")
@@ -164,6 +164,25 @@ def test_too_few_trials_and_storage_only(tmp_path: Path) -> None:
     html = files.html.read_text()
     assert "at least 2 complete trials" in html and "No exported model" in html
     assert "<svg" in html and 'id="leaderboard"' in html
+
+
+def test_multi_objective_study_reports_on_its_first_objective(study_folder: Path, tmp_path: Path) -> None:
+    """An accuracy-vs-latency study has no single ``value``: every plot uses the first objective."""
+    real = next(t for t in open_source(study_folder).study.trials if t.state == TrialState.COMPLETE)
+    url = f"sqlite:///{tmp_path / 'mo.db'}"
+    study = optuna.create_study(study_name="mo", storage=url, directions=["maximize", "minimize"])
+    for accuracy, latency in [(0.9, 12.0), (0.7, 3.0), (0.6, 9.0)]:
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                values=[accuracy, latency],
+                params=real.params,
+                distributions=real.distributions,
+                user_attrs={**real.user_attrs, "latency_ms": latency},
+            )
+        )
+    html = write_report(open_source(url), out=tmp_path / "mo.html").html.read_text()
+    assert html.count("<svg") >= 4 and "0.9" in html
 
 
 def test_cli_writes_report_and_pngs(study_folder: Path, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tlsearch.report._source import StudySource, plugin_labels, trial_seconds
+from tlsearch.search.objectives import primary_value
 
 TrialState = optuna.trial.TrialState
 COLORS = {"complete": "#1f77b4", "pruned": "#ff7f0e", "failed": "#d62728", "best": "#2ca02c"}
@@ -50,7 +51,9 @@ def _figure(width: float = 7.5, height: float = 4.0) -> Figure:
 
 
 def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    return [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None
+    ]
 
 
 def _curve(trial: optuna.trial.FrozenTrial, metric: str) -> list[float]:
@@ -64,7 +67,7 @@ def optimization_history(src: StudySource) -> Plot:
     """Every trial's score in order, pruned ones at their last reported value, and the best so far."""
     plot = Plot("optimization_history", "Optimisation history")
     trials = src.study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
     if not complete:
         plot.note = "No complete trial yet."
         return plot
@@ -75,7 +78,7 @@ def optimization_history(src: StudySource) -> Plot:
     ]
     ax.scatter(
         [t.number for t in complete],
-        [float(t.value or 0.0) for t in complete],
+        [primary_value(t) for t in complete],
         color=COLORS["complete"],
         label="complete",
         zorder=3,
@@ -92,7 +95,7 @@ def optimization_history(src: StudySource) -> Plot:
     xs: list[int] = []
     ys: list[float] = []
     for t in sorted(complete, key=lambda t: t.number):
-        value = float(t.value or 0.0)
+        value = primary_value(t)
         if best is None or (value > best if src.maximize else value < best):
             best = value
         xs.append(t.number)
@@ -174,7 +177,7 @@ def _best_number(src: StudySource) -> int | None:
     if not complete:
         return None
     pick = max if src.maximize else min
-    return pick(complete, key=lambda t: t.value).number  # type: ignore[arg-type, return-value]
+    return pick(complete, key=primary_value).number  # type: ignore[arg-type, return-value]
 
 
 def plugin_comparison(src: StudySource) -> Plot:
@@ -191,8 +194,8 @@ def plugin_comparison(src: StudySource) -> Plot:
     for t in trials:
         for kind, label in plugin_labels(t.user_attrs["choices"]).items():
             g = groups[kind][label]
-            if t.state == TrialState.COMPLETE and t.value is not None:
-                g["values"].append(float(t.value))
+            if t.state == TrialState.COMPLETE and t.values is not None:
+                g["values"].append(primary_value(t))
             elif t.state == TrialState.PRUNED:
                 g["pruned"] += 1
             elif t.state == TrialState.FAIL:
@@ -324,7 +327,7 @@ def cost_tradeoff(src: StudySource) -> Plot:
         ("parameters (millions)", lambda t: _params_m(t), True),
         ("trial time (seconds)", trial_seconds, False),
     ):
-        points = [(float(c), float(t.value), t.number) for t in complete if (c := get(t)) is not None]  # type: ignore[arg-type]
+        points = [(float(c), primary_value(t), t.number) for t in complete if (c := get(t)) is not None]  # type: ignore[arg-type]
         if points:
             axes_data.append((title, points, log))
     if not axes_data:
