@@ -85,6 +85,9 @@ def test_curated_costs_agree_with_published_figures() -> None:
 def test_curated_backbone_builds_with_ordered_groups_on_the_meta_device(cls) -> None:
     with torch.device("meta"):
         built = cls(weights="random").build()
+        size = built.data_config.input_size
+        features = built.module.eval()(torch.empty(2, 3, size, size))
+    assert tuple(features.shape) == (2, built.num_features)  # e.g. MobileNetV3's conv head widens it
     TransferModel(built, nn.Linear(built.num_features, 2))  # groups cover every parameter once
     assert len(built.layer_groups) >= 4
     assert built.info["tier"] == cls.tier and built.info["gflops"] > 0

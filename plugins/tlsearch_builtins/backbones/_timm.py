@@ -129,7 +129,9 @@ def build_timm_backbone(
     )
     return BuiltBackbone(
         module=module,
-        num_features=int(module.num_features),
+        # timm's num_features is the width before a conv head (MobileNetV3, LCNet); what the pooled
+        # output has is head_hidden_size when the model has one.
+        num_features=int(getattr(module, "head_hidden_size", None) or module.num_features),
         data_config=data_config,
         layer_groups=timm_layer_groups(module),
         info={
