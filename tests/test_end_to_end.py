@@ -241,3 +241,15 @@ def test_exported_model_matches_pytorch_and_predict_agrees(finished) -> None:
     result = CliRunner().invoke(main, ["predict", str(model_file), str(files[0]), "--json"])
     assert result.exit_code == 0, result.output
     assert torch_labels[0] in result.output
+
+
+def test_trials_record_how_fast_they_ran(finished) -> None:
+    _, out, _ = finished
+    probes = [t for t in _study(out).trials if t.user_attrs["plugins"]["freezing"] == "linear_probe"]
+    for t in _study(out).trials:
+        speed = t.user_attrs["speed"]
+        hit = t.user_attrs["feature_cache"] and speed["feature_cache"]["hit"]
+        assert speed["data_placement"] == ("features" if hit else "resident")  # 48 images: no streaming
+        assert t.user_attrs["latency_ms"] > 0
+    for t in probes:
+        assert t.user_attrs["speed"]["feature_cache"]["key"]

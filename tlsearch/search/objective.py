@@ -93,7 +93,8 @@ def build_model(plugins: TrialPlugins, *, num_outputs: int, image_size: int | No
 class Objective:
     """Callable for ``study.optimize``. Every trial records as user attributes: ``choices``,
     ``plugins``, ``history`` (per-epoch metrics), ``metrics``, ``seconds``, ``params`` (parameter
-    count), ``trainable_params``, ``feature_cache``, ``worker`` (who ran it) and, when it fails,
+    count), ``trainable_params``, ``feature_cache``, ``speed`` (data placement, compile decision,
+    feature-cache hit, per-epoch timing), ``latency_ms``, ``worker`` (who ran it) and, when it fails,
     ``failure`` (the reason) and ``failure_kind`` (see :mod:`tlsearch.search.failures`).
 
     Before a trial trains it sweeps the study for trials of dead workers
@@ -284,7 +285,8 @@ class Objective:
             LATENCY_ATTR: measure_latency(model, input_size=model.data_config.input_size, device=self.device),
             **model.info,
         }
-        for key, v in {"metrics": result.metrics, "seconds": time.perf_counter() - started, **info}.items():
+        seconds = time.perf_counter() - started
+        for key, v in {"metrics": result.metrics, "seconds": seconds, "speed": result.extras, **info}.items():
             trial.set_user_attr(key, v)
         record = TrialRecord(
             number=trial.number,
