@@ -230,3 +230,26 @@ def test_every_builtin_backbone_is_registered_with_its_hyperparameters() -> None
         info = registered[name]
         assert set(info.to_dict()["hyperparameters"]) == set(info.cls.hyperparameters)
         assert info.cls.summary()
+
+
+def test_a_vit_takes_the_study_image_size() -> None:
+    """A ViT is built for one input size; the study's image_size reaches it as a build option."""
+    cls = get_plugin_manager().registry.get("backbone", "vit_small_patch16_224").cls
+    built = cls(weights="random").build(input_size=64)
+    assert built.module(torch.randn(1, 3, 64, 64)).shape == (1, built.num_features)
+
+
+def test_load_weights_false_never_fetches_weights(monkeypatch) -> None:
+    """Rebuilding a trial to load its checkpoint must not reach the hub (offline export)."""
+    import timm
+
+    def no_hub(*args, pretrained=False, **kwargs):
+        assert not pretrained, "tried to download pretrained weights"
+        return real(*args, pretrained=pretrained, **kwargs)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", no_hub)
+    registry = get_plugin_manager().registry
+    for name, params in [("timm", {"model": "test_resnet"}), ("resnet18", {})]:
+        built = registry.get("backbone", name).cls(**params).build(load_weights=False)  # weights default: hub
+        assert built.num_features > 0

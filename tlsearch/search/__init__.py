@@ -2,8 +2,8 @@
 
 from tlsearch.search.best import best_trial, export_study
 from tlsearch.search.checkpoint import TrialRecord, load_checkpoint
-from tlsearch.search.objective import Objective, StudyData, build_model
-from tlsearch.search.sampling import TrialPlugins, describe_choices, instantiate, sample_choices
+from tlsearch.search.objective import Objective, StudyData
+from tlsearch.search.sampling import TrialPlugins, build_model, describe_choices, instantiate, sample_choices
 from tlsearch.search.study import RunResult, finished_trials, open_study, prepare, run_study
 from tlsearch.search.study_dir import StudyDir
 

@@ -48,10 +48,17 @@ def export_study(
         best_trial(study, tie_tolerance=config.search.tie_tolerance) if trial is None else study.trials[trial]
     )
     model, record = load_checkpoint(study_dir.trial_dir(chosen.number), pm.registry)
-    _, val = load_splits(config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path)
+    _, val = load_splits(
+        config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
+    )
     val = val.subset(list(range(min(len(val), MAX_PARITY_IMAGES))))
-    images = decode_images(val, record.preprocessing, cache_dir=study_dir.cache, progress=False,
-                           on_bad_image=config.data.on_bad_image).images
+    images = decode_images(
+        val,
+        record.preprocessing,
+        cache_dir=study_dir.cache,
+        progress=False,
+        on_bad_image=config.data.on_bad_image,
+    ).images
     target = Path(path) if path is not None else study_dir.root / config.export.path
     metadata = {
         "producer": "tlsearch",
@@ -69,7 +76,13 @@ def export_study(
         "metrics": record.metrics,
         "params": record.info.get("params"),
     }
-    report = export_onnx(model, path=target, metadata=metadata, validation_images=images,
-                         tolerance=config.export.tolerance, opset=config.export.opset)
+    report = export_onnx(
+        model,
+        path=target,
+        metadata=metadata,
+        validation_images=images,
+        tolerance=config.export.tolerance,
+        opset=config.export.opset,
+    )
     pm.notify("tlsearch_export_done", path=str(target), metadata=metadata)
     return report

@@ -15,7 +15,7 @@ from tlsearch.errors import TlsearchError
 from tlsearch.kinds import TransferModel
 from tlsearch.preprocessing import DataConfig
 from tlsearch.registry import Registry
-from tlsearch.search.sampling import instantiate
+from tlsearch.search.sampling import build_model, instantiate
 from tlsearch.search.study_dir import write_json_atomic
 
 WEIGHTS_FILE = "model.safetensors"
@@ -66,8 +66,12 @@ def load_checkpoint(folder: Path, registry: Registry) -> tuple[TransferModel, Tr
     """Rebuild a trial's model from its plugins (without fetching pretrained weights) and load its weights."""
     record = load_record(folder)
     plugins = instantiate(record.choices, registry)
-    built = plugins.backbone.build(load_weights=False)
-    built.data_config = record.preprocessing
-    model = TransferModel(built, plugins.head.build(built.num_features, record.num_outputs))
+    model = build_model(
+        plugins,
+        num_outputs=record.num_outputs,
+        image_size=record.preprocessing.input_size,
+        load_weights=False,
+    )
+    model.data_config = record.preprocessing
     load_model(model, folder / WEIGHTS_FILE, strict=True)
     return model.eval(), record

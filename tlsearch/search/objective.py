@@ -14,7 +14,6 @@ import torch
 from tlsearch.config import ResolvedSpace, StudyConfig
 from tlsearch.data import DecodedImages, ImageList, decode_images
 from tlsearch.errors import TlsearchError
-from tlsearch.kinds import TransferModel
 from tlsearch.preprocessing import DataConfig
 from tlsearch.rank.ranking import choices_identity
 from tlsearch.registry import PluginManager
@@ -35,7 +34,7 @@ from tlsearch.search.recovery import (
     requeue,
     sweep_stale_trials,
 )
-from tlsearch.search.sampling import TrialPlugins, describe_choices, instantiate, sample_choices
+from tlsearch.search.sampling import build_model, describe_choices, instantiate, sample_choices
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.train import NonFiniteError, Trainer, TrainSettings, merge_options, resolve_device
@@ -79,15 +78,6 @@ class StudyData:
                 ),
             )
         return self._decoded[config]
-
-
-def build_model(plugins: TrialPlugins, *, num_outputs: int, image_size: int | None) -> TransferModel:
-    """Backbone (with the options regularizers ask for) + head; ``image_size`` overrides the input size."""
-    options = merge_options(plugins.regularizers, "backbone_options")
-    built = plugins.backbone.build(**options)
-    if image_size is not None:
-        built.data_config = built.data_config.with_size(image_size)
-    return TransferModel(built, plugins.head.build(built.num_features, num_outputs))
 
 
 class Objective:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tlsearch.config import PluginChoice, ResolvedSpace
-from tlsearch.kinds import Backbone, FreezingStrategy, Head, Regularizer
+from tlsearch.kinds import Backbone, FreezingStrategy, Head, Regularizer, TransferModel
 from tlsearch.registry import Registry
 from tlsearch.space import Categorical, _Trial
+from tlsearch.train import merge_options
 
 
 def _pick(trial: _Trial, key: str, options: tuple[PluginChoice, ...]) -> PluginChoice:
@@ -86,6 +87,25 @@ def instantiate(choices: dict[str, Any], registry: Registry) -> TrialPlugins:
             assert isinstance(regularizer, Regularizer)
             regularizers.append(regularizer)
     return TrialPlugins(made["backbone"], made["head"], made["freezing"], regularizers)
+
+
+def build_model(
+    plugins: TrialPlugins, *, num_outputs: int, image_size: int | None, load_weights: bool = True
+) -> TransferModel:
+    """Backbone + head of a trial.
+
+    The backbone gets the options its regularizers ask for, the study's ``image_size`` (which also
+    overrides its preprocessing size) and, when a checkpoint is loaded next, ``load_weights=False``.
+    """
+    options = merge_options(plugins.regularizers, "backbone_options")
+    if image_size is not None:
+        options["input_size"] = image_size
+    if not load_weights:
+        options["load_weights"] = False
+    built = plugins.backbone.build(**options)
+    if image_size is not None:
+        built.data_config = built.data_config.with_size(image_size)
+    return TransferModel(built, plugins.head.build(built.num_features, num_outputs))
 
 
 def describe_choices(choices: dict[str, Any]) -> str:

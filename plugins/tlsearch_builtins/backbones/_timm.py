@@ -6,6 +6,7 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from tlsearch.errors import PluginError
@@ -103,25 +104,44 @@ def create_timm_model(model_name: str, *, weights: str, key_map: str, **kwargs: 
     return model
 
 
+def _fixes_input_size(model_name: str) -> bool:
+    """Whether the timm model is built for one input size (a ViT-like model without ``dynamic_img_size``)."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(model_name, pretrained=False)
+    return hasattr(model, "dynamic_img_size") and not model.dynamic_img_size
+
+
 def build_timm_backbone(
     model_name: str, *, weights: str, key_map: str, options: Mapping[str, Any]
 ) -> BuiltBackbone:
-    """Build a timm model as a :class:`BuiltBackbone`, honouring ``drop_path_rate`` where the model has it.
+    """Build a timm model as a :class:`BuiltBackbone`, honouring the build options of
+    :class:`~tlsearch.kinds.Backbone`:
 
-    A model whose constructor does not accept ``drop_path_rate`` is built without it, and
-    ``info["drop_path_rate"]`` says ``"unsupported"`` (so the report shows the option had no effect).
+    * ``drop_path_rate`` where the model has stochastic depth; a model whose constructor does not
+      accept it is built without it, and ``info["drop_path_rate"]`` says ``"unsupported"``;
+    * ``load_weights=False``: random initialisation (a checkpoint is loaded next);
+    * ``input_size``: a model whose architecture fixes its input size (ViT's position embeddings)
+      is built with ``dynamic_img_size=True``, so it takes that size with its pretrained weights
+      unchanged (position embeddings are interpolated). Convolutional models need nothing.
     """
+    if not options.get("load_weights", True):
+        weights = "random"
     kwargs: dict[str, Any] = {}
     rate = float(options.get("drop_path_rate") or 0.0)
     if rate:
         kwargs["drop_path_rate"] = rate
+    if options.get("input_size") and _fixes_input_size(model_name):
+        kwargs["dynamic_img_size"] = True
     try:
         module = create_timm_model(model_name, weights=weights, key_map=key_map, **kwargs)
         applied: float | str = rate
     except TypeError as exc:
         if "drop_path_rate" not in str(exc):
             raise
-        module = create_timm_model(model_name, weights=weights, key_map=key_map)
+        kwargs.pop("drop_path_rate")
+        module = create_timm_model(model_name, weights=weights, key_map=key_map, **kwargs)
         applied = "unsupported"
     data_config = timm_data_config(module)
     cost = measure_cost(

@@ -194,7 +194,8 @@ class TorchvisionBackbone(Backbone):
                 applied = "unsupported"
             except NotImplementedError:
                 pass
-        if self.weights == "hub":
+        weights = self.weights if options.get("load_weights", True) else "random"
+        if weights == "hub":
             enum = _weights_enum(self.model, self.weights_tag)
             try:
                 module = get_model(self.model, weights=enum, **kwargs)
@@ -207,7 +208,7 @@ class TorchvisionBackbone(Backbone):
             num_features = strip_classifier(module)
         else:
             module = get_model(self.model, weights=None, **kwargs)
-            if self.weights == "random":
+            if weights == "random":
                 num_features = strip_classifier(module)
             else:
                 path = resolve_weights_path(self.weights)
