@@ -19,7 +19,9 @@ class Backbone(Plugin):
 
     * ``drop_path_rate`` (float): asked for by regularizers (stochastic depth);
     * ``load_weights`` (bool, default True): False when tlsearch will load a trial's checkpoint right
-      after building (export, resume), so the pretrained weights need not be fetched again.
+      after building (export, resume), so the pretrained weights need not be fetched again;
+    * ``input_size`` (int): the study's ``data.image_size`` when it sets one; a backbone whose
+      architecture depends on the input size (a ViT's position embeddings) must accept it.
     """
 
     kind: ClassVar[str] = "backbone"
