@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +44,11 @@ def make_sampler(config: StudyConfig, *, offset: int = 0) -> optuna.samplers.Bas
         return optuna.samplers.RandomSampler(seed=seed)
     n_startup = max(2, min(10, (config.search.n_trials or 20) // 3))
     constraints = sampler_constraints_func(config)  # see search/objectives.py
-    return optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True, n_startup_trials=n_startup, constraints_func=constraints
-    )
+    with warnings.catch_warnings():  # multivariate/group are "experimental" since Optuna 2.x; we rely on them
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, n_startup_trials=n_startup, constraints_func=constraints
+        )
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -111,7 +114,9 @@ def _describe_study(study: optuna.Study, config: StudyConfig, data: StudyData) -
     """The study's own attributes, written only when missing or different: many workers load the
     same study at once, and a write that changes nothing is a write that can collide."""
     if study.metric_names != config.objectives:
-        study.set_metric_names(config.objectives)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(config.objectives)
     wanted: dict[str, Any] = {"task": config.task, "metric": config.metric}
     if data.labels is not None:
         wanted["labels"] = data.labels
