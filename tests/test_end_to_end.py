@@ -253,3 +253,31 @@ def test_trials_record_how_fast_they_ran(finished) -> None:
         assert t.user_attrs["latency_ms"] > 0
     for t in probes:
         assert t.user_attrs["speed"]["feature_cache"]["key"]
+
+
+def test_raw_input_export_and_int8_copy_of_the_study(finished) -> None:
+    """Issue 6's options on a real study: preprocessing in the graph, and an INT8 copy measured on
+    the labelled validation split (its drop is only warned about here: a tiny random-weight model)."""
+    import warnings
+
+    from tlsearch.deploy import Predictor
+    from tlsearch.search import export_study, quantize_study
+
+    _, out, _ = finished
+    files = sorted(Path(json.loads((out / "study.json").read_text())["config"]["data"]["val"]).rglob("*.png"))
+    raw = export_study(out, path=out / "raw.onnx", raw_input=True)
+    plain = [p.top_k[0][0] for p in Predictor(out / "model.onnx").predict(files, top_k=1)]
+    raw_predictor = Predictor(raw.path)
+    assert raw_predictor.raw_input
+    assert [p.top_k[0][0] for p in raw_predictor.predict(files, top_k=1)] == plain
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        report = quantize_study(out, on_drop="warn")
+    assert report.path == out / "model.int8.onnx" and report.path.is_file()
+    assert report.size_bytes < report.fp32_size_bytes
+    assert report.labels_used and report.validation_images == len(files)
+    true = [f.parent.name for f in files]
+    assert report.accuracy_fp32 == pytest.approx(
+        sum(a == b for a, b in zip(plain, true, strict=True)) / len(files)
+    )

@@ -147,13 +147,26 @@ class ExportSettings(_Strict):
     path: str = "model.onnx"
     tolerance: float = Field(1e-4, gt=0)
     opset: int | None = Field(None, ge=17)
+    raw_input: bool = Field(
+        False, description="the model takes raw uint8 HWC images and preprocesses them itself"
+    )
+    int8: bool = Field(
+        False, description="also write <stem>.int8.onnx (static QDQ, calibrated on training images)"
+    )
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="INT8: the largest accuracy drop accepted (0.01 = 1 pp)"
+    )
+    on_accuracy_drop: Literal["error", "warn"] = "error"
+    calibration_images: int = Field(128, ge=1, le=10_000)
 
 
 class SpaceSettings(_Strict):
     """Which plugins the search may use, each mapped to its hyperparameter overrides."""
 
     backbone: dict[str, dict[str, Any]] = Field(min_length=1)
-    head: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"linear": dict[str, Any]()}, min_length=1)
+    head: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"linear": dict[str, Any]()}, min_length=1
+    )
     freezing: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"full_finetune": dict[str, Any]()}, min_length=1
     )
@@ -171,8 +184,10 @@ class SpaceSettings(_Strict):
 
 
 TASKS = ("classification", "regression")
-METRICS = {"classification": {"accuracy": "maximize", "val_loss": "minimize"},
-           "regression": {"r2": "maximize", "mae": "minimize", "val_loss": "minimize"}}
+METRICS = {
+    "classification": {"accuracy": "maximize", "val_loss": "minimize"},
+    "regression": {"r2": "maximize", "mae": "minimize", "val_loss": "minimize"},
+}
 
 
 class StudyConfig(_Strict):
@@ -268,14 +283,20 @@ def _field_path(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
         if isinstance(current, type) and issubclass(current, BaseModel):
             valid = [k for k, f in current.model_fields.items() if not f.exclude]
             if part not in current.model_fields:
-                if isinstance(part, str) and part[:1].isupper() or part in {"float", "int", "str", "bool", "none"}:
+                if (
+                    isinstance(part, str)
+                    and part[:1].isupper()
+                    or part in {"float", "int", "str", "bool", "none"}
+                ):
                     continue  # a union member's tag
                 parts.append(str(part))
                 current = None
                 continue
             parts.append(str(part))
             annotation = current.model_fields[part].annotation
-            current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else ...
+            current = (
+                annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else ...
+            )
         elif current is ...:
             parts.append(str(part))
     return ".".join(parts), valid
@@ -309,7 +330,9 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the study file must be a mapping of keys (name, data, space, …), got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: the study file must be a mapping of keys (name, data, space, …), got {type(raw).__name__}"
+        )
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")
@@ -334,14 +357,20 @@ def _check_paths(config: StudyConfig, source: str) -> None:
     for field in ("train", "val", "folder"):
         value = getattr(d, field)
         if value is not None and not config.resolve_path(value).is_dir():
-            raise ConfigError(f"{source}: data.{field}: folder {str(config.resolve_path(value))!r} does not exist")
+            raise ConfigError(
+                f"{source}: data.{field}: folder {str(config.resolve_path(value))!r} does not exist"
+            )
     for field in ("csv", "val_csv"):
         value = getattr(d, field)
         if value is not None and not config.resolve_path(value).is_file():
-            raise ConfigError(f"{source}: data.{field}: file {str(config.resolve_path(value))!r} does not exist")
+            raise ConfigError(
+                f"{source}: data.{field}: file {str(config.resolve_path(value))!r} does not exist"
+            )
     for i, p in enumerate(config.plugins):
         if not config.resolve_path(p).is_file():
-            raise ConfigError(f"{source}: plugins[{i}]: plugin file {str(config.resolve_path(p))!r} does not exist")
+            raise ConfigError(
+                f"{source}: plugins[{i}]: plugin file {str(config.resolve_path(p))!r} does not exist"
+            )
 
 
 # --- stage 2: the space against the registry ------------------------------------------------------
@@ -383,14 +412,20 @@ def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
             except PluginError as exc:
                 raise ConfigError(str(exc)) from None
             if not isinstance(overrides, Mapping):
-                raise ConfigError(f"{where}: expected a mapping of hyperparameter → value or range, got {overrides!r}")
+                raise ConfigError(
+                    f"{where}: expected a mapping of hyperparameter → value or range, got {overrides!r}"
+                )
             try:
                 overrides = info.cls.expand_overrides(overrides)
             except PluginError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
             enabled: Hyperparameter = Fixed(True)
             if kind == "regularizer":
-                enabled = narrow(Categorical((True, False)), overrides.pop("enabled", [True, False]), where=f"{where}.enabled")
+                enabled = narrow(
+                    Categorical((True, False)),
+                    overrides.pop("enabled", [True, False]),
+                    where=f"{where}.enabled",
+                )
             elif "enabled" in overrides:
                 raise ConfigError(f"{where}.enabled: only regularizers can be switched on and off")
             declared = info.cls.hyperparameters
@@ -405,7 +440,9 @@ def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
                 if pname in overrides:
                     params[pname] = narrow(hp, overrides[pname], where=f"{where}.{pname}")
                 elif type(hp).__name__ == "Required":
-                    raise ConfigError(f"{where}.{pname}: required ({hp.describe()}){': ' + hp.help if hp.help else ''}")
+                    raise ConfigError(
+                        f"{where}.{pname}: required ({hp.describe()}){': ' + hp.help if hp.help else ''}"
+                    )
                 else:
                     params[pname] = hp
             choices.append(PluginChoice(kind, name, SearchSpace(params), enabled))

@@ -1,12 +1,23 @@
-"""``tlsearch export``: a study's best (or a chosen) trial to a verified ONNX model."""
+"""``tlsearch export``: a study's best (or a chosen) trial to a verified ONNX model, optionally INT8."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from tlsearch.cli import main
+
+
+def describe_quantization(report: Any) -> str:
+    """One line on an INT8 copy: size, accuracy against fp32, latency."""
+    return (
+        f"INT8 {report.path}: {report.size_bytes / 1e6:.1f} MB (fp32 {report.fp32_size_bytes / 1e6:.1f} MB), "
+        f"accuracy {report.accuracy_int8:.2%} vs fp32 {report.accuracy_fp32:.2%} "
+        f"({report.accuracy_drop * 100:.2f} pp drop), batch-1 latency {report.latency_ms_int8:.2f} ms "
+        f"vs {report.latency_ms_fp32:.2f} ms"
+    )
 
 
 @main.command()
@@ -21,9 +32,34 @@ from tlsearch.cli import main
 @click.option(
     "--storage", help="Optuna storage URL, when the study is not in the folder's own storage (study.journal)"
 )
-def export(study_dir: Path, out_path: Path | None, trial: int | None, storage: str | None) -> None:
+@click.option(
+    "--raw-input/--normalized-input",
+    default=None,
+    help="the model takes raw uint8 HWC images of any size and preprocesses them itself (default: the study's export.raw_input)",
+)
+@click.option(
+    "--int8", is_flag=True, help="also write <stem>.int8.onnx, calibrated and measured on the study's images"
+)
+@click.option(
+    "--on-accuracy-drop",
+    type=click.Choice(["error", "warn"]),
+    help="INT8 losing more than export.max_accuracy_drop: refuse (error) or keep it with a warning",
+)
+def export(
+    study_dir: Path,
+    out_path: Path | None,
+    trial: int | None,
+    storage: str | None,
+    raw_input: bool | None,
+    int8: bool,
+    on_accuracy_drop: str | None,
+) -> None:
     """Export a trial of the study in STUDY_DIR to ONNX, checked against PyTorch with onnxruntime."""
-    from tlsearch.search import export_study
+    from tlsearch.search import export_study, quantize_study
 
-    report = export_study(study_dir, trial=trial, path=out_path, storage=storage)
+    report = export_study(study_dir, trial=trial, path=out_path, storage=storage, raw_input=raw_input)
     click.echo(f"exported {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")
+    if int8:
+        click.echo(
+            describe_quantization(quantize_study(study_dir, model=report.path, on_drop=on_accuracy_drop))
+        )

@@ -93,3 +93,8 @@ def run(
     if result.config.export.enabled and not no_export:
         report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
         console.exported(report)
+        if result.config.export.int8 and result.config.task == "classification":
+            from tlsearch.cli.export import describe_quantization
+            from tlsearch.search import quantize_study
+
+            click.echo(describe_quantization(quantize_study(result.study_dir.root, model=report.path)))

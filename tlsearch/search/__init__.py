@@ -1,6 +1,6 @@
 """The search: composing plugin spaces, the Optuna objective, studies and their storage, export of the best."""
 
-from tlsearch.search.best import best_trial, export_study
+from tlsearch.search.best import best_trial, export_study, quantize_study
 from tlsearch.search.checkpoint import TrialRecord, load_checkpoint
 from tlsearch.search.objective import Objective, StudyData
 from tlsearch.search.sampling import TrialPlugins, build_model, describe_choices, instantiate, sample_choices
@@ -23,6 +23,7 @@ __all__ = [
     "load_checkpoint",
     "open_study",
     "prepare",
+    "quantize_study",
     "run_study",
     "sample_choices",
 ]
