@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from tlsearch.cli import main
+from tlsearch.cli.options import plugin_option
 from tlsearch.kinds import KINDS
 
 
@@ -19,13 +20,7 @@ def plugins() -> None:
 @plugins.command("list")
 @click.option("--kind", type=click.Choice(sorted(KINDS)), help="only plugins of this kind")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.option(
-    "--plugin",
-    "plugin_files",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="also load this plugin file (repeatable)",
-)
+@plugin_option
 def list_plugins(kind: str | None, as_json: bool, plugin_files: tuple[Path, ...]) -> None:
     """Every registered plugin: name, kind, provider package and version, hyperparameters."""
     from tlsearch.registry import get_plugin_manager

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from tlsearch.cli import main
+from tlsearch.cli.options import plugin_option
 
 
 @main.command()
@@ -25,13 +26,7 @@ from tlsearch.cli import main
     type=click.Path(file_okay=False, path_type=Path),
     help="study folder whose feature cache to use (default: runs/<study name>)",
 )
-@click.option(
-    "--plugin",
-    "plugin_files",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="a plugin file to load (repeatable)",
-)
+@plugin_option
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def rank(
     study: Path,

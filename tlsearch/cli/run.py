@@ -10,6 +10,7 @@ import click
 
 from tlsearch.cli import main
 from tlsearch.cli.console import Console, console_option
+from tlsearch.cli.options import plugin_option
 
 
 @main.command()
@@ -40,13 +41,7 @@ from tlsearch.cli.console import Console, console_option
     show_default=True,
     help="local worker processes: one per visible GPU (pinned with CUDA_VISIBLE_DEVICES), or CPU processes",
 )
-@click.option(
-    "--plugin",
-    "plugin_files",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="a plugin file to load (repeatable)",
-)
+@plugin_option
 @click.option("--no-export", is_flag=True, help="skip exporting the best model")
 @console_option
 def run(

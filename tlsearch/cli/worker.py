@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from tlsearch.cli import main
+from tlsearch.cli.options import plugin_option
 
 
 def _interrupt_on_sigterm() -> None:
@@ -55,13 +56,7 @@ def _echo_event(prefix: str) -> Any:
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds this worker runs at most"
 )
-@click.option(
-    "--plugin",
-    "plugin_files",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="a plugin file to load (repeatable)",
-)
+@plugin_option
 @click.option(
     "--heartbeat-interval",
     type=click.IntRange(min=1),
