@@ -47,24 +47,12 @@ class NoTrainingObjective(Objective):
     ) -> float:
         plugins = guard_plugins(instantiate(choices, self.pm.registry), self.pm.registry)
         trial.set_user_attr("plugins", plugins.names())
+        on_epoch_end = self.epoch_callback(trial, history)
         for epoch in range(self.config.training.epochs):
-            metrics = {
-                "accuracy": 0.5 + 0.01 * epoch,
-                "val_loss": 1.0,
-                "train_loss": 1.0,
-                "epoch_seconds": 0.0,
-            }
-            history.append(metrics)
-            trial.set_user_attr("history", history)
-            trial.report(metrics["accuracy"], epoch)
-            self.pm.notify(
-                "tlsearch_epoch_end",
-                trial=trial,
-                epoch=epoch,
-                metrics=metrics,
-                out_dir=str(self.study_dir.root),
+            on_epoch_end(
+                epoch,
+                {"accuracy": 0.5 + 0.01 * epoch, "val_loss": 1.0, "train_loss": 1.0, "epoch_seconds": 0.0},
             )
-            self.on_event("epoch_end", trial=trial, epoch=epoch, metrics=metrics)
         info = {
             "metrics": history[-1],
             "seconds": time.perf_counter() - started,

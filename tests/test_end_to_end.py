@@ -265,7 +265,8 @@ def test_raw_input_export_and_int8_copy_of_the_study(finished) -> None:
 
     _, out, _ = finished
     files = sorted(Path(json.loads((out / "study.json").read_text())["config"]["data"]["val"]).rglob("*.png"))
-    raw = export_study(out, path=out / "raw.onnx", raw_input=True)
+    exported_trial = json.loads((out / "model.json").read_text())["metadata"]["trial"]
+    raw = export_study(out, trial=exported_trial, path=out / "raw.onnx", raw_input=True)
     plain = [p.top_k[0][0] for p in Predictor(out / "model.onnx").predict(files, top_k=1)]
     raw_predictor = Predictor(raw.path)
     assert raw_predictor.raw_input

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,6 +205,32 @@ class Objective:
         )
         self.on_event("trial_end", trial=trial, state=state, value=value, metrics=metrics)
 
+    def epoch_callback(
+        self, trial: optuna.Trial, history: list[dict[str, float]]
+    ) -> Callable[[int, dict[str, float]], None]:
+        """What happens after each epoch: record the history, report to the pruner, call the
+        ``tlsearch_epoch_end`` hooks, and stop the trial when the pruner says so."""
+        config = self.config
+        metric = config.metric
+
+        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+            history.append(metrics)
+            trial.set_user_attr("history", history)
+            if not config.multi_objective:  # Optuna cannot prune multi-objective trials
+                trial.report(metrics[metric], epoch)
+            self.pm.notify(
+                "tlsearch_epoch_end",
+                trial=trial,
+                epoch=epoch,
+                metrics=metrics,
+                out_dir=str(self.study_dir.root),
+            )
+            self.on_event("epoch_end", trial=trial, epoch=epoch, metrics=metrics)
+            if epoch + 1 < config.training.epochs and not config.multi_objective and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={metrics[metric]:.4g}")
+
+        return on_epoch_end
+
     def _run(
         self, trial: optuna.Trial, choices: dict[str, Any], history: list[dict[str, float]], started: float
     ) -> float | list[float]:
@@ -243,22 +270,7 @@ class Objective:
             ),
         )
         metric = config.metric
-
-        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-            history.append(metrics)
-            trial.set_user_attr("history", history)
-            if not config.multi_objective:  # Optuna cannot prune multi-objective trials
-                trial.report(metrics[metric], epoch)
-            self.pm.notify(
-                "tlsearch_epoch_end",
-                trial=trial,
-                epoch=epoch,
-                metrics=metrics,
-                out_dir=str(self.study_dir.root),
-            )
-            self.on_event("epoch_end", trial=trial, epoch=epoch, metrics=metrics)
-            if epoch + 1 < config.training.epochs and not config.multi_objective and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={metrics[metric]:.4g}")
+        on_epoch_end = self.epoch_callback(trial, history)
 
         result = trainer.fit(train, val, on_epoch_end=on_epoch_end)
         value = float(result.metrics[metric])
