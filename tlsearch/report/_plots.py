@@ -177,7 +177,7 @@ def _best_number(src: StudySource) -> int | None:
     if not complete:
         return None
     pick = max if src.maximize else min
-    return pick(complete, key=primary_value).number  # type: ignore[arg-type, return-value]
+    return pick(complete, key=primary_value).number
 
 
 def plugin_comparison(src: StudySource) -> Plot:
@@ -327,7 +327,7 @@ def cost_tradeoff(src: StudySource) -> Plot:
         ("parameters (millions)", lambda t: _params_m(t), True),
         ("trial time (seconds)", trial_seconds, False),
     ):
-        points = [(float(c), primary_value(t), t.number) for t in complete if (c := get(t)) is not None]  # type: ignore[arg-type]
+        points = [(float(c), primary_value(t), t.number) for t in complete if (c := get(t)) is not None]
         if points:
             axes_data.append((title, points, log))
     if not axes_data:

@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 
 from tlsearch import __version__
-from tlsearch.data import decode_images, load_splits
+from tlsearch.data import DecodedImages, ImageList, decode_images, load_splits
 from tlsearch.errors import TlsearchError
 from tlsearch.preprocessing import DataConfig, load_rgb
 from tlsearch.registry import PluginManager, get_plugin_manager
@@ -127,11 +127,18 @@ def quantize_study(
     train, val = load_splits(
         config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
     )
-    decode = {"cache_dir": study_dir.cache, "progress": False, "on_bad_image": config.data.on_bad_image}
-    calibration = decode_images(
-        train.subset(_spread(len(train), config.export.calibration_images)), preprocessing, **decode
-    )
-    validation = decode_images(val, preprocessing, **decode)
+
+    def decode(images: ImageList) -> DecodedImages:
+        return decode_images(
+            images,
+            preprocessing,
+            cache_dir=study_dir.cache,
+            progress=False,
+            on_bad_image=config.data.on_bad_image,
+        )
+
+    calibration = decode(train.subset(_spread(len(train), config.export.calibration_images)))
+    validation = decode(val)
     return quantize_int8(
         source,
         calibration_images=calibration.images,
