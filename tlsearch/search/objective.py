@@ -84,7 +84,8 @@ class StudyData:
 class Objective:
     """Callable for ``study.optimize``. Every trial records as user attributes: ``choices``,
     ``plugins``, ``history`` (per-epoch metrics), ``metrics``, ``seconds``, ``params`` (parameter
-    count), ``trainable_params``, ``feature_cache``, ``speed`` (data placement, compile decision,
+    count of the whole model), ``trainable_params``, ``backbone`` (the backbone's facts: model,
+    weights, cost), ``gflops``, ``feature_cache``, ``speed`` (data placement, compile decision,
     feature-cache hit, per-epoch timing), ``latency_ms``, ``worker`` (who ran it) and, when it fails,
     ``failure`` (the reason) and ``failure_kind`` (see :mod:`tlsearch.search.failures`).
 
@@ -285,10 +286,16 @@ class Objective:
             "precision": result.precision,
             "device": str(self.device),
             LATENCY_ATTR: measure_latency(model, input_size=model.data_config.input_size, device=self.device),
-            **model.info,
+            "gflops": model.info.get("gflops"),
         }
-        seconds = time.perf_counter() - started
-        for key, v in {"metrics": result.metrics, "seconds": seconds, "speed": result.extras, **info}.items():
+        attrs = {
+            "metrics": result.metrics,
+            "seconds": time.perf_counter() - started,
+            "speed": result.extras,
+            "backbone": model.info,  # one write for the backbone's facts (model, weights, cost …)
+            **info,
+        }
+        for key, v in attrs.items():  # each user attribute is one storage write: keep them few
             trial.set_user_attr(key, v)
         record = TrialRecord(
             number=trial.number,
@@ -301,7 +308,7 @@ class Objective:
             metric=metric,
             value=value,
             metrics=result.metrics,
-            info={**info, "summary": describe_choices(choices)},
+            info={**model.info, **info, "summary": describe_choices(choices)},
         )
         save_checkpoint(self.study_dir.trial_dir(trial.number), model, record)
         if self.device.type == "cuda":
