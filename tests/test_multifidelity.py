@@ -3,10 +3,14 @@ multi-objective studies are not pruned; cost breaks ties."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import optuna
 import pytest
 
 from tlsearch.config import parse_config
+from tlsearch.search.portfolio import PORTFOLIO_ATTR
+from tlsearch.search.pruning import MIN_REFERENCE_SECONDS, CostAwarePruner
 from tlsearch.search.study import make_pruner
 
 BASE = {"name": "x", "data": {"folder": "."}, "space": {"backbone": {"timm": {"model": "test_resnet"}}}}
@@ -98,3 +102,67 @@ def test_pruned_trials_of_a_study_stopped_early_and_best_ties_go_to_the_cheaper(
     ties = [t for t in complete if t.value == top]
     assert best.value == top and best.user_attrs["params"] == min(t.user_attrs["params"] for t in ties)
     assert leaderboard(study)[0]["trial"] == best.number
+
+
+START = datetime(2026, 1, 1)
+
+
+def _cost_study(pruner: optuna.pruners.BasePruner, *, seconds_per_epoch: float) -> optuna.Study:
+    """A study with six finished trials, strong curves over 4 epochs at ``seconds_per_epoch``."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for number in range(6):
+        study.add_trial(
+            optuna.trial.FrozenTrial(
+                number=number,
+                state=optuna.trial.TrialState.COMPLETE,
+                value=STRONG[-1],
+                datetime_start=START,
+                datetime_complete=START + timedelta(seconds=4 * seconds_per_epoch),
+                params={},
+                distributions={},
+                user_attrs={},
+                system_attrs={"completed_rung_0": STRONG[1]},  # what successive halving records at rung 0
+                intermediate_values=dict(enumerate(STRONG)),
+                trial_id=number,
+            )
+        )
+    return study
+
+
+def _stopped(study: optuna.Study, *, after_seconds: float, user_attrs: dict | None = None) -> bool:
+    """Whether a weak trial, started now and ``after_seconds`` into its 2nd epoch, would be stopped."""
+    if user_attrs:
+        study.enqueue_trial({}, user_attrs=user_attrs)
+    trial = study.ask()
+    for step, value in enumerate(WEAK[:2]):
+        trial.report(value, step)
+    pruner = study.pruner
+    assert isinstance(pruner, CostAwarePruner)
+    started = study._storage.get_trial(trial._trial_id).datetime_start
+    pruner.clock = lambda: started + timedelta(seconds=after_seconds)
+    return trial.should_prune()
+
+
+def test_successive_halving_is_cost_aware_a_cheap_trial_finishes_an_expensive_one_is_stopped() -> None:
+    pruner = make_pruner(_config("successive_halving"))
+    assert isinstance(pruner, CostAwarePruner)
+    # finished trials cost 1 s per epoch: a weak trial at 0.5 s per epoch is stopped ...
+    assert _stopped(_cost_study(pruner, seconds_per_epoch=1.0), after_seconds=1.0)
+    # ... at 0.1 s per epoch (a tenth: a linear probe next to fine-tunes) it finishes
+    pruner = make_pruner(_config("successive_halving"))
+    assert not _stopped(_cost_study(pruner, seconds_per_epoch=1.0), after_seconds=0.2)
+    # timings under MIN_REFERENCE_SECONDS are noise: the plain rule applies
+    pruner = make_pruner(_config("successive_halving"))
+    assert _stopped(_cost_study(pruner, seconds_per_epoch=MIN_REFERENCE_SECONDS / 2), after_seconds=0.0)
+
+
+def test_cost_aware_pruning_lets_warm_start_trials_finish() -> None:
+    pruner = make_pruner(_config("successive_halving"))
+    study = _cost_study(pruner, seconds_per_epoch=1.0)
+    assert not _stopped(study, after_seconds=2.0, user_attrs={PORTFOLIO_ATTR: "linear_probe"})
+    assert _stopped(study, after_seconds=2.0)
+
+
+def test_cost_aware_pruner_rejects_a_ratio_that_is_not_above_one() -> None:
+    with pytest.raises(ValueError, match="ratio must be > 1"):
+        CostAwarePruner(optuna.pruners.NopPruner(), ratio=1.0)

@@ -130,3 +130,20 @@ def test_cli_rank_prints_the_ranking(write_study, tmp_path) -> None:
     rows = json.loads(as_json.stdout)
     assert [r["score_name"] for r in rows] == ["hscore", "hscore"]
     assert rows[0]["score"] >= rows[1]["score"]
+
+
+def test_the_warm_start_linear_probe_reuses_the_rankings_features(write_study, tmp_path) -> None:
+    # pretrained weights: the ranking and the trial build the same backbone, so one feature-cache key
+    path = write_study(
+        space={"backbone": {"efficientnet_lite0": {"weights": "packaged"}}},
+        training={"epochs": 1},
+        search={"n_trials": 2, "warm_start": True, "rank": {"keep_top": 1}},
+    )
+    study = run_study(path, out_dir=tmp_path / "out", progress=False).study
+    assert study.user_attrs[RANK_ATTR][0]["label"] == "efficientnet_lite0"  # above the random-weight one
+    entries = {e.name for e in (tmp_path / "out").rglob("features-*.json")}
+    assert len(entries) == len(study.user_attrs[RANK_ATTR])  # one per ranked backbone, none added by trials
+    probe = min(study.trials, key=lambda t: t.number)
+    assert probe.user_attrs["portfolio"] == "linear_probe"
+    cache = probe.user_attrs["speed"]["feature_cache"]
+    assert cache["hit"] is True and f"features-{cache['key']}.json" in entries

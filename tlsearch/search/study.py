@@ -27,6 +27,7 @@ from tlsearch.search.budget import DEADLINE_ATTR, FINISHED, BudgetCallback, Fail
 from tlsearch.search.objective import Objective, StudyData
 from tlsearch.search.objectives import sampler_constraints_func
 from tlsearch.search.portfolio import warm_start
+from tlsearch.search.pruning import CostAwarePruner
 from tlsearch.search.recovery import requeue_after_heartbeat, sweep_stale_trials
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, check_concurrency, make_storage
 from tlsearch.search.study_dir import StudyDir
@@ -55,7 +56,9 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     """Epochs are the budget (a trial reports its metric at step = epoch index 0, 1, …). ``median``
     stops a trial below the median of earlier trials from its first epoch on; ``successive_halving``
     and ``hyperband`` (reduction factor 3) keep the best third at each rung, the first rung after
-    the second epoch. Multi-objective studies are never pruned (Optuna's pruners are single-objective)."""
+    the second epoch; ``successive_halving`` is cost-aware (:class:`~tlsearch.search.pruning.CostAwarePruner`:
+    it lets warm-start trials and trials with cheap epochs finish). Multi-objective studies are
+    never pruned (Optuna's pruners are single-objective)."""
     epochs = config.training.epochs
     kind = config.search.pruner
     if kind == "none" or epochs < 2 or config.multi_objective:
@@ -64,8 +67,9 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
-    return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=1, reduction_factor=3, min_early_stopping_rate=0
+    return CostAwarePruner(
+        optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3, min_early_stopping_rate=0),
+        ratio=3.0,
     )
 
 
