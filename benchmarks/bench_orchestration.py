@@ -3,8 +3,12 @@
 A trial here goes through tlsearch's real objective path — worker record, heartbeat, stale-trial
 sweep, budget slot, TPE sampling of the plugins and hyperparameters, plugin instantiation and
 guarding, lifecycle hooks (the JSONL trail plugin writes its lines), per-epoch history and
-intermediate values, the final user attributes, Optuna's tell and callbacks — with the training
-replaced by nothing. The same study runs side by side on SQLite, the journal file and (when
+intermediate values, the final user attributes (written by the objective's own
+``record_finished``, with the values a real trial of this run recorded), Optuna's tell and
+callbacks — with the training replaced by nothing. Every trial must end COMPLETE, or the run stops.
+Each storage is measured twice: as configured (epochs that end within ``PROGRESS_INTERVAL`` of
+each other share one commit, here all of them) and with every epoch committed on its own (what
+trials whose epochs take longer than that pay). The same study runs side by side on SQLite, the journal file and (when
 reachable) PostgreSQL; one real short trial (a tiny timm model on 32 px images) is timed in the same
 run, to express the overhead as a fraction of it, and as a fraction of a one-minute trial.
 
@@ -17,6 +21,7 @@ Targets (issue 5): < 50 ms per trial and < 1 % of a one-minute trial.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -35,36 +40,43 @@ from tlsearch.search.failures import guard_plugins
 from tlsearch.search.objective import Objective, StudyData
 from tlsearch.search.sampling import instantiate
 from tlsearch.search.study import open_study, prepare
+from tlsearch.search.trial_writes import PROGRESS_INTERVAL, TrialWriter
 
 POSTGRES_ENV = "TLSEARCH_BENCH_POSTGRES_URL"
 
 
+FINAL_ATTRS = ("params", "trainable_params", "feature_cache", "precision", "device", "latency_ms", "gflops")
+
+
 class NoTrainingObjective(Objective):
-    """The objective with the fine-tuning removed: the storage traffic of a real trial stays."""
+    """The objective with the fine-tuning removed: the storage traffic of a real trial stays.
+    ``recorded`` holds the user attributes of a real trial, replayed as this trial's results."""
+
+    recorded: dict[str, Any]
 
     def _run(
-        self, trial: optuna.Trial, choices: dict[str, Any], history: list[dict[str, float]], started: float
+        self,
+        trial: optuna.Trial,
+        writer: TrialWriter,
+        choices: dict[str, Any],
+        history: list[dict[str, float]],
+        started: float,
     ) -> float:
         plugins = guard_plugins(instantiate(choices, self.pm.registry), self.pm.registry)
-        trial.set_user_attr("plugins", plugins.names())
-        on_epoch_end = self.epoch_callback(trial, history)
-        for epoch in range(self.config.training.epochs):
-            on_epoch_end(
-                epoch,
-                {"accuracy": 0.5 + 0.01 * epoch, "val_loss": 1.0, "train_loss": 1.0, "epoch_seconds": 0.0},
-            )
-        info = {
-            "metrics": history[-1],
-            "seconds": time.perf_counter() - started,
-            "params": 1,
-            "trainable_params": 1,
-            "feature_cache": False,
-            "precision": "fp32",
-            "device": "cpu",
-        }
-        for key, value in info.items():
-            trial.set_user_attr(key, value)
-        return history[-1]["accuracy"]
+        writer.stage(plugins=plugins.names())
+        on_epoch_end = self.epoch_callback(trial, writer, history)
+        for epoch, metrics in enumerate(self.recorded["history"]):
+            on_epoch_end(epoch, dict(metrics))
+        self.record_finished(
+            trial,
+            writer,
+            metrics=self.recorded["metrics"],
+            started=started,
+            speed=self.recorded["speed"],
+            backbone=self.recorded["backbone"],
+            info={key: self.recorded.get(key) for key in FINAL_ATTRS},
+        )
+        return float(self.recorded["metrics"][self.config.metric])
 
 
 def postgres_database() -> str | None:
@@ -95,14 +107,30 @@ def drop_database(url: str) -> None:
     conn.close()
 
 
-def overhead(study_file: Path, storage: str, out: Path, trials: int) -> list[float]:
+def overhead(
+    study_file: Path,
+    storage: str,
+    out: Path,
+    *,
+    trials: int,
+    recorded: dict[str, Any],
+    progress_interval: float = PROGRESS_INTERVAL,
+) -> list[float]:
     """Seconds per trial of the no-training objective on ``storage`` (first trials included)."""
     config, pm, space, study_dir = prepare(study_file, out_dir=out)
+    study_dir.save_config(config)  # the study folder, as `tlsearch run` makes it (the trail goes there)
     study = open_study(config, storage)
     data = StudyData(None, None, cache_dir=None)  # type: ignore[arg-type]  # never decoded: no training
     objective = NoTrainingObjective(
-        config=config, space=space, pm=pm, data=data, study_dir=study_dir, budget=trials
+        config=config,
+        space=space,
+        pm=pm,
+        data=data,
+        study_dir=study_dir,
+        budget=trials,
+        progress_interval=progress_interval,
     )
+    objective.recorded = recorded
     times: list[float] = []
     last = [time.perf_counter()]
 
@@ -112,11 +140,16 @@ def overhead(study_file: Path, storage: str, out: Path, trials: int) -> list[flo
         last[0] = now
 
     study.optimize(objective, n_trials=trials, callbacks=[BudgetCallback(trials), lap], catch=(Exception,))
+    failed = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.COMPLETE]
+    if failed or len(times) != trials:
+        reason = failed[0].user_attrs.get("failure") if failed else "too few trials"
+        raise SystemExit(f"{storage}: {len(failed)} of {len(times)} trials did not complete ({reason})")
     return times
 
 
-def real_trial_seconds(study_file: Path, out: Path) -> float:
-    """Wall time of one real trial (the same objective with its training) on a journal storage."""
+def real_trial(study_file: Path, out: Path) -> tuple[float, dict[str, Any]]:
+    """Wall time and user attributes of one real trial (the same objective with its training) on a
+    journal storage."""
     from tlsearch.data import load_splits
 
     config, pm, space, study_dir = prepare(study_file, out_dir=out)
@@ -126,7 +159,11 @@ def real_trial_seconds(study_file: Path, out: Path) -> float:
     objective = Objective(config=config, space=space, pm=pm, data=data, study_dir=study_dir, budget=1)
     started = time.perf_counter()
     study.optimize(objective, n_trials=1)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    trial = study.trials[-1]
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        raise SystemExit(f"the real trial failed: {trial.user_attrs.get('failure')}")
+    return seconds, trial.user_attrs
 
 
 def main() -> None:
@@ -155,16 +192,28 @@ def main() -> None:
         study_file = root / "study.yaml"
         study_file.write_text(yaml.safe_dump(study))
 
-        short_trial = real_trial_seconds(study_file, root / "real")
+        short_trial, recorded = real_trial(study_file, root / "real")
 
-        storages = {
-            "sqlite": f"sqlite:///{root / 'sqlite' / 'study.db'}",
-            "journal": str(root / "journal" / "study.journal"),
-        }
-        (root / "sqlite").mkdir()
-        pg = postgres_database()
-        if pg:
-            storages["postgresql"] = pg
+        kinds = ["sqlite", "journal"]
+        databases: list[str] = []
+        probe = postgres_database()
+        if probe:
+            drop_database(probe)
+            kinds.append("postgresql")
+
+        def fresh_storage(kind: str, folder: Path) -> str:
+            """An empty storage of ``kind`` for one measurement."""
+            folder.mkdir(parents=True)
+            if kind == "sqlite":
+                return f"sqlite:///{folder / 'study.db'}"
+            if kind == "journal":
+                return str(folder / "study.journal")
+            url = postgres_database()
+            if url is None:
+                raise SystemExit("the PostgreSQL server stopped answering")
+            databases.append(url)
+            return url
+
         print(
             f"python {platform.python_version()}, optuna {optuna.__version__}, {platform.machine()}, "
             f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
@@ -175,23 +224,33 @@ def main() -> None:
         )
         print()
         print(
-            f"{'storage':<12}{'mean ms':>9}{'median ms':>11}{'p90 ms':>8}{'last10 ms':>11}"
+            f"{'storage':<24}{'mean ms':>9}{'median ms':>11}{'p90 ms':>8}{'last10 ms':>11}"
             f"{'of short trial':>16}{'of 60 s trial':>15}"
         )
+        variants = (("", PROGRESS_INTERVAL), (", epoch commits", 0.0))
         try:
-            for name, spec in storages.items():
-                times = overhead(study_file, spec, root / f"out-{name}", args.trials)
+            for kind, (variant, interval) in itertools.product(kinds, variants):
+                label = kind + variant
+                folder = root / "storages" / label.replace(", ", "-").replace(" ", "-")
+                times = overhead(
+                    study_file,
+                    fresh_storage(kind, folder),
+                    folder / "out",
+                    trials=args.trials,
+                    recorded=recorded,
+                    progress_interval=interval,
+                )
                 ms = [t * 1000 for t in times]
                 mean = statistics.fmean(ms)
                 p90 = sorted(ms)[int(0.9 * (len(ms) - 1))]
                 print(
-                    f"{name:<12}{mean:>9.1f}{statistics.median(ms):>11.1f}{p90:>8.1f}"
+                    f"{label:<24}{mean:>9.1f}{statistics.median(ms):>11.1f}{p90:>8.1f}"
                     f"{statistics.fmean(ms[-10:]):>11.1f}{mean / 1000 / short_trial:>15.2%}{mean / 60000:>15.3%}"
                 )
         finally:
-            if pg:
-                drop_database(pg)
-        if not pg:
+            for url in databases:
+                drop_database(url)
+        if "postgresql" not in kinds:
             print(f"postgresql: skipped (no server; set {POSTGRES_ENV})")
 
 

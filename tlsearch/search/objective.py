@@ -11,6 +11,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from tlsearch.config import ResolvedSpace, StudyConfig
 from tlsearch.data import DecodedImages, ImageList, decode_images
@@ -18,7 +19,7 @@ from tlsearch.errors import TlsearchError
 from tlsearch.preprocessing import DataConfig
 from tlsearch.rank.ranking import choices_identity
 from tlsearch.registry import PluginManager
-from tlsearch.search.budget import SKIPPED_ATTR, BudgetReached, study_deadline, wait_for_slot
+from tlsearch.search.budget import FINISHED, SKIPPED_ATTR, BudgetReached, study_deadline, wait_for_slot
 from tlsearch.search.checkpoint import TrialRecord, save_checkpoint
 from tlsearch.search.failures import classify, free_accelerator_memory, guard_plugins
 from tlsearch.search.objectives import (
@@ -38,6 +39,7 @@ from tlsearch.search.recovery import (
 from tlsearch.search.sampling import build_model, describe_choices, instantiate, sample_choices
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from tlsearch.search.study_dir import StudyDir
+from tlsearch.search.trial_writes import PROGRESS_INTERVAL, TrialWriter
 from tlsearch.train import NonFiniteError, Trainer, TrainSettings, merge_options, resolve_device
 
 log = logging.getLogger("tlsearch")
@@ -89,6 +91,10 @@ class Objective:
     feature-cache hit, per-epoch timing), ``latency_ms``, ``worker`` (who ran it) and, when it fails,
     ``failure`` (the reason) and ``failure_kind`` (see :mod:`tlsearch.search.failures`).
 
+    Storage writes are grouped (:class:`~tlsearch.search.trial_writes.TrialWriter`): the worker record,
+    then the sampled parameters with ``choices``, the per-epoch history and intermediate values (at
+    most every ``progress_interval`` seconds), and the final attributes, each in one commit.
+
     Before a trial trains it sweeps the study for trials of dead workers
     (:mod:`tlsearch.search.recovery`) and, when ``budget`` is set, takes a slot of the global
     budget (:mod:`tlsearch.search.budget`). A failed trial never stops the study: CUDA
@@ -110,6 +116,7 @@ class Objective:
         grace_period: float = GRACE_PERIOD,
         retry_oom: bool = True,
         max_retries: int = MAX_RETRIES,
+        progress_interval: float = PROGRESS_INTERVAL,
     ) -> None:
         self.config = config
         self.space = space
@@ -123,47 +130,69 @@ class Objective:
         self.grace_period = grace_period
         self.retry_oom = retry_oom
         self.max_retries = max_retries
+        self.progress_interval = progress_interval
         self.identity = WorkerIdentity.current().to_dict()
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        # A write of its own: other workers' sweeps must know who runs the trial while it waits for a slot.
         trial.set_user_attr(WORKER_ATTR, self.identity)
+        writer = TrialWriter(trial, interval=self.progress_interval)
         with TrialHeartbeat(trial.study, trial._trial_id, interval=self.heartbeat_interval):
             try:
-                self._take_slot(trial)
-                return self._trial(trial)
+                self._take_slot(trial, writer)
+                return self._trial(trial, writer)
             except KeyboardInterrupt:
                 reason = classify(KeyboardInterrupt())[1]
-                self._fail(trial, "interrupted", reason)
+                self._fail(writer, "interrupted", reason)
                 if trial.params:
                     requeue(trial.study, trial, reason="interrupted", max_retries=self.max_retries)
                     self._end(trial, "FAIL", None, {"failure": reason})  # type: ignore[dict-item]
                 raise
 
-    def _take_slot(self, trial: optuna.Trial) -> None:
-        swept = sweep_stale_trials(trial.study, grace_period=self.grace_period, max_retries=self.max_retries)
+    def _take_slot(self, trial: optuna.Trial, writer: TrialWriter) -> None:
+        study = trial.study
+        # One read serves the sweep (the RUNNING trials) and the budget's first check (all counted).
+        trials = study._storage.get_all_trials(
+            study._study_id, deepcopy=False, states=(TrialState.RUNNING, *FINISHED)
+        )
+        swept = sweep_stale_trials(
+            study,
+            grace_period=self.grace_period,
+            max_retries=self.max_retries,
+            running=[t for t in trials if t.state == TrialState.RUNNING],
+            heartbeats_checked=True,  # study.optimize failed the heartbeat-stale trials just now
+        )
         if swept:
             log.warning("failed and requeued trial(s) %s: their worker is gone", swept)
         if self.budget is None:
             return
         try:
-            wait_for_slot(trial.study, trial, budget=self.budget, deadline=study_deadline(trial.study))
+            wait_for_slot(
+                study,
+                trial,
+                budget=self.budget,
+                deadline=lambda: study_deadline(study),
+                trials=[t for t in trials if t.number not in swept],
+            )
         except BudgetReached as exc:
-            trial.set_user_attr(SKIPPED_ATTR, True)
-            self._fail(trial, "skipped", f"skipped: {exc}")
+            writer.stage(**{SKIPPED_ATTR: True})
+            self._fail(writer, "skipped", f"skipped: {exc}")
             trial.study.stop()
             raise TrialFailed(str(exc)) from None
 
-    def _trial(self, trial: optuna.Trial) -> float | list[float]:
+    def _trial(self, trial: optuna.Trial, writer: TrialWriter) -> float | list[float]:
         started = time.perf_counter()
         out = str(self.study_dir.root)
-        choices = sample_choices(trial, self.space)
-        trial.set_user_attr("choices", choices)
+        with writer.sampling():
+            choices = sample_choices(trial, self.space)
+        writer.flush(choices=choices)  # the parameters and choices: one commit
         self.pm.notify("tlsearch_trial_start", trial=trial, choices=choices, out_dir=out)
         self.on_event("trial_start", trial=trial, choices=choices)
         history: list[dict[str, float]] = []
         try:
-            value = self._run(trial, choices, history, started)
+            value = self._run(trial, writer, choices, history, started)
         except optuna.TrialPruned:
+            writer.flush()
             self._end(trial, "PRUNED", None, history[-1] if history else {})
             raise
         except Exception as exc:
@@ -174,15 +203,15 @@ class Objective:
         # Outside the except block: the exception and its traceback (holding the failed step's
         # tensors) are gone, so the memory can really be freed.
         free_accelerator_memory()
-        self._fail(trial, kind, reason)
+        self._fail(writer, kind, reason)
         self._end(trial, "FAIL", None, {"failure": reason})  # type: ignore[dict-item]
         if kind == "oom":
             self._retry_smaller(trial)
         raise TrialFailed(reason)
 
-    def _fail(self, trial: optuna.Trial, kind: str, reason: str) -> None:
-        trial.set_user_attr("failure", reason)
-        trial.set_user_attr("failure_kind", kind)
+    def _fail(self, writer: TrialWriter, kind: str, reason: str) -> None:
+        """Record why the trial failed, with anything still staged, in one commit."""
+        writer.flush(failure=reason, failure_kind=kind)
 
     def _retry_smaller(self, trial: optuna.Trial) -> None:
         batch = int(trial.user_attrs.get("batch_size", self.config.training.batch_size))
@@ -207,18 +236,19 @@ class Objective:
         self.on_event("trial_end", trial=trial, state=state, value=value, metrics=metrics)
 
     def epoch_callback(
-        self, trial: optuna.Trial, history: list[dict[str, float]]
+        self, trial: optuna.Trial, writer: TrialWriter, history: list[dict[str, float]]
     ) -> Callable[[int, dict[str, float]], None]:
-        """What happens after each epoch: record the history, report to the pruner, call the
-        ``tlsearch_epoch_end`` hooks, and stop the trial when the pruner says so."""
+        """What happens after each epoch: record the history and report to the pruner (one commit,
+        at most every ``progress_interval`` seconds), call the ``tlsearch_epoch_end`` hooks, and
+        stop the trial when the pruner says so."""
         config = self.config
         metric = config.metric
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             history.append(metrics)
-            trial.set_user_attr("history", history)
             if not config.multi_objective:  # Optuna cannot prune multi-objective trials
-                trial.report(metrics[metric], epoch)
+                writer.report(metrics[metric], epoch)
+            writer.progress(history=history)
             self.pm.notify(
                 "tlsearch_epoch_end",
                 trial=trial,
@@ -232,17 +262,46 @@ class Objective:
 
         return on_epoch_end
 
+    def record_finished(
+        self,
+        trial: optuna.Trial,
+        writer: TrialWriter,
+        *,
+        metrics: dict[str, float],
+        started: float,
+        speed: dict[str, Any],
+        backbone: dict[str, Any],
+        info: dict[str, Any],
+    ) -> None:
+        """Record a trial that trained to its end: its final user attributes (``metrics``,
+        ``seconds``, ``speed``, ``backbone`` and ``info``: params, trainable_params, feature_cache,
+        precision, device, latency_ms, gflops), with the history still staged, in one commit; then
+        the constraint values of a constrained study."""
+        writer.flush(
+            metrics=metrics,
+            seconds=time.perf_counter() - started,
+            speed=speed,
+            backbone=backbone,
+            **info,
+        )
+        record_constraints(trial, self.config, info)
+
     def _run(
-        self, trial: optuna.Trial, choices: dict[str, Any], history: list[dict[str, float]], started: float
+        self,
+        trial: optuna.Trial,
+        writer: TrialWriter,
+        choices: dict[str, Any],
+        history: list[dict[str, float]],
+        started: float,
     ) -> float | list[float]:
         config = self.config
         plugins = guard_plugins(instantiate(choices, self.pm.registry), self.pm.registry)
-        trial.set_user_attr("plugins", plugins.names())
+        writer.stage(plugins=plugins.names())
         model = build_model(plugins, num_outputs=self.data.num_outputs, image_size=config.data.image_size)
         train, val = self.data.decoded(model.data_config)
         skipped = len(train.skipped) + len(val.skipped)
         if skipped:
-            trial.set_user_attr("skipped_images", skipped)
+            writer.stage(skipped_images=skipped)
             examples = [path for path, _ in (train.skipped + val.skipped)[:5]]
             trial.study.set_user_attr("skipped_images", {"count": skipped, "examples": examples})
         batch_size = int(trial.user_attrs.get("batch_size", config.training.batch_size))
@@ -271,7 +330,7 @@ class Objective:
             ),
         )
         metric = config.metric
-        on_epoch_end = self.epoch_callback(trial, history)
+        on_epoch_end = self.epoch_callback(trial, writer, history)
 
         result = trainer.fit(train, val, on_epoch_end=on_epoch_end)
         value = float(result.metrics[metric])
@@ -288,15 +347,15 @@ class Objective:
             LATENCY_ATTR: measure_latency(model, input_size=model.data_config.input_size, device=self.device),
             "gflops": model.info.get("gflops"),
         }
-        attrs = {
-            "metrics": result.metrics,
-            "seconds": time.perf_counter() - started,
-            "speed": result.extras,
-            "backbone": model.info,  # one write for the backbone's facts (model, weights, cost …)
-            **info,
-        }
-        for key, v in attrs.items():  # each user attribute is one storage write: keep them few
-            trial.set_user_attr(key, v)
+        self.record_finished(
+            trial,
+            writer,
+            metrics=result.metrics,
+            started=started,
+            speed=result.extras,
+            backbone=model.info,
+            info=info,
+        )
         record = TrialRecord(
             number=trial.number,
             study=config.name,
@@ -313,5 +372,4 @@ class Objective:
         save_checkpoint(self.study_dir.trial_dir(trial.number), model, record)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        record_constraints(trial, config, info)
         return objective_values(config, value=value, attrs=info)

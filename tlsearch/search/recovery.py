@@ -163,21 +163,32 @@ def stale_reason(
 
 
 def sweep_stale_trials(
-    study: optuna.Study, *, grace_period: float = GRACE_PERIOD, max_retries: int = MAX_RETRIES
+    study: optuna.Study,
+    *,
+    grace_period: float = GRACE_PERIOD,
+    max_retries: int = MAX_RETRIES,
+    running: list[FrozenTrial] | None = None,
+    heartbeats_checked: bool = False,
 ) -> list[int]:
-    """Fail and requeue every RUNNING trial whose worker is gone; returns their numbers."""
+    """Fail and requeue every RUNNING trial whose worker is gone; returns their numbers.
+    ``running``: the study's RUNNING trials when the caller just read them (one read less).
+    ``heartbeats_checked``: Optuna has just failed the trials whose heartbeat went stale (it does
+    before each trial of ``study.optimize``), so asking the database for them again is skipped."""
     storage = study._storage
     rdb = has_heartbeat(storage)
     heartbeat_stale: set[int] = set()
     if rdb:
         try:
-            heartbeat_stale = set(storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
+            if not heartbeats_checked:
+                heartbeat_stale = set(storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
             grace_period = float(storage.grace_period or 2 * storage.heartbeat_interval)  # type: ignore[attr-defined]
         except AttributeError:
             pass
     swept = []
     now = time.time()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    if running is None:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
         reason = stale_reason(
             trial, heartbeat_stale=heartbeat_stale, grace_period=grace_period, rdb=rdb, now=now
         )
