@@ -199,3 +199,38 @@ def test_bad_arguments_name_the_problem(tmp_path: Path, kwargs: dict[str, object
     with pytest.raises(ExportError, match=message):
         export_onnx(model, **args)  # type: ignore[arg-type]
     assert not (tmp_path / "m.onnx").exists()
+
+
+class _Times(nn.Module):
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.factor
+
+
+def test_parity_bound_scales_with_large_outputs_only() -> None:
+    from tlsearch.export._onnx import parity_bound
+
+    assert parity_bound(1e-4, np.array([[0.5, -0.9]])) == pytest.approx(1e-4)  # within ±1: absolute
+    assert parity_bound(1e-4, np.array([[70.0, -3.0]])) == pytest.approx(7e-3)
+
+
+def test_correct_export_with_large_logits_passes_and_a_wrong_one_still_fails(tmp_path: Path) -> None:
+    """Logits of ~1e4: float32 rounding alone exceeds 1e-4 absolute, a real graph error is far larger."""
+    torch.manual_seed(0)
+    inner = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
+    )
+    report = export_onnx(
+        _Times(inner, 1e4).eval(), path=tmp_path / "ok.onnx", metadata=metadata(), validation_images=images(4)
+    )
+    assert report.path.is_file()
+    with pytest.raises(ExportError, match="max abs diff"):
+        export_onnx(
+            _Times(_DiffersWhenExported(), 1e4).eval(),
+            path=tmp_path / "bad.onnx",
+            metadata=metadata(),
+            validation_images=images(4),
+        )
