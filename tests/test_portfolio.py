@@ -49,7 +49,7 @@ def test_portfolio_respects_a_regularizer_the_study_forces_on(write_study) -> No
 
 
 def test_warm_start_trials_run_first_and_are_not_enqueued_again_on_resume(write_study, tmp_path) -> None:
-    path = write_study(search={"n_trials": 4, "warm_start": True})
+    path = write_study(search={"n_trials": 4, "warm_start": True, "pruner": "none"})
     study = run_study(path, out_dir=tmp_path / "out", progress=False).study
     trials = sorted(study.trials, key=lambda t: t.number)
     assert study.user_attrs[WARM_START_ATTR] == ["linear_probe", "finetune_full_finetune_label_smoothing"]

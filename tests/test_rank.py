@@ -88,7 +88,7 @@ def test_a_failing_candidate_ranks_last_with_its_reason(write_study, tmp_path: P
 def test_study_keeps_the_top_ranked_backbone_and_does_not_rank_again_on_resume(
     write_study, tmp_path, monkeypatch
 ):
-    path = write_study(space=TWO_MODELS, search={"n_trials": 2, "rank": {"keep_top": 1}})
+    path = write_study(space=TWO_MODELS, search={"n_trials": 2, "rank": {"keep_top": 1}, "pruner": "none"})
     result = run_study(path, out_dir=tmp_path / "out", progress=False)
     ranking = result.study.user_attrs[RANK_ATTR]
     top = ranking[0]["params"]["model"]

@@ -297,7 +297,14 @@ class Objective:
         config = self.config
         plugins = guard_plugins(instantiate(choices, self.pm.registry), self.pm.registry)
         writer.stage(plugins=plugins.names())
-        model = build_model(plugins, num_outputs=self.data.num_outputs, image_size=config.data.image_size)
+        seed = (config.search.seed or 0) + trial.number
+        model = build_model(
+            plugins,
+            num_outputs=self.data.num_outputs,
+            image_size=config.data.image_size,
+            backbone_seed=config.search.seed or 0,
+            head_seed=seed,
+        )
         train, val = self.data.decoded(model.data_config)
         skipped = len(train.skipped) + len(val.skipped)
         if skipped:
@@ -323,7 +330,7 @@ class Objective:
                 precision=config.training.precision,
             ),
             device=self.device,
-            seed=(config.search.seed or 0) + trial.number,
+            seed=seed,
             feature_cache_dir=self.study_dir.cache,
             backbone_identity=choices_identity(
                 choices, merge_options(plugins.regularizers, "backbone_options")

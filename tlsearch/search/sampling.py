@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from tlsearch.config import PluginChoice, ResolvedSpace
 from tlsearch.kinds import Backbone, FreezingStrategy, Head, Regularizer, TransferModel
 from tlsearch.registry import Registry
@@ -90,21 +92,37 @@ def instantiate(choices: dict[str, Any], registry: Registry) -> TrialPlugins:
 
 
 def build_model(
-    plugins: TrialPlugins, *, num_outputs: int, image_size: int | None, load_weights: bool = True
+    plugins: TrialPlugins,
+    *,
+    num_outputs: int,
+    image_size: int | None,
+    load_weights: bool = True,
+    backbone_seed: int | None = None,
+    head_seed: int | None = None,
 ) -> TransferModel:
     """Backbone + head of a trial.
 
     The backbone gets the options its regularizers ask for, the study's ``image_size`` (which also
     overrides its preprocessing size) and, when a checkpoint is loaded next, ``load_weights=False``.
+
+    Randomly initialised weights come from ``backbone_seed`` and ``head_seed`` when given (each
+    seeds torch's generator just before that part is built), so a trial is reproducible whatever ran
+    before it in the process. Trials pass the study's seed for the backbone, the one the ranking
+    uses too: a random-weight backbone is then the same network in every trial, and its features
+    one feature-cache entry; the head's seed is the trial's own.
     """
     options = merge_options(plugins.regularizers, "backbone_options")
     if image_size is not None:
         options["input_size"] = image_size
     if not load_weights:
         options["load_weights"] = False
+    if backbone_seed is not None:
+        torch.manual_seed(backbone_seed)
     built = plugins.backbone.build(**options)
     if image_size is not None:
         built.data_config = built.data_config.with_size(image_size)
+    if head_seed is not None:
+        torch.manual_seed(head_seed)
     return TransferModel(built, plugins.head.build(built.num_features, num_outputs))
 
 
