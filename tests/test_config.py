@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 from click.testing import CliRunner
 
@@ -104,3 +105,20 @@ def test_wildcard_matching_nothing_is_a_config_error(write_study, tmp_path: Path
     study = write_study(space={"backbone": {"timm": {"model": "no_such_model_*", "weights": "random"}}})
     with pytest.raises(ConfigError, match=r"space.backbone.timm.*no_such_model_\*"):
         prepare(study, out_dir=tmp_path / "out")
+
+
+def test_searching_n_frozen_fixes_the_fraction_it_replaces(write_study, tmp_path: Path) -> None:
+    study = write_study(space={"freezing": {"freeze_stages": {"n_frozen": [1, 2]}}})
+    _, _, space, _ = prepare(study, out_dir=tmp_path / "out")
+    trial = optuna.create_study().ask()
+    sampled = space.freezing[0].space.sample(trial, "freezing.freeze_stages")
+    assert set(trial.params) == {"freezing.freeze_stages.n_frozen"}  # no ignored fraction is searched
+    assert sampled["n_frozen"] in (1, 2) and sampled["fraction"] == 0.5
+
+
+def test_fraction_is_searched_when_n_frozen_is_not_set(write_study, tmp_path: Path) -> None:
+    study = write_study(space={"freezing": {"freeze_stages": {}}})
+    _, _, space, _ = prepare(study, out_dir=tmp_path / "out")
+    trial = optuna.create_study().ask()
+    space.freezing[0].space.sample(trial, "freezing.freeze_stages")
+    assert set(trial.params) == {"freezing.freeze_stages.fraction"}

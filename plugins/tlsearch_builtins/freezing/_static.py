@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from tlsearch.kinds import FreezingStrategy, ParamGroup, TransferModel
@@ -64,8 +65,8 @@ class FreezeStages(FreezingStrategy):
     et al., *Quick-Tune*, ICLR 2024). ``n_frozen`` larger than the number of groups freezes all.
     BatchNorm: layers in frozen groups run in eval mode (pretraining statistics kept); layers in
     trained groups update their statistics. Freezing every group makes it a linear probe.
-    A study that searches ``n_frozen`` (``n_frozen: [1, 2, 3]``) should also fix ``fraction`` (any
-    value, e.g. ``fraction: 0.0``), so the search does not sample a value that is then ignored.
+    A study that sets or searches ``n_frozen`` (``n_frozen: [1, 2, 3]``) has ``fraction`` fixed
+    for it (see :meth:`expand_overrides`): the search never samples a value that is then ignored.
     """
 
     name = "freeze_stages"
@@ -75,6 +76,14 @@ class FreezeStages(FreezingStrategy):
     }
     fraction: float
     n_frozen: int | None
+
+    @classmethod
+    def expand_overrides(cls, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """With ``n_frozen`` given, ``fraction`` is not searched (fixed at its default, unused)."""
+        out = dict(overrides)
+        if out.get("n_frozen") is not None:
+            out.setdefault("fraction", cls.hyperparameters["fraction"].default)
+        return out
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
