@@ -104,3 +104,20 @@ def test_run_off_terminal_has_no_escape_codes(tmp_path: Path, monkeypatch: pytes
     assert "trial 0: timm(test_efficientnet) + linear | linear_probe" in result.output
     assert "  epoch 1: accuracy" in result.output and "[2/2]" in result.output
     assert "study c: 2 complete" in result.output and "#1  trial" in result.output
+
+
+def test_a_trial_the_study_already_counted_counts_once() -> None:
+    """A watcher may report a trial that ended just as the console read the study: no double count."""
+    import optuna
+
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: 0.6, n_trials=1)
+    with Console(total=3, mode="plain", stream=_Stream(False)) as console:
+        running = SimpleNamespace(number=1, study=study)
+        console.event("trial_start", trial=running, choices=CHOICES)  # reads the study: trial 0 is done
+        console.event(
+            "trial_end", trial=SimpleNamespace(number=0, study=study), state="COMPLETE", value=0.6, metrics={}
+        )
+        console.event("trial_end", trial=running, state="COMPLETE", value=0.7, metrics={})
+    assert console.finished == 2
+    assert [r.number for r in console.leaders()] == [1, 0]

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+from click.testing import CliRunner
 
 from tests.postgres import postgres_url  # noqa: F401 - fixture
-from tlsearch.search import run_study
+from tlsearch.cli import main
 from tlsearch.search.budget import FINISHED, BudgetCallback, BudgetReached, wait_for_slot
 from tlsearch.search.storage import make_storage
-from tlsearch.search.workers import worker_env
+from tlsearch.search.workers import worker_env, worker_log
 
 STORAGE_ERRORS = ("OperationalError", "IntegrityError", "database is locked", "DuplicatedStudyError")
 
@@ -82,11 +83,25 @@ def small_study(write_study):
 
 
 def test_local_workers_on_the_embedded_journal_finish_exactly_the_budget(small_study, tmp_path):
-    result = run_study(small_study, out_dir=tmp_path / "out", workers=3, progress=False)
-    assert (tmp_path / "out" / "study.journal").is_file()
-    _check_exact_budget(result.study, 4)
-    for t in result.study.get_trials(deepcopy=False, states=FINISHED):
-        assert (tmp_path / "out" / "trials" / f"{t.number:04d}" / "model.safetensors").is_file()
+    """``tlsearch run --workers 3``: the budget holds, and the one console shows every worker's trials
+    (read from the study) while each worker's own output goes to its log."""
+    out = tmp_path / "out"
+    cli = CliRunner().invoke(
+        main, ["run", str(small_study), "--out", str(out), "--workers", "3", "--console", "plain"]
+    )
+    assert cli.exit_code == 0, cli.output
+    assert (out / "study.journal").is_file()
+    study = optuna.load_study(study_name="tiny", storage=make_storage(str(out / "study.journal")))
+    _check_exact_budget(study, 4)
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    for t in finished:
+        assert (out / "trials" / f"{t.number:04d}" / "model.safetensors").is_file()
+        assert f"trial {t.number}: timm(test_efficientnet) + linear | linear_probe" in cli.output
+        assert f"trial {t.number} {t.state.name.lower()} after" in cli.output
+    assert "[4/4]" in cli.output and "  epoch 0: accuracy" in cli.output
+    logs = [worker_log(out, rank).read_text() for rank in range(3)]
+    ran = [line for text in logs for line in text.splitlines() if " complete " in line or " pruned " in line]
+    assert len(ran) == 4 and all(line.startswith("[worker ") for line in ran)
 
 
 @pytest.mark.postgres

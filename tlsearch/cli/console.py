@@ -1,7 +1,9 @@
 """What a running study shows: a live view on a terminal, plain lines everywhere else.
 
 :class:`Console` receives the search's events (``on_event`` of :func:`tlsearch.search.run_study`:
-``trial_start``, ``epoch_end``, ``trial_end``) and is reused by every command that runs trials::
+``trial_start``, ``epoch_end``, ``trial_end``; with ``--workers N`` they are read from the study
+that the worker processes run, see :mod:`tlsearch.search.watch`) and is reused by every command
+that runs trials::
 
     with Console(total=budget) as console:
         run_study(path, on_event=console.event)
@@ -77,7 +79,7 @@ class _Row:
 
 
 class Console:
-    """Progress of the trials this process runs (see the module docstring).
+    """Progress of the trials this process runs, or its local workers run (see the module docstring).
 
     ``total`` is the study's budget of finished trials (None: unknown, no ETA); ``epochs`` the
     epochs of one trial (for the epochs bar); ``stream`` where to write (default stdout). Use it as a context manager so the live view is closed, and the
@@ -101,8 +103,8 @@ class Console:
         self.started = time.perf_counter()
         self.trial_started: dict[int, float] = {}
         self.durations: list[float] = []
-        self.finished_before: int | None = None
-        self.finished_here = 0
+        self.seeded = False
+        self.counted: set[int] = set()  # numbers of the finished trials: each counts once
         self.rows: list[_Row] = []
         self.maximize = True
         self.metric = "value"
@@ -139,7 +141,7 @@ class Console:
 
     @property
     def finished(self) -> int:
-        return (self.finished_before or 0) + self.finished_here
+        return len(self.counted)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -160,7 +162,7 @@ class Console:
     def event(self, name: str, **kw: Any) -> None:
         """Receive one search event (``trial_start``, ``epoch_end``, ``trial_end``)."""
         trial = kw["trial"]
-        if self.finished_before is None:
+        if not self.seeded:
             self._seed(trial)
         if name == "trial_start":
             self.trial_started[trial.number] = time.perf_counter()
@@ -190,13 +192,13 @@ class Console:
     def _seed(self, trial: Any) -> None:
         """Learn the study (direction, metric, trials finished before this process) from the first event."""
         study = getattr(trial, "study", None)
-        self.finished_before = 0
+        self.seeded = True
         if study is None:
             return
         self.maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE  # the metric's
         self.metric = str(study.user_attrs.get("metric") or (study.metric_names or ["value"])[0])
         done = study.get_trials(deepcopy=False, states=FINISHED)
-        self.finished_before = len(done)
+        self.counted.update(t.number for t in done)
         for t in done:
             if t.state == optuna.trial.TrialState.COMPLETE and t.values:
                 choices = t.user_attrs.get("choices")
@@ -206,10 +208,13 @@ class Console:
         started = self.trial_started.pop(trial.number, self.started)
         seconds = time.perf_counter() - started
         info = self.current.pop(trial.number, {"summary": ""})
-        if state in ("COMPLETE", "PRUNED"):
-            self.finished_here += 1
+        # A trial the study already counted (a watcher may report one that ended as this console
+        # read the study) adds nothing.
+        new = trial.number not in self.counted
+        if state in ("COMPLETE", "PRUNED") and new:
+            self.counted.add(trial.number)
             self.durations.append(seconds)
-        if state == "COMPLETE" and value is not None:
+        if state == "COMPLETE" and value is not None and new:
             self.rows.append(_Row(trial.number, float(value), info["summary"]))
         if self.live:
             return

@@ -63,10 +63,11 @@ class LiveView:
             total=c.total,
             eta=f"ETA {_clock(eta)}" if eta is not None else "",
         )
+        current = dict(c.current)  # events change it from the main thread while rich redraws from its own
         for number in list(self.epoch_tasks):
-            if number not in c.current:
+            if number not in current:
                 self.epochs.remove_task(self.epoch_tasks.pop(number))
-        for number, state in c.current.items():
+        for number, state in current.items():
             if number not in self.epoch_tasks:
                 self.epoch_tasks[number] = self.epochs.add_task(
                     "epochs", total=state.get("epochs"), number=number, metric=""
@@ -80,11 +81,12 @@ class LiveView:
     def __rich__(self) -> Group:
         c = self.console
         parts: list[Any] = [self.trials]
-        for number, state in c.current.items():
+        current = dict(c.current)  # a copy: see refresh
+        for number, state in current.items():
             parts.append(
                 Text(f"  trial {number}: {state['summary']}", style="cyan", overflow="ellipsis", no_wrap=True)
             )
-        if c.current:
+        if current:
             parts.append(self.epochs)
         leaders = c.leaders()
         if leaders:

@@ -189,7 +189,8 @@ def run_study(
     stops after ``max_failures_in_a_row`` failures in a row.
 
     ``workers`` > 1 starts that many local worker processes (one per visible GPU, or CPU
-    processes; see :mod:`tlsearch.search.workers`) and waits for them. ``join=True`` is what
+    processes; see :mod:`tlsearch.search.workers`) and waits for them; ``on_event`` then receives
+    their progress, read from the study, and their output goes to ``logs/`` in the study folder. ``join=True`` is what
     ``tlsearch worker`` does: take part in a study someone else may be running, without resetting
     the study's deadline (``timeout`` then limits this worker only).
     """
@@ -239,6 +240,7 @@ def run_study(
             plugin_files=plugin_files,
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
+            on_event=on_event,
         )
         sweep_stale_trials(study, grace_period=grace_period)
         return result

@@ -8,6 +8,7 @@
         study.db            the same in a folder made by an older tlsearch (SQLite, one process)
         trail.jsonl         one JSON line per study/trial/epoch event
         cache/              decoded images and backbone features, shared by all trials
+        logs/               worker-<rank>.log: what each local worker of `run --workers N` printed
         trials/<n>/         model.safetensors + trial.json for trial n
         model.onnx          the exported best model (+ model.json)
 """

@@ -12,20 +12,26 @@ to GPU *i mod n* through ``CUDA_VISIBLE_DEVICES``; without, the CPU cores are sh
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tlsearch.errors import TlsearchError
+from tlsearch.search.watch import StudyWatcher
+
+log = logging.getLogger("tlsearch")
 
 RANK_ENV = "TLSEARCH_WORKER_RANK"
 THREADS_ENV = "TLSEARCH_NUM_THREADS"
 STOP_GRACE_SECONDS = 60.0
+WATCH_INTERVAL = 1.0  # seconds between looks at the study while local workers run
 
 
 def visible_gpus() -> list[str]:
@@ -97,12 +103,19 @@ def run_workers(
     plugin_files: Sequence[str | Path] = (),
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
+    on_event: Callable[..., None] | None = None,
+    poll_interval: float = WATCH_INTERVAL,
 ) -> None:
     """Start ``workers`` local worker processes on the (already created) study and wait for them.
 
+    Without ``on_event`` the workers print to this process's output. With it (what ``tlsearch
+    run`` does), each worker writes to ``logs/worker-<rank>.log`` in the study folder and their
+    progress reaches ``on_event`` as search events, read from the study every ``poll_interval``
+    seconds (:class:`~tlsearch.search.watch.StudyWatcher`): one console shows every worker's trials.
+
     Ctrl-C (SIGINT) reaches every worker, which fails its trial cleanly and requeues it; a worker
     still running ``STOP_GRACE_SECONDS`` later is killed (its trial is swept on the next run).
-    Raises :class:`TlsearchError` naming the workers that exited with an error.
+    Raises :class:`TlsearchError` naming the workers that exited with an error (and their logs).
     """
     if workers < 1:
         raise TlsearchError(f"workers must be >= 1 but got {workers}")
@@ -117,16 +130,63 @@ def run_workers(
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
     )
-    procs = [subprocess.Popen(cmd, env=worker_env(rank, workers, gpus=gpus)) for rank in range(workers)]
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        stop_workers(procs)
-        raise
+    logs = [worker_log(root, rank) for rank in range(workers)] if on_event is not None else []
+    with ExitStack() as stack:
+        outputs = [stack.enter_context(_open_log(path)) for path in logs]
+        procs = [
+            subprocess.Popen(
+                cmd,
+                env=worker_env(rank, workers, gpus=gpus),
+                stdout=outputs[rank] if outputs else None,
+                stderr=subprocess.STDOUT if outputs else None,
+            )
+            for rank in range(workers)
+        ]
+        watcher = StudyWatcher(result.study, on_event) if on_event is not None else None
+        try:
+            codes = _wait(procs, watcher, poll_interval)
+        except KeyboardInterrupt:
+            stop_workers(procs)
+            raise
     failed = [(rank, code) for rank, code in enumerate(codes) if code != 0]
     if failed:
-        detail = ", ".join(f"worker {rank} exited with code {code}" for rank, code in failed)
+        detail = ", ".join(
+            f"worker {rank} exited with code {code}" + (f" (its output: {logs[rank]})" if logs else "")
+            for rank, code in failed
+        )
         raise TlsearchError(f"{detail}; completed trials are kept, rerun the command to resume")
+
+
+def worker_log(root: Path, rank: int) -> Path:
+    """Where local worker ``rank`` of a study folder writes its output when a console watches."""
+    return root / "logs" / f"worker-{rank}.log"
+
+
+def _open_log(path: Path) -> IO[str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = path.open("a", encoding="utf-8")
+    out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} tlsearch worker (pid of the run {os.getpid()})\n")
+    out.flush()
+    return out
+
+
+def _wait(procs: Sequence[subprocess.Popen[Any]], watcher: StudyWatcher | None, interval: float) -> list[int]:
+    """Wait for every process; meanwhile (and once after) let ``watcher`` report the study's progress."""
+    if watcher is None:
+        return [p.wait() for p in procs]
+    warned = False
+    while True:
+        running = [p for p in procs if p.poll() is None]
+        try:
+            watcher.poll()
+        except Exception as exc:  # a missed look at the study must not end the workers' run
+            if not warned:
+                log.warning("could not read the study's progress (%s); the workers go on", exc)
+                warned = True
+        if not running:
+            return [int(p.returncode) for p in procs]
+        with suppress(subprocess.TimeoutExpired):
+            running[0].wait(timeout=interval)
 
 
 def stop_workers(procs: Sequence[subprocess.Popen[Any]], *, grace: float = STOP_GRACE_SECONDS) -> None:

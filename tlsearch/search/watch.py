@@ -1,0 +1,90 @@
+"""Watching a study that other processes run: their progress, as the events of a search.
+
+``tlsearch run --workers N`` runs its trials in N child processes, so the parent's console
+receives no event of its own. :class:`StudyWatcher` reads the study from its storage at each
+:meth:`~StudyWatcher.poll` and turns what changed into the events :func:`tlsearch.search.run_study`
+passes to ``on_event``:
+
+* ``trial_start`` once a RUNNING trial has recorded its ``choices`` (right after sampling);
+* ``epoch_end`` for each new entry of its ``history`` (which a worker writes at most every
+  couple of seconds, see :mod:`tlsearch.search.trial_writes`);
+* ``trial_end`` when it is COMPLETE, PRUNED or FAIL, with its value and last metrics (or the
+  failure's reason).
+
+Trials that had finished before the first poll produce no event (a console counts them from the
+study itself). Each event's ``trial`` has the trial's ``number`` and the ``study``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["StudyWatcher"]
+
+ENDED = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "FAIL"}
+
+
+@dataclass(frozen=True)
+class WatchedTrial:
+    """What an event tells of a trial that runs in another process."""
+
+    number: int
+    study: optuna.Study
+
+
+@dataclass
+class _Seen:
+    started: bool = False
+    epochs: int = 0
+
+
+@dataclass
+class StudyWatcher:
+    """Emit ``on_event(name, **kw)`` for what other processes did in ``study`` since the last poll."""
+
+    study: optuna.Study
+    on_event: Callable[..., None]
+    _seen: dict[int, _Seen] = field(default_factory=dict)
+    _ended: set[int] | None = None
+
+    def poll(self) -> None:
+        trials = self.study.get_trials(deepcopy=False)
+        if self._ended is None:  # the first look: what has ended already is history, not news
+            self._ended = {t.number for t in trials if t.state in ENDED}
+        for t in trials:
+            if t.number not in self._ended and t.state in (TrialState.RUNNING, *ENDED):
+                self._follow(t)
+
+    def _follow(self, t: FrozenTrial) -> None:
+        assert self._ended is not None
+        seen = self._seen.setdefault(t.number, _Seen())
+        trial = WatchedTrial(t.number, self.study)
+        choices = t.user_attrs.get("choices")
+        if not seen.started and choices is not None:
+            seen.started = True
+            self.on_event("trial_start", trial=trial, choices=choices)
+        history = t.user_attrs.get("history") or []
+        if seen.started:  # epochs only after the start, so that a console sees them in order
+            for epoch in range(seen.epochs, len(history)):
+                self.on_event("epoch_end", trial=trial, epoch=epoch, metrics=history[epoch])
+            seen.epochs = len(history)
+        if t.state in ENDED:
+            self._ended.add(t.number)
+            del self._seen[t.number]
+            if seen.started:  # not a trial that ended before sampling (one skipped by a full budget)
+                self.on_event("trial_end", trial=trial, **_outcome(t, history))
+
+
+def _outcome(t: FrozenTrial, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """``state``, ``value`` and ``metrics`` of an ended trial, as its own worker reported them."""
+    state = ENDED[t.state]
+    if state == "FAIL":
+        return {"state": state, "value": None, "metrics": {"failure": t.user_attrs.get("failure", "")}}
+    value = t.values[0] if state == "COMPLETE" and t.values else None
+    metrics = t.user_attrs.get("metrics") or (history[-1] if history else {})
+    return {"state": state, "value": value, "metrics": metrics}
