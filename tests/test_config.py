@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from click.testing import CliRunner
 
 from tlsearch.cli import main
@@ -18,6 +19,8 @@ CASES = [
     ({"training": {"epochs": 0}}, ["training.epochs", "greater than or equal to 1", "got 0"]),
     ({"training": {"precision": "fp8"}}, ["training.precision", "'fp8'", "'bf16'"]),
     ({"training": {"device": "tpu"}}, ["training.device", "'tpu'", "valid choices: auto, cpu, cuda"]),
+    ({"training": {"data_placement": "gpu"}}, ["training.data_placement", "'gpu'", "'resident'", "'stream'"]),
+    ({"training": {"compile": "yes"}}, ["training.compile", "'yes'", "'always'", "'never'"]),
     ({"training": {"lr": {"low": 1e-2, "high": 1e-4}}}, ["training.lr", "low must be <= high"]),
     ({"search": {"sampler": "cmaes"}}, ["search.sampler", "'cmaes'", "'tpe'"]),
     ({"search": {"metric": "f1"}}, ["search.metric", "'f1'", "valid choices: accuracy"]),
@@ -41,10 +44,22 @@ CASES = [
     ),
     ({"space": {"backbone": {"torchvision": {}}}}, ["space.backbone.torchvision.model", "required"]),
     ({"space": {"head": {"linear": {"enabled": False}}}}, ["space.head.linear.enabled", "only regularizers"]),
+    pytest.param(
+        {"training": {"precision": "fp16"}},
+        ["training.precision fp16 needs a GPU", "fp32 or bf16"],
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid where there is a GPU"),
+    ),
+    pytest.param(
+        {"training": {"device": "cuda"}},
+        ["training.device is 'cuda'", "CUDA is not available", "use auto or cpu"],
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU here"),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("change", "expected"), CASES, ids=[str(c[0])[:50] for c in CASES])
+@pytest.mark.parametrize(
+    ("change", "expected"), CASES, ids=[str((c.values if hasattr(c, "values") else c)[0])[:50] for c in CASES]
+)
 def test_mistake_is_reported_before_any_work(write_study, tmp_path: Path, change, expected) -> None:
     study = write_study(**change)
     with pytest.raises(ConfigError) as err:

@@ -85,6 +85,16 @@ def test_out_of_memory_is_recorded_and_retried_once_at_half_the_batch(boom_study
     assert sum(t.state == COMPLETE for t in trials) == 2
 
 
+def test_out_of_memory_is_not_retried_when_the_study_says_so(boom_study, tmp_path):
+    result = run_study(
+        boom_study("oom", training={"retry_oom": False}), out_dir=tmp_path / "out", progress=False
+    )
+    trials = _trials(result)
+    assert trials[0].state == FAIL and trials[0].user_attrs["failure_kind"] == "oom"
+    assert all("retry_of" not in t.user_attrs and "batch_size" not in t.user_attrs for t in trials[1:])
+    assert [t.state for t in trials[1:]] == [COMPLETE, COMPLETE]
+
+
 def test_plugin_exception_names_the_plugin_its_provider_and_the_method(boom_study, tmp_path):
     result = run_study(boom_study("raise"), out_dir=tmp_path / "out", progress=False)
     trials = _trials(result)

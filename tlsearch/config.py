@@ -75,7 +75,16 @@ class DataSettings(_Strict):
 
 
 class TrainingSettings(_Strict):
-    """How one trial trains."""
+    """How one trial trains.
+
+    The speed settings' defaults are right for searches (see ``tlsearch.train.TrainSettings``):
+    ``compile`` (``auto``: only trials long enough to repay the warm-up), ``data_placement``
+    (``auto``: the decoded images live on the GPU when they fit, else stream), ``loader_workers``
+    for streaming (None: cores − 1, at most 8), ``feature_cache`` (frozen-backbone trials train on
+    cached features), ``augment_frozen`` (randomly augment frozen-backbone trials, which then
+    cannot use the cache). ``retry_oom``: a trial that runs out of GPU memory is retried once at
+    half the batch size.
+    """
 
     epochs: int = Field(3, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=65_536)
@@ -87,6 +96,12 @@ class TrainingSettings(_Strict):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     loss: Literal["auto", "cross_entropy", "mse", "huber"] = "auto"
+    compile: Literal["auto", "always", "never"] = "auto"
+    data_placement: Literal["auto", "resident", "stream"] = "auto"
+    loader_workers: int | None = Field(None, ge=0, le=64)
+    feature_cache: bool = True
+    augment_frozen: bool = False
+    retry_oom: bool = True
 
     @field_validator("lr")
     @classmethod

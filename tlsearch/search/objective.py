@@ -83,6 +83,27 @@ class StudyData:
         return self._decoded[config]
 
 
+def train_settings(config: StudyConfig, *, batch_size: int, lr: float) -> TrainSettings:
+    """What the training loop needs of the study's ``training`` section, for one trial."""
+    t = config.training
+    return TrainSettings(
+        epochs=t.epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=t.optimizer,
+        scheduler=t.scheduler,
+        augment=t.augment,
+        loss=t.loss,
+        eval_batch_size=t.eval_batch_size,
+        precision=t.precision,
+        data_placement=t.data_placement,
+        loader_workers=t.loader_workers,
+        compile=t.compile,
+        feature_cache=t.feature_cache,
+        augment_frozen=t.augment_frozen,
+    )
+
+
 class Objective:
     """Callable for ``study.optimize``. Every trial records as user attributes: ``choices``,
     ``plugins``, ``history`` (per-epoch metrics), ``metrics``, ``seconds``, ``params`` (parameter
@@ -98,7 +119,8 @@ class Objective:
     Before a trial trains it sweeps the study for trials of dead workers
     (:mod:`tlsearch.search.recovery`) and, when ``budget`` is set, takes a slot of the global
     budget (:mod:`tlsearch.search.budget`). A failed trial never stops the study: CUDA
-    out-of-memory frees the memory and requeues the parameters once at half the batch size,
+    out-of-memory frees the memory and requeues the parameters once at half the batch size
+    (unless the study's ``training.retry_oom`` is false),
     non-finite results, plugin errors and unreadable images are recorded, and Ctrl-C requeues the
     interrupted parameters so that a rerun picks them up."""
 
@@ -114,7 +136,6 @@ class Objective:
         budget: int | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         grace_period: float = GRACE_PERIOD,
-        retry_oom: bool = True,
         max_retries: int = MAX_RETRIES,
         progress_interval: float = PROGRESS_INTERVAL,
     ) -> None:
@@ -128,7 +149,6 @@ class Objective:
         self.budget = budget
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
-        self.retry_oom = retry_oom
         self.max_retries = max_retries
         self.progress_interval = progress_interval
         self.identity = WorkerIdentity.current().to_dict()
@@ -215,7 +235,7 @@ class Objective:
 
     def _retry_smaller(self, trial: optuna.Trial) -> None:
         batch = int(trial.user_attrs.get("batch_size", self.config.training.batch_size))
-        if self.retry_oom and batch > 1 and not trial.user_attrs.get("oom_retry"):
+        if self.config.training.retry_oom and batch > 1 and not trial.user_attrs.get("oom_retry"):
             requeue(
                 trial.study,
                 trial,
@@ -318,17 +338,7 @@ class Objective:
             regularizers=plugins.regularizers,
             task=config.task,
             num_outputs=self.data.num_outputs,
-            settings=TrainSettings(
-                epochs=config.training.epochs,
-                batch_size=batch_size,
-                lr=choices["train.lr"],
-                optimizer=config.training.optimizer,
-                scheduler=config.training.scheduler,
-                augment=config.training.augment,
-                loss=config.training.loss,
-                eval_batch_size=config.training.eval_batch_size,
-                precision=config.training.precision,
-            ),
+            settings=train_settings(config, batch_size=batch_size, lr=choices["train.lr"]),
             device=self.device,
             seed=seed,
             feature_cache_dir=self.study_dir.cache,

@@ -20,7 +20,7 @@ from optuna.storages import BaseStorage
 
 from tlsearch.config import StudyConfig, load_config, resolve_space
 from tlsearch.data import load_splits
-from tlsearch.errors import TlsearchError
+from tlsearch.errors import ConfigError, TlsearchError
 from tlsearch.rank.study import ranked_space
 from tlsearch.registry import PluginManager, get_plugin_manager
 from tlsearch.search.budget import DEADLINE_ATTR, FINISHED, BudgetCallback, FailureStreakCallback, should_stop
@@ -32,7 +32,7 @@ from tlsearch.search.recovery import requeue_after_heartbeat, sweep_stale_trials
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, check_concurrency, make_storage
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.workers import RANK_ENV, run_workers
-from tlsearch.train import resolve_device
+from tlsearch.train import resolve_device, resolve_precision
 
 log = logging.getLogger("tlsearch")
 
@@ -156,6 +156,10 @@ def prepare(
         if isinstance(config_or_path, StudyConfig)
         else load_config(config_or_path, overrides=overrides)
     )
+    try:  # a device this machine lacks, or a precision it cannot run, fails now rather than in every trial
+        resolve_precision(config.training.precision, resolve_device(config.training.device))
+    except ConfigError as exc:
+        raise ConfigError(f"{config.source or '<study>'}: {exc}") from None
     pm = get_plugin_manager([*(config.resolve_path(p) for p in config.plugins), *plugin_files])
     space = resolve_space(config, pm.registry)
     study_dir = StudyDir(Path(out_dir) if out_dir is not None else Path("runs") / config.name)
@@ -177,7 +181,6 @@ def run_study(
     worker_rank: int | None = None,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
-    retry_oom: bool = True,
     max_failures_in_a_row: int | None = 10,
 ) -> RunResult:
     """Run (or resume) a study until its budget of finished trials is reached.
@@ -255,7 +258,6 @@ def run_study(
         budget=budget,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
-        retry_oom=retry_oom,
     )
     pm.notify("tlsearch_study_start", study=study, config=config, out_dir=str(study_dir.root))
     try:
