@@ -253,3 +253,27 @@ def test_load_weights_false_never_fetches_weights(monkeypatch) -> None:
     for name, params in [("timm", {"model": "test_resnet"}), ("resnet18", {})]:
         built = registry.get("backbone", name).cls(**params).build(load_weights=False)  # weights default: hub
         assert built.num_features > 0
+
+
+def test_a_torchvision_vit_takes_the_study_image_size_keeping_its_weights(tmp_path) -> None:
+    """torchvision's ViTs refuse other input sizes: the module is rebuilt for the study's size, its
+    position embedding interpolated and every other weight the file's."""
+    import torchvision
+
+    reference = torchvision.models.vit_b_16(weights=None)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "vit.safetensors")
+    built = TorchvisionBackbone(model="vit_b_16", weights=str(tmp_path / "vit.safetensors")).build(
+        input_size=64
+    )
+    assert built.module(torch.randn(2, 3, 64, 64)).shape == (2, built.num_features) == (2, 768)
+    assert built.info["input_size"] == 64
+    state = built.module.state_dict()
+    assert state["encoder.pos_embedding"].shape == (1, 1 + (64 // 16) ** 2, 768)
+    torch.testing.assert_close(state["conv_proj.weight"], reference.state_dict()["conv_proj.weight"])
+    torch.testing.assert_close(state["class_token"], reference.state_dict()["class_token"])
+    # the class token's position is kept; the patch positions are resampled from the 14 × 14 grid
+    torch.testing.assert_close(
+        state["encoder.pos_embedding"][:, :1], reference.state_dict()["encoder.pos_embedding"][:, :1]
+    )
+    with pytest.raises(PluginError, match="image_size 70 is not a multiple of this ViT's patch size 16"):
+        TorchvisionBackbone(model="vit_b_16", weights="random").build(input_size=70)

@@ -9,6 +9,7 @@ pooled features of that layer's input width.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -155,7 +156,9 @@ class TorchvisionBackbone(Backbone):
     included or not). Preprocessing comes from the weights' own eval transform. Layer groups come
     from the module tree (see :func:`module_layer_groups`): stem, stages or blocks, final layers.
     GoogLeNet and Inception-v3 are built with ``aux_logits=False``. ``drop_path_rate`` is passed as ``stochastic_depth_prob`` to models that have it (EfficientNet,
-    ConvNeXt, Swin, MaxViT) and ignored by others (``info`` says ``unsupported``).
+    ConvNeXt, Swin, MaxViT) and ignored by others (``info`` says ``unsupported``). The study's
+    ``image_size`` reaches ViTs by rebuilding them for that size with the position embedding
+    interpolated (convolutional models take any size as they are).
     Source: torchvision's model registry, https://pytorch.org/vision/stable/models.html.
     """
 
@@ -219,6 +222,11 @@ class TorchvisionBackbone(Backbone):
                 load_into(module, state, key_map=self.weights_key_map, source=f"{str(path)!r}")
                 if not headless:
                     num_features = strip_classifier(module)
+        size = options.get("input_size")
+        if size is not None:
+            module = _resize_vision_transformer(
+                module, int(size), rebuild=lambda **kw: get_model(self.model, **kwargs, **kw)
+            )
         data_config = torchvision_data_config(self.model, self.weights_tag)
         cost = measure_cost(
             lambda: _meta_torchvision(self.model), key=f"tv:{self.model}", input_size=data_config.input_size
@@ -234,7 +242,7 @@ class TorchvisionBackbone(Backbone):
                 "weights": self.weights,
                 "params": sum(p.numel() for p in module.parameters()),
                 "gflops": cost["gflops"],
-                "input_size": data_config.input_size,
+                "input_size": int(size) if size is not None else data_config.input_size,
                 "drop_path_rate": applied,
             },
         )
@@ -248,6 +256,33 @@ class TorchvisionBackbone(Backbone):
             return {"family": "torchvision", "model": self.model}
         cost = measure_cost(lambda: _meta_torchvision(self.model), key=f"tv:{self.model}", input_size=size)
         return {"family": "torchvision", "model": self.model, **cost}
+
+
+def _resize_vision_transformer(
+    module: nn.Module, size: int, *, rebuild: Callable[..., nn.Module]
+) -> nn.Module:
+    """A torchvision ViT for ``size`` px inputs, its position embedding interpolated (bicubic, as
+    torchvision's ``interpolate_embeddings``; other weights unchanged); other models as they are.
+
+    A torchvision ViT is built for one input size and refuses any other, unlike timm's (whose
+    ``dynamic_img_size`` the timm backbones use), so the study's ``image_size`` needs a new module.
+    """
+    from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
+
+    if not isinstance(module, VisionTransformer) or module.image_size == size:
+        return module
+    if size % module.patch_size:
+        valid = ", ".join(str(module.patch_size * k) for k in range(4, 17))
+        raise PluginError(
+            f"image_size {size} is not a multiple of this ViT's patch size {module.patch_size}; "
+            f"valid sizes include {valid}"
+        )
+    state = interpolate_embeddings(size, module.patch_size, module.state_dict())
+    with torch.device("meta"):
+        resized = rebuild(weights=None, image_size=size)
+    strip_classifier(resized)
+    resized.load_state_dict(state, strict=True, assign=True)
+    return resized.train(module.training)
 
 
 def _accepts_stochastic_depth(name: str) -> bool:
