@@ -147,3 +147,16 @@ def test_the_warm_start_linear_probe_reuses_the_rankings_features(write_study, t
     assert probe.user_attrs["portfolio"] == "linear_probe"
     cache = probe.user_attrs["speed"]["feature_cache"]
     assert cache["hit"] is True and f"features-{cache['key']}.json" in entries
+
+
+def test_a_vit_is_ranked_at_the_study_image_size(write_study, tmp_path: Path) -> None:
+    """The ranking builds a backbone as a trial does: a ViT built for another size takes the study's."""
+    config, pm, space = _space(
+        write_study, backbone={"timm": {"model": "vit_tiny_patch16_224", "weights": "random"}}
+    )
+    train, val = load_splits(config.data, task=config.task, seed=0, resolve=config.resolve_path)
+    data = StudyData(train, val, cache_dir=tmp_path, progress=False)
+    (ranked,) = rank_backbones(
+        space, registry=pm.registry, data=data, task="classification", image_size=32, cache_dir=tmp_path
+    )
+    assert ranked.error is None and ranked.score is not None

@@ -173,7 +173,7 @@ def score_candidate(
     started = time.perf_counter()
     plugin = registry.get("backbone", candidate.plugin).cls(**candidate.params)
     torch.manual_seed(seed)  # random-weight candidates: the same weights, score and cache entry every time
-    built = plugin.build()
+    built = plugin.build(**({"input_size": image_size} if image_size is not None else {}))  # as a trial does
     if image_size is not None:
         built.data_config = built.data_config.with_size(image_size)
     model = TransferModel(built, torch.nn.Identity())
