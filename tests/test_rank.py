@@ -132,11 +132,12 @@ def test_cli_rank_prints_the_ranking(write_study, tmp_path) -> None:
     assert rows[0]["score"] >= rows[1]["score"]
 
 
-def test_the_warm_start_linear_probe_reuses_the_rankings_features(write_study, tmp_path) -> None:
-    # pretrained weights: the ranking and the trial build the same backbone, so one feature-cache key
+@pytest.mark.parametrize("precision", ["auto", "bf16"])  # the ranking computes at the study's precision
+def test_the_warm_start_linear_probe_reuses_the_rankings_features(write_study, tmp_path, precision) -> None:
+    # the ranking and the trial build the same backbone, so one feature-cache key
     path = write_study(
         space={"backbone": {"efficientnet_lite0": {"weights": "packaged"}}},
-        training={"epochs": 1},
+        training={"epochs": 1, "precision": precision},
         search={"n_trials": 2, "warm_start": True, "rank": {"keep_top": 1}},
     )
     study = run_study(path, out_dir=tmp_path / "out", progress=False).study

@@ -68,6 +68,7 @@ def rank(
         cache_dir=study_dir.cache,
         max_images=max_images,
         seed=config.search.seed or 0,
+        precision=config.training.precision,
         all_scores=True,
         on_candidate=None
         if as_json

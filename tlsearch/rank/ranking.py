@@ -123,14 +123,16 @@ def frozen_features(
     device: torch.device,
     cache_dir: str | Path | None,
     identity: Mapping[str, Any] | None,
+    precision: str = "auto",
 ) -> np.ndarray:
     """The training split's features of ``model``'s frozen backbone (eval mode, the trainer's
-    preprocessing); through the feature cache when ``cache_dir`` and ``val`` are given."""
+    preprocessing, the study's ``precision``); through the feature cache when ``cache_dir`` and
+    ``val`` are given."""
     trainer = Trainer(
         model.to(device),
         strategy=_FrozenBackbone(),
         num_outputs=1,
-        settings=TrainSettings(precision="auto"),
+        settings=TrainSettings(precision=precision),
         device=device,
     )
 
@@ -164,6 +166,7 @@ def score_candidate(
     cache_dir: str | Path | None = None,
     max_images: int | None = None,
     seed: int = 0,
+    precision: str = "auto",
     all_scores: bool = False,
 ) -> RankedBackbone:
     """Build ``candidate``, run it once over the training split and score its features (by
@@ -191,6 +194,7 @@ def score_candidate(
         device=device,
         cache_dir=cache_dir,
         identity=backbone_identity(candidate.plugin, candidate.params),
+        precision=precision,
     )
     labels = np.asarray(train.targets)
     names = [n for n in SCORES if task == "classification" or n == "logme"] if all_scores else [score]
@@ -234,6 +238,7 @@ def rank_backbones(
     cache_dir: str | Path | None = None,
     max_images: int | None = None,
     seed: int = 0,
+    precision: str = "auto",
     all_scores: bool = False,
     on_candidate: Callable[[RankedBackbone], None] | None = None,
 ) -> list[RankedBackbone]:
@@ -260,6 +265,7 @@ def rank_backbones(
                 cache_dir=cache_dir,
                 max_images=max_images,
                 seed=seed,
+                precision=precision,
                 all_scores=all_scores,
             )
         except Exception as exc:

@@ -66,6 +66,7 @@ def ranked_space(
             cache_dir=cache_dir,
             max_images=settings.max_images,
             seed=config.search.seed or 0,
+            precision=config.training.precision,
         )
         study.set_user_attr(RANK_ATTR, [r.to_dict() for r in ranking])
     keep = kept(ranking, settings.keep_top)
