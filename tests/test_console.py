@@ -82,12 +82,28 @@ def test_plain_lines_count_trials_and_eta() -> None:
     assert [r.number for r in console.leaders()] == [1, 0]
 
 
+def test_work_outside_trials_prints_its_start_quarters_and_end() -> None:
+    out = _Stream(False)
+    with Console(total=2, mode="plain", stream=out) as console:
+        for done in range(0, 101, 10):
+            console.event("progress", task="decoding train images at 64px", done=done, total=100)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "decoding train images at 64px: 100 to do"
+    assert lines[1:4] == [
+        f"decoding train images at 64px: {d}/100" for d in (30, 50, 80)
+    ]  # first past each quarter
+    assert lines[4].startswith("decoding train images at 64px: done in ") and len(lines) == 5
+    assert console.work == {} and console.finished == 0
+
+
 def test_live_view_shows_progress_and_leaders() -> None:
     out = _Stream(False)  # not a terminal: rich prints the final frame once, which we can read
     with Console(total=4, epochs=1, mode="live", stream=out) as console:
         assert console.live
         _events(console)
+        console.event("progress", task="ranking 3 backbone candidate(s) by logme", done=1, total=3)
     text = out.getvalue()
+    assert "ranking 3 backbone candidate(s) by logme" in text and "1/3" in text
     assert "trials" in text and "2/4" in text
     assert "top 2 by value" in text and "0.8000" in text and "0.5000" in text
     assert text.index("0.8000") < text.index("0.5000")
@@ -102,6 +118,8 @@ def test_run_off_terminal_has_no_escape_codes(tmp_path: Path, monkeypatch: pytes
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\r" not in result.output
     assert "trial 0: timm(test_efficientnet) + linear | linear_probe" in result.output
+    assert "decoding train images at 32px: 24 to do" in result.output  # 4 shapes × 6 images
+    assert "decoding val images at 32px: done in" in result.output
     assert "  epoch 1: accuracy" in result.output and "[2/2]" in result.output
     assert "study c: 2 complete" in result.output and "#1  trial" in result.output
 

@@ -119,3 +119,17 @@ def test_file_lock_excludes_and_times_out(tmp_path):
         pass
     with file_lock(lock, timeout=0.1):  # released again
         pass
+
+
+def test_decoding_reports_its_progress_from_zero_to_all_and_a_hit_reports_nothing(
+    images, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(cache_module, "PROGRESS_EVERY", 0.0)  # a call per image
+    calls: list[tuple[int, int]] = []
+    decode_images(images, CONFIG, cache_dir=tmp_path / "cache", on_progress=lambda d, t: calls.append((d, t)))
+    n = len(images)
+    assert calls[0] == (0, n) and calls[-1] == (n, n)
+    assert [d for d, _ in calls] == list(range(n + 1))
+    calls.clear()
+    decode_images(images, CONFIG, cache_dir=tmp_path / "cache", on_progress=lambda d, t: calls.append((d, t)))
+    assert calls == []

@@ -72,6 +72,14 @@ def console_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @dataclass
+class _Work:
+    done: int
+    total: int
+    started: float
+    quarter: int = 0  # the last quarter of the work a plain line was printed for
+
+
+@dataclass
 class _Row:
     number: int
     value: float
@@ -109,6 +117,7 @@ class Console:
         self.maximize = True
         self.metric = "value"
         self.current: dict[int, dict[str, Any]] = {}
+        self.work: dict[str, _Work] = {}  # work outside trials in progress (decoding, ranking), by task
         self._live: Any = None
 
     @property
@@ -160,7 +169,10 @@ class Console:
     # --- events -----------------------------------------------------------------------------------
 
     def event(self, name: str, **kw: Any) -> None:
-        """Receive one search event (``trial_start``, ``epoch_end``, ``trial_end``)."""
+        """Receive one search event (``trial_start``, ``epoch_end``, ``trial_end``, ``progress``)."""
+        if name == "progress":
+            self._progress(kw["task"], int(kw["done"]), int(kw["total"]))
+            return
         trial = kw["trial"]
         if not self.seeded:
             self._seed(trial)
@@ -186,6 +198,27 @@ class Console:
                 self._echo(f"  epoch {kw['epoch']}: {shown}  ({metrics.get('epoch_seconds', 0.0):.1f}s)")
         elif name == "trial_end":
             self._trial_end(trial, kw["state"], kw["value"], kw["metrics"])
+        if self._live is not None:
+            self._live.refresh()
+
+    def _progress(self, task: str, done: int, total: int) -> None:
+        """Work before or between trials: a bar in the live view; plain lines at its start, at each
+        quarter and at its end."""
+        work = self.work.get(task)
+        if work is None:
+            work = self.work[task] = _Work(done, total, time.perf_counter())
+            if not self.live:
+                self._echo(f"{task}: {total} to do")
+        work.done, work.total = done, total
+        quarter = 4 * done // max(total, 1)
+        if done >= total:
+            del self.work[task]
+            if not self.live:
+                self._echo(f"{task}: done in {time.perf_counter() - work.started:.1f}s")
+        elif quarter > work.quarter:
+            work.quarter = quarter
+            if not self.live:
+                self._echo(f"{task}: {done}/{total}")
         if self._live is not None:
             self._live.refresh()
 

@@ -25,6 +25,11 @@ def _interrupt_on_sigterm() -> None:
 
 def _echo_event(prefix: str) -> Any:
     def event(name: str, **kw: Any) -> None:
+        if name == "progress":  # work outside trials (decoding, ranking): a line when it starts and ends
+            if kw["done"] == 0 or kw["done"] >= kw["total"]:
+                state = "started" if kw["done"] == 0 else "done"
+                click.echo(f"{prefix}{kw['task']}: {state} ({kw['total']})")
+            return
         trial = kw["trial"]
         if name == "trial_start":
             from tlsearch.search.sampling import describe_choices

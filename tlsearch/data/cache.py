@@ -16,7 +16,9 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,10 @@ from tlsearch.data.lock import file_lock
 from tlsearch.data.sources import ImageList
 from tlsearch.errors import DataError
 from tlsearch.preprocessing import DataConfig, prepare_image
+
+#: ``on_progress(done, total)``: images decoded so far, out of ``total``
+ProgressCallback = Callable[[int, int], None]
+PROGRESS_EVERY = 0.25  # seconds between progress calls while decoding (the first and last always come)
 
 CACHE_VERSION = 1
 
@@ -77,18 +83,28 @@ def decode_images(
     on_bad_image: str = "error",
     progress: bool = True,
     description: str = "decoding images",
+    on_progress: ProgressCallback | None = None,
 ) -> DecodedImages:
     """Decode ``images`` with the eval geometry of ``config`` (see :func:`tlsearch.preprocessing.prepare_image`).
 
     ``on_bad_image``: ``error`` raises :class:`DataError` naming the file; ``skip`` leaves it out,
-    warns with a count, and records it in ``skipped``.
+    warns with a count, and records it in ``skipped``. Progress: a tqdm bar (``progress``), or,
+    given ``on_progress``, calls ``on_progress(done, total)`` instead (from 0 to ``total``, at most
+    every ``PROGRESS_EVERY`` seconds between), e.g. for a console that draws its own. A cache hit
+    decodes nothing and reports nothing.
     """
     if on_bad_image not in {"error", "skip"}:
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
     key = cache_key(images, config)
     if cache_dir is None:
         return _decode(
-            images, config, key=key, on_bad_image=on_bad_image, progress=progress, description=description
+            images,
+            config,
+            key=key,
+            on_bad_image=on_bad_image,
+            progress=progress,
+            description=description,
+            on_progress=on_progress,
         )
     cache_dir = Path(cache_dir)
     hit = _load(cache_dir, key, images, config, on_bad_image=on_bad_image)
@@ -99,7 +115,13 @@ def decode_images(
         if hit is not None:
             return hit
         decoded = _decode(
-            images, config, key=key, on_bad_image=on_bad_image, progress=progress, description=description
+            images,
+            config,
+            key=key,
+            on_bad_image=on_bad_image,
+            progress=progress,
+            description=description,
+            on_progress=on_progress,
         )
         keep = _kept_indices(images, decoded)
         decoded.path = _save(cache_dir, key, decoded.images, keep, decoded.skipped)
@@ -112,7 +134,14 @@ def _kept_indices(images: ImageList, decoded: DecodedImages) -> list[int]:
 
 
 def _decode(
-    images: ImageList, config: DataConfig, *, key: str, on_bad_image: str, progress: bool, description: str
+    images: ImageList,
+    config: DataConfig,
+    *,
+    key: str,
+    on_bad_image: str,
+    progress: bool,
+    description: str,
+    on_progress: ProgressCallback | None,
 ) -> DecodedImages:
     s = config.input_size
     out = np.empty((len(images), s, s, 3), dtype=np.uint8)
@@ -129,16 +158,24 @@ def _decode(
             skipped.append((str(images.paths[i]), str(exc)))
 
     threads = min(8, (os.cpu_count() or 1) * 2)
+    total, last = len(images), time.monotonic()
+    if on_progress is not None:
+        on_progress(0, total)
     with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding and resizing
-        for _ in tqdm(
-            pool.map(work, range(len(images))),
-            total=len(images),
-            desc=description,
-            disable=not progress,
-            leave=False,
-            unit="img",
+        for done, _ in enumerate(
+            tqdm(
+                pool.map(work, range(total)),
+                total=total,
+                desc=description,
+                disable=not progress or on_progress is not None,
+                leave=False,
+                unit="img",
+            ),
+            1,
         ):
-            pass
+            if on_progress is not None and (done == total or time.monotonic() - last >= PROGRESS_EVERY):
+                on_progress(done, total)
+                last = time.monotonic()
     keep = [i for i in range(len(images)) if ok[i]]
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}", stacklevel=3)

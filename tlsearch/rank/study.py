@@ -9,13 +9,14 @@ passes are paid once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 import torch
 
 from tlsearch.config import ResolvedSpace, StudyConfig
-from tlsearch.rank.candidates import narrow_space
+from tlsearch.rank.candidates import candidates, narrow_space
 from tlsearch.rank.ranking import RankedBackbone, _StudyImages, rank_backbones
 
 log = logging.getLogger("tlsearch")
@@ -46,15 +47,28 @@ def ranked_space(
     data: _StudyImages,
     cache_dir: Any,
     device: torch.device | str = "cpu",
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[ResolvedSpace, list[RankedBackbone] | None]:
     """``space`` narrowed by the study's ranking (computing and storing it on first use), and the
-    ranking; ``space`` unchanged and None when ``search.rank`` is off."""
+    ranking; ``space`` unchanged and None when ``search.rank`` is off. ``on_progress(task, done,
+    total)`` hears of each candidate scored."""
     settings = config.search.rank
     if settings is None:
         return space, None
     ranking = stored_ranking(study)
     if ranking is None:
-        log.info("ranking %d backbone candidate(s) by %s", len(space.backbone), settings.score)
+        total = len(candidates(space))
+        task = f"ranking {total} backbone candidate(s) by {settings.score}"
+        log.info(task)
+        scored: list[RankedBackbone] = []
+
+        def on_candidate(result: RankedBackbone) -> None:
+            scored.append(result)
+            if on_progress is not None:
+                on_progress(task, len(scored), total)
+
+        if on_progress is not None:
+            on_progress(task, 0, total)
         ranking = rank_backbones(
             space,
             registry=registry,
@@ -67,6 +81,7 @@ def ranked_space(
             max_images=settings.max_images,
             seed=config.search.seed or 0,
             precision=config.training.precision,
+            on_candidate=on_candidate,
         )
         study.set_user_attr(RANK_ATTR, [r.to_dict() for r in ranking])
     keep = kept(ranking, settings.keep_top)

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 class LiveView:
-    """Trials bar (n/N, elapsed, ETA), one epochs bar per running trial, and the top trials.
+    """Trials bar (n/N, elapsed, ETA), a bar per piece of work outside trials (decoding images,
+    ranking backbones), one epochs bar per running trial, and the top trials.
 
     Redrawn four times a second from the console's state (so elapsed time moves between events),
     and on every event. Output others print meanwhile goes above the view.
@@ -45,6 +46,14 @@ class LiveView:
             console=self.rich,
         )
         self.epoch_tasks: dict[int, Any] = {}
+        self.work = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.rich,
+        )
+        self.work_tasks: dict[str, Any] = {}
         self.live = Live(self, console=self.rich, refresh_per_second=4, transient=False)
 
     def start(self) -> None:
@@ -63,6 +72,14 @@ class LiveView:
             total=c.total,
             eta=f"ETA {_clock(eta)}" if eta is not None else "",
         )
+        work = dict(c.work)
+        for task in list(self.work_tasks):
+            if task not in work:
+                self.work.remove_task(self.work_tasks.pop(task))
+        for task, progress in work.items():
+            if task not in self.work_tasks:
+                self.work_tasks[task] = self.work.add_task(task, total=progress.total)
+            self.work.update(self.work_tasks[task], completed=progress.done, total=progress.total)
         current = dict(c.current)  # events change it from the main thread while rich redraws from its own
         for number in list(self.epoch_tasks):
             if number not in current:
@@ -81,6 +98,8 @@ class LiveView:
     def __rich__(self) -> Group:
         c = self.console
         parts: list[Any] = [self.trials]
+        if self.work_tasks:
+            parts.append(self.work)
         current = dict(c.current)  # a copy: see refresh
         for number, state in current.items():
             parts.append(

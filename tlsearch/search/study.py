@@ -130,6 +130,15 @@ def _describe_study(study: optuna.Study, config: StudyConfig, data: StudyData) -
             study.set_user_attr(key, value)
 
 
+def _progress_events(on_event: Callable[..., None]) -> Callable[[str, int, int], None]:
+    """Work outside trials (decoding, ranking) as ``progress`` events: ``task``, ``done``, ``total``."""
+
+    def report(task: str, done: int, total: int) -> None:
+        on_event("progress", task=task, done=done, total=total)
+
+    return report
+
+
 def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
@@ -191,6 +200,11 @@ def run_study(
     (:mod:`tlsearch.search.recovery`). Failed trials are recorded and the study goes on; a worker
     stops after ``max_failures_in_a_row`` failures in a row.
 
+    ``on_event(name, **kw)`` receives the search's events: ``trial_start``, ``epoch_end`` and
+    ``trial_end`` (each with its ``trial``), and ``progress`` (``task``, ``done``, ``total``) for
+    the work before and between trials (decoding images, ranking backbones); with it, decoding
+    shows no tqdm bar of its own.
+
     ``workers`` > 1 starts that many local worker processes (one per visible GPU, or CPU
     processes; see :mod:`tlsearch.search.workers`) and waits for them; ``on_event`` then receives
     their progress, read from the study, and their output goes to ``logs/`` in the study folder. ``join=True`` is what
@@ -203,8 +217,14 @@ def run_study(
     train, val = load_splits(
         config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
     )
+    report = None if on_event is None else _progress_events(on_event)
     data = StudyData(
-        train, val, cache_dir=study_dir.cache, on_bad_image=config.data.on_bad_image, progress=progress
+        train,
+        val,
+        cache_dir=study_dir.cache,
+        on_bad_image=config.data.on_bad_image,
+        progress=progress,
+        on_progress=report,
     )
 
     study_dir.save_config(config)
@@ -230,6 +250,7 @@ def run_study(
         data=data,
         cache_dir=study_dir.cache,
         device=resolve_device(config.training.device),
+        on_progress=report,
     )
     if not join:
         warm_start(study, config=config, space=space, ranking=ranking)
