@@ -8,19 +8,23 @@ Sub-commands (see benchmarks/README.md, "Fast trials"):
   (resident on the device, streamed by DataLoader workers).
 * ``feature-cache``: a frozen-backbone trial without the feature cache, with a cold cache (computes
   and stores the features) and with a warm cache (a later trial of the study).
+* ``compile``: the hand-written loop eager and ``torch.compile``d: throughput, compile warm-up and
+  the break-even number of images, beside what ``tlsearch.train.compiling`` assumes for the model.
 
 Examples::
 
     python benchmarks/bench_trials.py throughput --model efficientnet_lite0 --size 64 --batch 32 --steps 10
     python benchmarks/bench_trials.py data-wait --model efficientnet_lite0 --size 64 --batch 32 --steps 10
     python benchmarks/bench_trials.py feature-cache --model efficientnet_lite0 --size 64 --batch 32 --steps 10
-    # on a GPU, the issue's reference settings:
+    # on a GPU, the issue's reference settings (all of it in one run: benchmarks/gpu/check.sh):
     python benchmarks/bench_trials.py throughput --model resnet50 --size 224 --batch 128 --steps 50
+    python benchmarks/bench_trials.py compile --model vit_small_patch16_224 --size 224 --batch 128 --steps 50
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import tempfile
@@ -44,8 +48,20 @@ from tlsearch.train import (
     resolve_precision,
     use_channels_last,
 )
+from tlsearch.train.compiling import DEFAULT as COMPILE_DEFAULT
+from tlsearch.train.compiling import REFERENCE as COMPILE_REFERENCE
+from tlsearch.train.compiling import CompileProfile
 
 NUM_CLASSES = 10
+# The issue's reference, measured on one H100 (torch 2.11, timm 1.0.29, 224 px, batch 128, data on
+# the GPU, forward + backward + SGD): eager bf16 autocast + channels_last, images/s. A trial on an
+# H100 at those settings should reach at least these figures.
+H100_EAGER_BF16 = {
+    "efficientnet_lite0": 5233.0,
+    "resnet50": 3722.0,
+    "convnext_tiny": 2570.0,
+    "vit_small_patch16_224": 4193.0,
+}
 
 
 def build(model_name: str, size: int, seed: int = 0) -> TransferModel:
@@ -56,8 +72,10 @@ def build(model_name: str, size: int, seed: int = 0) -> TransferModel:
     return TransferModel(built, nn.Linear(built.num_features, NUM_CLASSES))
 
 
+@functools.cache
 def synthetic(n: int, size: int, seed: int) -> DecodedImages:
-    """``n`` random uint8 images as if decoded from the cache (what a trial receives)."""
+    """``n`` random uint8 images as if decoded from the cache (what a trial receives); made once
+    per process (6,400 images at 224 px take seconds to draw, longer than a GPU trains on them)."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     targets = rng.integers(0, NUM_CLASSES, n).astype(np.int64)
@@ -70,13 +88,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def hand_loop(args: argparse.Namespace, device: torch.device) -> float:
+def hand_loop(
+    args: argparse.Namespace, device: torch.device, *, compiled: bool = False
+) -> tuple[float, float]:
     """The reference: what one would write by hand with timm. Data already on the device as a float
-    batch; fwd + bwd + the same optimizer (AdamW, fused on CUDA) under the same autocast and layout."""
+    batch; fwd + bwd + the same optimizer (AdamW, fused on CUDA) under the same autocast and layout.
+    With ``compiled`` the model is ``torch.compile``d (default mode). Returns the images/s of the
+    timed steps and the seconds the untimed warm-up steps took (compilation included)."""
     model = build(args.model, args.size).to(device)
     channels_last = use_channels_last(model.backbone, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if compiled:
+        model.compile()
     precision = resolve_precision(args.precision, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda" or None)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
@@ -92,14 +116,16 @@ def hand_loop(args: argparse.Namespace, device: torch.device) -> float:
         loss.backward()
         opt.step()
 
+    start = time.perf_counter()
     for _ in range(args.warmup):
         step()
     sync(device)
+    warm_up = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
     sync(device)
-    return args.steps * args.batch / (time.perf_counter() - start)
+    return args.steps * args.batch / (time.perf_counter() - start), warm_up
 
 
 def trial(
@@ -142,7 +168,7 @@ def rate(result: Any) -> float:
 def cmd_throughput(args: argparse.Namespace, device: torch.device) -> None:
     rows = []
     for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
-        hand = hand_loop(args, device)
+        hand, _ = hand_loop(args, device)
         augmented = rate(trial(args, device, augment=True))
         plain = rate(trial(args, device, augment=False))
         rows.append((hand, augmented, plain))
@@ -152,6 +178,13 @@ def cmd_throughput(args: argparse.Namespace, device: torch.device) -> None:
     print(f"{'tlsearch trial, no augmentation':44s}{plain:10.1f}{plain / hand:14.3f}")
     print(f"{'tlsearch trial, GPU-style crop+flip':44s}{augmented:10.1f}{augmented / hand:14.3f}")
     print("target: trial ≥ 0.95 × hand loop with the same settings")
+    reference = H100_EAGER_BF16.get(args.model)
+    if device.type == "cuda" and reference is not None and (args.size, args.batch) == (224, 128):
+        print(
+            f"the issue's H100 eager bf16 figure for {args.model}: {reference:.0f} img/s; "
+            f"trial / reference = {plain / reference:.3f} (no augmentation), "
+            f"{augmented / reference:.3f} (crop+flip); target ≥ 1 on an H100"
+        )
 
 
 def cmd_data_wait(args: argparse.Namespace, device: torch.device) -> None:
@@ -192,6 +225,31 @@ def cmd_feature_cache(args: argparse.Namespace, device: torch.device) -> None:
     print("target: warm cache ≥ 20× faster than without")
 
 
+def cmd_compile(args: argparse.Namespace, device: torch.device) -> None:
+    """Measure what ``tlsearch.train.compiling`` assumes for this model: eager and compiled
+    throughput and the compile warm-up, hence the break-even number of training images."""
+    eager, eager_warm = hand_loop(args, device)
+    compiled, compiled_warm = hand_loop(args, device, compiled=True)
+    # the warm-up steps' own time at the steady rate is not compilation
+    warm_up = max(0.0, compiled_warm - args.warmup * args.batch / compiled)
+    measured = CompileProfile(eager, compiled, warm_up)
+    assumed = COMPILE_REFERENCE.get(args.model, COMPILE_DEFAULT)
+    source = "measured on an H100" if args.model in COMPILE_REFERENCE else "default for unknown models"
+    print(
+        f"{'':48s}{'eager img/s':>12s}{'compiled':>10s}{'× eager':>9s}{'warm-up s':>11s}{'break-even img':>16s}"
+    )
+    for label, prof in (("measured here", measured), (f"tlsearch assumes ({source})", assumed)):
+        print(
+            f"{label:48s}{prof.eager_rate:12.1f}{prof.compiled_rate:10.1f}"
+            f"{prof.compiled_rate / prof.eager_rate:9.2f}{prof.warm_up_s:11.1f}{prof.break_even_images():16.3g}"
+        )
+    print(f"(eager warm-up steps took {eager_warm:.1f} s; {args.warmup} warm-up steps, {args.steps} timed)")
+    print(
+        "a trial compiles when its training images ≥ 2 × break-even (tlsearch/train/compiling.py); "
+        "where the two rows disagree by far on this device, update REFERENCE there"
+    )
+
+
 def _load() -> str:
     try:
         return " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -201,7 +259,7 @@ def _load() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["throughput", "data-wait", "feature-cache"])
+    parser.add_argument("command", choices=["throughput", "data-wait", "feature-cache", "compile"])
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
@@ -223,9 +281,13 @@ def main() -> None:
         f"{resolve_precision(args.precision, device).name} on {device} ({name}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {_load()}"
     )
-    {"throughput": cmd_throughput, "data-wait": cmd_data_wait, "feature-cache": cmd_feature_cache}[
-        args.command
-    ](args, device)
+    commands = {
+        "throughput": cmd_throughput,
+        "data-wait": cmd_data_wait,
+        "feature-cache": cmd_feature_cache,
+        "compile": cmd_compile,
+    }
+    commands[args.command](args, device)
 
 
 if __name__ == "__main__":
