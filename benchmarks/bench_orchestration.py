@@ -37,9 +37,10 @@ import yaml
 from tlsearch.demo import make_shapes
 from tlsearch.search.budget import BudgetCallback
 from tlsearch.search.failures import guard_plugins
-from tlsearch.search.objective import Objective, StudyData
+from tlsearch.search.objective import Objective
 from tlsearch.search.sampling import instantiate
 from tlsearch.search.study import open_study, prepare
+from tlsearch.search.study_data import StudyData
 from tlsearch.search.trial_writes import PROGRESS_INTERVAL, TrialWriter
 
 POSTGRES_ENV = "TLSEARCH_BENCH_POSTGRES_URL"

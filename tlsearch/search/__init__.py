@@ -2,9 +2,10 @@
 
 from tlsearch.search.best import best_trial, export_study, quantize_study
 from tlsearch.search.checkpoint import TrialRecord, load_checkpoint
-from tlsearch.search.objective import Objective, StudyData
+from tlsearch.search.objective import Objective
 from tlsearch.search.sampling import TrialPlugins, build_model, describe_choices, instantiate, sample_choices
 from tlsearch.search.study import RunResult, finished_trials, open_study, prepare, run_study
+from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
 
 __all__ = [

@@ -6,7 +6,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -14,9 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from tlsearch.config import ResolvedSpace, StudyConfig
-from tlsearch.data import DecodedImages, ImageList, decode_images
 from tlsearch.errors import TlsearchError
-from tlsearch.preprocessing import DataConfig
 from tlsearch.rank.ranking import choices_identity
 from tlsearch.registry import PluginManager
 from tlsearch.search.budget import FINISHED, SKIPPED_ATTR, BudgetReached, study_deadline, wait_for_slot
@@ -38,6 +35,7 @@ from tlsearch.search.recovery import (
 )
 from tlsearch.search.sampling import build_model, describe_choices, instantiate, sample_choices
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.trial_writes import PROGRESS_INTERVAL, TrialWriter
 from tlsearch.train import NonFiniteError, Trainer, TrainSettings, merge_options, resolve_device
@@ -48,51 +46,6 @@ log = logging.getLogger("tlsearch")
 class TrialFailed(TlsearchError):
     """Ends a failed trial after its reason was recorded (raised without the original traceback,
     so nothing of the failed step stays referenced)."""
-
-
-@dataclass
-class StudyData:
-    """The study's train/val images, decoded once per preprocessing and kept for all trials of a process.
-
-    Decoding shows a tqdm bar when ``progress``, or reports ``on_progress(task, done, total)``
-    instead (``task`` says what is decoded, e.g. ``decoding train images at 64px``).
-    """
-
-    train: ImageList
-    val: ImageList
-    cache_dir: Any
-    on_bad_image: str = "error"
-    progress: bool = True
-    on_progress: Callable[[str, int, int], None] | None = None
-    _decoded: dict[DataConfig, tuple[DecodedImages, DecodedImages]] = field(default_factory=dict)
-
-    @property
-    def labels(self) -> list[str] | None:
-        return self.train.classes
-
-    @property
-    def num_outputs(self) -> int:
-        return self.train.num_outputs
-
-    def decoded(self, config: DataConfig) -> tuple[DecodedImages, DecodedImages]:
-        if config not in self._decoded:
-            self._decoded[config] = (
-                self._decode(self.train, config, f"decoding train images at {config.input_size}px"),
-                self._decode(self.val, config, f"decoding val images at {config.input_size}px"),
-            )
-        return self._decoded[config]
-
-    def _decode(self, images: ImageList, config: DataConfig, task: str) -> DecodedImages:
-        report = self.on_progress
-        return decode_images(
-            images,
-            config,
-            cache_dir=self.cache_dir,
-            on_bad_image=self.on_bad_image,
-            progress=self.progress,
-            description=task,
-            on_progress=None if report is None else lambda done, total: report(task, done, total),
-        )
 
 
 def train_settings(config: StudyConfig, *, batch_size: int, lr: float) -> TrainSettings:

@@ -24,12 +24,13 @@ from tlsearch.errors import ConfigError, TlsearchError
 from tlsearch.rank.study import ranked_space
 from tlsearch.registry import PluginManager, get_plugin_manager
 from tlsearch.search.budget import DEADLINE_ATTR, FINISHED, BudgetCallback, FailureStreakCallback, should_stop
-from tlsearch.search.objective import Objective, StudyData
+from tlsearch.search.objective import Objective
 from tlsearch.search.objectives import sampler_constraints_func
 from tlsearch.search.portfolio import warm_start
 from tlsearch.search.pruning import CostAwarePruner
 from tlsearch.search.recovery import requeue_after_heartbeat, sweep_stale_trials
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, check_concurrency, make_storage
+from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.workers import RANK_ENV, run_workers
 from tlsearch.train import resolve_device, resolve_precision

@@ -165,7 +165,8 @@ def worker_log(root: Path, rank: int) -> Path:
 def _open_log(path: Path) -> IO[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     out = path.open("a", encoding="utf-8")
-    out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} tlsearch worker (pid of the run {os.getpid()})\n")
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    out.write(f"--- {started} worker started by tlsearch run (pid {os.getpid()})\n")
     out.flush()
     return out
 
