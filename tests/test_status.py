@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
+import click
 import optuna
 import pytest
 from click.testing import CliRunner
@@ -169,3 +172,39 @@ def test_sqlite_url_unknown_study_and_bad_source(folder: Path, tmp_path: Path) -
         study_status(tmp_path)
     result = CliRunner().invoke(main, ["status", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "neither a study folder nor a storage" in result.output
+
+
+def test_watch_follows_other_workers_trials_until_the_budget_is_done(folder: Path) -> None:
+    """``status --watch`` from another process's view: a worker ends the running trial and runs the
+    six still missing from the budget of 10; the watch shows each and returns when the budget is done."""
+    worker_study = optuna.load_study(study_name="s", storage=make_storage(str(folder / "study.journal")))
+
+    def worker() -> None:
+        time.sleep(0.5)
+        running = worker_study.get_trials(states=(TrialState.RUNNING,))[0]
+        worker_study._storage.set_trial_user_attr(running._trial_id, "failure", "worker lost")
+        worker_study._storage.set_trial_state_values(running._trial_id, TrialState.FAIL)
+        for i in range(6):
+            trial = worker_study.ask(
+                {"freezing": DISTRIBUTIONS["freezing"], "train.lr": DISTRIBUTIONS["train.lr"]}
+            )
+            trial.set_user_attr("choices", _choices(trial.params["freezing"], trial.params["train.lr"]))
+            trial.set_user_attr("history", [{"accuracy": 0.1 * i, "epoch_seconds": 0.1}])
+            worker_study.tell(trial, 0.1 * i)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    result = CliRunner().invoke(main, ["status", str(folder), "--watch", "--console", "plain"])
+    thread.join()
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "trial 6: timm(test_efficientnet) + linear | linear_probe" in out and "trial 6 fail after" in out
+    assert "worker lost" in out
+    for number in range(7, 13):
+        assert f"trial {number} complete after" in out
+    assert "[10/10]" in out and "10/10 finished" in out
+
+
+def test_watch_and_json_are_refused_together(folder: Path) -> None:
+    with pytest.raises(click.UsageError, match="--watch and --json"):
+        main.main(["status", str(folder), "--watch", "--json"], standalone_mode=False)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 
 import click
 
 from tlsearch.cli import main
+from tlsearch.cli.console import Console, console_option
 
 
 @main.command()
@@ -14,10 +16,31 @@ from tlsearch.cli import main
 @click.option("--study", "study_name", help="study name, for a storage URL holding several studies")
 @click.option("--storage", help="Optuna storage URL overriding the study folder's own")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def status(source: str, study_name: str | None, storage: str | None, as_json: bool) -> None:
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="follow the study live, as `tlsearch run` shows it, until its budget is done (or Ctrl-C)",
+)
+@console_option
+def status(
+    source: str, study_name: str | None, storage: str | None, as_json: bool, watch: bool, console_mode: str
+) -> None:
     """Show the study in SOURCE: a study folder (runs/<name>) or an Optuna storage URL
-    (sqlite:///…, postgresql://…) with --study NAME."""
-    from tlsearch.report import format_status, study_status
+    (sqlite:///…, postgresql://…) with --study NAME.
 
-    summary = study_status(source, study_name=study_name, storage=storage)
+    With --watch, follow it from any machine that reaches its storage: the trials of every worker
+    as they start, train and end, and the leaderboard; then the summary.
+    """
+    from tlsearch.report import format_status, open_source, study_status
+
+    src = open_source(source, study_name=study_name, storage=storage)
+    if watch:
+        if as_json:
+            raise click.UsageError("--watch and --json do not go together; use --json alone for scripts")
+        from tlsearch.search.watch import follow
+
+        with Console(total=src.budget, mode=console_mode) as console, suppress(KeyboardInterrupt):
+            follow(src.study, console.event, budget=src.budget)  # Ctrl-C stops the watch, nothing else
+        click.echo("")
+    summary = study_status(src)
     click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_status(summary))

@@ -13,10 +13,13 @@ passes to ``on_event``:
 
 Trials that had finished before the first poll produce no event (a console counts them from the
 study itself). Each event's ``trial`` has the trial's ``number`` and the ``study``.
+:func:`follow` polls until a study's budget is done: ``tlsearch status DIR --watch``, from any
+machine that reaches the storage.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +27,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["StudyWatcher"]
+from tlsearch.search.budget import FINISHED
+
+__all__ = ["StudyWatcher", "follow"]
 
 ENDED = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "FAIL"}
+FOLLOW_INTERVAL = 2.0  # seconds between looks when following a study from outside
 
 
 @dataclass(frozen=True)
@@ -52,13 +58,15 @@ class StudyWatcher:
     _seen: dict[int, _Seen] = field(default_factory=dict)
     _ended: set[int] | None = None
 
-    def poll(self) -> None:
+    def poll(self) -> list[FrozenTrial]:
+        """Look at the study once, emit what changed, and return the trials read."""
         trials = self.study.get_trials(deepcopy=False)
         if self._ended is None:  # the first look: what has ended already is history, not news
             self._ended = {t.number for t in trials if t.state in ENDED}
         for t in trials:
             if t.number not in self._ended and t.state in (TrialState.RUNNING, *ENDED):
                 self._follow(t)
+        return trials
 
     def _follow(self, t: FrozenTrial) -> None:
         assert self._ended is not None
@@ -78,6 +86,27 @@ class StudyWatcher:
             del self._seen[t.number]
             if seen.started:  # not a trial that ended before sampling (one skipped by a full budget)
                 self.on_event("trial_end", trial=trial, **_outcome(t, history))
+
+
+def follow(
+    study: optuna.Study,
+    on_event: Callable[..., None],
+    *,
+    budget: int | None,
+    interval: float = FOLLOW_INTERVAL,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Watch ``study`` (run by any workers, anywhere) until ``budget`` trials have finished and
+    none is running; without a budget, until interrupted (Ctrl-C). What ``tlsearch status --watch``
+    does."""
+    watcher = StudyWatcher(study, on_event)
+    while True:
+        trials = watcher.poll()
+        finished = sum(t.state in FINISHED for t in trials)
+        running = any(t.state == TrialState.RUNNING for t in trials)
+        if budget is not None and finished >= budget and not running:
+            return
+        sleep(interval)
 
 
 def _outcome(t: FrozenTrial, history: list[dict[str, Any]]) -> dict[str, Any]:
