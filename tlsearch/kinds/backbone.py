@@ -22,6 +22,10 @@ class Backbone(Plugin):
       after building (export, resume), so the pretrained weights need not be fetched again;
     * ``input_size`` (int): the study's ``data.image_size`` when it sets one; a backbone whose
       architecture depends on the input size (a ViT's position embeddings) must accept it.
+
+    A trial seeds torch's generator with the study's seed just before ``build`` (and the head with
+    the trial's), so weights a backbone initialises at random with torch are the same in every
+    trial and the ranking: draw them from torch's generator, not from another one.
     """
 
     kind: ClassVar[str] = "backbone"
