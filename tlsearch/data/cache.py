@@ -96,7 +96,8 @@ def decode_images(
     if on_bad_image not in {"error", "skip"}:
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
     key = cache_key(images, config)
-    if cache_dir is None:
+
+    def decode() -> DecodedImages:
         return _decode(
             images,
             config,
@@ -106,6 +107,9 @@ def decode_images(
             description=description,
             on_progress=on_progress,
         )
+
+    if cache_dir is None:
+        return decode()
     cache_dir = Path(cache_dir)
     hit = _load(cache_dir, key, images, config, on_bad_image=on_bad_image)
     if hit is not None:
@@ -114,15 +118,7 @@ def decode_images(
         hit = _load(cache_dir, key, images, config, on_bad_image=on_bad_image)  # another worker made it
         if hit is not None:
             return hit
-        decoded = _decode(
-            images,
-            config,
-            key=key,
-            on_bad_image=on_bad_image,
-            progress=progress,
-            description=description,
-            on_progress=on_progress,
-        )
+        decoded = decode()
         keep = _kept_indices(images, decoded)
         decoded.path = _save(cache_dir, key, decoded.images, keep, decoded.skipped)
     return decoded
