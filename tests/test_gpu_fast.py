@@ -1,5 +1,7 @@
-"""On a CUDA device: resident batches equal the CPU path, and a bf16/channels_last trial runs
-without host synchronisation per step. Skipped where there is no CUDA."""
+"""On a CUDA device: resident batches equal the CPU path, a bf16/channels_last trial runs without
+host synchronisation per step, fp16 trains with a grad scaler, streaming and the feature cache
+agree with their alternatives, a compiled trial ends eager. Skipped where there is no CUDA
+(benchmarks/gpu/check.sh runs them on a GPU)."""
 
 from __future__ import annotations
 
@@ -72,3 +74,53 @@ def test_a_trial_runs_on_cuda_with_mixed_precision(data, strategy, tmp_path):
     if strategy is FullFinetune:
         assert result.extras["data_placement"] == "resident"
         assert 0 < result.extras["epochs"][-1]["data_seconds"] < result.extras["epochs"][-1]["train_seconds"]
+
+
+def _cuda_fit(data, tmp_path, *, strategy=None, seed=0, **settings):
+    trainer = Trainer(
+        tiny_transfer_model(num_outputs=4, seed=seed),
+        strategy=strategy or FullFinetune(),
+        num_outputs=4,
+        device="cuda",
+        profile=True,
+        settings=TrainSettings(**{"epochs": 2, "batch_size": 8, **settings}),
+        feature_cache_dir=tmp_path,
+    )
+    return trainer, trainer.fit(*data)
+
+
+def test_fp16_trains_with_a_grad_scaler(data, tmp_path):
+    trainer, result = _cuda_fit(data, tmp_path, precision="fp16")
+    assert result.precision == "fp16" and trainer.precision.grad_scaler() is not None
+    assert np.isfinite(result.metrics["val_loss"]) and np.isfinite(result.metrics["train_loss"])
+
+
+def test_streamed_trial_on_cuda_reaches_the_resident_trials_metrics(data, tmp_path):
+    """Same batches whether resident or streamed through pinned memory: the same trial, up to the
+    nondeterminism of cuDNN's kernels."""
+    _, resident = _cuda_fit(data, tmp_path, precision="fp32", data_placement="resident")
+    _, streamed = _cuda_fit(data, tmp_path, precision="fp32", data_placement="stream", loader_workers=2)
+    assert streamed.extras["data_placement"] == "stream"
+    assert streamed.metrics["val_loss"] == pytest.approx(resident.metrics["val_loss"], rel=1e-3, abs=1e-3)
+
+
+def test_a_compiled_trial_trains_and_leaves_an_eager_model(data, tmp_path):
+    trainer, result = _cuda_fit(data, tmp_path, compile="always", epochs=1)
+    assert result.extras["compile"] is True and np.isfinite(result.metrics["val_loss"])
+    backbone = trainer.model.backbone
+    assert getattr(backbone, "_compiled_call_impl", None) is None  # export and checkpoints see eager code
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    with torch.inference_mode():
+        assert torch.isfinite(trainer.model(trainer._inputs(x, train=False))).all()
+
+
+def test_cached_features_on_cuda_equal_the_uncached_ones(data, tmp_path):
+    train, _ = data
+    images = torch.from_numpy(np.ascontiguousarray(train.images)).permute(0, 3, 1, 2).cuda()
+    _, cached = _cuda_fit(data, tmp_path, strategy=LinearProbe())
+    trainer, uncached = _cuda_fit(data, tmp_path / "none", strategy=LinearProbe(), feature_cache=False)
+    assert cached.used_feature_cache and not uncached.used_feature_cache
+    assert cached.metrics["accuracy"] == pytest.approx(uncached.metrics["accuracy"], abs=1 / 16)
+    assert cached.metrics["val_loss"] == pytest.approx(uncached.metrics["val_loss"], rel=0.05)
+    features = trainer.features(images)
+    assert features.is_cuda and features.shape == (len(train), trainer.model.num_features)
