@@ -89,8 +89,17 @@ def test_study_keeps_the_top_ranked_backbone_and_does_not_rank_again_on_resume(
     write_study, tmp_path, monkeypatch
 ):
     path = write_study(space=TWO_MODELS, search={"n_trials": 2, "rank": {"keep_top": 1}, "pruner": "none"})
-    result = run_study(path, out_dir=tmp_path / "out", progress=False)
+    progress: list[tuple[str, int, int]] = []
+
+    def on_event(name: str, **kw) -> None:
+        if name == "progress":
+            progress.append((kw["task"], kw["done"], kw["total"]))
+
+    result = run_study(path, out_dir=tmp_path / "out", progress=False, on_event=on_event)
     ranking = result.study.user_attrs[RANK_ATTR]
+    task = "ranking 2 backbone candidate(s) by logme"
+    assert [(d, t) for name, d, t in progress if name == task] == [(0, 2), (1, 2), (2, 2)]
+    assert ("decoding train images at 32px", 0, 48) in progress  # the ranking decodes them first (4 × 12)
     top = ranking[0]["params"]["model"]
     models = {t.user_attrs["choices"]["backbone.timm.model"] for t in result.study.trials}
     assert models == {top}

@@ -60,12 +60,13 @@ def ranked_space(
         total = len(candidates(space))
         task = f"ranking {total} backbone candidate(s) by {settings.score}"
         log.info(task)
-        scored: list[RankedBackbone] = []
+        scored = 0
 
         def on_candidate(result: RankedBackbone) -> None:
-            scored.append(result)
+            nonlocal scored
+            scored += 1
             if on_progress is not None:
-                on_progress(task, len(scored), total)
+                on_progress(task, scored, total)
 
         if on_progress is not None:
             on_progress(task, 0, total)
