@@ -85,6 +85,8 @@ def run(
         )
         sys.exit(130)
     console.leaderboard(result.study, metric=result.config.metric)
+    if workers > 1:
+        click.echo(f"workers' own output: {result.study_dir.root / 'logs'}/worker-<rank>.log")
     if result.config.export.enabled and not no_export:
         report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
         console.exported(report)
