@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import click
@@ -174,13 +173,25 @@ def test_sqlite_url_unknown_study_and_bad_source(folder: Path, tmp_path: Path) -
     assert result.exit_code == 2 and "neither a study folder nor a storage" in result.output
 
 
-def test_watch_follows_other_workers_trials_until_the_budget_is_done(folder: Path) -> None:
+@pytest.mark.timeout(120)  # a watch that never sees the budget done would follow forever
+def test_watch_follows_other_workers_trials_until_the_budget_is_done(folder: Path, monkeypatch) -> None:
     """``status --watch`` from another process's view: a worker ends the running trial and runs the
     six still missing from the budget of 10; the watch shows each and returns when the budget is done."""
+    from tlsearch.search.watch import StudyWatcher
+
     worker_study = optuna.load_study(study_name="s", storage=make_storage(str(folder / "study.journal")))
+    watching = threading.Event()
+    first_look = StudyWatcher.poll
+
+    def poll(self):
+        trials = first_look(self)
+        watching.set()
+        return trials
+
+    monkeypatch.setattr(StudyWatcher, "poll", poll)
 
     def worker() -> None:
-        time.sleep(0.5)
+        assert watching.wait(timeout=60)  # the watch has had its first look: what follows is news
         running = worker_study.get_trials(states=(TrialState.RUNNING,))[0]
         worker_study._storage.set_trial_user_attr(running._trial_id, "failure", "worker lost")
         worker_study._storage.set_trial_state_values(running._trial_id, TrialState.FAIL)
