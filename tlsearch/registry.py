@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import importlib.util
 import inspect
+import logging
 import os
 import sys
 import warnings
@@ -29,7 +30,7 @@ from typing import Any
 import pluggy
 
 from tlsearch import PROJECT_NAME, hookspecs
-from tlsearch.errors import PluginError, format_choices
+from tlsearch.errors import FailTrial, PluginError, format_choices
 from tlsearch.kinds import KINDS, Plugin
 from tlsearch.kinds._base import NAME_PATTERN, RESERVED_PARAMS
 from tlsearch.space import Categorical, Fixed, Float, Int, Required
@@ -37,6 +38,8 @@ from tlsearch.space import Categorical, Fixed, Float, Int, Required
 ENTRY_POINT_GROUP = PROJECT_NAME
 AUTOLOAD_ENV = "TLSEARCH_DISABLE_PLUGIN_AUTOLOAD"
 TRACE_ENV = "TLSEARCH_TRACE_HOOKS"
+
+log = logging.getLogger("tlsearch")
 
 REGISTER_HOOKS = {
     "backbone": "tlsearch_register_backbones",
@@ -176,6 +179,7 @@ class PluginManager(pluggy.PluginManager):
         self.failures: list[LoadFailure] = []
         self._distributions: dict[str, tuple[str, str]] = {}  # pluggy plugin name → (package, version)
         self._registry: Registry | None = None
+        self._observer_errors: set[tuple[str, str]] = set()  # (plugin, hook) already warned about
         if os.environ.get(TRACE_ENV):
             self.trace.root.setwriter(sys.stderr.write)
             self.enable_tracing()
@@ -262,18 +266,51 @@ class PluginManager(pluggy.PluginManager):
             self._registry = registry
         return self._registry
 
-    def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook; an implementation that raises is reported with its plugin's name."""
+    def notify(self, hook_name: str, *, may_end_trial: bool = False, **kwargs: Any) -> None:
+        """Call an observer hook (trial start, epoch end, trial end, study end, export done).
+
+        Observers do not decide a trial's fate: an implementation that raises is logged, once per
+        plugin and hook, naming both, and the others still run. With ``may_end_trial`` (the trial
+        hooks while the trial can still end otherwise) two exceptions pass through on purpose:
+        :class:`~tlsearch.errors.FailTrial` (re-raised with the plugin's name) and
+        :class:`optuna.TrialPruned`.
+        """
+        import optuna
+
         hook = getattr(self.hook, hook_name)
         for impl in reversed(hook.get_hookimpls()):
             try:
                 impl.function(**{a: kwargs[a] for a in impl.argnames if a in kwargs})
+            except optuna.TrialPruned:
+                if may_end_trial:
+                    raise
+                self._observer_failed(
+                    impl.plugin, hook_name, "TrialPruned (only tlsearch_epoch_end can prune)"
+                )
+            except FailTrial as exc:
+                if may_end_trial:
+                    raise FailTrial(
+                        f"plugin {self.provider_of(impl.plugin)} failed the trial in {hook_name}: {exc}"
+                    ) from None
+                self._observer_failed(
+                    impl.plugin, hook_name, f"FailTrial: {exc} (too late to fail the trial)"
+                )
             except Exception as exc:
-                from tlsearch.errors import PluginCallError
+                self._observer_failed(impl.plugin, hook_name, f"{type(exc).__name__}: {exc}")
 
-                raise PluginCallError(
-                    f"plugin {self.provider_of(impl.plugin)} failed in {hook_name}: {type(exc).__name__}: {exc}"
-                ) from exc
+    def _observer_failed(self, plugin: object, hook_name: str, error: str) -> None:
+        """Log an observer hook's error: a warning the first time for this plugin and hook, then debug."""
+        key = (self.get_name(plugin) or repr(plugin), hook_name)
+        level = logging.DEBUG if key in self._observer_errors else logging.WARNING
+        self._observer_errors.add(key)
+        log.log(
+            level,
+            "plugin %s failed in %s (ignored: the trial keeps its result; further errors of this plugin "
+            "in this hook are logged at debug level): %s",
+            self.provider_of(plugin),
+            hook_name,
+            error,
+        )
 
 
 def _entry_points() -> Iterable[tuple[md.Distribution | None, md.EntryPoint]]:
