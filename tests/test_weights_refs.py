@@ -109,3 +109,15 @@ def test_reference_to_a_path_value_or_a_packages_function_works(site, write_stud
         assert space.backbone[0].space.params["weights"].value == ref
     with pytest.raises(ConfigError, match="defined in 'tempfile', not in 'tls_test_wpkg'"):
         prepare(_study(write_study, "tls_test_wpkg:gettempdir"))
+
+
+def test_torchvision_and_curated_backbones_check_their_weights_up_front(write_study, tmp_path) -> None:
+    save_file({"not_a_resnet.weight": torch.zeros(3)}, str(tmp_path / "odd.safetensors"))
+    study = write_study(
+        "tv.yaml", space={"backbone": {"torchvision": {"model": "resnet18", "weights": "odd.safetensors"}}}
+    )
+    with pytest.raises(ConfigError, match=r"space\.backbone\.torchvision: weights .*do not match the model"):
+        prepare(study)
+    study = write_study("curated.yaml", space={"backbone": {"resnet18": {"weights": "packaged"}}})
+    with pytest.raises(ConfigError, match=r"space\.backbone\.resnet18: weights 'packaged' is only valid"):
+        prepare(study)
