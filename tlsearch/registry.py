@@ -236,7 +236,7 @@ class PluginManager(pluggy.PluginManager):
         except pluggy.PluginValidationError as exc:
             if self.get_plugin(name) is not None:
                 self.unregister(name=name)  # pluggy leaves a half-registered plugin behind
-            raise PluginError(f"{where}: {_describe_validation_error(self, module, exc)}") from None
+            raise PluginError(f"{where}: {_describe_validation_error(module, exc)}") from None
 
     def _skip(self, name: str, source: str, error: str, names: tuple[tuple[str, str], ...] = ()) -> None:
         """Drop a broken third-party plugin: unregister it, record why, and warn (conda's rule)."""
@@ -368,7 +368,7 @@ class PluginManager(pluggy.PluginManager):
                 return
             except pluggy.PluginValidationError as exc:
                 name = self.get_name(exc.plugin)
-                error = _describe_validation_error(self, exc.plugin, exc)
+                error = _describe_validation_error(exc.plugin, exc)
                 if name in self._lenient:
                     self._skip(name, self._lenient[name], error)
                     continue
@@ -436,7 +436,7 @@ def _hook_functions(plugin: object) -> dict[str, Any]:
     }
 
 
-def _describe_validation_error(pm: PluginManager, plugin: object, exc: pluggy.PluginValidationError) -> str:
+def _describe_validation_error(plugin: object, exc: pluggy.PluginValidationError) -> str:
     """pluggy's validation error in tlsearch's words: which hook, which argument, the valid ones."""
     valid_hooks = sorted(n for n in dir(hookspecs) if n.startswith(f"{PROJECT_NAME}_"))
     for hook_name, fn in _hook_functions(plugin).items():
