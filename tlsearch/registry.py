@@ -98,6 +98,8 @@ class LoadFailure:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "name": self.plugin,  # the entry point's name; which kinds it provides is unknown
+            "kind": None,
             "plugin": self.plugin,
             "source": self.source,
             "status": "broken",
