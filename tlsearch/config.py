@@ -460,6 +460,12 @@ def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
                     )
                 else:
                     params[pname] = hp
+            try:
+                params = info.cls.check_space(
+                    params, study_dir=config.source.parent if config.source is not None else None
+                )
+            except PluginError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
             choices.append(PluginChoice(kind, name, SearchSpace(params), enabled))
         resolved[section] = tuple(choices)
     lr = config.training.lr

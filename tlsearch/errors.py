@@ -43,3 +43,11 @@ def format_choices(choices: Iterable[object], limit: int = 30) -> str:
     if len(items) > limit:
         return ", ".join(items[:limit]) + f", … ({len(items) - limit} more)"
     return ", ".join(items)
+
+
+class FailTrial(PluginCallError):
+    """Raised by a plugin's ``tlsearch_trial_start``, ``tlsearch_epoch_end`` or ``tlsearch_trial_end``
+    (while the trial is ``COMPLETE``) to fail the trial on purpose: it ends ``FAIL`` with
+    ``failure_kind`` ``plugin`` and a reason naming the plugin and the message. Any other exception
+    from an observer hook is logged and ignored, so that an observer cannot throw trained work away.
+    (To prune instead, raise :class:`optuna.TrialPruned` from ``tlsearch_epoch_end``.)"""

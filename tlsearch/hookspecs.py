@@ -48,7 +48,19 @@ def tlsearch_register_regularizers(register: Register) -> None:
     """Add :class:`tlsearch.kinds.Regularizer` subclasses with ``register.add(cls)``."""
 
 
-# --- Phase 2: the study (observers: a raising implementation is reported with its plugin's name) --
+# --- Phase 2: the study (observers) --------------------------------------------------------------
+#
+# Observers do not decide a trial's fate: an implementation that raises is logged as a warning
+# naming the plugin and the hook (once per plugin and hook; later ones at debug level) and the
+# trial keeps its result. To end a trial on purpose:
+#
+# * raise :class:`tlsearch.errors.FailTrial` ("reason") from ``tlsearch_trial_start``,
+#   ``tlsearch_epoch_end`` or ``tlsearch_trial_end`` (while ``state`` is ``COMPLETE``): the trial
+#   ends ``FAIL``, ``failure_kind`` ``plugin``, its ``failure`` naming the plugin, hook and reason;
+# * raise :class:`optuna.TrialPruned` from ``tlsearch_epoch_end`` (or ``tlsearch_trial_start``):
+#   the trial ends ``PRUNED``.
+#
+# Raised from any other hook, or after the trial ended otherwise, both are logged and ignored.
 
 
 @hookspec
@@ -59,13 +71,15 @@ def tlsearch_study_start(study: optuna.Study, config: StudyConfig, out_dir: str)
 @hookspec
 def tlsearch_trial_start(trial: optuna.Trial, choices: dict[str, Any], out_dir: str) -> None:
     """A trial starts. ``choices`` holds the sampled plugins and hyperparameters, e.g.
-    ``{"backbone": "timm", "backbone.timm.model": "resnet18", "train.lr": 0.001, …}``."""
+    ``{"backbone": "timm", "backbone.timm.model": "resnet18", "train.lr": 0.001, …}``.
+    Raise :class:`tlsearch.errors.FailTrial` to fail it before it trains."""
 
 
 @hookspec
 def tlsearch_epoch_end(trial: optuna.Trial, epoch: int, metrics: dict[str, float], out_dir: str) -> None:
     """An epoch of ``trial`` ended (0-based ``epoch``). ``metrics`` holds ``train_loss``,
-    ``val_loss``, the task's metrics (``accuracy`` or ``r2``/``mae``) and ``epoch_seconds``."""
+    ``val_loss``, the task's metrics (``accuracy`` or ``r2``/``mae``) and ``epoch_seconds``.
+    Raise :class:`optuna.TrialPruned` to prune the trial, :class:`tlsearch.errors.FailTrial` to fail it."""
 
 
 @hookspec
@@ -73,7 +87,9 @@ def tlsearch_trial_end(
     trial: optuna.Trial, state: str, value: float | None, metrics: dict[str, float], out_dir: str
 ) -> None:
     """A trial ended in ``state`` (``COMPLETE``, ``PRUNED`` or ``FAIL``) with objective ``value``
-    (None unless complete) and its last ``metrics`` (with ``failure`` reason when it failed)."""
+    (None unless complete) and its last ``metrics`` (with ``failure`` reason when it failed).
+    Called after the checkpoint of a complete trial is saved; raising
+    :class:`tlsearch.errors.FailTrial` then fails the trial (it is called again with ``FAIL``)."""
 
 
 @hookspec

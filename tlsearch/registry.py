@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import importlib.util
 import inspect
+import logging
 import os
 import sys
 import warnings
@@ -29,7 +30,7 @@ from typing import Any
 import pluggy
 
 from tlsearch import PROJECT_NAME, hookspecs
-from tlsearch.errors import PluginError, format_choices
+from tlsearch.errors import FailTrial, PluginError, format_choices
 from tlsearch.kinds import KINDS, Plugin
 from tlsearch.kinds._base import NAME_PATTERN, RESERVED_PARAMS
 from tlsearch.space import Categorical, Fixed, Float, Int, Required
@@ -37,6 +38,8 @@ from tlsearch.space import Categorical, Fixed, Float, Int, Required
 ENTRY_POINT_GROUP = PROJECT_NAME
 AUTOLOAD_ENV = "TLSEARCH_DISABLE_PLUGIN_AUTOLOAD"
 TRACE_ENV = "TLSEARCH_TRACE_HOOKS"
+
+log = logging.getLogger("tlsearch")
 
 REGISTER_HOOKS = {
     "backbone": "tlsearch_register_backbones",
@@ -82,10 +85,39 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class LoadFailure:
-    """A plugin that could not be imported: skipped with a warning, reported if a study needs it."""
+    """A third-party plugin that is broken (fails to import, exits, raises in a register hook, or
+    implements a hook wrongly): skipped with a warning, shown by ``tlsearch plugins list``, and
+    an error naming it and the reason if a study asks for one of its plugins.
+
+    ``names`` holds the ``(kind, name)`` pairs it registered before it broke (often none)."""
 
     source: str
     error: str
+    plugin: str | None = None
+    names: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.plugin,  # the entry point's name; which kinds it provides is unknown
+            "kind": None,
+            "plugin": self.plugin,
+            "source": self.source,
+            "status": "broken",
+            "reason": self.error,
+            "names": [f"{kind}:{name}" for kind, name in self.names],
+        }
+
+
+class _DuplicatePlugin(PluginError):
+    """Two plugins register the same name: an error between two packages, not one broken plugin."""
+
+
+class _BrokenPlugin(Exception):
+    """Raised while building the registry when a third-party plugin's register hook fails."""
+
+    def __init__(self, plugin: str, error: str, names: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(error)
+        self.plugin, self.error, self.names = plugin, error, names
 
 
 class Register:
@@ -134,7 +166,7 @@ class Registry:
         _check_plugin_class(kind, cls, provider)
         existing = self.plugins[kind].get(cls.name)
         if existing is not None and existing.cls is not cls:
-            raise PluginError(
+            raise _DuplicatePlugin(
                 f"{kind} {cls.name!r} is provided twice: by {existing.provider} ({existing.cls.__module__}) "
                 f"and by {provider} ({cls.__module__}); uninstall one, or set {AUTOLOAD_ENV}=1"
             )
@@ -151,6 +183,12 @@ class Registry:
         except KeyError:
             pass
         prefix = f"{where}: " if where else ""
+        for failure in self.failures:
+            if (kind, name) in failure.names:
+                raise PluginError(
+                    f"{prefix}{kind} {name!r} comes from a broken plugin, skipped: {failure.source}: "
+                    f"{failure.error} (fix or uninstall it; see `tlsearch plugins list`)"
+                )
         message = (
             f"{prefix}unknown {kind} {name!r}; available: {format_choices(self.plugins[kind])} "
             "(see `tlsearch plugins list`)"
@@ -176,6 +214,10 @@ class PluginManager(pluggy.PluginManager):
         self.failures: list[LoadFailure] = []
         self._distributions: dict[str, tuple[str, str]] = {}  # pluggy plugin name → (package, version)
         self._registry: Registry | None = None
+        self._observer_errors: set[tuple[str, str]] = set()  # (plugin, hook) already warned about
+        # Third-party entry points: skipped with a warning when broken. Built-ins and plugin files
+        # the user named are strict: a broken one is an error.
+        self._lenient: dict[str, str] = {}  # pluggy plugin name → where it came from
         if os.environ.get(TRACE_ENV):
             self.trace.root.setwriter(sys.stderr.write)
             self.enable_tracing()
@@ -183,6 +225,29 @@ class PluginManager(pluggy.PluginManager):
     def register(self, plugin: object, name: str | None = None) -> str | None:
         self._registry = None
         return super().register(plugin, name)
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        self._registry = None
+        return super().unregister(plugin, name)
+
+    def _register_checked(self, module: ModuleType, name: str, *, where: str) -> None:
+        """Register ``module``; a hook implementation whose arguments the hook does not have is a
+        :class:`PluginError` naming the plugin, the hook and the valid argument names."""
+        try:
+            self.register(module, name=name)
+        except pluggy.PluginValidationError as exc:
+            if self.get_plugin(name) is not None:
+                self.unregister(name=name)  # pluggy leaves a half-registered plugin behind
+            raise PluginError(f"{where}: {_describe_validation_error(module, exc)}") from None
+
+    def _skip(self, name: str, source: str, error: str, names: tuple[tuple[str, str], ...] = ()) -> None:
+        """Drop a broken third-party plugin: unregister it, record why, and warn (conda's rule)."""
+        if self.get_plugin(name) is not None:
+            self.unregister(name=name)
+        self._lenient.pop(name, None)
+        self._distributions.pop(name, None)
+        self.failures.append(LoadFailure(source, error, plugin=name, names=names))
+        warnings.warn(f"tlsearch: skipped broken plugin {source}: {error}", stacklevel=3)
 
     def load_entry_points(self, *, autoload: bool = True) -> None:
         """Import every ``tlsearch`` entry point; one that fails to import is skipped with a warning.
@@ -198,15 +263,26 @@ class PluginManager(pluggy.PluginManager):
             source = (
                 f"entry point {ep.name!r} ({ep.value}) of {dist_name} {dist.version if dist else ''}".rstrip()
             )
+            builtin = dist_name == PROJECT_NAME
             try:
                 module = ep.load()
-            except Exception as exc:  # a broken plugin must not take the tool down
-                self.failures.append(LoadFailure(source, f"{type(exc).__name__}: {exc}"))
-                warnings.warn(f"tlsearch: skipped {source}: {type(exc).__name__}: {exc}", stacklevel=2)
+            except (Exception, SystemExit) as exc:  # a broken plugin must not take the tool down
+                error = _describe_exception(exc)
+                if builtin:
+                    raise PluginError(f"built-in plugin {source} is broken: {error}") from exc
+                self._skip(ep.name, source, error)
                 continue
-            self.register(module, name=ep.name)
+            try:
+                self._register_checked(module, ep.name, where=f"plugin {source}")
+            except PluginError as exc:
+                if builtin:
+                    raise
+                self._skip(ep.name, source, str(exc).split(": ", 1)[-1])
+                continue
             if dist is not None:
                 self._distributions[ep.name] = (dist_name or "?", dist.version)
+            if not builtin:
+                self._lenient[ep.name] = source
 
     def load_file(self, path: str | Path) -> ModuleType:
         """Import a plugin file the user named (``--plugin my_plugins.py`` or ``plugins:`` in a study)."""
@@ -224,12 +300,12 @@ class PluginManager(pluggy.PluginManager):
         try:
             sys.modules[name] = module
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             sys.modules.pop(name, None)
             raise PluginError(
-                f"plugin file {str(path)!r} failed to import: {type(exc).__name__}: {exc}"
+                f"plugin file {str(path)!r} failed to import: {_describe_exception(exc)}"
             ) from exc
-        self.register(module, name=name)
+        self._register_checked(module, name, where=f"plugin file {str(path)!r}")
         return module
 
     def provider_of(self, plugin: object) -> Provider:
@@ -242,38 +318,141 @@ class PluginManager(pluggy.PluginManager):
 
     @property
     def registry(self) -> Registry:
-        """The plugins registered by every loaded plugin's ``register_*`` hooks (built on first use)."""
-        if self._registry is None:
-            registry = Registry(failures=list(self.failures))
-            for kind, hook_name in REGISTER_HOOKS.items():
-                hook = getattr(self.hook, hook_name)
-                # Call each implementation alone so that every class is recorded with its provider.
-                for impl in reversed(hook.get_hookimpls()):
-                    register = Register(registry, kind, self.provider_of(impl.plugin))
-                    try:
-                        impl.function(**{a: register for a in impl.argnames})
-                    except PluginError:
-                        raise
-                    except Exception as exc:
-                        raise PluginError(
-                            f"{hook_name} of plugin {self.provider_of(impl.plugin)} raised "
-                            f"{type(exc).__name__}: {exc}"
-                        ) from exc
-            self._registry = registry
+        """The plugins registered by every loaded plugin's ``register_*`` hooks (built on first use).
+
+        A third-party plugin whose register hook raises (or registers an invalid class) is skipped
+        with a warning, with everything it registered; a broken built-in or plugin file is an error.
+        """
+        while self._registry is None:
+            try:
+                self._registry = self._build_registry()
+            except _BrokenPlugin as broken:
+                self._skip(broken.plugin, self._lenient[broken.plugin], broken.error, broken.names)
         return self._registry
 
-    def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook; an implementation that raises is reported with its plugin's name."""
+    def _build_registry(self) -> Registry:
+        registry = Registry(failures=list(self.failures))
+        for kind, hook_name in REGISTER_HOOKS.items():
+            hook = getattr(self.hook, hook_name)
+            # Call each implementation alone so that every class is recorded with its provider.
+            for impl in reversed(hook.get_hookimpls()):
+                provider = self.provider_of(impl.plugin)
+                register = Register(registry, kind, provider)
+                try:
+                    impl.function(**{a: register for a in impl.argnames})
+                except _DuplicatePlugin:
+                    raise
+                except (Exception, SystemExit) as exc:
+                    name = self.get_name(impl.plugin)
+                    if isinstance(exc, PluginError):
+                        error = f"{hook_name}: {exc}"
+                    else:
+                        error = f"{hook_name} raised {_describe_exception(exc)}"
+                    if name in self._lenient:
+                        names = tuple(
+                            (info.kind, info.name) for info in registry if info.provider.plugin == name
+                        )
+                        raise _BrokenPlugin(name, error, names) from None
+                    if isinstance(exc, PluginError):
+                        raise
+                    raise PluginError(
+                        f"{hook_name} of plugin {provider} raised {_describe_exception(exc)}"
+                    ) from exc
+        return registry
+
+    def check_hooks(self) -> None:
+        """pluggy's ``check_pending``: a hook implementation no spec knows (a misspelt hook name) is
+        an error naming the plugin, the hook and the valid hook names; a third-party plugin with one
+        is skipped with a warning instead."""
+        while True:
+            try:
+                self.check_pending()
+                return
+            except pluggy.PluginValidationError as exc:
+                name = self.get_name(exc.plugin)
+                error = _describe_validation_error(exc.plugin, exc)
+                if name in self._lenient:
+                    self._skip(name, self._lenient[name], error)
+                    continue
+                raise PluginError(f"plugin {self.provider_of(exc.plugin)}: {error}") from None
+
+    def notify(self, hook_name: str, *, may_end_trial: bool = False, **kwargs: Any) -> None:
+        """Call an observer hook (trial start, epoch end, trial end, study end, export done).
+
+        Observers do not decide a trial's fate: an implementation that raises is logged, once per
+        plugin and hook, naming both, and the others still run. With ``may_end_trial`` (the trial
+        hooks while the trial can still end otherwise) two exceptions pass through on purpose:
+        :class:`~tlsearch.errors.FailTrial` (re-raised with the plugin's name) and
+        :class:`optuna.TrialPruned`.
+        """
+        import optuna
+
         hook = getattr(self.hook, hook_name)
         for impl in reversed(hook.get_hookimpls()):
             try:
                 impl.function(**{a: kwargs[a] for a in impl.argnames if a in kwargs})
+            except optuna.TrialPruned:
+                if may_end_trial:
+                    raise
+                self._observer_failed(
+                    impl.plugin, hook_name, "TrialPruned (only tlsearch_epoch_end can prune)"
+                )
+            except FailTrial as exc:
+                if may_end_trial:
+                    raise FailTrial(
+                        f"plugin {self.provider_of(impl.plugin)} failed the trial in {hook_name}: {exc}"
+                    ) from None
+                self._observer_failed(
+                    impl.plugin, hook_name, f"FailTrial: {exc} (too late to fail the trial)"
+                )
             except Exception as exc:
-                from tlsearch.errors import PluginCallError
+                self._observer_failed(impl.plugin, hook_name, f"{type(exc).__name__}: {exc}")
 
-                raise PluginCallError(
-                    f"plugin {self.provider_of(impl.plugin)} failed in {hook_name}: {type(exc).__name__}: {exc}"
-                ) from exc
+    def _observer_failed(self, plugin: object, hook_name: str, error: str) -> None:
+        """Log an observer hook's error: a warning the first time for this plugin and hook, then debug."""
+        key = (self.get_name(plugin) or repr(plugin), hook_name)
+        level = logging.DEBUG if key in self._observer_errors else logging.WARNING
+        self._observer_errors.add(key)
+        log.log(
+            level,
+            "plugin %s failed in %s (ignored: the trial keeps its result; further errors of this plugin "
+            "in this hook are logged at debug level): %s",
+            self.provider_of(plugin),
+            hook_name,
+            error,
+        )
+
+
+def _describe_exception(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): the plugin called sys.exit"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _hook_functions(plugin: object) -> dict[str, Any]:
+    return {
+        n: getattr(plugin, n)
+        for n in dir(plugin)
+        if n.startswith(f"{PROJECT_NAME}_")
+        and getattr(getattr(plugin, n), f"{PROJECT_NAME}_impl", None) is not None
+    }
+
+
+def _describe_validation_error(plugin: object, exc: pluggy.PluginValidationError) -> str:
+    """pluggy's validation error in tlsearch's words: which hook, which argument, the valid ones."""
+    valid_hooks = sorted(n for n in dir(hookspecs) if n.startswith(f"{PROJECT_NAME}_"))
+    for hook_name, fn in _hook_functions(plugin).items():
+        if hook_name not in valid_hooks:
+            return f"implements unknown hook {hook_name!r}; valid hooks: {', '.join(valid_hooks)}"
+        spec_args = list(inspect.signature(getattr(hookspecs, hook_name)).parameters)
+        impl_args = list(inspect.signature(fn).parameters)
+        bad = [a for a in impl_args if a not in spec_args]
+        if bad:
+            return (
+                f"{hook_name}() takes argument(s) {', '.join(map(repr, bad))} that the hook does not "
+                f"pass; valid argument names: {', '.join(spec_args)}"
+            )
+    return str(exc).replace("\n", " ")
 
 
 def _entry_points() -> Iterable[tuple[md.Distribution | None, md.EntryPoint]]:
@@ -298,9 +477,6 @@ def get_plugin_manager(
     pm.load_entry_points(autoload=autoload)
     for path in plugin_files:
         pm.load_file(path)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {pm.provider_of(exc.plugin)}: {exc}") from exc
+    pm.check_hooks()
     pm.registry  # noqa: B018 - register now, so duplicates and bad classes fail before any work
     return pm

@@ -22,13 +22,19 @@ def plugins() -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @plugin_option
 def list_plugins(kind: str | None, as_json: bool, plugin_files: tuple[Path, ...]) -> None:
-    """Every registered plugin: name, kind, provider package and version, hyperparameters."""
+    """Every registered plugin: name, kind, provider package and version, hyperparameters; and the
+    broken third-party plugins that were skipped, with the reason (``"status": "broken"`` in JSON)."""
+    import warnings
+
     from tlsearch.registry import get_plugin_manager
 
-    pm = get_plugin_manager(plugin_files)
+    with warnings.catch_warnings():  # listed below, with the reason, instead
+        warnings.simplefilter("ignore")
+        pm = get_plugin_manager(plugin_files)
     infos = [p for p in pm.registry if kind is None or p.kind == kind]
     if as_json:
-        click.echo(json.dumps([p.to_dict() for p in infos], indent=2))
+        listed = [{**p.to_dict(), "status": "ok"} for p in infos]
+        click.echo(json.dumps(listed + [f.to_dict() for f in pm.failures], indent=2))
         return
     current = None
     for info in infos:
@@ -40,8 +46,10 @@ def list_plugins(kind: str | None, as_json: bool, plugin_files: tuple[Path, ...]
         click.echo(f"  {info.name:<24} [{provider}] {d['summary']}")
         for name, desc in d["hyperparameters"].items():
             click.echo(f"      {name}: {desc}")
+    if pm.failures:
+        click.echo("\nbroken (skipped):")
     for failure in pm.failures:
-        click.echo(f"\nnot loaded: {failure.source}: {failure.error}", err=True)
+        click.echo(f"  {failure.source}: {failure.error}")
 
 
 @plugins.command("hooks")

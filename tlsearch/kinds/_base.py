@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from tlsearch.space import Hyperparameter
@@ -58,6 +59,20 @@ class Plugin:
         Default: unchanged.
         """
         return dict(overrides)
+
+    @classmethod
+    def check_space(
+        cls, space: Mapping[str, Hyperparameter], *, study_dir: Path | None
+    ) -> dict[str, Hyperparameter]:
+        """Check this plugin's hyperparameters, as the study narrowed them, once before any trial.
+
+        For what the declared ranges cannot say and would otherwise fail every trial the same way:
+        a file that must exist and load, a reference that must import. Relative paths are meant
+        from the study file's folder ``study_dir`` (None for a study given as a mapping): return
+        the space with them made absolute. Raise :class:`~tlsearch.errors.PluginError` to refuse
+        (the study then stops with a config error, exit 2). Default: unchanged.
+        """
+        return dict(space)
 
     @classmethod
     def summary(cls) -> str:

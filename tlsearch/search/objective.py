@@ -171,11 +171,16 @@ class Objective:
         with writer.sampling():
             choices = sample_choices(trial, self.space)
         writer.flush(choices=choices)  # the parameters and choices: one commit
-        self.pm.notify("tlsearch_trial_start", trial=trial, choices=choices, out_dir=out)
-        self.on_event("trial_start", trial=trial, choices=choices)
         history: list[dict[str, float]] = []
         try:
+            # Observer hooks cannot fail a trial by accident; FailTrial and TrialPruned do it on purpose.
+            self.pm.notify(
+                "tlsearch_trial_start", may_end_trial=True, trial=trial, choices=choices, out_dir=out
+            )
+            self.on_event("trial_start", trial=trial, choices=choices)
             value = self._run(trial, writer, choices, history, started)
+            score = value if isinstance(value, float) else value[0]
+            self._end(trial, "COMPLETE", score, history[-1], may_end_trial=True)
         except optuna.TrialPruned:
             writer.flush()
             self._end(trial, "PRUNED", None, history[-1] if history else {})
@@ -183,7 +188,6 @@ class Objective:
         except Exception as exc:
             kind, reason = classify(exc)
         else:
-            self._end(trial, "COMPLETE", value if isinstance(value, float) else value[0], history[-1])
             return value
         # Outside the except block: the exception and its traceback (holding the failed step's
         # tensors) are gone, so the memory can really be freed.
@@ -209,9 +213,18 @@ class Objective:
                 overrides={"batch_size": batch // 2, "oom_retry": True},
             )
 
-    def _end(self, trial: optuna.Trial, state: str, value: float | None, metrics: dict[str, float]) -> None:
+    def _end(
+        self,
+        trial: optuna.Trial,
+        state: str,
+        value: float | None,
+        metrics: dict[str, float],
+        *,
+        may_end_trial: bool = False,
+    ) -> None:
         self.pm.notify(
             "tlsearch_trial_end",
+            may_end_trial=may_end_trial,
             trial=trial,
             state=state,
             value=value,
@@ -236,6 +249,7 @@ class Objective:
             writer.progress(history=history)
             self.pm.notify(
                 "tlsearch_epoch_end",
+                may_end_trial=True,
                 trial=trial,
                 epoch=epoch,
                 metrics=metrics,

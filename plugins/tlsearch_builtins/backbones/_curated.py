@@ -10,13 +10,21 @@ Tiers (GMACs at 224 px, measured): ``small`` < 0.5, ``medium`` < 2, ``large`` ot
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from tlsearch.errors import PluginError
 from tlsearch.kinds import Backbone, BuiltBackbone
-from tlsearch.space import Fixed
+from tlsearch.space import Categorical, Fixed, Hyperparameter
 from tlsearch_builtins.backbones._cost import measure_cost
-from tlsearch_builtins.backbones._timm import WEIGHTS_HELP, _meta_timm, build_timm_backbone
+from tlsearch_builtins.backbones._timm import (
+    WEIGHTS_HELP,
+    _meta_timm,
+    build_timm_backbone,
+    timm_weights_targets,
+)
+from tlsearch_builtins.weights import check_weights_space
 
 PACKAGED = "packaged"
 
@@ -46,6 +54,28 @@ class CuratedTimmBackbone(Backbone):
                 "Python package ships (efficientnet_lite0); use hub, random or a file"
             )
         return self.packaged_weights
+
+    @classmethod
+    def check_space(
+        cls, space: Mapping[str, Hyperparameter], *, study_dir: Path | None
+    ) -> dict[str, Hyperparameter]:
+        """The weights, checked once before any trial (see :func:`tlsearch_builtins.weights.check_weights`);
+        ``packaged`` is checked as the package reference it stands for."""
+        weights = space.get("weights")
+        values = (
+            list(weights.choices) if isinstance(weights, Categorical) else [getattr(weights, "value", None)]
+        )
+        if PACKAGED in values and cls.packaged_weights is None:
+            raise PluginError(
+                f"weights {PACKAGED!r} is only valid for backbones whose weights a Python package ships "
+                "(efficientnet_lite0); use hub, random, a file or package.module:attribute"
+            )
+        return check_weights_space(
+            space,
+            study_dir=study_dir,
+            models=lambda: timm_weights_targets([cls.timm_model]),
+            aliases={PACKAGED: cls.packaged_weights} if cls.packaged_weights else {},
+        )
 
     def build(self, **options: Any) -> BuiltBackbone:
         weights, key_map = self._weights()

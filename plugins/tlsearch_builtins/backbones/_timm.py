@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,9 +13,15 @@ from torch import nn
 from tlsearch.errors import PluginError
 from tlsearch.kinds import Backbone, BuiltBackbone
 from tlsearch.preprocessing import INTERPOLATIONS, DataConfig
-from tlsearch.space import Fixed, Required
+from tlsearch.space import Fixed, Hyperparameter, Required
 from tlsearch_builtins.backbones._cost import measure_cost
-from tlsearch_builtins.weights import load_into, load_state_dict_file, resolve_weights_path
+from tlsearch_builtins.weights import (
+    ModelBuilders,
+    check_weights_space,
+    load_into,
+    load_state_dict_file,
+    resolve_weights_path,
+)
 
 WEIGHTS_HELP = (
     "hub | random | a .safetensors/.pth file | package.module:attribute (see tlsearch_builtins.weights)"
@@ -166,6 +173,31 @@ def build_timm_backbone(
     )
 
 
+def timm_weights_targets(model_names: list[str]) -> ModelBuilders:
+    """For the up-front weights check: each timm model as the trial builds it before loading a
+    file into it (classifier included), on the meta device."""
+
+    def builder(name: str) -> Any:
+        def build(state: Mapping[str, torch.Tensor]) -> nn.Module:
+            import timm
+
+            _check_model_name(name)
+            with torch.device("meta"):
+                return timm.create_model(name, pretrained=False)
+
+        return build
+
+    return {name: builder(name) for name in model_names}
+
+
+def space_values(hp: Hyperparameter | None) -> list[Any]:
+    """Every value a (narrowed) hyperparameter may take: a fixed value or categorical choices."""
+    if hp is None:
+        return []
+    choices = getattr(hp, "choices", None)
+    return list(choices) if choices is not None else [getattr(hp, "value", hp.default)]
+
+
 def _meta_timm(model_name: str) -> nn.Module:
     import timm
 
@@ -237,6 +269,19 @@ class TimmBackbone(Backbone):
             if len(out["model"]) == 1:
                 out["model"] = out["model"][0]
         return out
+
+    @classmethod
+    def check_space(
+        cls, space: Mapping[str, Hyperparameter], *, study_dir: Path | None
+    ) -> dict[str, Hyperparameter]:
+        """A weights file or reference is checked once, before any trial, against every model the
+        space may take: it resolves, loads with ``weights_only=True`` and fits shape by shape
+        (see :mod:`tlsearch_builtins.weights`); a relative path is made absolute from ``study_dir``."""
+        return check_weights_space(
+            space,
+            study_dir=study_dir,
+            models=lambda: timm_weights_targets([str(m) for m in space_values(space.get("model"))]),
+        )
 
     def build(self, **options: Any) -> BuiltBackbone:
         return build_timm_backbone(

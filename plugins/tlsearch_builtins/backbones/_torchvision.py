@@ -9,7 +9,8 @@ pooled features of that layer's input width.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,10 +19,16 @@ from torch import nn
 from tlsearch.errors import PluginError, format_choices
 from tlsearch.kinds import Backbone, BuiltBackbone
 from tlsearch.preprocessing import DataConfig
-from tlsearch.space import Fixed, Required
+from tlsearch.space import Fixed, Hyperparameter, Required
 from tlsearch_builtins.backbones._cost import measure_cost
-from tlsearch_builtins.backbones._timm import WEIGHTS_HELP
-from tlsearch_builtins.weights import load_into, load_state_dict_file, resolve_weights_path
+from tlsearch_builtins.backbones._timm import WEIGHTS_HELP, space_values
+from tlsearch_builtins.weights import (
+    ModelBuilders,
+    check_weights_space,
+    load_into,
+    load_state_dict_file,
+    resolve_weights_path,
+)
 
 AUX_LOGITS = ("googlenet", "inception_v3")  # built with aux_logits=False: one output in training too
 
@@ -148,6 +155,27 @@ def _meta_torchvision(name: str) -> nn.Module:
     return model
 
 
+def torchvision_weights_targets(model_names: list[str]) -> ModelBuilders:
+    """For the up-front weights check: each model as :meth:`TorchvisionBackbone.build` loads a
+    file into it (without its classifier when the file has fewer tensors), on the meta device."""
+
+    def builder(name: str) -> Callable[[Mapping[str, torch.Tensor]], nn.Module]:
+        def build(state: Mapping[str, torch.Tensor]) -> nn.Module:
+            from torchvision.models import get_model
+
+            _check_name(name)
+            kwargs: dict[str, Any] = {"aux_logits": False} if name in AUX_LOGITS else {}
+            with torch.device("meta"):
+                module = get_model(name, weights=None, **kwargs)
+            if len(state) < len(module.state_dict()):
+                strip_classifier(module)
+            return module
+
+        return build
+
+    return {name: builder(name) for name in model_names}
+
+
 class TorchvisionBackbone(Backbone):
     """Any torchvision classification model by name (``torchvision.models.get_model``), classifier removed.
 
@@ -176,6 +204,18 @@ class TorchvisionBackbone(Backbone):
     weights: str
     weights_tag: str
     weights_key_map: str
+
+    @classmethod
+    def check_space(
+        cls, space: Mapping[str, Hyperparameter], *, study_dir: Path | None
+    ) -> dict[str, Hyperparameter]:
+        """A weights file or reference is checked once, before any trial, against every model the
+        space may take (see :mod:`tlsearch_builtins.weights`); relative paths from ``study_dir``."""
+        return check_weights_space(
+            space,
+            study_dir=study_dir,
+            models=lambda: torchvision_weights_targets([str(m) for m in space_values(space.get("model"))]),
+        )
 
     def build(self, **options: Any) -> BuiltBackbone:
         from torchvision.models import get_model
