@@ -43,3 +43,19 @@ def format_choices(choices: Iterable[object], limit: int = 30) -> str:
     if len(items) > limit:
         return ", ".join(items[:limit]) + f", … ({len(items) - limit} more)"
     return ", ".join(items)
+
+
+def short_repr(value: object, limit: int = 200) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters with an ellipsis, for error messages.
+
+    A message echoes what the user gave; a crafted file can give megabytes, so no message may echo
+    a value in full. Containers are cut while they are written (``reprlib``), so a huge value costs
+    no more than its first few items.
+    """
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = shortener.maxlong = limit
+    shortener.maxlevel = 4
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
