@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tlsearch.config import StudyConfig, parse_config
-from tlsearch.errors import ConfigError
+from tlsearch.errors import ConfigError, short_repr
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,52 @@ class StudyDir:
         return parse_config(payload["config"], source=str(self.config_file), path=source)
 
     def storage(self, config: StudyConfig, override: str | None = None) -> str:
-        return override or config.storage or self.default_storage
+        """The storage of the study: ``override`` (``--storage``), the study's ``storage:``, or the
+        folder's default; a malformed URL or a driver that is not installed is a :class:`ConfigError`
+        naming where the storage came from (checked without connecting, so before anything is written)."""
+        if override:
+            check_storage(override, where="--storage")
+            return override
+        if config.storage:
+            check_storage(config.storage, where=f"{config.source or '<study>'}: storage")
+            return config.storage
+        return self.default_storage
+
+
+def check_storage(spec: str, *, where: str) -> None:
+    """Refuse a storage that cannot work, without connecting and without writing anything: an
+    unknown scheme, a database URL that does not parse, a SQLAlchemy dialect or driver that is not
+    installed. Whether the server answers is known only when the study is opened, which
+    :func:`tlsearch.search.run_study` does before it writes ``study.json``."""
+    from tlsearch.search.storage import redact, storage_kind, with_available_driver
+
+    try:
+        kind = storage_kind(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if kind == "journal":
+        return
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    shown = short_repr(redact(spec))
+    try:
+        url = sqlalchemy.engine.make_url(with_available_driver(spec))
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        raise ConfigError(f"{where}: storage {shown} is not a valid database URL: {exc}") from None
+    try:
+        dialect = url.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ConfigError(
+            f"{where}: storage {shown}: SQLAlchemy knows no database driver {url.drivername!r}; "
+            "valid forms: postgresql://user@host/db, mysql://…, sqlite:///file.db"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ConfigError(
+            f"{where}: storage {shown} needs a database driver that is not installed: {exc}"
+        ) from None
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
