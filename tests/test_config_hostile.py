@@ -247,3 +247,16 @@ def test_an_override_into_a_value_that_is_not_a_mapping_is_a_config_error(write_
     study.write_text(study.read_text().replace("search: null", "search: 5"))
     with pytest.raises(ConfigError, match=r"search: expected a mapping \(to set search\.n_trials\), got 5"):
         load_config(study, overrides={"search.n_trials": 2})
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", '{"source": null}', '{"config": [1], "source": null}', "[" * 100_000 + "]" * 100_000],
+    ids=["not json", "no config", "config not a mapping", "deep"],
+)
+def test_a_damaged_study_json_is_a_config_error(tmp_path: Path, content: str) -> None:
+    (tmp_path / "study.json").write_text(content)
+    result = CliRunner().invoke(main, ["status", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'study.json'}: not a study.json that tlsearch wrote" in result.output
+    assert "Traceback" not in result.output and len(result.output) < 1000

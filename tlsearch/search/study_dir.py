@@ -63,9 +63,17 @@ class StudyDir:
             raise ConfigError(
                 f"{str(self.root)!r} is not a tlsearch study folder (no study.json); run `tlsearch run` first"
             )
-        payload = json.loads(self.config_file.read_text())
-        source = Path(payload["source"]) if payload.get("source") else None
-        return parse_config(payload["config"], source=str(self.config_file), path=source)
+        try:
+            payload = json.loads(self.config_file.read_text(encoding="utf-8"))
+            config, source = payload["config"], payload.get("source")
+            if not isinstance(config, dict) or not isinstance(source, (str, type(None))):
+                raise TypeError("config must be a mapping and source a path")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise ConfigError(
+                f"{self.config_file}: not a study.json that tlsearch wrote ({type(exc).__name__}: "
+                f"{short_repr(str(exc))}); rerun `tlsearch run` with the study file to rewrite it"
+            ) from None
+        return parse_config(config, source=str(self.config_file), path=Path(source) if source else None)
 
     def storage(self, config: StudyConfig, override: str | None = None) -> str:
         """The storage of the study: ``override`` (``--storage``), the study's ``storage:``, or the
