@@ -234,7 +234,7 @@ def test_a_relative_export_path_must_stay_in_the_study_folder(write_study, tmp_p
     result = _run([str(study), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert f"{study}: export.path:" in result.output and repr(path) in result.output
-    assert not (tmp_path / "out").exists() and not (tmp_path.parent.parent / "x.onnx").exists()
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("path", ["model.onnx", "export/best.onnx", "/abs/on/purpose.onnx", "a/../b.onnx"])
@@ -260,3 +260,21 @@ def test_a_damaged_study_json_is_a_config_error(tmp_path: Path, content: str) ->
     assert result.exit_code == 2, result.output
     assert f"{tmp_path / 'study.json'}: not a study.json that tlsearch wrote" in result.output
     assert "Traceback" not in result.output and len(result.output) < 1000
+
+
+def test_a_relative_journal_of_the_study_lives_in_the_study_folder(write_study, tmp_path: Path) -> None:
+    study = write_study(storage="../../elsewhere.journal")
+    result = _run([str(study), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert f"{study}: storage: a relative journal file must stay inside the study folder" in result.output
+    assert not (tmp_path / "out").exists()
+
+    from tlsearch.search import StudyDir
+
+    config = load_config(write_study(storage="db/my.journal"))
+    assert StudyDir(tmp_path / "out").storage(config) == str(
+        (tmp_path / "out" / "db" / "my.journal").resolve()
+    )
+    assert StudyDir(tmp_path / "out").storage(config, "x.journal") == "x.journal"  # --storage: as given
+    absolute = str(tmp_path / "kept" / "elsewhere.journal")
+    assert StudyDir(tmp_path / "out").storage(load_config(write_study(storage=absolute))) == absolute

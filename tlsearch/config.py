@@ -188,12 +188,17 @@ class ExportSettings(_Strict):
         # would write wherever the study file says; outside on purpose means an absolute path
         if not v.strip():
             raise ValueError("the export path is empty; give a file name such as model.onnx")
-        if not os.path.isabs(v) and os.path.normpath(v).split(os.sep)[0] in {"..", "."}:
+        if escapes_the_folder(v):
             raise ValueError(
                 "a relative export path must stay inside the study folder (e.g. model.onnx or "
                 "export/model.onnx); give an absolute path to write elsewhere on purpose"
             )
         return v
+
+
+def escapes_the_folder(path: str) -> bool:
+    """Whether a relative ``path``, joined to a folder, is that folder itself or outside it."""
+    return not os.path.isabs(path) and os.path.normpath(path).split(os.sep)[0] in {"..", "."}
 
 
 class SpaceSettings(_Strict):
@@ -236,9 +241,23 @@ class StudyConfig(_Strict):
     training: TrainingSettings = TrainingSettings()
     search: SearchSettings = SearchSettings()
     export: ExportSettings = ExportSettings()
-    storage: str | None = None
+    storage: str | None = Field(
+        None,
+        description="a database URL, or a journal file: a relative one lives in the study folder",
+    )
     plugins: list[Path] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)
+
+    @field_validator("storage")
+    @classmethod
+    def _journal_inside_the_study_folder(cls, v: str | None) -> str | None:
+        # like export.path: a relative journal file is an output of the study, kept in its folder
+        if v is not None and "://" not in v and escapes_the_folder(v.removeprefix("journal:")):
+            raise ValueError(
+                "a relative journal file must stay inside the study folder (e.g. study.journal); "
+                "give an absolute path, or a database URL, to keep the study elsewhere"
+            )
+        return v
 
     @model_validator(mode="after")
     def _metric(self) -> StudyConfig:

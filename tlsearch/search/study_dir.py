@@ -84,8 +84,18 @@ class StudyDir:
             return override
         if config.storage:
             check_storage(config.storage, where=f"{config.source or '<study>'}: storage")
-            return config.storage
+            return self.journal_inside(config.storage)
         return self.default_storage
+
+    def journal_inside(self, spec: str) -> str:
+        """A relative journal file of the study's ``storage:`` lives in the study folder, as every
+        other output of the study does (``--storage`` paths stay relative to the working folder)."""
+        from tlsearch.search.storage import storage_kind
+
+        if storage_kind(spec) != "journal":
+            return spec
+        path = Path(spec.removeprefix("journal:")).expanduser()
+        return spec if path.is_absolute() else str((self.root / path).resolve())
 
 
 def check_storage(spec: str, *, where: str) -> None:
