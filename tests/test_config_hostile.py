@@ -278,3 +278,15 @@ def test_a_relative_journal_of_the_study_lives_in_the_study_folder(write_study, 
     assert StudyDir(tmp_path / "out").storage(config, "x.journal") == "x.journal"  # --storage: as given
     absolute = str(tmp_path / "kept" / "elsewhere.journal")
     assert StudyDir(tmp_path / "out").storage(load_config(write_study(storage=absolute))) == absolute
+
+
+def test_a_bad_storage_message_shows_no_password_and_no_megabytes(write_study, tmp_path: Path) -> None:
+    for storage in (
+        "bogus://user:s3cret@host/db",
+        "postgresql+nosuch://user:s3cret@host/db",
+        "bogus://" + "h" * 10**6,
+    ):
+        result = _run([str(write_study()), "--out", str(tmp_path / "out"), "--storage", storage])
+        assert result.exit_code == 2, result.output
+        assert "s3cret" not in result.output and "user:***@host" in result.output or "hhhh" in result.output
+        assert len(result.output) < 1000

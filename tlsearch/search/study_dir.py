@@ -105,16 +105,19 @@ def check_storage(spec: str, *, where: str) -> None:
     :func:`tlsearch.search.run_study` does before it writes ``study.json``."""
     from tlsearch.search.storage import redact, storage_kind, with_available_driver
 
+    shown = short_repr(redact(spec))  # no password, and not megabytes, in a message
     try:
         kind = storage_kind(spec)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    except ConfigError:
+        raise ConfigError(
+            f"{where}: storage {shown} is not valid; valid forms: postgresql://user@host/db (or another "
+            "SQLAlchemy URL: mysql://…, sqlite:///file.db), or a journal file path ending in .journal or .log"
+        ) from None
     if kind == "journal":
         return
     import sqlalchemy.engine
     import sqlalchemy.exc
 
-    shown = short_repr(redact(spec))
     try:
         url = sqlalchemy.engine.make_url(with_available_driver(spec))
     except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
