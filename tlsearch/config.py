@@ -2,31 +2,35 @@
 
 Two stages, both before anything is written:
 
-1. :func:`load_config` parses the YAML (``yaml.safe_load``) and validates its shape with pydantic:
-   unknown keys, wrong types, out-of-range numbers.
+1. :func:`load_config` parses the YAML (``safe_load``'s meaning, within the bounds of
+   :mod:`tlsearch.study_file`: UTF-8, no aliases, no key twice) and validates its shape with
+   pydantic: unknown keys, wrong types, out-of-range or non-finite numbers.
 2. :func:`resolve_space` checks the ``space`` section against the loaded plugins: unknown plugin
    names, unknown hyperparameters, values outside a hyperparameter's type or choices.
 
 Every error is one :class:`~tlsearch.errors.ConfigError` naming the file, the field, the bad value
-and the valid choices.
+and the valid choices; a value is echoed at most a few hundred characters long
+(:func:`~tlsearch.errors.short_repr`), since a crafted file can give megabytes.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tlsearch.errors import ConfigError, PluginError, format_choices
+from tlsearch.errors import ConfigError, PluginError, format_choices, short_repr
 from tlsearch.space import Categorical, Fixed, Float, Hyperparameter, SearchSpace, narrow
+from tlsearch.study_file import read_study_yaml
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Range(_Strict):
@@ -115,7 +119,7 @@ class TrainingSettings(_Strict):
     def _device(cls, v: str) -> str:
         if v in {"auto", "cpu", "cuda", "mps"} or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
-        raise ValueError(f"device {v!r} is not valid; valid choices: auto, cpu, cuda, cuda:N, mps")
+        raise ValueError(f"device {short_repr(v)} is not valid; valid choices: auto, cpu, cuda, cuda:N, mps")
 
 
 class RankSettings(_Strict):
@@ -159,7 +163,10 @@ class ExportSettings(_Strict):
     """What happens to the best trial at the end of ``tlsearch run``."""
 
     enabled: bool = True
-    path: str = "model.onnx"
+    path: str = Field(
+        "model.onnx",
+        description="relative to the study folder and inside it, or an absolute path on purpose",
+    )
     tolerance: float = Field(1e-4, gt=0)
     opset: int | None = Field(None, ge=17)
     raw_input: bool = Field(
@@ -173,6 +180,25 @@ class ExportSettings(_Strict):
     )
     on_accuracy_drop: Literal["error", "warn"] = "error"
     calibration_images: int = Field(128, ge=1, le=10_000)
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_study_folder(cls, v: str) -> str:
+        # a relative path is joined to the study folder: one that climbs out of it (../../x.onnx)
+        # would write wherever the study file says; outside on purpose means an absolute path
+        if not v.strip():
+            raise ValueError("the export path is empty; give a file name such as model.onnx")
+        if escapes_the_folder(v):
+            raise ValueError(
+                "a relative export path must stay inside the study folder (e.g. model.onnx or "
+                "export/model.onnx); give an absolute path to write elsewhere on purpose"
+            )
+        return v
+
+
+def escapes_the_folder(path: str) -> bool:
+    """Whether a relative ``path``, joined to a folder, is that folder itself or outside it."""
+    return not os.path.isabs(path) and os.path.normpath(path).split(os.sep)[0] in {"..", "."}
 
 
 class SpaceSettings(_Strict):
@@ -215,16 +241,30 @@ class StudyConfig(_Strict):
     training: TrainingSettings = TrainingSettings()
     search: SearchSettings = SearchSettings()
     export: ExportSettings = ExportSettings()
-    storage: str | None = None
+    storage: str | None = Field(
+        None,
+        description="a database URL, or a journal file: a relative one lives in the study folder",
+    )
     plugins: list[Path] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)
+
+    @field_validator("storage")
+    @classmethod
+    def _journal_inside_the_study_folder(cls, v: str | None) -> str | None:
+        # like export.path: a relative journal file is an output of the study, kept in its folder
+        if v is not None and "://" not in v and escapes_the_folder(v.removeprefix("journal:")):
+            raise ValueError(
+                "a relative journal file must stay inside the study folder (e.g. study.journal); "
+                "give an absolute path, or a database URL, to keep the study elsewhere"
+            )
+        return v
 
     @model_validator(mode="after")
     def _metric(self) -> StudyConfig:
         metrics = METRICS[self.task]
         if self.search.metric is not None and self.search.metric not in metrics:
             raise ValueError(
-                f"search.metric {self.search.metric!r} is not valid for task {self.task!r}; "
+                f"search.metric {short_repr(self.search.metric)} is not valid for task {self.task!r}; "
                 f"valid choices: {', '.join(metrics)}"
             )
         objectives = self.search.objectives
@@ -233,22 +273,23 @@ class StudyConfig(_Strict):
             for name in objectives:
                 if name not in valid:
                     raise ValueError(
-                        f"search.objectives: {name!r} is not valid for task {self.task!r}; valid choices: {', '.join(valid)}"
+                        f"search.objectives: {short_repr(name)} is not valid for task {self.task!r}; valid choices: {', '.join(valid)}"
                     )
             if objectives[0] not in metrics:
                 raise ValueError(
-                    f"search.objectives must start with the task's metric ({', '.join(metrics)}), got {objectives[0]!r}"
+                    f"search.objectives must start with the task's metric ({', '.join(metrics)}), got {short_repr(objectives[0])}"
                 )
             if len(set(objectives)) != len(objectives):
-                raise ValueError(f"search.objectives lists a name twice: {objectives}")
+                raise ValueError(f"search.objectives lists a name twice: {short_repr(objectives)}")
             if self.search.metric is not None and self.search.metric != objectives[0]:
                 raise ValueError(
-                    f"search.metric {self.search.metric!r} differs from the first objective {objectives[0]!r}; give one"
+                    f"search.metric {short_repr(self.search.metric)} differs from the first objective "
+                    f"{short_repr(objectives[0])}; give one"
                 )
         for name, limit in self.search.constraints.items():
             if name not in COST_OBJECTIVES:
                 raise ValueError(
-                    f"search.constraints: {name!r} cannot be constrained; valid choices: {', '.join(COST_OBJECTIVES)}"
+                    f"search.constraints: {short_repr(name)} cannot be constrained; valid choices: {', '.join(COST_OBJECTIVES)}"
                 )
             if limit <= 0:
                 raise ValueError(f"search.constraints.{name} must be > 0 but got {limit}")
@@ -294,6 +335,7 @@ def _field_path(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
     current: Any = StudyConfig
     parts: list[str] = []
     valid: list[str] = []
+    after_field = False  # the previous part was a field whose type is not a model (a union, say)
     for part in loc:
         if isinstance(current, type) and issubclass(current, BaseModel):
             valid = [k for k, f in current.model_fields.items() if not f.exclude]
@@ -312,9 +354,19 @@ def _field_path(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
             current = (
                 annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else ...
             )
+            after_field = current is ...
         elif current is ...:
-            parts.append(str(part))
+            if not (after_field and _is_union_tag(part)):  # e.g. training.lr's `float`
+                parts.append(str(part))
+            after_field = False
     return ".".join(parts), valid
+
+
+def _is_union_tag(part: object) -> bool:
+    """Whether a pydantic error location part is the tag of a union member, not a user's key."""
+    return isinstance(part, str) and (
+        part in {"float", "int", "str", "bool", "none"} or part.startswith("function-")
+    )
 
 
 def format_validation_error(exc: ValidationError, *, source: str) -> str:
@@ -322,12 +374,14 @@ def format_validation_error(exc: ValidationError, *, source: str) -> str:
     for err in exc.errors():
         field, valid = _field_path(tuple(err["loc"]))
         if err["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key {field!r}; valid keys here: {format_choices(valid)}")
+            lines.append(
+                f"{source}: unknown key {short_repr(field)}; valid keys here: {format_choices(valid)}"
+            )
         elif err["type"] == "missing":
             lines.append(f"{source}: {field}: required field is missing")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {field or '(top level)'}: {msg} (got {err.get('input')!r})")
+            lines.append(f"{source}: {field or '(top level)'}: {msg} (got {short_repr(err.get('input'))})")
     unique = list(dict.fromkeys(lines))
     return "\n".join(unique[:8]) + (f"\n… and {len(unique) - 8} more" if len(unique) > 8 else "")
 
@@ -336,14 +390,7 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None)
     """Read and validate a study file. ``overrides`` maps dotted keys (``search.n_trials``) to values."""
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read the study file: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    raw = read_study_yaml(path, source=source)
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{source}: the study file must be a mapping of keys (name, data, space, …), got {type(raw).__name__}"
@@ -351,14 +398,20 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")
-        for part in parents:
+        for i, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"{source}: {'.'.join(parents[: i + 1])}: expected a mapping (to set {dotted}), "
+                    f"got {short_repr(node)}"
+                )
         node[last] = value
     return parse_config(raw, source=source, path=path.resolve())
 
 
 def parse_config(raw: Mapping[str, Any], *, source: str = "<study>", path: Path | None = None) -> StudyConfig:
     """Validate an already-parsed study mapping (for scripts and tests)."""
+    _check_finite(raw, source)
     try:
         config = StudyConfig.model_validate({**raw, "source": path})
     except ValidationError as exc:
@@ -367,28 +420,59 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "<study>", path: Path 
     return config
 
 
+def _check_finite(raw: Mapping[str, Any], source: str) -> None:
+    """Refuse NaN and infinity anywhere in the study (``lr: .nan`` would fail every trial, a NaN
+    range or constraint compares false with everything). Iterative: ``raw`` may come from a script."""
+    stack: list[tuple[str, Any]] = [("", raw)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{source}: {where or '(top level)'}: {value} is not a finite number")
+        if isinstance(value, Mapping):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+
+
+def _exists(path: Path, *, folder: bool) -> bool:
+    """Whether ``path`` is a folder (or a file); a name the OS refuses (too long, NUL) is neither."""
+    try:
+        return path.is_dir() if folder else path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _check_paths(config: StudyConfig, source: str) -> None:
     d = config.data
     for field in ("train", "val", "folder"):
         value = getattr(d, field)
-        if value is not None and not config.resolve_path(value).is_dir():
+        if value is not None and not _exists(config.resolve_path(value), folder=True):
             raise ConfigError(
-                f"{source}: data.{field}: folder {str(config.resolve_path(value))!r} does not exist"
+                f"{source}: data.{field}: folder {short_repr(str(config.resolve_path(value)))} does not exist"
             )
     for field in ("csv", "val_csv"):
         value = getattr(d, field)
-        if value is not None and not config.resolve_path(value).is_file():
+        if value is not None and not _exists(config.resolve_path(value), folder=False):
             raise ConfigError(
-                f"{source}: data.{field}: file {str(config.resolve_path(value))!r} does not exist"
+                f"{source}: data.{field}: file {short_repr(str(config.resolve_path(value)))} does not exist"
             )
     for i, p in enumerate(config.plugins):
-        if not config.resolve_path(p).is_file():
+        if not _exists(config.resolve_path(p), folder=False):
             raise ConfigError(
-                f"{source}: plugins[{i}]: plugin file {str(config.resolve_path(p))!r} does not exist"
+                f"{source}: plugins[{i}]: plugin file {short_repr(str(config.resolve_path(p)))} does not exist"
             )
 
 
 # --- stage 2: the space against the registry ------------------------------------------------------
+
+
+_MESSAGE_LIMIT = 2000
+
+
+def _cap(message: str, limit: int = _MESSAGE_LIMIT) -> str:
+    """A message from a plugin or the registry, which may echo a name from the study in full, cut."""
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
 
 SPACE_KINDS = {"backbone": "backbone", "head": "head", "freezing": "freezing", "regularizers": "regularizer"}
 
@@ -416,24 +500,34 @@ class ResolvedSpace:
 
 def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
     """Check ``config.space`` against the registry; narrow every hyperparameter the study overrides."""
+    try:
+        return _resolve_space(config, registry)
+    except ConfigError as exc:  # the plugins' own checks echo values too: none echoes megabytes
+        message = str(exc)
+        if len(message) <= _MESSAGE_LIMIT:
+            raise
+        raise ConfigError(_cap(message)) from None
+
+
+def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
     source = str(config.source or "<study>")
     resolved: dict[str, tuple[PluginChoice, ...]] = {}
     for section, kind in SPACE_KINDS.items():
         choices = []
         for name, overrides in getattr(config.space, section).items():
-            where = f"{source}: space.{section}.{name}"
+            where = f"{source}: space.{section}.{short_repr(name)[1:-1]}"
             try:
                 info = registry.get(kind, name, where=f"{source}: space.{section}")
             except PluginError as exc:
-                raise ConfigError(str(exc)) from None
+                raise ConfigError(_cap(str(exc))) from None
             if not isinstance(overrides, Mapping):
                 raise ConfigError(
-                    f"{where}: expected a mapping of hyperparameter → value or range, got {overrides!r}"
+                    f"{where}: expected a mapping of hyperparameter → value or range, got {short_repr(overrides)}"
                 )
             try:
                 overrides = info.cls.expand_overrides(overrides)
             except PluginError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
+                raise ConfigError(_cap(f"{where}: {exc}")) from None
             enabled: Hyperparameter = Fixed(True)
             if kind == "regularizer":
                 enabled = narrow(
@@ -447,7 +541,7 @@ def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
             unknown = set(overrides) - set(declared)
             if unknown:
                 raise ConfigError(
-                    f"{where}: unknown hyperparameter {sorted(unknown)[0]!r}; "
+                    f"{where}: unknown hyperparameter {short_repr(sorted(unknown, key=str)[0])}; "
                     f"valid: {format_choices(declared)}" + (", enabled" if kind == "regularizer" else "")
                 )
             params: dict[str, Hyperparameter] = {}

@@ -51,3 +51,19 @@ class FailTrial(PluginCallError):
     ``failure_kind`` ``plugin`` and a reason naming the plugin and the message. Any other exception
     from an observer hook is logged and ignored, so that an observer cannot throw trained work away.
     (To prune instead, raise :class:`optuna.TrialPruned` from ``tlsearch_epoch_end``.)"""
+
+
+def short_repr(value: object, limit: int = 200) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters with an ellipsis, for error messages.
+
+    A message echoes what the user gave; a crafted file can give megabytes, so no message may echo
+    a value in full. Containers are cut while they are written (``reprlib``), so a huge value costs
+    no more than its first few items.
+    """
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = shortener.maxlong = limit
+    shortener.maxlevel = 4
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

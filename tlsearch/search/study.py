@@ -228,11 +228,11 @@ def run_study(
         on_progress=report,
     )
 
-    study_dir.save_config(config)
     rank = worker_rank if worker_rank is not None else int(os.environ.get(RANK_ENV, "0"))
     study = open_study(
         config, spec, worker=rank, heartbeat_interval=heartbeat_interval, grace_period=grace_period
     )
+    study_dir.save_config(config)  # only once the storage answered: a bad one leaves nothing behind
     _describe_study(study, config, data)
     budget = n_trials if n_trials is not None else config.search.n_trials
     timeout = timeout if timeout is not None else config.search.timeout

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tlsearch.config import StudyConfig, parse_config
-from tlsearch.errors import ConfigError
+from tlsearch.errors import ConfigError, short_repr
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,78 @@ class StudyDir:
             raise ConfigError(
                 f"{str(self.root)!r} is not a tlsearch study folder (no study.json); run `tlsearch run` first"
             )
-        payload = json.loads(self.config_file.read_text())
-        source = Path(payload["source"]) if payload.get("source") else None
-        return parse_config(payload["config"], source=str(self.config_file), path=source)
+        try:
+            payload = json.loads(self.config_file.read_text(encoding="utf-8"))
+            config, source = payload["config"], payload.get("source")
+            if not isinstance(config, dict) or not isinstance(source, (str, type(None))):
+                raise TypeError("config must be a mapping and source a path")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise ConfigError(
+                f"{self.config_file}: not a study.json that tlsearch wrote ({type(exc).__name__}: "
+                f"{short_repr(str(exc))}); rerun `tlsearch run` with the study file to rewrite it"
+            ) from None
+        return parse_config(config, source=str(self.config_file), path=Path(source) if source else None)
 
     def storage(self, config: StudyConfig, override: str | None = None) -> str:
-        return override or config.storage or self.default_storage
+        """The storage of the study: ``override`` (``--storage``), the study's ``storage:``, or the
+        folder's default; a malformed URL or a driver that is not installed is a :class:`ConfigError`
+        naming where the storage came from (checked without connecting, so before anything is written)."""
+        if override:
+            check_storage(override, where="--storage")
+            return override
+        if config.storage:
+            check_storage(config.storage, where=f"{config.source or '<study>'}: storage")
+            return self.journal_inside(config.storage)
+        return self.default_storage
+
+    def journal_inside(self, spec: str) -> str:
+        """A relative journal file of the study's ``storage:`` lives in the study folder, as every
+        other output of the study does (``--storage`` paths stay relative to the working folder)."""
+        from tlsearch.search.storage import storage_kind
+
+        if storage_kind(spec) != "journal":
+            return spec
+        path = Path(spec.removeprefix("journal:")).expanduser()
+        return spec if path.is_absolute() else str((self.root / path).resolve())
+
+
+def check_storage(spec: str, *, where: str) -> None:
+    """Refuse a storage that cannot work, without connecting and without writing anything: an
+    unknown scheme, a database URL that does not parse, a SQLAlchemy dialect or driver that is not
+    installed. Whether the server answers is known only when the study is opened, which
+    :func:`tlsearch.search.run_study` does before it writes ``study.json``."""
+    from tlsearch.search.storage import redact, storage_kind, with_available_driver
+
+    shown = short_repr(redact(spec))  # no password, and not megabytes, in a message
+    try:
+        kind = storage_kind(spec)
+    except ConfigError:
+        raise ConfigError(
+            f"{where}: storage {shown} is not valid; valid forms: postgresql://user@host/db (or another "
+            "SQLAlchemy URL: mysql://…, sqlite:///file.db), or a journal file path ending in .journal or .log"
+        ) from None
+    if kind == "journal":
+        return
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    try:
+        url = sqlalchemy.engine.make_url(with_available_driver(spec))
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        raise ConfigError(f"{where}: storage {shown} is not a valid database URL: {exc}") from None
+    try:
+        dialect = url.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ConfigError(
+            f"{where}: storage {shown}: SQLAlchemy knows no database driver {url.drivername!r}; "
+            "valid forms: postgresql://user@host/db, mysql://…, sqlite:///file.db"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ConfigError(
+            f"{where}: storage {shown} needs a database driver that is not installed: {exc}"
+        ) from None
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
