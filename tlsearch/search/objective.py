@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -48,10 +48,16 @@ class TrialFailed(TlsearchError):
     so nothing of the failed step stays referenced)."""
 
 
-def train_settings(config: StudyConfig, *, batch_size: int, lr: float) -> TrainSettings:
-    """What the training loop needs of the study's ``training`` section, for one trial."""
+def train_settings(
+    config: StudyConfig, *, batch_size: int, lr: float, choices: Mapping[str, Any] | None = None
+) -> TrainSettings:
+    """What the training loop needs of the study's ``training`` section, for one trial (its sampled
+    ``train.warmup`` / ``train.clip_grad_norm`` from ``choices`` when the study searches them)."""
     t = config.training
+    choices = choices or {}
     return TrainSettings(
+        warmup=float(choices.get("train.warmup", t.warmup)),  # type: ignore[arg-type]  # a Range is sampled
+        clip_grad_norm=choices.get("train.clip_grad_norm", t.clip_grad_norm),
         epochs=t.epochs,
         batch_size=batch_size,
         lr=lr,
@@ -303,7 +309,7 @@ class Objective:
             regularizers=plugins.regularizers,
             task=config.task,
             num_outputs=self.data.num_outputs,
-            settings=train_settings(config, batch_size=batch_size, lr=choices["train.lr"]),
+            settings=train_settings(config, batch_size=batch_size, lr=choices["train.lr"], choices=choices),
             device=self.device,
             seed=seed,
             feature_cache_dir=self.study_dir.cache,
