@@ -16,6 +16,7 @@ from tlsearch_builtins.freezing import (
     LayerDecay,
     LinearProbe,
 )
+from tlsearch_builtins.freezing._static import REFERENCE_DEPTH
 
 from tlsearch.registry import get_plugin_manager
 from tlsearch.testing import (
@@ -25,7 +26,6 @@ from tlsearch.testing import (
     tiny_transfer_model,
     train_and_record,
 )
-from tlsearch_builtins.freezing._static import REFERENCE_DEPTH
 
 GROUPS = ("stem", "stage1", "stage2")  # TinyBackbone's layer groups
 

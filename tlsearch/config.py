@@ -122,7 +122,7 @@ class TrainingSettings(_Strict):
     @classmethod
     def _warmup_fraction(cls, v: float | Range) -> float | Range:
         low, high = (v.low, v.high) if isinstance(v, Range) else (v, v)
-        if not (0.0 <= low and high < 1.0):
+        if not (low >= 0.0 and high < 1.0):
             raise ValueError(f"warmup is a fraction of the steps in [0, 1) but got {v}")
         return v
 
@@ -134,11 +134,12 @@ class TrainingSettings(_Strict):
             raise ValueError(f"clip_grad_norm must be > 0 (omit it for no clipping) but got {v}")
         return v
 
-    @model_validator(mode="after")
-    def _sgd_lr(self) -> TrainingSettings:
-        if self.optimizer == "sgd" and "lr" not in self.model_fields_set:
-            self.lr = Range(low=1e-4, high=1e-1, log=True)  # SGD's steps need a larger lr than AdamW's
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _sgd_lr(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("optimizer") == "sgd" and "lr" not in data:
+            return {**data, "lr": {"low": 1e-4, "high": 1e-1, "log": True}}  # SGD needs larger steps
+        return data
 
     @field_validator("device")
     @classmethod

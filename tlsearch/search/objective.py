@@ -12,7 +12,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tlsearch.config import ResolvedSpace, StudyConfig
+from tlsearch.config import Range, ResolvedSpace, StudyConfig
 from tlsearch.errors import TlsearchError
 from tlsearch.rank.ranking import choices_identity
 from tlsearch.registry import PluginManager
@@ -55,9 +55,14 @@ def train_settings(
     ``train.warmup`` / ``train.clip_grad_norm`` from ``choices`` when the study searches them)."""
     t = config.training
     choices = choices or {}
+    # a searched setting (a range) is in choices; a trial made without it takes the loop's default
+    warmup = choices.get("train.warmup", t.warmup if isinstance(t.warmup, float) else TrainSettings.warmup)
+    clip = choices.get(
+        "train.clip_grad_norm", t.clip_grad_norm if not isinstance(t.clip_grad_norm, Range) else None
+    )
     return TrainSettings(
-        warmup=float(choices.get("train.warmup", t.warmup)),  # type: ignore[arg-type]  # a Range is sampled
-        clip_grad_norm=choices.get("train.clip_grad_norm", t.clip_grad_norm),
+        warmup=float(warmup),
+        clip_grad_norm=None if clip is None else float(clip),
         epochs=t.epochs,
         batch_size=batch_size,
         lr=lr,

@@ -32,7 +32,7 @@ from tlsearch.kinds import (
 )
 from tlsearch.kinds._base import NAME_PATTERN, RESERVED_PARAMS
 from tlsearch.space import Categorical, Fixed, Float, Int, Required
-from tlsearch.testing._loop import EpochRecord, train_and_record
+from tlsearch.testing._loop import train_and_record
 from tlsearch.testing._tiny import TinyBackbone, synthetic_images, tiny_transfer_model
 
 

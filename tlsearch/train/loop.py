@@ -175,7 +175,9 @@ class Trainer:
                 f"unknown loss option(s) {sorted(unknown)} from regularizers; valid: label_smoothing"
             )
         if settings.clip_grad_norm is not None and not settings.clip_grad_norm > 0:
-            raise ConfigError(f"clip_grad_norm must be > 0 (or None: no clipping) but got {settings.clip_grad_norm}")
+            raise ConfigError(
+                f"clip_grad_norm must be > 0 (or None: no clipping) but got {settings.clip_grad_norm}"
+            )
         self.channels_last = False
         self._normalizer: Normalizer | None = None
         self.optimizer: torch.optim.Optimizer | None = None  # the real optimizer, once fit built it

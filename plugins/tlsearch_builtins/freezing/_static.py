@@ -132,7 +132,10 @@ class LayerDecay(FreezingStrategy):
     name = "layer_decay"
     hyperparameters = {
         "decay": Float(
-            0.5, 0.95, default=0.75, help=f"lr multiplier per layer of a {REFERENCE_DEPTH}-block reference depth"
+            0.5,
+            0.95,
+            default=0.75,
+            help=f"lr multiplier per layer of a {REFERENCE_DEPTH}-block reference depth",
         )
     }
     decay: float
