@@ -46,7 +46,9 @@ def _data(n: int = 16, size: int = 16, seed: int = 0):
     return images, labels
 
 
-def _trainer(model: TransferModel, strategy: FreezingStrategy, regularizers=(), **settings: Any) -> Trainer:
+def _trainer(
+    model: TransferModel, strategy: FreezingStrategy, regularizers=(), device: str = "cpu", **settings: Any
+) -> Trainer:
     return Trainer(
         model,
         strategy=strategy,
@@ -64,6 +66,7 @@ def _trainer(model: TransferModel, strategy: FreezingStrategy, regularizers=(), 
                 **settings,
             }
         ),
+        device=device,
     )
 
 
@@ -183,9 +186,15 @@ def test_position_embedding_and_class_token_take_no_weight_decay(wrapped: bool) 
     """Bug caught: the no-decay set built from ``ndim < 2`` only (or names not prefixed right)."""
     model = _tiny_vit(wrapped=wrapped)
     trainer = _trainer(model, FullFinetune(), [WeightDecay(strength=0.05)])
-    _fit(trainer)
-    assert trainer.optimizer is not None
-    decay_of = {id(p): pg["weight_decay"] for pg in trainer.optimizer.param_groups for p in pg["params"]}
+    decay_of: dict[int, float] = {}
+
+    def read_groups(epoch: int) -> None:
+        assert trainer.optimizer is not None
+        decay_of.update(
+            {id(p): pg["weight_decay"] for pg in trainer.optimizer.param_groups for p in pg["params"]}
+        )
+
+    _fit(trainer, on_epoch_start=read_groups)
     named = dict(model.named_parameters())
     prefix = "backbone.model." if wrapped else "backbone."
     for name in ("pos_embed", "cls_token", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"):
@@ -345,3 +354,18 @@ def test_frozen_groups_stay_bit_identical_under_weight_decay() -> None:
         if name.endswith("num_batches_tracked"):
             continue
         assert torch.equal(value, after[name]) == frozen, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a grad scaler needs a GPU")
+def test_clip_grad_norm_bounds_the_unscaled_gradient_under_fp16() -> None:
+    """Bug caught: clipping the scaled gradients (before ``scaler.unscale_``), a no-op in practice."""
+    trainer = _trainer(
+        tiny_transfer_model(TinyBackbone()),
+        FullFinetune(),
+        device="cuda",
+        clip_grad_norm=1e-3,
+        precision="fp16",
+    )
+    with _steps() as steps:
+        _fit(trainer)
+    assert steps and max(s["grad_norm"] for s in steps) <= 1e-3 * (1 + 1e-3)

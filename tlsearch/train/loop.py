@@ -180,7 +180,7 @@ class Trainer:
             )
         self.channels_last = False
         self._normalizer: Normalizer | None = None
-        self.optimizer: torch.optim.Optimizer | None = None  # the real optimizer, once fit built it
+        self.optimizer: torch.optim.Optimizer | None = None  # the real optimizer while fit runs
         self._warmup = 0  # warm-up steps, known once fit counts the steps
 
     # --- the pieces ---------------------------------------------------------------------------
@@ -344,7 +344,8 @@ class Trainer:
         Each epoch starts with ``model.train()``, then the strategy's ``on_epoch_start`` (what trains
         this epoch), then its ``set_train_mode`` (the BatchNorm policy, which so sees this epoch's
         ``requires_grad``), then the observer ``on_epoch_start(epoch)`` (tests and
-        :mod:`tlsearch.testing` record the epoch's state there; ``self.optimizer`` is built by then).
+        :mod:`tlsearch.testing` record the epoch's state there, ``self.optimizer`` included, which
+        is set only while ``fit`` runs).
         """
         started = time.perf_counter()
         torch.manual_seed(self.seed)
@@ -421,6 +422,7 @@ class Trainer:
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, metrics)
         finally:
+            self.optimizer = None  # its state (AdamW's moments) is freed with fit's frame, as before
             for reg in self.regularizers:
                 reg.teardown(model)
             if decision.compile:
