@@ -288,8 +288,9 @@ class FreezingStrategyContract(PluginContract):
 
 class RegularizerContract(PluginContract):
     """Options are dicts; ``transform_batch`` keeps shapes and returns valid (soft) targets; ``penalty``
-    is None or a finite scalar (with ``images=None`` too unless ``uses_inputs``); a few training steps
-    with it run and the model changes; ``teardown`` leaves the model as it found it (no hooks)."""
+    is None or a finite scalar (with ``images=None`` too unless ``uses_inputs``); a few steps of the
+    real trainer with it run and the model changes; ``teardown`` leaves the model as it found it
+    (no hooks)."""
 
     plugin: ClassVar[type[Regularizer]]
 
