@@ -1,5 +1,6 @@
-"""The built-in freezing strategies: the contract checks (frozen parameters bit-identical, trained
-ones moved, BatchNorm statistics as the policy says), plus each strategy's own schedule."""
+"""The built-in freezing strategies in the real trainer: the contract checks (frozen parameters
+bit-identical, trained ones moved, BatchNorm modes and statistics as the policy says), plus each
+strategy's own schedule."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ from tlsearch_builtins.freezing import (
     LayerDecay,
     LinearProbe,
 )
+from tlsearch_builtins.freezing._static import REFERENCE_DEPTH
 
 from tlsearch.registry import get_plugin_manager
 from tlsearch.testing import (
     FreezingStrategyContract,
     TinyBackbone,
-    simulate_training,
     synthetic_images,
     tiny_transfer_model,
+    train_and_record,
 )
 
 GROUPS = ("stem", "stage1", "stage2")  # TinyBackbone's layer groups
@@ -31,7 +33,7 @@ GROUPS = ("stem", "stage1", "stage2")  # TinyBackbone's layer groups
 def _train(strategy, epochs=3):
     model = tiny_transfer_model(TinyBackbone())
     images, labels = synthetic_images(32, size=16)
-    return model, simulate_training(model, strategy, images=images, targets=labels, epochs=epochs)
+    return model, train_and_record(model, strategy, images=images, targets=labels, epochs=epochs)
 
 
 def _trained_groups(record) -> list[str]:
@@ -62,6 +64,9 @@ class TestLayerDecay(FreezingStrategyContract):
 
 class TestBitFit(FreezingStrategyContract):
     plugin = BitFit
+
+    def batchnorm_should_train(self, strategy, *, module_name, params, trainable):
+        return False  # BitFit's documented policy: BatchNorm biases train, the statistics stay frozen
 
 
 class TestBitFitWithNorms(FreezingStrategyContract):
@@ -114,18 +119,20 @@ def test_freeze_stages_with_everything_frozen_is_a_probe() -> None:
     assert strategy.backbone_frozen and _trained_groups(records[0]) == []
 
 
-def test_layer_decay_learning_rates_are_geometric() -> None:
+def test_layer_decay_learning_rates_are_geometric_in_the_fraction_of_depth() -> None:
     model = tiny_transfer_model(TinyBackbone())
     groups = LayerDecay(decay=0.5).setup(model)
     assert [g.name for g in groups] == ["group0", "group1", "group2", "head"]
-    assert [g.lr_scale for g in groups] == [0.125, 0.25, 0.5, 1.0]
+    k = REFERENCE_DEPTH
+    assert [g.lr_scale for g in groups] == pytest.approx([0.5**k, 0.5 ** (k * 2 / 3), 0.5 ** (k / 3), 1.0])
     assert all(p.requires_grad for p in model.parameters())
 
 
 def test_layer_decay_lr_is_what_the_optimizer_uses() -> None:
     _, records = _train(LayerDecay(decay=0.8), epochs=1)
+    k = REFERENCE_DEPTH
     assert records[0].lr_scales == pytest.approx(
-        {"group0": 0.8**3, "group1": 0.8**2, "group2": 0.8, "head": 1.0}
+        {"group0": 0.8**k, "group1": 0.8 ** (k * 2 / 3), "group2": 0.8 ** (k / 3), "head": 1.0}
     )
 
 

@@ -24,9 +24,9 @@ from tlsearch.testing import (
     RegularizerContract,
     TinyBackbone,
     TrainEverything,
-    simulate_training,
     synthetic_images,
     tiny_transfer_model,
+    train_and_record,
 )
 
 
@@ -236,7 +236,7 @@ def test_several_regularizers_train_together() -> None:
     model = tiny_transfer_model(TinyBackbone())
     images, labels = synthetic_images(16, size=16)
     regs = [WeightDecay(), LabelSmoothing(), Mixup(), CutMix(), L2SP(), DELTA(), BSS()]
-    records = simulate_training(
+    records = train_and_record(
         model, TrainEverything(), regularizers=regs, images=images, targets=labels, epochs=2
     )
     assert all(np.isfinite(r.losses).all() for r in records)

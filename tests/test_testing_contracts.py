@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tlsearch_builtins.freezing import FullFinetune, LinearProbe
 
-from tlsearch.testing import TinyBackbone, simulate_training, snapshot, synthetic_images, tiny_transfer_model
+from tlsearch.testing import TinyBackbone, snapshot, synthetic_images, tiny_transfer_model, train_and_record
 
 BROKEN = textwrap.dedent(
     '''
@@ -38,6 +38,18 @@ BROKEN = textwrap.dedent(
             for p in model.backbone.parameters():
                 p.requires_grad_(False)
             return [ParamGroup("head", list(model.head.parameters()))]
+        def set_train_mode(self, model):
+            pass
+
+
+    class FreezesButKeepsStatsMoving(FreezingStrategy):
+        """Freezes the stem's weights but leaves its BatchNorm statistics updating (no policy)."""
+        name = "drifting_stem"
+        def setup(self, model):
+            stem = {id(p) for p in model.backbone_groups()[0]}
+            for p in model.parameters():
+                p.requires_grad_(id(p) not in stem)
+            return [ParamGroup("all", [p for p in model.parameters() if p.requires_grad])]
         def set_train_mode(self, model):
             pass
 
@@ -91,6 +103,9 @@ BROKEN = textwrap.dedent(
     class TestLeakyProbe(FreezingStrategyContract):
         plugin = ProbeThatTrainsBatchNorm
 
+    class TestDriftingStem(FreezingStrategyContract):
+        plugin = FreezesButKeepsStatsMoving
+
     class TestForgetsHead(FreezingStrategyContract):
         plugin = ForgetsTheHead
 
@@ -125,6 +140,8 @@ BROKEN = textwrap.dedent(
 
 MUST_FAIL = {
     "TestLeakyProbe.test_backbone_frozen_means_frozen",
+    "TestLeakyProbe.test_batchnorm_follows_the_policy",
+    "TestDriftingStem.test_batchnorm_follows_the_policy",
     "TestForgetsHead.test_groups_cover_trainable_parameters_once",
     "TestForgetsHead.test_frozen_parameters_unchanged_and_trained_ones_moved",
     "TestIgnoresOutFeatures.test_output_shape[1]",
@@ -170,17 +187,18 @@ def test_contracts_fail_broken_plugins_and_pass_good_ones(tmp_path: Path) -> Non
     }
 
 
-def test_simulated_training_follows_the_trainer_calling_order() -> None:
+def test_train_and_record_records_each_epoch_of_the_real_trainer() -> None:
     """The helper records requires_grad and BatchNorm modes as set for each epoch, and changes weights."""
     model = tiny_transfer_model(TinyBackbone())
     images, labels = synthetic_images(16, size=16)
     start = snapshot(model)
-    records = simulate_training(model, LinearProbe(), images=images, targets=labels, epochs=1)
+    records = train_and_record(model, LinearProbe(), images=images, targets=labels, epochs=1)
     assert records[0].trainable == {"head.weight", "head.bias"}
     assert torch.equal(start["param:backbone.stem.0.weight"], snapshot(model)["param:backbone.stem.0.weight"])
     assert not torch.equal(start["param:head.weight"], snapshot(model)["param:head.weight"])
-    records = simulate_training(model, FullFinetune(), images=images, targets=labels, epochs=1)
+    records = train_and_record(model, FullFinetune(), images=images, targets=labels, epochs=1)
     assert all(records[0].bn_training.values())
+    assert set(records[0].metrics) >= {"train_loss", "val_loss", "accuracy"}
 
 
 def test_synthetic_images_differ_by_structure_not_colour() -> None:

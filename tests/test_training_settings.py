@@ -1,12 +1,19 @@
-"""The speed settings of a study's ``training`` section reach its trials."""
+"""The settings of a study's ``training`` section (speed, warm-up, clipping, the lr range) reach its trials."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
+import yaml
 
-from tlsearch.search import run_study
+from tlsearch.config import TrainingSettings, load_config, resolve_space
+from tlsearch.errors import ConfigError
+from tlsearch.registry import get_plugin_manager
+from tlsearch.search import prepare, run_study
+from tlsearch.search.objective import train_settings
+from tlsearch.search.sampling import sample_choices
 
 
 @pytest.mark.slow
@@ -36,3 +43,60 @@ def test_by_default_a_linear_probe_trains_on_cached_features(write_study, tmp_pa
     (trial,) = run_study(study, out_dir=tmp_path / "out", progress=False).study.trials
     assert trial.user_attrs["feature_cache"] is True
     assert trial.user_attrs["speed"]["data_placement"] in ("features", "resident")
+
+
+@pytest.mark.parametrize(
+    ("training", "fragments"),
+    [
+        ({"warmup": 1.5}, ["training.warmup", "[0, 1)", "1.5"]),
+        ({"warmup": {"low": 0.0, "high": 1.0}}, ["training.warmup", "[0, 1)"]),
+        ({"clip_grad_norm": 0}, ["training.clip_grad_norm", "must be > 0", "got 0"]),
+    ],
+)
+def test_bad_warmup_or_clip_is_a_config_error(write_study, tmp_path: Path, training, fragments) -> None:
+    study = write_study(training=training)
+    with pytest.raises(ConfigError) as err:
+        prepare(study, out_dir=tmp_path / "out")
+    for fragment in fragments:
+        assert fragment in str(err.value), (fragment, str(err.value))
+
+
+def test_warmup_and_clip_are_searched_like_lr_and_reach_the_trial_settings(write_study) -> None:
+    study = write_study(
+        training={
+            "warmup": {"low": 0.01, "high": 0.2},
+            "clip_grad_norm": {"low": 0.5, "high": 5.0, "log": True},
+        }
+    )
+    config = load_config(study)
+    space = resolve_space(config, get_plugin_manager().registry)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    choices = sample_choices(trial, space)
+    assert 0.01 <= choices["train.warmup"] <= 0.2 and 0.5 <= choices["train.clip_grad_norm"] <= 5.0
+    assert {"train.warmup", "train.clip_grad_norm"} <= set(trial.params)  # Optuna searches them
+    settings = train_settings(config, batch_size=8, lr=1e-3, choices=choices)
+    assert (settings.warmup, settings.clip_grad_norm) == (
+        choices["train.warmup"],
+        choices["train.clip_grad_norm"],
+    )
+
+
+def test_fixed_warmup_and_clip_are_not_searched(write_study) -> None:
+    config = load_config(write_study(training={"warmup": 0.1, "clip_grad_norm": 1.0}))
+    choices = sample_choices(
+        optuna.create_study().ask(), resolve_space(config, get_plugin_manager().registry)
+    )
+    assert "train.warmup" not in choices and "train.clip_grad_norm" not in choices
+    settings = train_settings(config, batch_size=8, lr=1e-3, choices=choices)
+    assert (settings.warmup, settings.clip_grad_norm) == (0.1, 1.0)
+
+
+def test_default_lr_ranges_suit_fine_tuning(write_study) -> None:
+    """AdamW: 1e-5 … 3e-3 (fine-tuning pretrained weights); SGD: 1e-4 … 1e-1. Defaults: 5% warm-up, no clip."""
+    raw = yaml.safe_load(write_study().read_text())
+    del raw["training"]["lr"]
+    for optimizer, (low, high) in (("adamw", (1e-5, 3e-3)), ("sgd", (1e-4, 1e-1))):
+        training = TrainingSettings.model_validate({**raw["training"], "optimizer": optimizer})
+        assert (training.lr.low, training.lr.high, training.lr.log) == (low, high, True)  # type: ignore[union-attr]
+    assert (training.warmup, training.clip_grad_norm) == (0.05, None)
+    assert TrainingSettings.model_validate({"optimizer": "sgd", "lr": 0.5}).lr == 0.5

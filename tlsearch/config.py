@@ -88,12 +88,20 @@ class TrainingSettings(_Strict):
     cached features), ``augment_frozen`` (randomly augment frozen-backbone trials, which then
     cannot use the cache). ``retry_oom``: a trial that runs out of GPU memory is retried once at
     half the batch size.
+
+    ``lr`` defaults to a range that suits fine-tuning pretrained weights with AdamW
+    (``1e-5 … 3e-3``, log; the head trains at the full lr, so probes reach the top of the range)
+    and to ``1e-4 … 1e-1`` with SGD. ``warmup``: the fraction of all steps over which the learning
+    rate ramps up linearly (default 0.05); ``clip_grad_norm``: clip the global gradient norm
+    (default: off). Both may be ranges to search, like ``lr``.
     """
 
     epochs: int = Field(3, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=65_536)
     eval_batch_size: int | None = Field(None, ge=1)
-    lr: float | Range = Range(low=1e-4, high=1e-2, log=True)
+    lr: float | Range = Range(low=1e-5, high=3e-3, log=True)
+    warmup: float | Range = 0.05
+    clip_grad_norm: float | Range | None = None
     optimizer: Literal["adamw", "sgd"] = "adamw"
     scheduler: Literal["cosine", "constant"] = "cosine"
     augment: bool = True
@@ -113,6 +121,29 @@ class TrainingSettings(_Strict):
         if isinstance(v, (int, float)) and v <= 0:
             raise ValueError(f"lr must be > 0 but got {v}")
         return v
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup_fraction(cls, v: float | Range) -> float | Range:
+        low, high = (v.low, v.high) if isinstance(v, Range) else (v, v)
+        if not (low >= 0.0 and high < 1.0):
+            raise ValueError(f"warmup is a fraction of the steps in [0, 1) but got {v}")
+        return v
+
+    @field_validator("clip_grad_norm")
+    @classmethod
+    def _positive_clip(cls, v: float | Range | None) -> float | Range | None:
+        low = v.low if isinstance(v, Range) else v
+        if low is not None and not low > 0:
+            raise ValueError(f"clip_grad_norm must be > 0 (omit it for no clipping) but got {v}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sgd_lr(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("optimizer") == "sgd" and "lr" not in data:
+            return {**data, "lr": {"low": 1e-4, "high": 1e-1, "log": True}}  # SGD needs larger steps
+        return data
 
     @field_validator("device")
     @classmethod
@@ -496,6 +527,8 @@ class ResolvedSpace:
     freezing: tuple[PluginChoice, ...]
     regularizers: tuple[PluginChoice, ...]
     lr: Hyperparameter
+    warmup: Hyperparameter = Fixed(0.05)
+    clip_grad_norm: Hyperparameter = Fixed(None)
 
 
 def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
@@ -562,6 +595,14 @@ def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
                 raise ConfigError(f"{where}: {exc}") from None
             choices.append(PluginChoice(kind, name, SearchSpace(params), enabled))
         resolved[section] = tuple(choices)
-    lr = config.training.lr
-    lr_hp: Hyperparameter = Float(lr.low, lr.high, log=lr.log) if isinstance(lr, Range) else Fixed(float(lr))
-    return ResolvedSpace(lr=lr_hp, **resolved)
+    t = config.training
+    return ResolvedSpace(
+        lr=_setting(t.lr), warmup=_setting(t.warmup), clip_grad_norm=_setting(t.clip_grad_norm), **resolved
+    )
+
+
+def _setting(value: float | Range | None) -> Hyperparameter:
+    """A training setting as a hyperparameter: a range is searched, a number (or None) is fixed."""
+    if isinstance(value, Range):
+        return Float(value.low, value.high, log=value.log)
+    return Fixed(None if value is None else float(value))

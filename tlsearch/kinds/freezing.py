@@ -44,10 +44,12 @@ class FreezingStrategy(Plugin):
         """Set ``requires_grad`` on every parameter and return the optimizer's param groups."""
 
     def on_epoch_start(self, model: TransferModel, epoch: int, groups: list[ParamGroup]) -> None:  # noqa: B027
-        """Called before each epoch (0-based); may change ``requires_grad`` and ``groups[i].lr_scale``."""
+        """Called before each epoch (0-based), after ``model.train()`` and before :meth:`set_train_mode`;
+        may change ``requires_grad`` and ``groups[i].lr_scale``."""
 
     def set_train_mode(self, model: TransferModel) -> None:
-        """Called after ``model.train()`` at the start of each epoch.
+        """Called at the start of each epoch after ``model.train()`` and :meth:`on_epoch_start`, so the
+        policy sees the epoch's own ``requires_grad``.
 
         Default BatchNorm policy: a normalisation layer whose parameters are all frozen runs in eval
         mode, so its running statistics stay those of pretraining (as when it is frozen in Keras and

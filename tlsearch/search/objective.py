@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from tlsearch.config import ResolvedSpace, StudyConfig
+from tlsearch.config import Range, ResolvedSpace, StudyConfig
 from tlsearch.errors import TlsearchError
 from tlsearch.rank.ranking import choices_identity
 from tlsearch.registry import PluginManager
@@ -48,10 +48,21 @@ class TrialFailed(TlsearchError):
     so nothing of the failed step stays referenced)."""
 
 
-def train_settings(config: StudyConfig, *, batch_size: int, lr: float) -> TrainSettings:
-    """What the training loop needs of the study's ``training`` section, for one trial."""
+def train_settings(
+    config: StudyConfig, *, batch_size: int, lr: float, choices: Mapping[str, Any] | None = None
+) -> TrainSettings:
+    """What the training loop needs of the study's ``training`` section, for one trial (its sampled
+    ``train.warmup`` / ``train.clip_grad_norm`` from ``choices`` when the study searches them)."""
     t = config.training
+    choices = choices or {}
+    # a searched setting (a range) is in choices; a trial made without it takes the loop's default
+    warmup = choices.get("train.warmup", t.warmup if isinstance(t.warmup, float) else TrainSettings.warmup)
+    clip = choices.get(
+        "train.clip_grad_norm", t.clip_grad_norm if not isinstance(t.clip_grad_norm, Range) else None
+    )
     return TrainSettings(
+        warmup=float(warmup),
+        clip_grad_norm=None if clip is None else float(clip),
         epochs=t.epochs,
         batch_size=batch_size,
         lr=lr,
@@ -317,7 +328,7 @@ class Objective:
             regularizers=plugins.regularizers,
             task=config.task,
             num_outputs=self.data.num_outputs,
-            settings=train_settings(config, batch_size=batch_size, lr=choices["train.lr"]),
+            settings=train_settings(config, batch_size=batch_size, lr=choices["train.lr"], choices=choices),
             device=self.device,
             seed=seed,
             feature_cache_dir=self.study_dir.cache,

@@ -21,7 +21,7 @@ import torch
 from tlsearch.config import PluginChoice, ResolvedSpace
 from tlsearch.kinds import Backbone, FreezingStrategy, Head, Regularizer, TransferModel
 from tlsearch.registry import Registry
-from tlsearch.space import Categorical, _Trial
+from tlsearch.space import Categorical, Fixed, _Trial
 from tlsearch.train import merge_options
 
 
@@ -47,6 +47,10 @@ def sample_choices(trial: _Trial, space: ResolvedSpace) -> dict[str, Any]:
             for pname, value in reg.space.sample(trial, prefix).items():
                 choices[f"{prefix}.{pname}"] = value
     choices["train.lr"] = float(space.lr.suggest(trial, "train.lr"))
+    for key in ("warmup", "clip_grad_norm"):  # recorded only when searched (older trials lack them)
+        hp = getattr(space, key)
+        if not isinstance(hp, Fixed):
+            choices[f"train.{key}"] = float(hp.suggest(trial, f"train.{key}"))
     return choices
 
 

@@ -10,7 +10,9 @@ tlsearch relies on::
 
 Helpers: :func:`synthetic_images` (labelled images whose classes differ by structure, not
 colour), :class:`TinyBackbone` and :func:`tiny_transfer_model` (a three-group CNN with
-BatchNorm), :func:`simulate_training` (the trainer's calling sequence, recording each epoch).
+BatchNorm), :func:`train_and_record` (a few epochs in the real trainer, recording each one;
+``simulate_training`` is its earlier name), :func:`decoded_images` (in-memory images as a trial
+receives them).
 Needs pytest (a dev dependency); importing it never downloads anything.
 """
 
@@ -24,7 +26,13 @@ from tlsearch.testing._contracts import (
     RegularizerContract,
     TrainEverything,
 )
-from tlsearch.testing._loop import EpochRecord, build_optimizer, simulate_training, snapshot, task_loss
+from tlsearch.testing._loop import (
+    EpochRecord,
+    decoded_images,
+    simulate_training,
+    snapshot,
+    train_and_record,
+)
 from tlsearch.testing._tiny import TinyBackbone, TinyCNN, synthetic_images, tiny_transfer_model
 
 __all__ = [
@@ -37,10 +45,10 @@ __all__ = [
     "TinyBackbone",
     "TinyCNN",
     "TrainEverything",
-    "build_optimizer",
+    "decoded_images",
     "simulate_training",
     "snapshot",
     "synthetic_images",
-    "task_loss",
     "tiny_transfer_model",
+    "train_and_record",
 ]

@@ -32,7 +32,7 @@ from tlsearch.kinds import (
 )
 from tlsearch.kinds._base import NAME_PATTERN, RESERVED_PARAMS
 from tlsearch.space import Categorical, Fixed, Float, Int, Required
-from tlsearch.testing._loop import simulate_training
+from tlsearch.testing._loop import train_and_record
 from tlsearch.testing._tiny import TinyBackbone, synthetic_images, tiny_transfer_model
 
 
@@ -189,9 +189,14 @@ class HeadContract(PluginContract):
 
 
 class FreezingStrategyContract(PluginContract):
-    """Over a few epochs of simulated training: the param groups cover every trainable parameter once;
-    a parameter frozen during an epoch is bit-identical after it and one trained has moved; BatchNorm
-    layers in eval mode keep their running statistics; ``backbone_frozen`` is true to its word."""
+    """Over a few epochs in the real trainer: the param groups cover every trainable parameter once;
+    a parameter frozen during an epoch is bit-identical after it and one trained has moved; each
+    BatchNorm layer follows the policy (by default the trainer's: eval mode, running statistics kept,
+    when all its parameters are frozen that epoch; train mode, statistics updated, otherwise);
+    ``backbone_frozen`` is true to its word.
+
+    A strategy that documents another BatchNorm policy overrides :meth:`batchnorm_should_train`.
+    """
 
     plugin: ClassVar[type[FreezingStrategy]]
     epochs: ClassVar[int] = 3
@@ -205,8 +210,20 @@ class FreezingStrategyContract(PluginContract):
         model = cls().make_model()
         strategy = cls().make_plugin()
         images, labels = synthetic_images(32, size=16)
-        records = simulate_training(model, strategy, images=images, targets=labels, epochs=cls.epochs)
+        records = train_and_record(model, strategy, images=images, targets=labels, epochs=cls.epochs)
         return model, strategy, records
+
+    def batchnorm_should_train(
+        self, strategy: FreezingStrategy, *, module_name: str, params: list[str], trainable: set[str]
+    ) -> bool:
+        """Whether the BatchNorm layer ``module_name`` (own parameters ``params``, full names) should
+        run in train mode, its statistics updating, in an epoch where ``trainable`` train.
+
+        Default: the trainer's policy (:meth:`FreezingStrategy.set_train_mode`): a layer whose
+        parameters are all frozen runs in eval mode; any other trains. Override for a strategy that
+        documents another policy (BitFit trains BatchNorm biases with the statistics frozen).
+        """
+        return not params or any(p in trainable for p in params)
 
     def test_groups_cover_trainable_parameters_once(self) -> None:
         model = self.make_model()
@@ -228,6 +245,24 @@ class FreezingStrategyContract(PluginContract):
                     assert not same, f"epoch {record.epoch}: {name} is trainable but did not move"
                 else:
                     assert same, f"epoch {record.epoch}: {name} is frozen but changed"
+
+    def test_batchnorm_follows_the_policy(self, run: Any) -> None:
+        """Checked on the epoch's own freezing: a strategy that changes ``requires_grad`` in
+        ``on_epoch_start`` must see the modes for that epoch, not the previous one's."""
+        model, strategy, records = run
+        for record in records:
+            for module_name, training in record.bn_training.items():
+                module = model.get_submodule(module_name)
+                params = [f"{module_name}.{n}" for n, _ in module.named_parameters(recurse=False)]
+                expected = self.batchnorm_should_train(
+                    strategy, module_name=module_name, params=params, trainable=record.trainable
+                )
+                assert training == expected, (
+                    f"epoch {record.epoch}: BatchNorm {module_name} is in "
+                    f"{'train' if training else 'eval'} mode but the policy says "
+                    f"{'train' if expected else 'eval'} (its parameters trainable: "
+                    f"{[p in record.trainable for p in params]})"
+                )
 
     def test_batchnorm_in_eval_mode_keeps_its_statistics(self, run: Any) -> None:
         model, _, records = run
@@ -253,8 +288,9 @@ class FreezingStrategyContract(PluginContract):
 
 class RegularizerContract(PluginContract):
     """Options are dicts; ``transform_batch`` keeps shapes and returns valid (soft) targets; ``penalty``
-    is None or a finite scalar (with ``images=None`` too unless ``uses_inputs``); a few training steps
-    with it run and the model changes; ``teardown`` leaves the model as it found it (no hooks)."""
+    is None or a finite scalar (with ``images=None`` too unless ``uses_inputs``); a few steps of the
+    real trainer with it run and the model changes; ``teardown`` leaves the model as it found it
+    (no hooks)."""
 
     plugin: ClassVar[type[Regularizer]]
 
@@ -292,7 +328,7 @@ class RegularizerContract(PluginContract):
         before = [p.detach().clone() for p in model.parameters()]
         hooks_before = _hook_count(model)
         images, labels = synthetic_images(16, size=16)
-        records = simulate_training(
+        records = train_and_record(
             model,
             TrainEverything(),
             regularizers=[self.make_plugin()],

@@ -1,22 +1,27 @@
-"""A minimal training loop that calls plugins exactly as tlsearch's trainer does, and records what happened.
+"""Train a tiny model with the real :class:`~tlsearch.train.Trainer` and record what each epoch did.
 
-It exists so that plugin tests can check behaviour over epochs (what trained, what stayed frozen,
-which learning rates were used) without the data pipeline. The order of calls is the trainer's:
-``model.train(); strategy.set_train_mode(model); strategy.on_epoch_start(model, epoch, groups)``,
-then per step: each regularizer's ``transform_batch`` → ``features = model.forward_features(x)`` →
-``out = model.head(features)`` → task loss + Σ ``penalty(model, images=x, features=features)``.
+Plugin tests check behaviour over epochs (what trained, what stayed frozen, which learning-rate
+multipliers the optimizer used, what BatchNorm did) through the loop that ships, not a copy of it:
+:func:`train_and_record` turns in-memory images into the decoded form a trial receives and runs
+``Trainer.fit``, snapshotting the model when each epoch starts (after the strategy's
+``on_epoch_start`` and ``set_train_mode``) and when it ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from tlsearch.kinds import FreezingStrategy, ParamGroup, Regularizer, TransferModel
+from tlsearch.data.cache import DecodedImages
+from tlsearch.data.sources import ImageList
+from tlsearch.kinds import FreezingStrategy, Regularizer, TransferModel
+from tlsearch.preprocessing import DataConfig
+from tlsearch.train.loop import Trainer, TrainSettings
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -28,53 +33,45 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @dataclass
 class EpochRecord:
-    """What one epoch of :func:`simulate_training` saw."""
+    """What one epoch of :func:`train_and_record` saw.
+
+    ``trainable``, ``lr_scales`` (optimizer group name → the multiplier its ``ParamGroup`` carries)
+    and ``bn_training`` are read when the epoch's first step is about to run; ``before`` and
+    ``after`` are snapshots of the model then and after the epoch; ``metrics`` are the epoch's real
+    metrics (``train_loss``, ``val_loss``, ``accuracy`` …) and ``losses`` its mean training loss.
+    """
 
     epoch: int
-    trainable: set[str]  # parameter names with requires_grad during the epoch
-    lr_scales: dict[str, float]  # group name → lr_scale during the epoch
-    bn_training: dict[str, bool]  # BatchNorm module name → training mode during the epoch
+    trainable: set[str]
+    lr_scales: dict[str, float]
+    bn_training: dict[str, bool]
     before: dict[str, torch.Tensor]
-    after: dict[str, torch.Tensor]
+    after: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
 
 
-def _merged(regularizers: Sequence[Regularizer], method: str) -> dict[str, object]:
-    merged: dict[str, object] = {}
-    for reg in regularizers:
-        for key, value in getattr(reg, method)().items():
-            if key in merged:
-                raise ValueError(f"option {key!r} is claimed by two regularizers")
-            merged[key] = value
-    return merged
+def decoded_images(images: torch.Tensor, targets: torch.Tensor, data_config: DataConfig) -> DecodedImages:
+    """In-memory images as a trial receives them: NHWC uint8 (+ targets), without any file.
+
+    ``images`` is NCHW, either uint8 or normalised floats (as :func:`synthetic_images` makes,
+    de-normalised with ``data_config``'s mean and std).
+    """
+    if images.dtype != torch.uint8:
+        mean = torch.tensor(data_config.mean).view(1, 3, 1, 1)
+        std = torch.tensor(data_config.std).view(1, 3, 1, 1)
+        images = ((images * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    array = np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
+    if targets.dtype.is_floating_point:
+        target_array = targets.float().reshape(len(targets), -1).numpy()
+        source = ImageList([], [], None, [f"t{i}" for i in range(target_array.shape[1])])
+    else:
+        target_array = targets.long().numpy()
+        source = ImageList([], [], [str(c) for c in range(int(targets.max()) + 1)])
+    return DecodedImages(array, target_array, source)
 
 
-def build_optimizer(
-    groups: Sequence[ParamGroup], *, lr: float, weight_decay: float = 0.0
-) -> torch.optim.Optimizer:
-    """AdamW over ``groups``: one optimizer group per (ParamGroup, decayed or not); decoupled weight
-    decay only on parameters with ``ndim >= 2``. Each optimizer group remembers its ParamGroup's index."""
-    param_groups = []
-    for i, group in enumerate(groups):
-        decay = [p for p in group.params if p.ndim >= 2]
-        no_decay = [p for p in group.params if p.ndim < 2]
-        for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
-            if params:
-                param_groups.append(
-                    {"params": params, "lr": lr * group.lr_scale, "weight_decay": wd, "index": i}
-                )
-    return torch.optim.AdamW(param_groups, lr=lr)
-
-
-def task_loss(
-    out: torch.Tensor, targets: torch.Tensor, *, task: str, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    if task == "regression":
-        return F.mse_loss(out, targets.float().view_as(out))
-    return F.cross_entropy(out, targets, label_smoothing=label_smoothing)
-
-
-def simulate_training(
+def train_and_record(
     model: TransferModel,
     strategy: FreezingStrategy,
     *,
@@ -87,57 +84,65 @@ def simulate_training(
     lr: float = 1e-2,
     task: str = "classification",
     num_outputs: int | None = None,
+    device: str = "cpu",
+    **settings: Any,
 ) -> list[EpochRecord]:
-    """Train ``model`` with ``strategy`` and ``regularizers`` as the trainer would; one record per epoch."""
+    """Train ``model`` with ``strategy`` and ``regularizers`` in the real trainer; one record per epoch.
+
+    Each epoch runs ``steps_per_epoch`` steps of ``batch_size`` images (cycled from ``images``);
+    validation runs on up to 16 of them. ``settings`` override :class:`TrainSettings` (defaults
+    here: no compile, no feature cache, so the backbone really runs in every step).
+    """
     num_outputs = num_outputs or (int(targets.max()) + 1 if task == "classification" else 1)
-    groups = strategy.setup(model)
-    for reg in regularizers:
-        reg.setup(model, num_outputs=num_outputs, task=task)
-    options = _merged(regularizers, "optimizer_options")
-    loss_options = _merged(regularizers, "loss_options")
-    optimizer = build_optimizer(groups, lr=lr, weight_decay=float(options.get("weight_decay", 0.0)))  # type: ignore[arg-type]
-    smoothing = float(loss_options.get("label_smoothing", 0.0))  # type: ignore[arg-type]
-    records = []
-    g = torch.Generator().manual_seed(0)
-    try:
-        for epoch in range(epochs):
-            model.train()
-            strategy.set_train_mode(model)
-            strategy.on_epoch_start(model, epoch, groups)
-            for pg in optimizer.param_groups:
-                pg["lr"] = lr * groups[pg["index"]].lr_scale
-            record = EpochRecord(
+    n_train = steps_per_epoch * batch_size
+    index = torch.arange(n_train) % len(images)
+    train = decoded_images(images[index], targets[index], model.data_config)
+    val = decoded_images(images[:16], targets[:16], model.data_config)
+    trainer = Trainer(
+        model,
+        strategy=strategy,
+        regularizers=regularizers,
+        task=task,
+        num_outputs=num_outputs,
+        settings=TrainSettings(
+            **{
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "compile": "never",
+                "feature_cache": False,
+                "precision": "fp32",
+                "loader_workers": 0,
+                **settings,
+            }
+        ),
+        device=device,
+    )
+    records: list[EpochRecord] = []
+
+    def started(epoch: int) -> None:
+        assert trainer.optimizer is not None
+        records.append(
+            EpochRecord(
                 epoch=epoch,
                 trainable={n for n, p in model.named_parameters() if p.requires_grad},
-                lr_scales={group.name: group.lr_scale for group in groups},
+                lr_scales={pg["name"]: pg["source"].lr_scale for pg in trainer.optimizer.param_groups},
                 bn_training={
                     n: m.training
                     for n, m in model.named_modules()
                     if isinstance(m, nn.modules.batchnorm._BatchNorm)
                 },
                 before=snapshot(model),
-                after={},
             )
-            for _ in range(steps_per_epoch):
-                index = torch.randint(len(images), (batch_size,), generator=g)
-                x, y = images[index], targets[index]
-                for reg in regularizers:
-                    x, y = reg.transform_batch(x, y, num_outputs=num_outputs)
-                features = model.forward_features(x)
-                out = model.head(features)
-                loss = task_loss(out, y, task=task, label_smoothing=smoothing)
-                for reg in regularizers:
-                    term = reg.penalty(model, images=x, features=features)
-                    if term is not None:
-                        loss = loss + term
-                optimizer.zero_grad(set_to_none=True)
-                if loss.requires_grad:
-                    loss.backward()
-                    optimizer.step()
-                record.losses.append(float(loss.detach()))
-            record.after = snapshot(model)
-            records.append(record)
-    finally:
-        for reg in regularizers:
-            reg.teardown(model)
+        )
+
+    def ended(epoch: int, metrics: dict[str, float]) -> None:
+        records[-1].after = snapshot(model)
+        records[-1].metrics = dict(metrics)
+        records[-1].losses = [metrics["train_loss"]]
+
+    trainer.fit(train, val, on_epoch_start=started, on_epoch_end=ended)
     return records
+
+
+simulate_training = train_and_record  # the name of earlier releases, which ran a copy of the loop

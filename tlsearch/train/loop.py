@@ -48,7 +48,14 @@ from tlsearch.train.compiling import decide_compile
 from tlsearch.train.device import Precision, configure_backends, resolve_precision, use_channels_last
 from tlsearch.train.features import FeatureCache, feature_key
 from tlsearch.train.metrics import evaluate_outputs
-from tlsearch.train.optim import apply_lr, build_optimizer, merge_options, schedule_factor
+from tlsearch.train.optim import (
+    apply_lr,
+    build_optimizer,
+    merge_options,
+    no_weight_decay,
+    schedule_factor,
+    warmup_steps,
+)
 from tlsearch.train.timing import DataTimer
 
 __all__ = [
@@ -59,10 +66,12 @@ __all__ = [
     "apply_lr",
     "build_optimizer",
     "merge_options",
+    "no_weight_decay",
     "schedule_factor",
 ]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+EpochStartCallback = Callable[[int], None]
 CHECK_EVERY = 50  # steps between checks that the loss is finite on CUDA (each check synchronises)
 
 
@@ -79,6 +88,9 @@ class TrainSettings:
     always | never``; ``feature_cache`` lets frozen-backbone trials train on cached features;
     ``augment_frozen`` randomly augments frozen-backbone trials (which then cannot use the cache);
     ``data_budget_fraction`` of free GPU memory the images may take to stay resident.
+
+    ``warmup``: the fraction of all steps over which the learning rate ramps up linearly before
+    the schedule; ``clip_grad_norm``: clip the gradients' global norm to this value (None: no clip).
     """
 
     epochs: int = 3
@@ -96,6 +108,8 @@ class TrainSettings:
     feature_cache: bool = True
     augment_frozen: bool = False
     data_budget_fraction: float = DEFAULT_BUDGET_FRACTION
+    warmup: float = 0.05
+    clip_grad_norm: float | None = None
 
 
 @dataclass
@@ -160,17 +174,27 @@ class Trainer:
             raise ConfigError(
                 f"unknown loss option(s) {sorted(unknown)} from regularizers; valid: label_smoothing"
             )
+        if settings.clip_grad_norm is not None and not settings.clip_grad_norm > 0:
+            raise ConfigError(
+                f"clip_grad_norm must be > 0 (or None: no clipping) but got {settings.clip_grad_norm}"
+            )
         self.channels_last = False
         self._normalizer: Normalizer | None = None
+        self.optimizer: torch.optim.Optimizer | None = None  # the real optimizer while fit runs
+        self._warmup = 0  # warm-up steps, known once fit counts the steps
 
     # --- the pieces ---------------------------------------------------------------------------
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, *, train: bool = True) -> torch.Tensor:
+        """The task loss; in training (``train``) with the regularizers' loss options (label smoothing).
+
+        Validation loss is the plain task loss, so ``metric: val_loss`` and pruning on it compare
+        trials with and without label smoothing on the same scale.
+        """
         outputs = outputs.float()
         if self.task == "classification":
-            return F.cross_entropy(
-                outputs, targets, label_smoothing=float(self.loss_options.get("label_smoothing", 0.0))
-            )
+            smoothing = float(self.loss_options.get("label_smoothing", 0.0)) if train else 0.0
+            return F.cross_entropy(outputs, targets, label_smoothing=smoothing)
         kind = self.settings.loss if self.settings.loss != "auto" else "mse"
         if kind == "huber":
             return F.huber_loss(outputs, targets.float())
@@ -234,7 +258,7 @@ class Trainer:
             targets.append(batch_targets)
         out, target = torch.cat(outputs), torch.cat(targets)
         metrics = evaluate_outputs(out, target, task=self.task)
-        metrics["val_loss"] = float(self.loss(out, target))
+        metrics["val_loss"] = float(self.loss(out, target, train=False))
         return metrics
 
     def evaluate(
@@ -308,9 +332,21 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------------
 
     def fit(
-        self, train: DecodedImages, val: DecodedImages, *, on_epoch_end: EpochCallback | None = None
+        self,
+        train: DecodedImages,
+        val: DecodedImages,
+        *,
+        on_epoch_end: EpochCallback | None = None,
+        on_epoch_start: EpochStartCallback | None = None,
     ) -> FitResult:
-        """Train for ``settings.epochs``; ``on_epoch_end(epoch, metrics)`` may raise to stop (pruning)."""
+        """Train for ``settings.epochs``; ``on_epoch_end(epoch, metrics)`` may raise to stop (pruning).
+
+        Each epoch starts with ``model.train()``, then the strategy's ``on_epoch_start`` (what trains
+        this epoch), then its ``set_train_mode`` (the BatchNorm policy, which so sees this epoch's
+        ``requires_grad``), then the observer ``on_epoch_start(epoch)`` (tests and
+        :mod:`tlsearch.testing` record the epoch's state there, ``self.optimizer`` included, which
+        is set only while ``fit`` runs).
+        """
         started = time.perf_counter()
         torch.manual_seed(self.seed)
         configure_backends(self.device)
@@ -326,8 +362,10 @@ class Trainer:
             lr=self.settings.lr,
             name=self.settings.optimizer,
             weight_decay=float(self.optimizer_options.get("weight_decay", 0.0)),
+            no_decay=no_weight_decay(model),
             fused=self.device.type == "cuda",
         )
+        self.optimizer = optimizer
         scaler = self.precision.grad_scaler()
         extras: dict[str, Any] = {"channels_last": self.channels_last, "epochs": []}
 
@@ -340,6 +378,7 @@ class Trainer:
             batch_indices(len(train_src), self.settings.batch_size, shuffle=False, drop_last=True)
         )
         total_steps = steps_per_epoch * self.settings.epochs
+        self._warmup = warmup_steps(self.settings.warmup, total_steps)
         decision = decide_compile(
             mode="never" if cached else self.settings.compile,  # a head on features: nothing to gain
             device=self.device,
@@ -357,8 +396,10 @@ class Trainer:
             for epoch in range(self.settings.epochs):
                 epoch_start = time.perf_counter()
                 model.train()
-                self.strategy.set_train_mode(model)
                 self.strategy.on_epoch_start(model, epoch, groups)
+                self.strategy.set_train_mode(model)  # after: the BN policy sees this epoch's freezing
+                if on_epoch_start is not None:
+                    on_epoch_start(epoch)
                 train_loss, step, timing = self._train_epoch(
                     model,
                     optimizer,
@@ -381,6 +422,7 @@ class Trainer:
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, metrics)
         finally:
+            self.optimizer = None  # its state (AdamW's moments) is freed with fit's frame, as before
             for reg in self.regularizers:
                 reg.teardown(model)
             if decision.compile:
@@ -421,7 +463,7 @@ class Trainer:
             apply_lr(
                 optimizer,
                 base_lr=self.settings.lr,
-                factor=schedule_factor(self.settings.scheduler, step, total_steps),
+                factor=schedule_factor(self.settings.scheduler, step, total_steps, warmup=self._warmup),
             )
             loss = self._step(model, optimizer, scaler, inputs, targets, cached=cached)
             running += loss.detach() * len(targets)
@@ -474,11 +516,23 @@ class Trainer:
                 if term is not None:
                     loss = loss + term.float()
         optimizer.zero_grad(set_to_none=True)
+        clip = self.settings.clip_grad_norm
         if scaler is not None:
             scaler.scale(loss).backward()
+            if clip is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                self._clip(optimizer, clip)
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            if clip is not None:
+                self._clip(optimizer, clip)
             optimizer.step()
         return loss
+
+    @staticmethod
+    def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+        """Clip the global gradient norm over every parameter the optimizer updates (no host sync)."""
+        params = [p for pg in optimizer.param_groups for p in pg["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)

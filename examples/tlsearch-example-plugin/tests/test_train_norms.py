@@ -8,9 +8,9 @@ from tlsearch.registry import get_plugin_manager
 from tlsearch.testing import (
     FreezingStrategyContract,
     TinyBackbone,
-    simulate_training,
     synthetic_images,
     tiny_transfer_model,
+    train_and_record,
 )
 
 
@@ -25,7 +25,7 @@ class TestTrainNorms(FreezingStrategyContract):
 def test_only_norm_layers_and_the_head_train() -> None:
     model = tiny_transfer_model(TinyBackbone())
     images, labels = synthetic_images(16, size=16)
-    records = simulate_training(model, TrainNorms(), images=images, targets=labels, epochs=1)
+    records = train_and_record(model, TrainNorms(), images=images, targets=labels, epochs=1)
     backbone = {n for n in records[0].trainable if n.startswith("backbone.")}
     # TinyBackbone's blocks are (conv, BatchNorm, ReLU): index 1 is the norm layer.
     assert backbone == {

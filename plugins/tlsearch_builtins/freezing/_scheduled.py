@@ -44,8 +44,7 @@ class GradualUnfreeze(FreezingStrategy):
         set_trainable(groups[-1].params, True)
 
     def on_epoch_start(self, model: TransferModel, epoch: int, groups: list[ParamGroup]) -> None:
-        self._apply(model, groups, epoch=epoch)
-        freeze_stats_where_frozen(model)  # the trainer set the modes before this call
+        self._apply(model, groups, epoch=epoch)  # the trainer calls set_train_mode next
 
     def set_train_mode(self, model: TransferModel) -> None:
         freeze_stats_where_frozen(model)
@@ -95,8 +94,7 @@ class LPFT(FreezingStrategy):
             group.lr_scale = 1.0 if probing else self.ft_lr_scale
 
     def on_epoch_start(self, model: TransferModel, epoch: int, groups: list[ParamGroup]) -> None:
-        self._apply(groups, epoch=epoch)
-        self.set_train_mode(model)
+        self._apply(groups, epoch=epoch)  # the trainer calls set_train_mode next
 
     def set_train_mode(self, model: TransferModel) -> None:
         freeze_stats_where_frozen(model)

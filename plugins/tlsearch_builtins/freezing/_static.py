@@ -112,17 +112,32 @@ class FreezeStages(FreezingStrategy):
         freeze_stats_where_frozen(model)
 
 
-class LayerDecay(FreezingStrategy):
-    """Layer-wise learning-rate decay: everything trains, group ``i`` of ``G`` at ``lr · decay^(G - i)``.
+REFERENCE_DEPTH = 12  # layer_decay's reference depth: the 12 blocks of ViT-B (BEiT, MAE, ELECTRA-base)
 
-    The head has depth 0 (``lr``), the last backbone group depth 1 (``lr · d``), the stem depth ``G``
-    (``lr · d^G``): layers near the input, which hold the most general features, change least.
+
+class LayerDecay(FreezingStrategy):
+    """Layer-wise learning-rate decay by fraction of depth: everything trains, layers near the input least.
+
+    Backbone group ``i`` of ``G`` (stem ``i = 0``) sits at depth fraction ``f = (G - i) / G`` from
+    the output (the head at 0, the stem at 1) and trains at ``lr · decay ** (K · f)`` with the
+    reference depth ``K = 12``. So ``decay`` means what it means in the literature for a 12-block
+    ViT-B (BEiT and MAE use 0.65–0.75) on every backbone: the stem's multiplier is ``decay ** 12``
+    (0.032 at 0.75) whether timm splits the model into 5 groups (ResNet-50) or 13 (ViT-S). With a
+    per-group rule (``decay ** (G - i)``) the same ``decay`` gave a stem multiplier of 0.24 on
+    ResNet-50 and 0.024 on ViT-S, so a searched value meant something different on each backbone.
     Source: Clark et al., ELECTRA, ICLR 2020; Bao et al., BEiT, ICLR 2022; searched by Quick-Tune.
     BatchNorm: all layers train and update their running statistics.
     """
 
     name = "layer_decay"
-    hyperparameters = {"decay": Float(0.5, 0.95, default=0.75, help="lr multiplier per layer group")}
+    hyperparameters = {
+        "decay": Float(
+            0.5,
+            0.95,
+            default=0.75,
+            help=f"lr multiplier per layer of a {REFERENCE_DEPTH}-block reference depth",
+        )
+    }
     decay: float
 
     def __init__(self, **params: Any) -> None:
@@ -130,12 +145,16 @@ class LayerDecay(FreezingStrategy):
         if not 0.0 < self.decay <= 1.0:
             raise ValueError(f"layer_decay: decay must be in (0, 1] but got {self.decay}")
 
+    def multiplier(self, index: int, n_groups: int) -> float:
+        """The lr multiplier of backbone group ``index`` (0 = stem) of ``n_groups``."""
+        return float(self.decay ** (REFERENCE_DEPTH * (n_groups - index) / n_groups))
+
     def setup(self, model: TransferModel) -> list[ParamGroup]:
         set_trainable(model.parameters(), True)
         groups = backbone_group_params(model)
-        depth_of_stem = len(groups) - 1
-        for i, group in enumerate(groups[:-1]):
-            group.lr_scale = self.decay ** (depth_of_stem - i)
+        backbone = groups[:-1]
+        for i, group in enumerate(backbone):
+            group.lr_scale = self.multiplier(i, len(backbone))
         return groups
 
 
