@@ -7,7 +7,9 @@ Two kinds of storage, both Optuna's own (tlsearch adds no scheduler of its own):
   next worker that starts a trial. PostgreSQL (or MySQL) is the way to spread one study over
   several machines.
 * **A journal file** — a path ending in ``.journal`` or ``.log`` (or ``journal:PATH``): Optuna's
-  ``JournalStorage`` over ``JournalFileBackend``, an append-only log guarded by a file lock.
+  ``JournalStorage`` over an append-only log guarded by a file lock, in Optuna's own format, written
+  by :class:`~tlsearch.search.journal.DurableJournalFileBackend`: appends are all-or-nothing, a
+  torn tail (a full disk) is repaired on open, and a lock left by a dead process is taken over.
 
 The embedded default of a study folder is the journal file ``<folder>/study.journal``. Why not
 SQLite: SQLite serialises writers with a database-wide lock, and several processes writing one
@@ -33,10 +35,10 @@ import optuna
 import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
 from tlsearch.errors import ConfigError
+from tlsearch.search.journal import DurableJournalFileBackend
 
 JOURNAL_SUFFIXES = (".journal", ".log")
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "oracle", "mssql")
@@ -77,7 +79,7 @@ def make_storage(
     if kind == "journal":
         path = Path(spec.removeprefix("journal:")).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(DurableJournalFileBackend(str(path)))
     spec = with_available_driver(spec)
     engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {"pool_pre_ping": True}
     last: Exception | None = None

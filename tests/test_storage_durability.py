@@ -1,0 +1,223 @@
+"""Storages under faults: a torn journal tail, a full disk (a real small tmpfs), a stale lock.
+
+The bar for every test: each trial that was complete before the fault is still complete after
+it, the storage opens again, and a further run adds trials.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from tlsearch.search import journal
+from tlsearch.search.journal import JournalCorruptError, JournalWriteError
+from tlsearch.search.storage import make_storage
+
+COMPLETE = optuna.trial.TrialState.COMPLETE
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def _study(spec: str, *, create: bool = False) -> optuna.Study:
+    storage = make_storage(spec, heartbeat_interval=None, grace_period=None)
+    if create:
+        return optuna.create_study(study_name="s", storage=storage)
+    return optuna.load_study(study_name="s", storage=storage)
+
+
+def _complete(spec: str) -> list[float]:
+    return sorted(t.params["x"] for t in _study(spec).trials if t.state == COMPLETE)
+
+
+def _quick(trial: optuna.Trial) -> float:
+    return trial.suggest_float("x", 0, 1)
+
+
+def _optuna_reads(path: Path) -> int:
+    """How many complete trials plain Optuna (no tlsearch) reads from the journal."""
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path))))
+    return sum(t.state == COMPLETE for t in study.trials)
+
+
+@pytest.mark.parametrize("tail", [b'{"op_code":6,"worker_id":"w', b'{"op_code":6,"wor\n'])
+def test_a_torn_tail_is_cut_off_kept_and_the_study_goes_on(tmp_path, tail, caplog):
+    path = tmp_path / "study.journal"
+    _study(str(path), create=True).optimize(_quick, n_trials=4)
+    before = _complete(str(path))
+    with open(path, "ab") as f:
+        f.write(tail)  # what a write that ran out of space leaves behind
+
+    with caplog.at_level("WARNING", logger="tlsearch"):
+        study = _study(str(path))
+        study.optimize(_quick, n_trials=2)
+
+    assert set(before) <= set(_complete(str(path)))
+    assert len(_complete(str(path))) == 6
+    assert _optuna_reads(path) == 6  # the file is plain Optuna's format again
+    kept = list(tmp_path.glob("study.journal.torn-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == tail
+    assert "torn record" in caplog.text and str(kept[0]) in caplog.text
+
+
+def test_a_record_damaged_mid_file_is_named_not_repaired(tmp_path):
+    path = tmp_path / "study.journal"
+    _study(str(path), create=True).optimize(_quick, n_trials=2)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = b'{"op_code":' + lines[2]  # an old torn write that a later append landed on
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(JournalCorruptError, match=r"study\.journal is damaged at line 3"):
+        _study(str(path))
+    assert path.read_bytes() == b"".join(lines)  # nothing cut
+
+
+def test_a_file_that_is_not_a_journal_is_not_cut(tmp_path):
+    path = tmp_path / "notes.log"
+    path.write_bytes(b"first line of someone's log\nsecond, unfinished")
+    with pytest.raises(JournalCorruptError, match="does not start with an Optuna journal record"):
+        make_storage(str(path))
+    assert path.read_bytes().endswith(b"unfinished")
+
+
+# --- a real full disk: a small tmpfs ---------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted for the test (tests run as root here); skipped where not allowed."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {done.stderr.strip() or done.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    """Fill the file system to its last byte; returns the filler file (delete it to free space)."""
+    filler = folder / f"filler-{uuid.uuid4().hex}"
+    with open(filler, "wb", buffering=0) as f:
+        for size in (1 << 16, 1 << 12, 1 << 8, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def _big_attr(trial: optuna.Trial) -> float:
+    """A trial whose write needs more than the page left in the journal's last block."""
+    trial.set_user_attr("history", "x" * 20000)
+    return trial.suggest_float("x", 0, 1)
+
+
+@pytest.mark.parametrize("reserve", [True, False], ids=["reserved", "truncated-back"])
+def test_a_journal_on_a_full_disk_loses_nothing(small_disk, reserve, monkeypatch):
+    """Filled to the last byte, an append fails with a clear error and leaves no partial record
+    (space reserved first, or, where it cannot be, the failed write truncated back); every
+    completed trial survives, the journal opens again, and once there is space trials go on."""
+    if not reserve:
+        monkeypatch.setattr(journal, "_fallocate", False)  # the file systems without fallocate
+    path = small_disk / "study.journal"
+    _study(str(path), create=True).optimize(_quick, n_trials=5)
+    filler = _fill(small_disk)
+    size = path.stat().st_size
+
+    with pytest.raises(JournalWriteError, match="the disk is full.*nothing was written"):
+        _study(str(path)).optimize(_big_attr, n_trials=1)
+
+    assert path.read_bytes().endswith(b"\n")
+    assert path.stat().st_size >= size
+    assert len(_complete(str(path))) == 5  # opens while the disk is still full
+    assert _optuna_reads(path) == 5
+    filler.unlink()
+    _study(str(path)).optimize(_big_attr, n_trials=2)
+    assert len(_complete(str(path))) == 7
+
+
+def test_sqlite_on_a_full_disk_fails_cleanly_and_loses_nothing(small_disk):
+    """SQLite (WAL) on the same full disk: the write fails with SQLite's own error, the database
+    stays consistent, every completed trial survives, and once there is space trials go on."""
+    spec = f"sqlite:///{small_disk / 'study.db'}"
+    _study(spec, create=True).optimize(_quick, n_trials=5)
+    filler = _fill(small_disk)
+    with pytest.raises(optuna.exceptions.StorageInternalError) as raised:
+        _study(spec).optimize(_big_attr, n_trials=3)
+    assert "database or disk is full" in str(raised.value.__cause__)
+    assert len(_complete(spec)) == 5
+    filler.unlink()
+    _study(spec).optimize(_big_attr, n_trials=2)
+    assert len(_complete(spec)) == 7
+
+
+# --- a stale lock -----------------------------------------------------------------------------
+
+HOLD_AND_DIE = textwrap.dedent("""
+    import os, signal, sys
+    from tlsearch.search.storage import make_storage
+    storage = make_storage(sys.argv[1])
+    storage._backend._lock.acquire()
+    print("locked", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over_at_once(tmp_path):
+    path = tmp_path / "study.journal"
+    _study(str(path), create=True).optimize(_quick, n_trials=1)
+    script = tmp_path / "hold.py"
+    script.write_text(HOLD_AND_DIE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, env=env)
+    assert done.returncode == -signal.SIGKILL and "locked" in done.stdout, done.stderr
+    assert os.path.lexists(f"{path}.lock")
+
+    started = time.monotonic()
+    _study(str(path)).optimize(_quick, n_trials=1)
+    assert time.monotonic() - started < 5  # Optuna's own lock waits its 30 s grace period
+    assert len(_complete(str(path))) == 2
+    assert not os.path.lexists(f"{path}.lock")
+
+
+def test_a_live_owners_lock_is_waited_for(tmp_path):
+    """The lock of a process that is alive is not taken: the writer waits until it is released."""
+    path = tmp_path / "study.journal"
+    _study(str(path), create=True)
+    holder = make_storage(str(path))._backend._lock  # type: ignore[attr-defined]
+    holder.acquire()
+    waiter = subprocess.Popen(
+        [sys.executable, "-c", f"{textwrap.dedent(_WRITE_ONE)}", str(path)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.0)
+    assert waiter.poll() is None  # still waiting for this process's lock
+    holder.release()
+    assert waiter.wait(timeout=30) == 0
+    assert len(_complete(str(path))) == 1
+
+
+_WRITE_ONE = """
+import sys, optuna
+from tlsearch.search.storage import make_storage
+study = optuna.load_study(study_name="s", storage=make_storage(sys.argv[1]))
+study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+"""
