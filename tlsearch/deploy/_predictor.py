@@ -82,6 +82,7 @@ class Predictor:
         if labels is None and isinstance(n, int):
             labels = [str(i) for i in range(n)] if self.task == "classification" else self._value_names(n)
         self.labels: list[str] = list(labels or [])
+        self._unscale = _output_scale(meta)
 
     @staticmethod
     def _value_names(n: int) -> list[str]:
@@ -148,7 +149,11 @@ class Predictor:
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         x = batch if self.raw_input else normalize(batch, self.data_config)
-        return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float64)
+        out = np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float64)
+        if self._unscale is not None:
+            mean, std = self._unscale
+            out = out * std + mean
+        return out
 
     def _fill(self, result: Prediction, row: np.ndarray, top_k: int) -> None:
         if self.task == "classification":
@@ -162,6 +167,15 @@ class Predictor:
 
     def _label(self, index: int) -> str:
         return self.labels[index] if index < len(self.labels) else str(index)
+
+
+def _output_scale(meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The regression target scale Predictor must apply itself: none when the graph already outputs
+    original units (``target_scale.in_graph``, what tlsearch exports) or when there is no scale."""
+    scale = meta.get("target_scale")
+    if not isinstance(scale, dict) or scale.get("in_graph", False):
+        return None
+    return np.asarray(scale["mean"], dtype=np.float64), np.asarray(scale["std"], dtype=np.float64)
 
 
 def _name(source: Source, index: int) -> str:

@@ -34,7 +34,9 @@ from tlsearch.deploy._format import (
 from tlsearch.errors import ExportError
 from tlsearch.export._parity import Comparison, compare, cpu_session, merge, run_batched
 from tlsearch.export._preprocessing import check_preprocessing, embed_preprocessing
+from tlsearch.export._units import OriginalUnits, scale_metadata
 from tlsearch.preprocessing import DataConfig, normalize
+from tlsearch.train.targets import TargetScale
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 INPUT_NAME = "input"
@@ -87,6 +89,7 @@ def export_onnx(
     embed_preprocessing: bool = False,
     raw_images: Sequence[np.ndarray] | None = None,
     max_batch: int = 16,
+    target_scale: TargetScale | None = None,
 ) -> ExportReport:
     """Export ``model`` to a single ``.onnx`` file at ``path`` with a dynamic batch axis and metadata,
     plus a readable ``model.json`` beside it (``path`` with suffix ``.json``).
@@ -109,6 +112,10 @@ def export_onnx(
     :mod:`tlsearch.export._preprocessing`), verified against the plain one on ``raw_images``
     (default: ``validation_images`` themselves).
 
+    ``target_scale`` (regression: the scale the model's outputs were standardised with) is applied
+    in the graph, so the file outputs the targets' original units, and recorded in the metadata as
+    ``target_scale`` (``mean``, ``std``, ``in_graph: true``); parity is checked on those outputs.
+
     Raises :class:`ExportError` with the measured figures when a check fails; then no file is
     written at ``path`` (everything is built in a temporary folder and moved in place at the end).
     """
@@ -122,6 +129,11 @@ def export_onnx(
     path = Path(path)
     if path.suffix != ".onnx":
         raise ExportError(f"the export path must end in .onnx, got {str(path)!r}")
+    if target_scale is not None:
+        if metadata.get("task") != "regression":
+            raise ExportError(f"target_scale is for task regression, not {metadata.get('task')!r}")
+        model = OriginalUnits(model, target_scale).eval()
+        metadata = {**metadata, "target_scale": scale_metadata(target_scale)}
     meta = _complete_metadata(model, metadata, embed_preprocessing=embed_preprocessing)
     config = DataConfig.from_dict(meta["data_config"])
     _check_eval_mode(model)

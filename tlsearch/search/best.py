@@ -50,7 +50,8 @@ def export_study(
     The model is rebuilt from the trial's checkpoint and checked against onnxruntime on the study's
     real validation images; nothing is written if a check fails. ``raw_input`` (default: the
     study's ``export.raw_input``) puts the preprocessing in the graph: the model then takes raw
-    uint8 HWC images of any size. Returns the export report.
+    uint8 HWC images of any size. A regression model outputs the targets' original units (the
+    study's target scale is applied in the graph). Returns the export report.
     """
     from tlsearch.export import export_onnx
 
@@ -61,7 +62,12 @@ def export_study(
     chosen = (
         best_trial(study, tie_tolerance=config.search.tie_tolerance) if trial is None else study.trials[trial]
     )
-    model, record = load_checkpoint(study_dir.trial_dir(chosen.number), pm.registry)
+    model, record = load_checkpoint(
+        study_dir.trial_dir(chosen.number),
+        pm.registry,
+        number=chosen.number,
+        choices=chosen.user_attrs.get("choices"),
+    )
     _, val = load_splits(
         config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
     )
@@ -100,6 +106,7 @@ def export_study(
         opset=config.export.opset,
         embed_preprocessing=raw_input,
         raw_images=[np.asarray(load_rgb(p)) for p in images.source.paths] if raw_input else None,
+        target_scale=record.scale,
     )
     pm.notify("tlsearch_export_done", path=str(target), metadata=metadata)
     return report

@@ -17,6 +17,7 @@ from tlsearch.preprocessing import DataConfig
 from tlsearch.registry import Registry
 from tlsearch.search.sampling import build_model, instantiate
 from tlsearch.search.study_dir import write_json_atomic
+from tlsearch.train.targets import TargetScale
 
 WEIGHTS_FILE = "model.safetensors"
 RECORD_FILE = "trial.json"
@@ -24,7 +25,12 @@ RECORD_FILE = "trial.json"
 
 @dataclass
 class TrialRecord:
-    """What a finished trial wrote beside its weights."""
+    """What a finished trial wrote beside its weights.
+
+    ``target_scale`` (regression): the ``mean``/``std`` the model's outputs were trained on
+    (:class:`~tlsearch.train.targets.TargetScale`); the weights output standardised values, and
+    export puts the scale back in the graph. None for classification and for older checkpoints.
+    """
 
     number: int
     study: str
@@ -37,10 +43,20 @@ class TrialRecord:
     value: float
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    target_scale: dict[str, list[float]] | None = None
 
     @property
     def preprocessing(self) -> DataConfig:
         return DataConfig.from_dict(self.data_config)
+
+    @property
+    def scale(self) -> TargetScale | None:
+        """:attr:`target_scale` as a :class:`TargetScale` (None when the outputs are not standardised)."""
+        return None if self.target_scale is None else TargetScale.from_dict(self.target_scale)
+
+
+class CheckpointError(TlsearchError):
+    """A trial's checkpoint is missing, or does not belong to the trial it is read for."""
 
 
 def save_checkpoint(folder: Path, model: TransferModel, record: TrialRecord) -> None:
@@ -56,15 +72,41 @@ def save_checkpoint(folder: Path, model: TransferModel, record: TrialRecord) -> 
 def load_record(folder: Path) -> TrialRecord:
     path = folder / RECORD_FILE
     if not path.is_file():
-        raise TlsearchError(
+        raise CheckpointError(
             f"no checkpoint in {str(folder)!r} (the trial did not complete, or its files were removed)"
         )
     return TrialRecord(**json.loads(path.read_text()))
 
 
-def load_checkpoint(folder: Path, registry: Registry) -> tuple[TransferModel, TrialRecord]:
-    """Rebuild a trial's model from its plugins (without fetching pretrained weights) and load its weights."""
+def load_checkpoint(
+    folder: Path,
+    registry: Registry,
+    *,
+    number: int | None = None,
+    choices: dict[str, Any] | None = None,
+) -> tuple[TransferModel, TrialRecord]:
+    """Rebuild a trial's model from its plugins (without fetching pretrained weights) and load its weights.
+
+    ``number`` and ``choices`` (the study's record of the trial, when known) must match the
+    checkpoint's ``trial.json``, and the weights must fit the rebuilt model exactly; otherwise a
+    :class:`CheckpointError` says what differs, so a checkpoint copied from another trial or study
+    is never exported under this trial's name.
+    """
     record = load_record(folder)
+    if number is not None and record.number != number:
+        raise CheckpointError(
+            f"the checkpoint in {str(folder)!r} is trial {record.number}'s, not trial {number}'s; "
+            "its files were moved or copied from another trial"
+        )
+    if choices is not None and record.choices != choices:
+        differ = sorted(
+            k for k in set(record.choices) | set(choices) if record.choices.get(k) != choices.get(k)
+        )
+        raise CheckpointError(
+            f"the checkpoint in {str(folder)!r} does not match trial {record.number} of the study: "
+            f"its {RECORD_FILE} differs in {differ[:5]} (checkpoint: "
+            f"{ {k: record.choices.get(k) for k in differ[:5]} }, study: { {k: choices.get(k) for k in differ[:5]} })"
+        )
     plugins = instantiate(record.choices, registry)
     model = build_model(
         plugins,
@@ -73,5 +115,11 @@ def load_checkpoint(folder: Path, registry: Registry) -> tuple[TransferModel, Tr
         load_weights=False,
     )
     model.data_config = record.preprocessing
-    load_model(model, folder / WEIGHTS_FILE, strict=True)
+    try:
+        load_model(model, folder / WEIGHTS_FILE, strict=True)
+    except (RuntimeError, OSError, ValueError) as exc:  # missing/unexpected keys, shapes, a bad file
+        raise CheckpointError(
+            f"the weights in {str(folder / WEIGHTS_FILE)!r} do not fit the model of trial {record.number} "
+            f"({record.info.get('summary') or record.choices}): {str(exc)[:400]}"
+        ) from None
     return model.eval(), record

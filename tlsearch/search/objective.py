@@ -322,6 +322,7 @@ class Objective:
             examples = [path for path, _ in (train.skipped + val.skipped)[:5]]
             trial.study.set_user_attr("skipped_images", {"count": skipped, "examples": examples})
         batch_size = int(trial.user_attrs.get("batch_size", config.training.batch_size))
+        target_scale = self.data.target_scale
         trainer = Trainer(
             model,
             strategy=plugins.freezing,
@@ -335,6 +336,7 @@ class Objective:
             backbone_identity=choices_identity(
                 choices, merge_options(plugins.regularizers, "backbone_options")
             ),
+            target_scale=target_scale,
         )
         metric = config.metric
         on_epoch_end = self.epoch_callback(trial, writer, history)
@@ -375,6 +377,7 @@ class Objective:
             value=value,
             metrics=result.metrics,
             info={**model.info, **info, "summary": describe_choices(choices)},
+            target_scale=None if target_scale is None else target_scale.to_dict(),
         )
         save_checkpoint(self.study_dir.trial_dir(trial.number), model, record)
         if self.device.type == "cuda":

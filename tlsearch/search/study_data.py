@@ -6,8 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from tlsearch.data import DecodedImages, ImageList, decode_images
 from tlsearch.preprocessing import DataConfig
+from tlsearch.train.targets import TargetScale
 
 __all__ = ["StudyData"]
 
@@ -35,6 +38,14 @@ class StudyData:
     @property
     def num_outputs(self) -> int:
         return self.train.num_outputs
+
+    @property
+    def target_scale(self) -> TargetScale | None:
+        """Regression: the mean and std of the training split's targets, which every trial of the
+        study trains with (:mod:`tlsearch.train.targets`); None for classification."""
+        if self.train.classes is not None or len(self.train) == 0:
+            return None
+        return TargetScale.of(np.asarray(self.train.targets, dtype=np.float64))
 
     def decoded(self, config: DataConfig) -> tuple[DecodedImages, DecodedImages]:
         if config not in self._decoded:

@@ -13,6 +13,7 @@ from tlsearch.train.features import FeatureCache, feature_key, weights_fingerpri
 from tlsearch.train.loop import FitResult, NonFiniteError, Trainer, TrainSettings
 from tlsearch.train.metrics import evaluate_outputs
 from tlsearch.train.optim import apply_lr, build_optimizer, merge_options, schedule_factor
+from tlsearch.train.targets import TargetScale
 
 __all__ = [
     "CompileDecision",
@@ -21,6 +22,7 @@ __all__ = [
     "FitResult",
     "NonFiniteError",
     "Precision",
+    "TargetScale",
     "TrainSettings",
     "Trainer",
     "apply_lr",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from tlsearch.train.optim import (
     schedule_factor,
     warmup_steps,
 )
+from tlsearch.train.targets import TargetScale
 from tlsearch.train.timing import DataTimer
 
 __all__ = [
@@ -138,6 +139,10 @@ class Trainer:
     ``feature_cache_dir`` (the study folder's ``cache/``) shares frozen backbones' features across
     trials; ``backbone_identity`` (the backbone plugin's name, hyperparameters and build options) is
     part of that cache's key. ``profile`` measures the time each step waits for its data.
+
+    ``target_scale`` (regression): the model trains on targets standardised with it, and the
+    validation metrics (R², MAE, RMSE) are computed in the original units; ``val_loss`` stays the
+    training loss on the standardised scale (:mod:`tlsearch.train.targets`).
     """
 
     def __init__(
@@ -154,8 +159,10 @@ class Trainer:
         feature_cache_dir: str | Path | None = None,
         backbone_identity: Mapping[str, Any] | None = None,
         profile: bool = False,
+        target_scale: TargetScale | None = None,
     ) -> None:
         self.model = model
+        self.target_scale = target_scale if task == "regression" else None
         self.strategy = strategy
         self.regularizers = list(regularizers)
         self.task = task
@@ -257,14 +264,23 @@ class Trainer:
             outputs.append(out.float())
             targets.append(batch_targets)
         out, target = torch.cat(outputs), torch.cat(targets)
-        metrics = evaluate_outputs(out, target, task=self.task)
+        scale = self.target_scale
+        if scale is None:
+            metrics = evaluate_outputs(out, target, task=self.task)
+        else:  # the user's units
+            restored = scale.restore(target.float().view_as(out))
+            metrics = evaluate_outputs(scale.restore(out), restored, task=self.task)
         metrics["val_loss"] = float(self.loss(out, target, train=False))
         return metrics
 
     def evaluate(
         self, images: torch.Tensor | None, targets: torch.Tensor, *, features: torch.Tensor | None = None
     ) -> dict[str, float]:
-        """Validation metrics and loss of NCHW uint8 ``images``; from cached ``features`` when given."""
+        """Validation metrics and loss of NCHW uint8 ``images``; from cached ``features`` when given.
+        ``targets`` are in the original units (standardised here with ``target_scale``)."""
+        if self.target_scale is not None:
+            standard = self.target_scale.standardise(targets.cpu().numpy())
+            targets = torch.from_numpy(standard).to(targets.device)
         if features is not None:
             return self._evaluate(TensorBatches(features, targets), cached=True)
         if images is None:
@@ -348,6 +364,9 @@ class Trainer:
         is set only while ``fit`` runs).
         """
         started = time.perf_counter()
+        if self.target_scale is not None:  # same images arrays (device copies stay cached)
+            train = replace(train, targets=self.target_scale.standardise(train.targets))
+            val = replace(val, targets=self.target_scale.standardise(val.targets))
         torch.manual_seed(self.seed)
         configure_backends(self.device)
         model = self.model.to(self.device)

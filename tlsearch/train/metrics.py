@@ -1,4 +1,7 @@
-"""Validation metrics by task: accuracy for classification; R² and MAE for regression."""
+"""Validation metrics by task: accuracy for classification; R², MAE and RMSE for regression.
+
+Regression metrics are computed in the units ``outputs`` and ``targets`` are given in: the trainer
+passes them in the original units (see :mod:`tlsearch.train.targets`)."""
 
 from __future__ import annotations
 
@@ -15,4 +18,5 @@ def evaluate_outputs(outputs: torch.Tensor, targets: torch.Tensor, *, task: str)
     return {
         "r2": float((1 - residual / total).mean()),
         "mae": float((outputs - targets).abs().mean()),
+        "rmse": float((outputs - targets).pow(2).mean().sqrt()),
     }

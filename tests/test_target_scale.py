@@ -1,0 +1,58 @@
+"""Regression targets: standardised for training, metrics and predictions in the original units."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tlsearch.data import DecodedImages, ImageList
+from tlsearch.testing import TrainEverything, tiny_transfer_model
+from tlsearch.train import TargetScale, Trainer, TrainSettings
+
+
+def test_scale_is_the_training_targets_mean_and_std_and_a_constant_column_keeps_std_one() -> None:
+    scale = TargetScale.of([[1000.0, 5.0], [3000.0, 5.0]])
+    assert scale.mean == (2000.0, 5.0)
+    assert scale.std == (1000.0, 1.0)  # a constant column: no division by zero
+    standard = scale.standardise(np.array([[1000.0, 5.0], [3000.0, 6.0]]))
+    np.testing.assert_allclose(standard, [[-1.0, 0.0], [1.0, 1.0]])
+    np.testing.assert_allclose(scale.restore(torch.from_numpy(standard)).numpy(), [[1000, 5], [3000, 6]])
+    assert TargetScale.from_dict(scale.to_dict()) == scale
+    with pytest.raises(ValueError, match="std > 0"):
+        TargetScale(mean=(0.0,), std=(0.0,))
+
+
+def _decoded(targets: np.ndarray, seed: int) -> DecodedImages:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 255, (len(targets), 32, 32, 3), dtype=np.uint8)
+    source = ImageList([], [], None, ["price"])
+    return DecodedImages(images, targets.astype(np.float32).reshape(-1, 1), source)
+
+
+def test_metrics_of_a_mean_predictor_are_in_the_targets_units() -> None:
+    """A head that outputs 0 on the standardised scale predicts the training mean: its MAE and RMSE
+    are the validation targets' spread around that mean (hundreds here), not ≈ 1."""
+    rng = np.random.default_rng(0)
+    train_y, val_y = 1000 + 500 * rng.uniform(0, 1, 24), 1000 + 500 * rng.uniform(0, 1, 12)
+    scale = TargetScale.of(train_y.reshape(-1, 1))
+    head = nn.Linear(32, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    model = tiny_transfer_model(num_outputs=1, head=head)
+    trainer = Trainer(
+        model,
+        strategy=TrainEverything(),
+        task="regression",
+        num_outputs=1,
+        settings=TrainSettings(epochs=1, batch_size=8, lr=0.0, augment=False, feature_cache=False),
+        target_scale=scale,
+    )
+    metrics = trainer.fit(_decoded(train_y, 0), _decoded(val_y, 1)).metrics
+    error = val_y - train_y.mean()
+    assert metrics["mae"] == pytest.approx(np.abs(error).mean(), rel=1e-4)
+    assert metrics["rmse"] == pytest.approx(np.sqrt((error**2).mean()), rel=1e-4)
+    assert metrics["mae"] > 50  # the targets' units, not standard deviations
+    # val_loss is the training loss on the standardised scale (documented in tlsearch.train.targets)
+    assert metrics["val_loss"] == pytest.approx(((error / train_y.std()) ** 2).mean(), rel=1e-4)
