@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -20,10 +21,14 @@ class Regularizer(Plugin):
 
     ``uses_inputs``: True when the regularizer needs real images in each step (a batch transform,
     or a penalty on the model's own activations). Such a regularizer disables the feature cache.
+
+    ``calibration_images``: how many training images :meth:`calibrate` wants once before training
+    (0, the default: it is not called). DELTA uses them for its channel attention.
     """
 
     kind: ClassVar[str] = "regularizer"
     uses_inputs: ClassVar[bool] = False
+    calibration_images: ClassVar[int] = 0
 
     def backbone_options(self) -> dict[str, Any]:
         """Options passed to ``Backbone.build`` (e.g. ``{"drop_path_rate": 0.1}``)."""
@@ -39,6 +44,20 @@ class Regularizer(Plugin):
 
     def setup(self, model: TransferModel, *, num_outputs: int, task: str) -> None:  # noqa: B027
         """Before training (e.g. keep a copy of the starting weights θ0 for L2-SP)."""
+
+    def calibrate(  # noqa: B027
+        self,
+        model: TransferModel,
+        *,
+        batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        num_outputs: int,
+        task: str,
+    ) -> None:
+        """Once, after :meth:`setup` and before the first step, when ``calibration_images > 0``:
+        up to that many training images at the starting weights, as ``(inputs, targets)`` batches on
+        the training device. Inputs are normalised and not augmented (the pooled features instead,
+        when the trial trains on cached features); targets are what the loss sees (class indices, or
+        standardised regression values)."""
 
     def transform_batch(
         self, images: torch.Tensor, targets: torch.Tensor, *, num_outputs: int

@@ -393,6 +393,7 @@ class Trainer:
             self._feature_sources(train, val, extras) if cached else self._image_sources(train, val, extras)
         )
         train_src, val_src = sources
+        self._calibrate(model, train_src, cached=cached)
         steps_per_epoch = len(
             batch_indices(len(train_src), self.settings.batch_size, shuffle=False, drop_last=True)
         )
@@ -449,6 +450,21 @@ class Trainer:
         return FitResult(
             history, history[-1], time.perf_counter() - started, cached, self.precision.name, extras
         )
+
+    def _calibrate(self, model: TransferModel, source: Source, *, cached: bool) -> None:
+        """Give each regularizer that asks (``calibration_images``) that many training images, at
+        the starting weights, before the first step: a seeded random subset, un-augmented."""
+        wanted = [r for r in self.regularizers if r.calibration_images > 0]
+        if not wanted:
+            return
+        count = min(max(r.calibration_images for r in wanted), len(source))
+        order = torch.randperm(len(source), generator=torch.Generator().manual_seed(self.seed))[:count]
+        batches = [
+            (inputs if cached else self._inputs(inputs, train=False), targets)
+            for inputs, targets in source.iterate(list(order.split(self.settings.batch_size)))
+        ]
+        for reg in wanted:
+            reg.calibrate(model, batches=batches, num_outputs=self.num_outputs, task=self.task)
 
     def _train_epoch(
         self,
