@@ -234,3 +234,34 @@ def test_correct_export_with_large_logits_passes_and_a_wrong_one_still_fails(tmp
             metadata=metadata(),
             validation_images=images(4),
         )
+
+
+class _NearTieFlippedWhenExported(nn.Module):
+    """Logits 0 and 1e-5 (top-1: class 1); the exported graph adds 3e-5 to class 0 only: every
+    number is within the 1e-4 tolerance, yet the exported model's top-1 is class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zero = self.net(x) * 0.0
+        logits = zero + torch.tensor([0.0, 1e-5, -1.0])
+        if torch.onnx.is_in_onnx_export():
+            logits = logits + torch.tensor([3e-5, 0.0, 0.0])
+        return logits
+
+
+def test_export_refuses_a_flipped_top1_even_when_every_number_is_within_tolerance(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    with pytest.raises(ExportError, match=r"top-1 agreement 0\.0%") as info:
+        export_onnx(
+            _NearTieFlippedWhenExported().eval(),
+            path=path,
+            metadata=metadata(),
+            validation_images=images(4),
+            tolerance=1e-4,
+            exporter="torchscript",
+        )
+    assert "max abs diff 3e-05" in str(info.value)  # the numbers alone would have passed
+    assert not path.exists() and not path.with_suffix(".json").exists()

@@ -45,7 +45,7 @@ def test_regression_study_exports_a_model_that_outputs_values(tmp_path: Path) ->
         t.user_attrs.get("failure") for t in trials
     ]
     metrics = trials[0].user_attrs["metrics"]
-    assert {"r2", "mae", "val_loss"} <= set(metrics)
+    assert {"r2", "mae", "rmse", "val_loss"} <= set(metrics)
     assert result.study.direction.name == "MINIMIZE"  # mae: lower is better
     assert trials[0].value == pytest.approx(metrics["mae"])
 

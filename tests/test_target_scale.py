@@ -56,3 +56,35 @@ def test_metrics_of_a_mean_predictor_are_in_the_targets_units() -> None:
     assert metrics["mae"] > 50  # the targets' units, not standard deviations
     # val_loss is the training loss on the standardised scale (documented in tlsearch.train.targets)
     assert metrics["val_loss"] == pytest.approx(((error / train_y.std()) ** 2).mean(), rel=1e-4)
+
+
+def test_predictor_applies_a_scale_only_when_the_graph_does_not(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """export_onnx(target_scale=…) puts ``y · std + mean`` in the graph (metadata ``in_graph``: Predictor
+    leaves the values alone); a file that only records the scale gets it applied by Predictor."""
+    from tlsearch.deploy import Predictor
+    from tlsearch.export import export_onnx
+    from tlsearch.preprocessing import DataConfig, normalize
+
+    config = DataConfig(input_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1)).eval()
+    images = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    scale = TargetScale(mean=(1000.0,), std=(250.0,))
+    meta = {"task": "regression", "data_config": config.to_dict()}
+
+    in_graph = export_onnx(
+        model, path=tmp_path / "a.onnx", metadata=meta, validation_images=images, target_scale=scale
+    )
+    recorded = export_onnx(
+        model,
+        path=tmp_path / "b.onnx",
+        metadata={**meta, "target_scale": {**scale.to_dict(), "in_graph": False}},
+        validation_images=images,
+    )
+    for report in (in_graph, recorded):
+        predictor = Predictor(report.path)
+        prepared = np.stack([predictor.prepare(image) for image in images])  # resize + crop as deployed
+        with torch.no_grad():
+            standard = model(torch.from_numpy(normalize(prepared, config))).numpy()
+        values = np.array([p.values for p in predictor.predict(list(images))])
+        np.testing.assert_allclose(values, standard * 250.0 + 1000.0, rtol=1e-5)

@@ -258,7 +258,7 @@ class SpaceSettings(_Strict):
 TASKS = ("classification", "regression")
 METRICS = {
     "classification": {"accuracy": "maximize", "val_loss": "minimize"},
-    "regression": {"r2": "maximize", "mae": "minimize", "val_loss": "minimize"},
+    "regression": {"r2": "maximize", "mae": "minimize", "rmse": "minimize", "val_loss": "minimize"},
 }
 
 

@@ -2,7 +2,7 @@
 
 Options (:mod:`._options`): ``weight_decay``, ``label_smoothing``, ``drop_path``.
 Batch transforms (:mod:`._mixing`): ``mixup``, ``cutmix``.
-Loss terms (:mod:`._penalties`): ``l2_sp``, ``delta``, ``bss``.
+Loss terms (:mod:`._penalties`): ``l2_sp``, ``delta`` (DELTA with its channel attention), ``bss``.
 """
 
 from __future__ import annotations
