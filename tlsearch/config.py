@@ -5,7 +5,9 @@ Two stages, both before anything is written:
 1. :func:`load_config` parses the YAML (``yaml.safe_load``) and validates its shape with pydantic:
    unknown keys, wrong types, out-of-range numbers.
 2. :func:`resolve_space` checks the ``space`` section against the loaded plugins: unknown plugin
-   names, unknown hyperparameters, values outside a hyperparameter's type or choices.
+   names, unknown hyperparameters, values outside a hyperparameter's type, range or choices, ranges
+   that widen a declared one; then :func:`tlsearch.validate.check_study` refuses task × loss ×
+   plugin mismatches and instantiates each plugin at the corners of its narrowed space.
 
 Every error is one :class:`~tlsearch.errors.ConfigError` naming the file, the field, the bad value
 and the valid choices.
@@ -464,4 +466,8 @@ def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
         resolved[section] = tuple(choices)
     lr = config.training.lr
     lr_hp: Hyperparameter = Float(lr.low, lr.high, log=lr.log) if isinstance(lr, Range) else Fixed(float(lr))
-    return ResolvedSpace(lr=lr_hp, **resolved)
+    space = ResolvedSpace(lr=lr_hp, **resolved)
+    from tlsearch.validate import check_study  # task × loss × plugins, and each plugin at its corners
+
+    check_study(config, space, registry)
+    return space
