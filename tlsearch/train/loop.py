@@ -50,6 +50,7 @@ from tlsearch.train.features import FeatureCache, feature_key
 from tlsearch.train.metrics import evaluate_outputs
 from tlsearch.train.optim import apply_lr, build_optimizer, merge_options, schedule_factor
 from tlsearch.train.timing import DataTimer
+from tlsearch.validate import check_trainer_options
 
 __all__ = [
     "FitResult",
@@ -155,11 +156,12 @@ class Trainer:
         self.precision: Precision = resolve_precision(settings.precision, self.device)
         self.loss_options = merge_options(self.regularizers, "loss_options")
         self.optimizer_options = merge_options(self.regularizers, "optimizer_options")
-        unknown = set(self.loss_options) - {"label_smoothing"}
-        if unknown:
-            raise ConfigError(
-                f"unknown loss option(s) {sorted(unknown)} from regularizers; valid: label_smoothing"
-            )
+        check_trainer_options(
+            task=task,
+            loss=settings.loss,
+            loss_options=self.loss_options,
+            optimizer_options=self.optimizer_options,
+        )
         self.channels_last = False
         self._normalizer: Normalizer | None = None
 
@@ -326,6 +328,7 @@ class Trainer:
             lr=self.settings.lr,
             name=self.settings.optimizer,
             weight_decay=float(self.optimizer_options.get("weight_decay", 0.0)),
+            decay_exempt=[p for reg in self.regularizers for p in reg.replaces_weight_decay(model)],
             fused=self.device.type == "cuda",
         )
         scaler = self.precision.grad_scaler()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ def build_optimizer(
     lr: float,
     name: str = "adamw",
     weight_decay: float = 0.0,
+    decay_exempt: Collection[torch.Tensor] = (),
     fused: bool = False,
 ) -> torch.optim.Optimizer:
     """One optimizer over every group; each split into weights (decayed) and biases/norms (not decayed).
@@ -42,11 +43,14 @@ def build_optimizer(
     Every optimizer param group carries ``lr_scale`` and the ``ParamGroup`` it came from, so
     :func:`apply_lr` can re-read the strategy's multipliers each epoch. ``fused`` selects the
     single-kernel CUDA implementation (one launch for all parameters instead of several per tensor).
+    ``decay_exempt``: parameters another regularizer pulls elsewhere instead (L2-SP's backbone,
+    toward θ0; see ``Regularizer.replaces_weight_decay``), so plain decay skips them.
     """
+    exempt = {id(p) for p in decay_exempt}
     param_groups: list[dict[str, Any]] = []
     for group in groups:
-        decay = [p for p in group.params if p.ndim >= 2]
-        no_decay = [p for p in group.params if p.ndim < 2]
+        decay = [p for p in group.params if p.ndim >= 2 and id(p) not in exempt]
+        no_decay = [p for p in group.params if p.ndim < 2 or id(p) in exempt]
         for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if params:
                 param_groups.append(
