@@ -6,7 +6,9 @@ Two stages, both before anything is written:
    :mod:`tlsearch.study_file`: UTF-8, no aliases, no key twice) and validates its shape with
    pydantic: unknown keys, wrong types, out-of-range or non-finite numbers.
 2. :func:`resolve_space` checks the ``space`` section against the loaded plugins: unknown plugin
-   names, unknown hyperparameters, values outside a hyperparameter's type or choices.
+   names, unknown hyperparameters, values outside a hyperparameter's type, range or choices, ranges
+   that widen a declared one; then :func:`tlsearch.validate.check_study` refuses task × loss ×
+   plugin mismatches and instantiates each plugin at the corners of its narrowed space.
 
 Every error is one :class:`~tlsearch.errors.ConfigError` naming the file, the field, the bad value
 and the valid choices; a value is echoed at most a few hundred characters long
@@ -596,9 +598,13 @@ def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
             choices.append(PluginChoice(kind, name, SearchSpace(params), enabled))
         resolved[section] = tuple(choices)
     t = config.training
-    return ResolvedSpace(
+    space = ResolvedSpace(
         lr=_setting(t.lr), warmup=_setting(t.warmup), clip_grad_norm=_setting(t.clip_grad_norm), **resolved
     )
+    from tlsearch.validate import check_study  # task × loss × plugins, and each plugin at its corners
+
+    check_study(config, space, registry)
+    return space
 
 
 def _setting(value: float | Range | None) -> Hyperparameter:

@@ -32,7 +32,7 @@ import pluggy
 from tlsearch import PROJECT_NAME, hookspecs
 from tlsearch.errors import FailTrial, PluginError, format_choices
 from tlsearch.kinds import KINDS, Plugin
-from tlsearch.kinds._base import NAME_PATTERN, RESERVED_PARAMS
+from tlsearch.kinds._base import NAME_PATTERN, RESERVED_PARAMS, TASKS
 from tlsearch.space import Categorical, Fixed, Float, Int, Required
 
 ENTRY_POINT_GROUP = PROJECT_NAME
@@ -153,6 +153,11 @@ def _check_plugin_class(kind: str, cls: Any, provider: Provider) -> None:
             )
         if pname in RESERVED_PARAMS or not NAME_PATTERN.match(pname):
             raise PluginError(f"{where}: hyperparameter name {pname!r} is reserved or invalid")
+        problem = hp.default_problem()
+        if problem:
+            raise PluginError(f"{where}: hyperparameter {pname!r}: {problem}")
+    if not cls.tasks or not set(cls.tasks) <= set(TASKS):
+        raise PluginError(f"{where}: tasks {cls.tasks!r} must be a non-empty tuple of {', '.join(TASKS)}")
 
 
 @dataclass

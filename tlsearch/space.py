@@ -43,6 +43,16 @@ class Float:
         if self.log and self.low <= 0:
             raise ValueError(f"Float: a log range needs low > 0 but got low={self.low}")
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a number inside ``[low, high]``."""
+        return _is_number(value) and math.isfinite(float(value)) and self.low <= value <= self.high
+
+    def default_problem(self) -> str | None:
+        """Why the declared default cannot be used (outside the range), or None when it can."""
+        if self.default is None or self.contains(self.default):
+            return None
+        return f"default {self.default!r} is outside its own range {self.describe()}"
+
     def suggest(self, trial: _Trial, name: str) -> float:
         if self.low == self.high:
             return float(self.low)
@@ -68,6 +78,30 @@ class Int:
             raise ValueError(f"Int: low must be <= high but got low={self.low}, high={self.high}")
         if self.step < 1:
             raise ValueError(f"Int: step must be >= 1 but got {self.step}")
+        if self.log and self.step != 1:
+            raise ValueError(
+                f"Int: step and log cannot be combined (Optuna samples a log range without steps); "
+                f"got step={self.step}, log=True"
+            )
+        if self.log and self.low < 1:
+            raise ValueError(f"Int: a log range needs low >= 1 but got low={self.low}")
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is an integer inside ``[low, high]`` (on the grid of ``step``)."""
+        if not _is_number(value) or not float(value).is_integer():
+            return False
+        return self.low <= value <= self.high and (int(value) - self.low) % self.step == 0
+
+    def default_problem(self) -> str | None:
+        """Why the declared default cannot be used (outside the range), or None when it can."""
+        if self.default is None or self.contains(self.default):
+            return None
+        return f"default {self.default!r} is outside its own range {self.describe()}"
+
+    @property
+    def top(self) -> int:
+        """The largest value the search can sample: ``high`` rounded down to the grid of ``step``."""
+        return self.low + (self.high - self.low) // self.step * self.step
 
     def suggest(self, trial: _Trial, name: str) -> int:
         if self.low == self.high:
@@ -90,6 +124,15 @@ class Categorical:
         if not self.choices:
             raise ValueError("Categorical: choices must not be empty")
 
+    def contains(self, value: Any) -> bool:
+        return value in self.choices
+
+    def default_problem(self) -> str | None:
+        """Why the declared default cannot be used (not a choice), or None when it can."""
+        if self.default is None or self.contains(self.default):
+            return None
+        return f"default {self.default!r} is not one of its choices ({', '.join(map(str, self.choices))})"
+
     def suggest(self, trial: _Trial, name: str) -> Any:
         if len(self.choices) == 1:
             return self.choices[0]
@@ -110,6 +153,9 @@ class Fixed:
     def default(self) -> Any:
         return self.value
 
+    def default_problem(self) -> str | None:
+        return None
+
     def suggest(self, trial: _Trial, name: str) -> Any:
         return self.value
 
@@ -126,6 +172,9 @@ class Required:
 
     @property
     def default(self) -> Any:
+        return None
+
+    def default_problem(self) -> str | None:
         return None
 
     def suggest(self, trial: _Trial, name: str) -> Any:  # pragma: no cover - resolved before sampling
@@ -176,17 +225,28 @@ def narrow(declared: Hyperparameter, value: Any, *, where: str) -> Hyperparamete
                     f"{where}: this hyperparameter is an integer; got low={low!r}, high={high!r}"
                 )
             try:
-                return Int(
-                    int(low), int(high), step=int(value.get("step", 1)), log=bool(value.get("log", False))
+                declared_step = declared.step if isinstance(declared, Int) else 1
+                declared_log = isinstance(declared, Int) and declared.log and "step" not in value
+                narrowed_int = Int(
+                    int(low),
+                    int(high),
+                    step=int(value.get("step", declared_step)),
+                    log=bool(value.get("log", declared_log)),
                 )
             except ValueError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+            _check_within(declared, narrowed_int, where=where)
+            return narrowed_int
         if isinstance(declared, Float) or (isinstance(declared, Required) and declared.kind is float):
+            if "step" in value:
+                raise ConfigError(f"{where}: step only fits an integer hyperparameter; this one is a float")
             try:
                 log = bool(value.get("log", declared.log if isinstance(declared, Float) else False))
-                return Float(float(low), float(high), log=log)
+                narrowed = Float(float(low), float(high), log=log)
             except ValueError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+            _check_within(declared, narrowed, where=where)
+            return narrowed
         raise ConfigError(
             f"{where}: a range {{low, high}} only fits a numeric hyperparameter; this one is {declared.describe()}"
         )
@@ -200,13 +260,33 @@ def narrow(declared: Hyperparameter, value: Any, *, where: str) -> Hyperparamete
     return Categorical(tuple(values))
 
 
+def _check_within(declared: Hyperparameter, narrowed: Float | Int, *, where: str) -> None:
+    """A study's range must lie inside the declared one: studies narrow a plugin's space, never widen it
+    (the declared range is where the plugin author says the values work)."""
+    if not isinstance(declared, (Float, Int)):
+        return  # a Required number has no declared range
+    if narrowed.low < declared.low or narrowed.high > declared.high:
+        raise ConfigError(
+            f"{where}: the range [{narrowed.low:g}, {narrowed.high:g}] widens the declared "
+            f"{declared.describe()}; a study may only narrow it (low >= {declared.low:g}, high <= {declared.high:g})"
+        )
+
+
 def _check_value(declared: Hyperparameter, v: Any, *, where: str) -> None:
     if isinstance(declared, Float):
         if not _is_number(v) or not math.isfinite(float(v)):
-            raise ConfigError(f"{where}: expected a number, got {v!r}")
+            raise ConfigError(f"{where}: expected a number, got {v!r}; valid: {declared.describe()}")
+        if not declared.contains(v):
+            raise ConfigError(
+                f"{where}: {v!r} is outside the declared range; valid: {declared.describe()} (a study may only narrow it)"
+            )
     elif isinstance(declared, Int):
         if not _is_number(v) or not float(v).is_integer():
-            raise ConfigError(f"{where}: expected an integer, got {v!r}")
+            raise ConfigError(f"{where}: expected an integer, got {v!r}; valid: {declared.describe()}")
+        if not declared.contains(v):
+            raise ConfigError(
+                f"{where}: {v!r} is outside the declared range; valid: {declared.describe()} (a study may only narrow it)"
+            )
     elif isinstance(declared, Categorical):
         if v not in declared.choices:
             raise ConfigError(

@@ -122,6 +122,7 @@ class RegressionHead(Head):
     """
 
     name = "regression"
+    tasks = ("regression",)  # its zero-initialised output predicts standardised targets' mean
     hyperparameters = {
         "hidden_dim": Categorical((0, 128, 256, 512), default=0, help="0: no hidden layer"),
         "dropout": Float(0.0, 0.5, default=0.0),

@@ -11,6 +11,7 @@ from tlsearch.space import Hyperparameter
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 RESERVED_PARAMS = frozenset({"enabled"})
+TASKS = ("classification", "regression")
 
 
 class Plugin:
@@ -21,6 +22,11 @@ class Plugin:
     samples the hyperparameters and instantiates the class with them as keyword arguments, so
     ``FreezeStages(n_frozen=2)`` is also how a test or a script uses a plugin directly.
 
+    Every declared default must lie inside its own range (checked at registration), and the plugin
+    must accept every value of its declared space: when a study is read, each plugin is
+    instantiated at the corners of the study's narrowed space (all lows, all highs, each choice),
+    so an ``__init__`` that refuses a combination fails the study before any work.
+
     The class docstring is the plugin's documentation (``tlsearch plugins list`` shows its first
     line): say what it does and cite where it comes from.
     """
@@ -28,6 +34,9 @@ class Plugin:
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
     hyperparameters: ClassVar[Mapping[str, Hyperparameter]] = {}
+    #: the study tasks the plugin fits; a study of another task that lists it is a config error
+    #: (e.g. label smoothing does nothing for regression, so it declares ``("classification",)``)
+    tasks: ClassVar[tuple[str, ...]] = TASKS
 
     def __init__(self, **params: Any) -> None:
         declared = type(self).hyperparameters

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from tlsearch.kinds._base import Plugin
 from tlsearch.kinds.model import TransferModel
+
+#: the keys :meth:`Regularizer.optimizer_options` may return (the trainer reads these and no others)
+OPTIMIZER_OPTIONS = ("weight_decay",)
+#: the keys :meth:`Regularizer.loss_options` may return
+LOSS_OPTIONS = ("label_smoothing",)
 
 
 class Regularizer(Plugin):
@@ -35,12 +41,28 @@ class Regularizer(Plugin):
         return {}
 
     def optimizer_options(self) -> dict[str, Any]:
-        """Options for the optimizer (e.g. ``{"weight_decay": 0.05}``, decoupled as in AdamW)."""
+        """Options for the optimizer (e.g. ``{"weight_decay": 0.05}``, decoupled as in AdamW).
+
+        Valid keys: :data:`OPTIMIZER_OPTIONS`; any other key is a config error when the study is read.
+        """
         return {}
 
     def loss_options(self) -> dict[str, Any]:
-        """Options for the classification loss (e.g. ``{"label_smoothing": 0.1}``)."""
+        """Options for the classification loss (e.g. ``{"label_smoothing": 0.1}``).
+
+        Valid keys: :data:`LOSS_OPTIONS`; a regularizer that returns some declares
+        ``tasks = ("classification",)``, since the regression losses take none.
+        """
         return {}
+
+    def replaces_weight_decay(self, model: TransferModel) -> Iterable[nn.Parameter]:
+        """Parameters this regularizer regularizes instead of plain weight decay, which then skips them.
+
+        Called after :meth:`setup`. L2-SP returns the backbone's parameters: it pulls them toward
+        their pretrained values θ0, and decaying them toward 0 as well would contradict it.
+        Default: none.
+        """
+        return ()
 
     def setup(self, model: TransferModel, *, num_outputs: int, task: str) -> None:  # noqa: B027
         """Before training (e.g. keep a copy of the starting weights θ0 for L2-SP)."""

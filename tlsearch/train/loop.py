@@ -58,6 +58,7 @@ from tlsearch.train.optim import (
 )
 from tlsearch.train.targets import TargetScale
 from tlsearch.train.timing import DataTimer
+from tlsearch.validate import check_trainer_options
 
 __all__ = [
     "FitResult",
@@ -176,11 +177,12 @@ class Trainer:
         self.precision: Precision = resolve_precision(settings.precision, self.device)
         self.loss_options = merge_options(self.regularizers, "loss_options")
         self.optimizer_options = merge_options(self.regularizers, "optimizer_options")
-        unknown = set(self.loss_options) - {"label_smoothing"}
-        if unknown:
-            raise ConfigError(
-                f"unknown loss option(s) {sorted(unknown)} from regularizers; valid: label_smoothing"
-            )
+        check_trainer_options(
+            task=task,
+            loss=settings.loss,
+            loss_options=self.loss_options,
+            optimizer_options=self.optimizer_options,
+        )
         if settings.clip_grad_norm is not None and not settings.clip_grad_norm > 0:
             raise ConfigError(
                 f"clip_grad_norm must be > 0 (or None: no clipping) but got {settings.clip_grad_norm}"
@@ -382,6 +384,7 @@ class Trainer:
             name=self.settings.optimizer,
             weight_decay=float(self.optimizer_options.get("weight_decay", 0.0)),
             no_decay=no_weight_decay(model),
+            decay_exempt=[p for reg in self.regularizers for p in reg.replaces_weight_decay(model)],
             fused=self.device.type == "cuda",
         )
         self.optimizer = optimizer

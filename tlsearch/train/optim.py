@@ -67,6 +67,7 @@ def build_optimizer(
     name: str = "adamw",
     weight_decay: float = 0.0,
     no_decay: Collection[int] | None = None,
+    decay_exempt: Collection[torch.Tensor] = (),
     fused: bool = False,
 ) -> torch.optim.Optimizer:
     """One optimizer over every group; each split into decayed weights and parameters without decay.
@@ -76,10 +77,14 @@ def build_optimizer(
     param group carries the ``ParamGroup`` it came from (``source``), so :func:`apply_lr` can re-read
     the strategy's multipliers each epoch. ``fused`` selects the single-kernel CUDA implementation
     (one launch for all parameters instead of several per tensor).
+    ``decay_exempt``: parameters another regularizer pulls elsewhere instead (L2-SP's backbone,
+    toward θ0; see ``Regularizer.replaces_weight_decay``), so plain decay skips them.
     """
+    exempt = {id(p) for p in decay_exempt}
     param_groups: list[dict[str, Any]] = []
     for group in groups:
         skip = no_decay if no_decay is not None else {id(p) for p in group.params if p.ndim < 2}
+        skip = set(skip) | exempt
         decay = [p for p in group.params if id(p) not in skip]
         no_decay_params = [p for p in group.params if id(p) in skip]
         for params, wd in ((decay, weight_decay), (no_decay_params, 0.0)):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -74,12 +76,20 @@ def _check_model_name(model_name: str) -> None:
             f"timm model {model_name!r} is a pattern, not a model name; expand it with "
             "TimmBackbone.expand_overrides (or list the names: `model: [resnet18, resnet50]`)"
         )
-    if model_name not in timm.list_models():
-        close = timm.list_models(f"*{model_name.split('_')[0]}*")[:10]
+    if not isinstance(model_name, str) or not timm.is_model(model_name):
+        close = difflib.get_close_matches(str(model_name), _timm_names(), n=8, cutoff=0.6)
         raise PluginError(
-            f"unknown timm model {model_name!r}; similar names: {', '.join(close) or '(none)'}. "
+            f"unknown timm model {model_name!r}; close matches: {', '.join(close) or '(none)'}. "
             "`python -c \"import timm; print(timm.list_models('pattern*'))\"` lists the valid names"
         )
+
+
+@functools.cache
+def _timm_names() -> tuple[str, ...]:
+    """Every model name timm's registry knows (offline: a list in the installed package)."""
+    import timm
+
+    return tuple(timm.list_models())
 
 
 def create_timm_model(model_name: str, *, weights: str, key_map: str, **kwargs: Any) -> nn.Module:
@@ -255,6 +265,10 @@ class TimmBackbone(Backbone):
     model: str
     weights: str
     weights_key_map: str
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        _check_model_name(self.model)  # a misspelt name fails when the study is read, not in every trial
 
     @classmethod
     def expand_overrides(cls, overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ pooled features of that layer's input width.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -42,8 +43,10 @@ def classification_models() -> list[str]:
 def _check_name(name: str) -> None:
     valid = classification_models()
     if name not in valid:
+        close = difflib.get_close_matches(str(name), valid, n=8, cutoff=0.6)
         raise PluginError(
-            f"unknown torchvision model {name!r}; valid choices: {format_choices(valid, limit=100)}"
+            f"unknown torchvision model {name!r}; close matches: {', '.join(close) or '(none)'}; "
+            f"valid choices: {format_choices(valid, limit=100)} (torchvision.models.list_models)"
         )
 
 
@@ -216,6 +219,10 @@ class TorchvisionBackbone(Backbone):
             study_dir=study_dir,
             models=lambda: torchvision_weights_targets([str(m) for m in space_values(space.get("model"))]),
         )
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        _check_name(self.model)  # a misspelt name fails when the study is read, not in every trial
 
     def build(self, **options: Any) -> BuiltBackbone:
         from torchvision.models import get_model

@@ -26,6 +26,7 @@ class LabelSmoothing(Regularizer):
     """Label smoothing: targets (1 - ε) on the true class, ε spread evenly (Szegedy et al., CVPR 2016)."""
 
     name = "label_smoothing"
+    tasks = ("classification",)  # it changes the cross-entropy; regression losses have no labels to smooth
     hyperparameters = {"epsilon": Float(0.0, 0.3, default=0.1)}
     epsilon: float
 

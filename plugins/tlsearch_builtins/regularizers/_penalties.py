@@ -20,7 +20,8 @@ class L2SP(Regularizer):
 
     ``penalty = α/2 · Σ‖w − w0‖²`` over the backbone's trainable parameters (the starting point is
     taken in :meth:`setup`, so it is what the backbone plugin loaded) ``+ β/2 · Σ‖w‖²`` over the
-    head's weight matrices. Parameters frozen at a step are skipped (they cannot move).
+    head's weight matrices. Parameters frozen at a step are skipped (they cannot move). L2-SP
+    replaces plain weight decay on the backbone: with ``weight_decay`` also on, it decays the head only.
     Source: Li, Grandvalet & Davoine, *Explicit Inductive Bias for Transfer Learning with
     Convolutional Networks*, ICML 2018 (α = 0.1, β = 0.01 in the paper); searched by Quick-Tune.
     """
@@ -35,6 +36,11 @@ class L2SP(Regularizer):
 
     def setup(self, model: TransferModel, *, num_outputs: int, task: str) -> None:
         self._start = {name: p.detach().clone() for name, p in model.backbone.named_parameters()}
+
+    def replaces_weight_decay(self, model: TransferModel) -> list[nn.Parameter]:
+        """The backbone's parameters: L2-SP pulls them toward θ0 instead, so with the
+        ``weight_decay`` regularizer also on, plain decay applies to the head only (as in the paper)."""
+        return list(model.backbone.parameters())
 
     def penalty(
         self, model: TransferModel, *, images: torch.Tensor | None, features: torch.Tensor
