@@ -127,11 +127,13 @@ def _corrupt_copy(shapes_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
 def test_corrupt_image_fails_the_trial_naming_the_file(write_study, shapes_dir, tmp_path):
     data, bad = _corrupt_copy(shapes_dir, tmp_path)
     study = write_study(data={"train": str(data / "train"), "val": str(data / "val")}, search={"n_trials": 1})
-    result = run_study(study, out_dir=tmp_path / "out", progress=False, max_failures_in_a_row=2)
+    result = run_study(study, out_dir=tmp_path / "out", progress=False)
     trials = _trials(result)
-    assert len(trials) == 2 and all(t.state == FAIL for t in trials)  # the study went on, then gave up
+    assert len(trials) == 1 and trials[0].state == FAIL  # every trial would read it: stop at once
     assert trials[0].user_attrs["failure_kind"] == "data"
+    assert trials[0].user_attrs["failure_scope"] == "study"
     assert "broken.png" in trials[0].user_attrs["failure"]
+    assert result.stopped and "broken.png" in result.stopped and "broken.png" in str(result.problem())
 
 
 def test_corrupt_image_skipped_and_counted(write_study, shapes_dir, tmp_path):
