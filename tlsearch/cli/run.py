@@ -69,7 +69,8 @@ def run(
     from tlsearch.search import export_study, run_study
     from tlsearch.search.signals import exit_code, stop_on_sigterm
 
-    stop_on_sigterm()  # a scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued
+    # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
+    click.get_current_context().call_on_close(stop_on_sigterm())
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the console prints its own lines
     config = load_config(study)
     budget = n_trials if n_trials is not None else config.search.n_trials

@@ -89,7 +89,8 @@ def worker(
     from tlsearch.search import StudyDir, run_study
     from tlsearch.search.signals import exit_code, stop_on_sigterm
 
-    stop_on_sigterm()  # a scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued
+    # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
+    click.get_current_context().call_on_close(stop_on_sigterm())
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     threads = os.environ.get("TLSEARCH_NUM_THREADS")

@@ -17,9 +17,10 @@ once at half the batch).
 so every later trial would fail the same way; the study stops at the first one, with its message,
 and the command exits 1, instead of failing ten trials first:
 
-* unreadable data (``failure_kind`` ``data``), a missing dependency (an ``ImportError`` anywhere
-  in the chain), a config or plugin-loading error (:class:`~tlsearch.errors.ConfigError`,
-  :class:`~tlsearch.errors.PluginError`) raised inside a trial;
+* outside any plugin call: unreadable data (``failure_kind`` ``data``), a missing dependency
+  (an ``ImportError`` anywhere in the chain), a config or plugin-loading error
+  (:class:`~tlsearch.errors.ConfigError`, :class:`~tlsearch.errors.PluginError`) raised inside a
+  trial (a missing dependency *inside* a plugin follows the next rule: other choices may work);
 * a plugin failure while *building* the trial (the plugin's ``__init__``, ``backbone.build`` or
   ``describe``, ``head.build``, ``freezing.setup``, ``regularizer.setup``) when every value that
   call depends on is fixed in the study: the failing plugin is the only choice of its kind (a
@@ -281,12 +282,14 @@ def _single(hp: Hyperparameter) -> bool:
 
 def study_wide(exc: BaseException, space: ResolvedSpace) -> bool:
     """Whether every trial of this study would fail the same way (the rule in the module docstring)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, (DataError, ImportError, ConfigError, PluginError)):
-            return True
-        seen = seen.__cause__
-    if not isinstance(exc, PluginFailure) or exc.method not in _BUILD_METHODS.get(exc.kind, ()):
+    if not isinstance(exc, PluginFailure):  # not a plugin's doing: the data, the environment, the config
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, (DataError, ImportError, ConfigError, PluginError)):
+                return True
+            seen = seen.__cause__
+        return False
+    if exc.method not in _BUILD_METHODS.get(exc.kind, ()):
         return False
     if exc.kind == "regularizer":
         if not _fixed(tuple(c for c in space.regularizers if c.name == exc.name), exc.name):

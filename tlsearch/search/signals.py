@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
@@ -39,12 +40,14 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
     return interrupt.exit_code if isinstance(interrupt, Terminated) else EXIT_SIGINT
 
 
-def stop_on_sigterm() -> None:
+def stop_on_sigterm() -> Callable[[], None]:
     """Make SIGTERM raise :class:`Terminated` in the main thread, once; later SIGTERMs and SIGINTs
-    are ignored while the first one unwinds. A no-op outside the main thread (where Python cannot
-    install signal handlers)."""
+    are ignored while the first one unwinds. Returns a function that puts the previous handlers
+    back (for a command run inside another program, e.g. click's test runner). A no-op outside the
+    main thread (where Python cannot install signal handlers)."""
     if threading.current_thread() is not threading.main_thread():
-        return
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     fired = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -56,4 +59,9 @@ def stop_on_sigterm() -> None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the stop is under way; let it finish
         raise Terminated(signum)
 
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+
     signal.signal(signal.SIGTERM, handler)
+    return restore
