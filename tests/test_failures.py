@@ -31,7 +31,7 @@ BOOM_PLUGIN = textwrap.dedent('''
     class Boom(Regularizer):
         """Fails once: out of memory, an exception, or a NaN penalty."""
         name = "boom"
-        hyperparameters = {"mode": Categorical(("oom", "raise", "nan"))}
+        hyperparameters = {"mode": Categorical(("oom", "raise", "nan", "shape"))}
 
         def setup(self, model, *, num_outputs, task):
             CALLS["n"] += 1
@@ -44,6 +44,8 @@ BOOM_PLUGIN = textwrap.dedent('''
                 raise ValueError("the penalty exploded")
             if self.first and self.mode == "nan":
                 return torch.tensor(float("nan"))
+            if self.first and self.mode == "shape":
+                return torch.zeros(3)
             return None
 
     @hookimpl
@@ -111,7 +113,16 @@ def test_non_finite_loss_fails_the_trial_and_the_study_goes_on(boom_study, tmp_p
     trials = _trials(result)
     assert trials[0].state == FAIL and trials[0].user_attrs["failure_kind"] == "non_finite"
     assert "loss became non-finite" in trials[0].user_attrs["failure"]
+    assert "regularizer 'boom'" in trials[0].user_attrs["failure"]
+    assert "regularizer.penalty()" in trials[0].user_attrs["failure"]
     assert sum(t.state == COMPLETE for t in trials) == 2 and all(t.value is not None for t in trials[1:])
+
+
+def test_a_non_scalar_penalty_names_its_regularizer(boom_study, tmp_path):
+    result = run_study(boom_study("shape"), out_dir=tmp_path / "out", progress=False)
+    failure = _trials(result)[0].user_attrs["failure"]
+    assert "regularizer plugin 'boom'" in failure and "regularizer.penalty()" in failure
+    assert "shape (3,)" in failure and "boom_plugin.py" in failure
 
 
 def _corrupt_copy(shapes_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -127,11 +138,13 @@ def _corrupt_copy(shapes_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
 def test_corrupt_image_fails_the_trial_naming_the_file(write_study, shapes_dir, tmp_path):
     data, bad = _corrupt_copy(shapes_dir, tmp_path)
     study = write_study(data={"train": str(data / "train"), "val": str(data / "val")}, search={"n_trials": 1})
-    result = run_study(study, out_dir=tmp_path / "out", progress=False, max_failures_in_a_row=2)
+    result = run_study(study, out_dir=tmp_path / "out", progress=False)
     trials = _trials(result)
-    assert len(trials) == 2 and all(t.state == FAIL for t in trials)  # the study went on, then gave up
+    assert len(trials) == 1 and trials[0].state == FAIL  # every trial would read it: stop at once
     assert trials[0].user_attrs["failure_kind"] == "data"
+    assert trials[0].user_attrs["failure_scope"] == "study"
     assert "broken.png" in trials[0].user_attrs["failure"]
+    assert result.stopped and "broken.png" in result.stopped and "broken.png" in str(result.problem())
 
 
 def test_corrupt_image_skipped_and_counted(write_study, shapes_dir, tmp_path):
@@ -207,3 +220,117 @@ def test_guard_leaves_out_of_memory_and_pruning_unwrapped():
             plugins.head.build(4, 2)
         if expected is PluginCallError:
             assert "head plugin 'linear'" in str(info.value) and "head.build()" in str(info.value)
+
+
+# Heads that fail in the way their ``mode`` (a module constant written by the test) says.
+HEADS_PLUGIN = textwrap.dedent('''
+    import sys
+    from torch import nn
+    from tlsearch import hookimpl
+    from tlsearch.kinds import Head
+
+    MODE = "{mode}"
+
+    class Greedy(nn.Linear):
+        """Out of host memory on training batches larger than 8 (a real MemoryError)."""
+        def forward(self, x):
+            if self.training and len(x) > 8:
+                raise MemoryError("cannot allocate a batch of %d (simulated)" % len(x))
+            return super().forward(x)
+
+    class Broken(Head):
+        """Fails as MODE says: in build (always), by sys.exit in build, in __init__, or a greedy forward."""
+        name = "broken"
+
+        def __init__(self, **params):
+            if MODE == "init":
+                raise ValueError("the head cannot start")
+            super().__init__(**params)
+
+        def build(self, in_features, out_features):
+            if MODE == "build":
+                raise RuntimeError("the head driver is missing")
+            if MODE == "exit":
+                sys.exit(3)
+            return Greedy(in_features, out_features)
+
+    @hookimpl
+    def tlsearch_register_heads(register):
+        register.add(Broken)
+''')
+
+
+@pytest.fixture
+def head_study(write_study, tmp_path: Path):
+    def make(mode: str, *, n_trials: int):
+        plugin = tmp_path / f"heads_{mode}.py"
+        plugin.write_text(HEADS_PLUGIN.replace("{mode}", mode))
+        return write_study(
+            f"{mode}.yaml",
+            plugins=[str(plugin)],
+            space={"head": ["broken"], "freezing": ["linear_probe"], "regularizers": {}},
+            search={"pruner": "none", "n_trials": n_trials},
+        )
+
+    return make
+
+
+def test_host_out_of_memory_is_oom_and_retried_at_half_the_batch(head_study, tmp_path):
+    result = run_study(head_study("memory", n_trials=1), out_dir=tmp_path / "out", progress=False)
+    first, retry = _trials(result)
+    assert first.state == FAIL and first.user_attrs["failure_kind"] == "oom"
+    assert "MemoryError" in first.user_attrs["failure"]
+    assert retry.state == COMPLETE and retry.user_attrs["batch_size"] == 8
+    assert retry.user_attrs["retry_of"] == 0 and retry.params == first.params
+
+
+def test_cpu_allocator_messages_count_as_out_of_memory():
+    assert is_oom(
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+    )
+    assert is_oom(RuntimeError("not enough memory: you tried to allocate 12 GB"))
+    assert is_oom(MemoryError()) and classify(MemoryError("x"))[0] == "oom"
+
+
+def test_a_build_that_always_fails_stops_the_study_at_once_with_exit_1(head_study, tmp_path):
+    from click.testing import CliRunner
+
+    from tlsearch.cli import main
+
+    study = head_study("build", n_trials=10)
+    out = tmp_path / "out"
+    cli = CliRunner().invoke(main, ["run", str(study), "--out", str(out), "--console", "plain"])
+    assert cli.exit_code == 1, cli.output
+    assert "every trial would fail the same way" in cli.output
+    assert "head plugin 'broken'" in cli.output and "the head driver is missing" in cli.output
+    from tlsearch.search.study import open_study
+    from tlsearch.search.study_dir import StudyDir
+
+    config = StudyDir(out).load_config()
+    trials = open_study(config, str(out / "study.journal"), create=False).trials
+    assert len(trials) == 1 and trials[0].user_attrs["failure_scope"] == "study"
+    assert 'raise RuntimeError("the head driver is missing")' in trials[0].user_attrs["failure_traceback"]
+
+
+def test_sys_exit_in_a_plugin_fails_its_trial_instead_of_ending_the_process(head_study, tmp_path):
+    result = run_study(head_study("exit", n_trials=3), out_dir=tmp_path / "out", progress=False)
+    (trial,) = _trials(result)  # the same in every trial: the study stopped
+    assert trial.state == FAIL and trial.user_attrs["failure_kind"] == "plugin"
+    assert "head plugin 'broken'" in trial.user_attrs["failure"]
+    assert "sys.exit(3)" in trial.user_attrs["failure"]
+    assert result.problem() and "sys.exit(3)" in str(result.problem())
+
+
+def test_a_plugin_init_that_raises_names_the_plugin(head_study, tmp_path):
+    result = run_study(head_study("init", n_trials=3), out_dir=tmp_path / "out", progress=False)
+    (trial,) = _trials(result)
+    failure = trial.user_attrs["failure"]
+    assert "head plugin 'broken'" in failure and "head.__init__()" in failure
+    assert "heads_init.py" in failure and "the head cannot start" in failure
+
+
+def test_a_failure_that_depends_on_the_sampled_values_does_not_stop_the_study(boom_study, tmp_path):
+    result = run_study(boom_study("raise"), out_dir=tmp_path / "out", progress=False)
+    assert result.stopped is None and result.problem() is None
+    assert "failure_scope" not in _trials(result)[0].user_attrs
+    assert "the penalty exploded" in _trials(result)[0].user_attrs["failure_traceback"]

@@ -26,16 +26,24 @@ COMPLETE, FAIL, RUNNING = (
 
 # Makes each trial last long enough to be killed in the middle of it.
 SLOW_PLUGIN = textwrap.dedent('''
+    import os
     import time
+    from pathlib import Path
     from tlsearch import hookimpl
     from tlsearch.kinds import Regularizer
 
+    CALLS = {"n": 0}
+
     class Slow(Regularizer):
-        """Sleeps before training."""
+        """Writes markers/<pid>-<n> when the process's n-th trial is inside it, then sleeps."""
         name = "slow"
 
         def setup(self, model, *, num_outputs, task):
-            time.sleep(4)
+            CALLS["n"] += 1
+            markers = Path(__file__).with_name("markers")
+            markers.mkdir(exist_ok=True)
+            (markers / f"{os.getpid()}-{CALLS['n']}").touch()
+            time.sleep(6)
 
     @hookimpl
     def tlsearch_register_regularizers(register):
@@ -66,18 +74,17 @@ def _start_worker(study: Path, out: Path) -> subprocess.Popen[str]:
     )
 
 
-def _wait_for_trial_start(out: Path, number: int, proc: subprocess.Popen[str], timeout: float = 180) -> None:
-    trail = out / "trail.jsonl"
+def _wait_for_trial_start(out: Path, number: int, proc: subprocess.Popen[str], timeout: float = 300) -> None:
+    """Return once the worker's trial ``number`` (its ``number + 1``-th) is inside the plugin's
+    setup: the plugin's marker says so, no guess at how long start-up takes under load."""
+    marker = out.parent / "markers" / f"{proc.pid}-{number + 1}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if trail.is_file():
-            for line in trail.read_text().splitlines():
-                event = json.loads(line)
-                if event["event"] == "trial_start" and event["trial"] == number:
-                    time.sleep(1.0)  # inside the plugin's setup: mid-trial
-                    return
+        if marker.exists():
+            return
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.2)
+        time.sleep(0.05)
+    proc.kill()
     raise AssertionError(f"trial {number} did not start within {timeout}s")
 
 
@@ -123,3 +130,111 @@ def test_interrupted_worker_records_the_trial_and_the_study_resumes(slow_study, 
     retry = next(t for t in result.study.trials if t.user_attrs.get("retry_of") == 0)
     assert retry.state == COMPLETE and retry.params == trial.params
     assert sum(t.state in FINISHED for t in result.study.trials) == 1
+
+
+# A head whose build ends the process (os.abort) the first time, in any process.
+ABORT_PLUGIN = textwrap.dedent('''
+    import os
+    from pathlib import Path
+    from torch import nn
+    from tlsearch import hookimpl
+    from tlsearch.kinds import Head
+
+    class Abort(Head):
+        """Aborts the process in its first build; builds a linear layer afterwards."""
+        name = "abort"
+
+        def build(self, in_features, out_features):
+            done = Path(__file__).with_name("aborted")
+            if not done.exists():
+                done.touch()
+                os.abort()
+            return nn.Linear(in_features, out_features)
+
+    @hookimpl
+    def tlsearch_register_heads(register):
+        register.add(Abort)
+''')
+
+
+def test_a_plugin_that_kills_the_process_leaves_its_trial_failed_with_a_reason(write_study, tmp_path):
+    plugin = tmp_path / "abort_plugin.py"
+    plugin.write_text(ABORT_PLUGIN)
+    study = write_study(
+        plugins=[str(plugin)],
+        training={"epochs": 1},
+        search={"n_trials": 1, "pruner": "none"},
+        space={"head": ["abort"], "freezing": ["linear_probe"], "regularizers": {}},
+    )
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlsearch", "run", str(study), "--out", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGABRT, proc.stderr[-3000:]
+    assert _by_number(_study(out))[0].state == RUNNING
+
+    result = run_study(study, out_dir=out, progress=False)
+    dead = _by_number(result.study)[0]
+    assert dead.state == FAIL
+    reason = dead.user_attrs["failure"]
+    assert "worker died" in reason and "pid " in reason
+    assert "last seen" in reason and "os.abort" in reason
+    assert [t.state for t in result.study.trials[1:]] == [COMPLETE]
+
+
+# A head plugin given only with --plugin (the study file does not name it).
+EXTRA_HEAD = textwrap.dedent('''
+    from torch import nn
+    from tlsearch import hookimpl
+    from tlsearch.kinds import Head
+
+    class Extra(Head):
+        """A linear head from a plugin file."""
+        name = "extra"
+
+        def build(self, in_features, out_features):
+            return nn.Linear(in_features, out_features)
+
+    @hookimpl
+    def tlsearch_register_heads(register):
+        register.add(Extra)
+''')
+
+
+def test_plugin_files_given_with_the_option_are_recorded_for_worker_and_export(write_study, tmp_path):
+    from click.testing import CliRunner
+
+    from tlsearch.cli import main
+
+    plugin = tmp_path / "extra_head.py"
+    plugin.write_text(EXTRA_HEAD)
+    study = write_study(
+        training={"epochs": 1},
+        search={"n_trials": 1, "pruner": "none"},
+        space={"head": ["extra"], "freezing": ["linear_probe"], "regularizers": {}},
+    )
+    out = tmp_path / "out"
+    runner = CliRunner()
+    cli = runner.invoke(
+        main, ["run", str(study), "--out", str(out), "--plugin", str(plugin), "--console", "plain"]
+    )
+    assert cli.exit_code == 0, cli.output
+    recorded = json.loads((out / "study.json").read_text())["config"]["plugins"]
+    assert recorded == [str(plugin.resolve())]
+    # Another process joins the study folder with no --plugin: the recorded file is loaded again.
+    joined = subprocess.run(
+        [sys.executable, "-m", "tlsearch", "worker", str(out), "--n-trials", "2"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert sum(t.state == COMPLETE for t in _study(out).trials) == 2
+    plugin.unlink()  # and a recorded file that is gone is named
+    gone = runner.invoke(main, ["export", str(out)])
+    assert gone.exit_code == 2 and str(plugin.resolve()) in gone.output

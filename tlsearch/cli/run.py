@@ -1,4 +1,11 @@
-"""``tlsearch run``: run or resume a study, then export its best model."""
+"""``tlsearch run``: run or resume a study, then export its best model.
+
+Exit codes (the README's table): 0 the study has a complete trial (and it was exported); 1 the
+run failed — no complete trial, the failure policy stopped it (a failure every trial would meet,
+or too many in a row), a worker failed, or an export check failed; 2 a config or plugin error,
+before any work; 130 Ctrl-C; 143 SIGTERM. After 130 and 143 the running trial was failed and
+queued again, so rerunning the same command resumes.
+"""
 
 from __future__ import annotations
 
@@ -60,7 +67,10 @@ def run(
 
     from tlsearch.config import load_config
     from tlsearch.search import export_study, run_study
+    from tlsearch.search.signals import exit_code, stop_on_sigterm
 
+    # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
+    click.get_current_context().call_on_close(stop_on_sigterm())
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the console prints its own lines
     config = load_config(study)
     budget = n_trials if n_trials is not None else config.search.n_trials
@@ -77,16 +87,22 @@ def run(
                 on_event=console.event,
                 workers=workers,
             )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (tlsearch.search.signals.Terminated)
+        code = exit_code(exc)
+        cause = "terminated (SIGTERM)" if code != 130 else "interrupted"
         click.echo(
-            "interrupted: finished trials are kept and the running one was requeued; "
+            f"{cause}: finished trials are kept and the running one was requeued; "
             "rerun the same command to resume",
             err=True,
         )
-        sys.exit(130)
+        sys.exit(code)
     console.leaderboard(result.study, metric=result.config.metric)
     if workers > 1:
         click.echo(f"workers' own output: {result.study_dir.root / 'logs'}/worker-<rank>.log")
+    problem = result.problem()
+    if problem:
+        click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
     if result.config.export.enabled and not no_export:
         report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
         console.exported(report)

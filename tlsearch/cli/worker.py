@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,15 +11,6 @@ import click
 
 from tlsearch.cli import main
 from tlsearch.cli.options import plugin_option
-
-
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM (a scheduler's stop, ``kill``) ends the trial like Ctrl-C does: recorded and requeued."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _echo_event(prefix: str) -> Any:
@@ -90,11 +80,17 @@ def worker(
 
     Start as many as you like, on any machines that reach the storage: the budget of finished
     trials holds across all of them, and a worker that dies has its trial retried by the others.
+    Exits 0 when the study has a complete trial, 1 when it has none or this worker was stopped by
+    the failure policy, 2 on a config or plugin error, 130 on Ctrl-C, 143 on SIGTERM.
     """
     import optuna
 
     from tlsearch.config import load_config
     from tlsearch.search import StudyDir, run_study
+    from tlsearch.search.signals import exit_code, stop_on_sigterm
+
+    # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
+    click.get_current_context().call_on_close(stop_on_sigterm())
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     threads = os.environ.get("TLSEARCH_NUM_THREADS")
@@ -107,10 +103,9 @@ def worker(
         out_dir = out_dir or study
     else:
         config = load_config(study)
-    _interrupt_on_sigterm()
     rank = os.environ.get("TLSEARCH_WORKER_RANK")
     try:
-        run_study(
+        result = run_study(
             config,
             out_dir=out_dir,
             n_trials=n_trials,
@@ -123,6 +118,12 @@ def worker(
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
         )
-    except KeyboardInterrupt:
-        click.echo("interrupted: the running trial was recorded and requeued; rerun to resume", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (tlsearch.search.signals.Terminated)
+        code = exit_code(exc)
+        cause = "terminated (SIGTERM)" if code != 130 else "interrupted"
+        click.echo(f"{cause}: the running trial was recorded and requeued; rerun to resume", err=True)
+        sys.exit(code)
+    problem = result.problem()
+    if problem:
+        click.echo(f"error: {problem}", err=True)
+        sys.exit(1)

@@ -18,7 +18,16 @@ from tlsearch.rank.ranking import choices_identity
 from tlsearch.registry import PluginManager
 from tlsearch.search.budget import FINISHED, SKIPPED_ATTR, BudgetReached, study_deadline, wait_for_slot
 from tlsearch.search.checkpoint import TrialRecord, save_checkpoint
-from tlsearch.search.failures import classify, free_accelerator_memory, guard_plugins
+from tlsearch.search.failures import (
+    SCOPE_ATTR,
+    TRACEBACK_ATTR,
+    blame_non_finite,
+    classify,
+    free_accelerator_memory,
+    instantiate_plugins,
+    short_traceback,
+    study_wide,
+)
 from tlsearch.search.objectives import (
     LATENCY_ATTR,
     measure_latency,
@@ -33,7 +42,7 @@ from tlsearch.search.recovery import (
     requeue,
     sweep_stale_trials,
 )
-from tlsearch.search.sampling import build_model, describe_choices, instantiate, sample_choices
+from tlsearch.search.sampling import TrialPlugins, build_model, describe_choices, sample_choices
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
@@ -128,6 +137,7 @@ class Objective:
         self.max_retries = max_retries
         self.progress_interval = progress_interval
         self.identity = WorkerIdentity.current().to_dict()
+        self._plugins: TrialPlugins | None = None  # this trial's, to name a plugin behind a failure
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         # A write of its own: other workers' sweeps must know who runs the trial while it waits for a slot.
@@ -137,8 +147,8 @@ class Objective:
             try:
                 self._take_slot(trial, writer)
                 return self._trial(trial, writer)
-            except KeyboardInterrupt:
-                reason = classify(KeyboardInterrupt())[1]
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see tlsearch.search.signals)
+                reason = classify(exc)[1]
                 self._fail(writer, "interrupted", reason)
                 if trial.params:
                     requeue(trial.study, trial, reason="interrupted", max_retries=self.max_retries)
@@ -196,22 +206,28 @@ class Objective:
             writer.flush()
             self._end(trial, "PRUNED", None, history[-1] if history else {})
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit in a plugin fails the trial, not the process
+            if isinstance(exc, NonFiniteError):
+                exc = blame_non_finite(exc, self._plugins)
             kind, reason = classify(exc)
+            failure_attrs: dict[str, Any] = {TRACEBACK_ATTR: short_traceback(exc)}
+            if study_wide(exc, self.space):
+                failure_attrs[SCOPE_ATTR] = "study"
         else:
             return value
         # Outside the except block: the exception and its traceback (holding the failed step's
         # tensors) are gone, so the memory can really be freed.
         free_accelerator_memory()
-        self._fail(writer, kind, reason)
+        self._fail(writer, kind, reason, **failure_attrs)
         self._end(trial, "FAIL", None, {"failure": reason})  # type: ignore[dict-item]
         if kind == "oom":
             self._retry_smaller(trial)
         raise TrialFailed(reason)
 
-    def _fail(self, writer: TrialWriter, kind: str, reason: str) -> None:
-        """Record why the trial failed, with anything still staged, in one commit."""
-        writer.flush(failure=reason, failure_kind=kind)
+    def _fail(self, writer: TrialWriter, kind: str, reason: str, **attrs: Any) -> None:
+        """Record why the trial failed (and ``attrs``: its traceback, its scope), with anything
+        still staged, in one commit."""
+        writer.flush(failure=reason, failure_kind=kind, **attrs)
 
     def _retry_smaller(self, trial: optuna.Trial) -> None:
         batch = int(trial.user_attrs.get("batch_size", self.config.training.batch_size))
@@ -305,7 +321,8 @@ class Objective:
         started: float,
     ) -> float | list[float]:
         config = self.config
-        plugins = guard_plugins(instantiate(choices, self.pm.registry), self.pm.registry)
+        self._plugins = None
+        plugins = self._plugins = instantiate_plugins(choices, self.pm.registry)
         writer.stage(plugins=plugins.names())
         seed = (config.search.seed or 0) + trial.number
         model = build_model(

@@ -149,7 +149,11 @@ def stale_reason(
     info: dict[str, Any] = trial.user_attrs.get(WORKER_ATTR) or {}
     alive = process_alive(info) if info else None
     if alive is False:
-        return f"worker died: process {info['pid']} on {info['host']} ended while the trial was running"
+        return (
+            f"worker died: the process running this trial (pid {info['pid']} on {info['host']}) ended "
+            f"during it, last seen {_last_seen(trial)}: killed (SIGKILL, the out-of-memory killer) "
+            "or ended by a plugin (os.abort, a crash in native code)"
+        )
     if alive is True:
         return None
     if trial._trial_id in heartbeat_stale:
@@ -160,6 +164,16 @@ def stale_reason(
         if now - last > grace_period:
             return f"worker lost: no heartbeat for {now - last:.0f}s (> {grace_period:.0f}s) from host {info.get('host')}"
     return None
+
+
+def _last_seen(trial: FrozenTrial) -> str:
+    """When the trial last gave a sign of life: its last heartbeat, or its start."""
+    beat = trial.user_attrs.get(HEARTBEAT_ATTR)
+    if beat is not None:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(beat))) + " (heartbeat)"
+    if trial.datetime_start is not None:
+        return trial.datetime_start.strftime("%Y-%m-%d %H:%M:%S") + " (trial start)"
+    return "never"
 
 
 def sweep_stale_trials(

@@ -23,7 +23,8 @@ from tlsearch.data import load_splits
 from tlsearch.errors import ConfigError, TlsearchError
 from tlsearch.rank.study import ranked_space
 from tlsearch.registry import PluginManager, get_plugin_manager
-from tlsearch.search.budget import DEADLINE_ATTR, FINISHED, BudgetCallback, FailureStreakCallback, should_stop
+from tlsearch.search.budget import DEADLINE_ATTR, FINISHED, BudgetCallback, should_stop
+from tlsearch.search.failures import FailurePolicy
 from tlsearch.search.objective import Objective
 from tlsearch.search.objectives import sampler_constraints_func
 from tlsearch.search.portfolio import warm_start
@@ -151,6 +152,21 @@ class RunResult:
     config: StudyConfig
     pm: PluginManager
     data: StudyData
+    stopped: str | None = None  # why the failure policy stopped this worker (None: it did not)
+
+    def problem(self) -> str | None:
+        """One line saying why this run did not succeed, or None when it did: the failure policy
+        stopped it (a study-wide failure, or too many failures in a row), or the study has no
+        complete trial (every trial failed or was pruned, or the budget ended first). The CLI exits
+        1 with this line."""
+        if self.stopped:
+            return self.stopped
+        if not self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            failed = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+            last = next((t for t in reversed(failed) if t.user_attrs.get("failure")), None)
+            detail = f" (the last failure: {last.user_attrs['failure']})" if last is not None else ""
+            return f"the run ended with no complete trial{detail}"
+        return None
 
 
 def prepare(
@@ -170,7 +186,12 @@ def prepare(
         resolve_precision(config.training.precision, resolve_device(config.training.device))
     except ConfigError as exc:
         raise ConfigError(f"{config.source or '<study>'}: {exc}") from None
-    pm = get_plugin_manager([*(config.resolve_path(p) for p in config.plugins), *plugin_files])
+    # ``--plugin`` files join the study's own ``plugins`` (absolute paths, once each), so study.json
+    # records them and ``tlsearch export DIR`` or ``tlsearch worker DIR`` load them again.
+    files = list(dict.fromkeys(config.resolve_path(p).resolve() for p in [*config.plugins, *plugin_files]))
+    if files != [config.resolve_path(p) for p in config.plugins]:
+        config = config.model_copy(update={"plugins": files})
+    pm = get_plugin_manager(files)
     space = resolve_space(config, pm.registry)
     study_dir = StudyDir(Path(out_dir) if out_dir is not None else Path("runs") / config.name)
     return config, pm, space, study_dir
@@ -199,7 +220,8 @@ def run_study(
     and workers: exactly that many finish (see :mod:`tlsearch.search.budget`), and a rerun after a
     crash runs only the missing ones, after failing and requeueing the trials of dead workers
     (:mod:`tlsearch.search.recovery`). Failed trials are recorded and the study goes on; a worker
-    stops after ``max_failures_in_a_row`` failures in a row.
+    stops at the first failure every trial would meet, or after ``max_failures_in_a_row`` failures
+    in a row (:class:`~tlsearch.search.failures.FailurePolicy`; ``RunResult.stopped`` says which).
 
     ``on_event(name, **kw)`` receives the search's events: ``trial_start``, ``epoch_end`` and
     ``trial_end`` (each with its ``trial``), and ``progress`` (``task``, ``done``, ``total``) for
@@ -257,17 +279,18 @@ def run_study(
         warm_start(study, config=config, space=space, ranking=ranking)
     result = RunResult(study, study_dir, config, pm, data)
     if workers > 1:
-        run_workers(
-            result,
-            storage=spec,
-            workers=workers,
-            n_trials=n_trials,
-            plugin_files=plugin_files,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            on_event=on_event,
-        )
-        sweep_stale_trials(study, grace_period=grace_period)
+        try:
+            run_workers(
+                result,
+                storage=spec,
+                workers=workers,
+                n_trials=n_trials,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                on_event=on_event,
+            )
+        finally:  # a worker killed after the stop deadline left its trial RUNNING: fail and requeue it now
+            sweep_stale_trials(study, grace_period=grace_period)
         return result
 
     objective = Objective(
@@ -281,6 +304,7 @@ def run_study(
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
     )
+    policy = FailurePolicy(max_failures_in_a_row)
     pm.notify("tlsearch_study_start", study=study, config=config, out_dir=str(study_dir.root))
     try:
         if not should_stop(study, budget):
@@ -288,10 +312,11 @@ def run_study(
                 objective,
                 timeout=timeout,
                 catch=(Exception,),
-                callbacks=[BudgetCallback(budget), FailureStreakCallback(max_failures_in_a_row)],
+                callbacks=[BudgetCallback(budget), policy],
                 gc_after_trial=True,
                 show_progress_bar=False,
             )
     finally:
         pm.notify("tlsearch_study_end", study=study, out_dir=str(study_dir.root))
+    result.stopped = policy.stopped
     return result

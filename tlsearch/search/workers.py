@@ -113,8 +113,10 @@ def run_workers(
     progress reaches ``on_event`` as search events, read from the study every ``poll_interval``
     seconds (:class:`~tlsearch.search.watch.StudyWatcher`): one console shows every worker's trials.
 
-    Ctrl-C (SIGINT) reaches every worker, which fails its trial cleanly and requeues it; a worker
-    still running ``STOP_GRACE_SECONDS`` later is killed (its trial is swept on the next run).
+    Ctrl-C (SIGINT) or SIGTERM to this process is passed on to every worker as SIGTERM (which a
+    worker started with SIGINT ignored, e.g. under ``nohup … &``, still obeys): each fails its
+    trial cleanly and requeues it; a worker still running ``STOP_GRACE_SECONDS`` later is killed
+    (its trial is swept right after, see :func:`~tlsearch.search.study.run_study`).
     Raises :class:`TlsearchError` naming the workers that exited with an error (and their logs).
     """
     if workers < 1:
@@ -145,13 +147,14 @@ def run_workers(
         watcher = StudyWatcher(result.study, on_event) if on_event is not None else None
         try:
             codes = _wait(procs, watcher, poll_interval)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (tlsearch.search.signals.Terminated)
             stop_workers(procs)
             raise
     failed = [(rank, code) for rank, code in enumerate(codes) if code != 0]
     if failed:
         detail = ", ".join(
-            f"worker {rank} exited with code {code}" + (f" (its output: {logs[rank]})" if logs else "")
+            f"worker {rank} exited with code {code}"
+            + (f": {_last_line(logs[rank])} (its output: {logs[rank]})" if logs else "")
             for rank, code in failed
         )
         raise TlsearchError(f"{detail}; completed trials are kept, rerun the command to resume")
@@ -160,6 +163,17 @@ def run_workers(
 def worker_log(root: Path, rank: int) -> Path:
     """Where local worker ``rank`` of a study folder writes its output when a console watches."""
     return root / "logs" / f"worker-{rank}.log"
+
+
+def _last_line(path: Path) -> str:
+    """The last line a worker wrote: its one-line reason when it exits non-zero."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return "(no output)"
+    return lines[-1] if lines else "(no output)"
 
 
 def _open_log(path: Path) -> IO[str]:
@@ -191,10 +205,11 @@ def _wait(procs: Sequence[subprocess.Popen[Any]], watcher: StudyWatcher | None, 
 
 
 def stop_workers(procs: Sequence[subprocess.Popen[Any]], *, grace: float = STOP_GRACE_SECONDS) -> None:
-    """Interrupt the workers (each fails its running trial cleanly), then kill any that hangs."""
+    """Stop the workers with SIGTERM (each fails its running trial cleanly and requeues it; SIGINT
+    could be ignored), then kill any still running ``grace`` seconds later."""
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGINT)
+            p.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
     for p in procs:
         try:
