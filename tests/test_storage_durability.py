@@ -221,3 +221,15 @@ from tlsearch.search.storage import make_storage
 study = optuna.load_study(study_name="s", storage=make_storage(sys.argv[1]))
 study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
 """
+
+
+def test_who_counts_as_a_dead_lock_owner():
+    """A reused PID (same number, another start time) is dead; an owner on another host, or one
+    alive here, cannot be declared dead; a lock file naming no owner decodes to none."""
+    from tlsearch.search.journal_lock import LockOwner
+
+    me = LockOwner.current()
+    assert LockOwner.decode(me.encode()) == me and not me.is_dead()
+    assert LockOwner(me.host, me.pid_namespace, me.pid, "1").is_dead() == (me.started != "-")
+    assert not LockOwner("another-host", me.pid_namespace, 1, "1").is_dead()
+    assert LockOwner.decode(b"") is None and LockOwner.decode(b"/some/study.journal") is None

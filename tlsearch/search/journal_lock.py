@@ -85,6 +85,8 @@ def _pid_namespace() -> str:
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (``/proc/<pid>/stat``), ``"Z"`` for a
     zombie, ``None`` where there is no ``/proc``."""
+    if not os.path.isdir("/proc/self"):
+        return None  # no /proc (macOS, Windows): only "no such PID" tells a dead owner
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode("utf-8", "replace")
