@@ -153,7 +153,7 @@ def test_a_model_not_made_by_tlsearch_is_refused(setup, tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match=r"foreign\.onnx.*not a model exported by tlsearch"):
         Predictor(foreign)
     out = CliRunner().invoke(main, ["predict", str(foreign), str(setup["files"][0])])
-    assert out.exit_code == 1 and "not a model exported by tlsearch" in out.stderr
+    assert out.exit_code == 2 and "not a model exported by tlsearch" in out.stderr
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not onnx at all")
     with pytest.raises(ModelFormatError, match=r"cannot load .*garbage\.onnx"):

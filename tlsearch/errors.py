@@ -28,7 +28,10 @@ class PluginCallError(TlsearchError):
 
 
 class DataError(TlsearchError):
-    """The images or labels cannot be used (the message names the file)."""
+    """The images or labels cannot be used (the message names the file). Found before the first
+    trial (the data is checked once up front), so the CLI exits with code 2, as for a config error."""
+
+    exit_code = 2
 
 
 class ExportError(TlsearchError):

@@ -6,12 +6,14 @@ exported model sees exactly the pixels it was trained and validated on.
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -19,6 +21,31 @@ INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+
+# Bounds on what an image file may declare in its header, checked before any pixel is decoded
+# (``Image.open`` only reads the header): a few-KB PNG can declare 1 × 3,000,000 pixels, which
+# passes Pillow's pixel-count check yet needs gigabytes once its shorter side is resized up.
+MAX_SIDE = 20_000  # pixels, width or height
+MAX_PIXELS = 80_000_000  # width × height (Pillow's own decompression-bomb limit is about 89 M)
+MAX_ASPECT_RATIO = 20.0  # longer side / shorter side
+
+# Bounds on a preprocessing (also what a deployed model's metadata may claim).
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 4096
+MIN_CROP_PCT = 0.05  # crop_pct must be in (MIN_CROP_PCT, 1]
+
+# Grey modes with more than 8 bits per pixel: scaled to 8 bits, since Pillow's convert("RGB")
+# clips them (a 16-bit PNG would decode all white).
+_WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as text that can always be printed, logged or written to JSON.
+
+    File names need not be valid UTF-8 (on Linux, ``b"\\xff.png"`` is a legal name, which Python
+    exposes with a lone surrogate); such bytes are shown as a backslash escape. Open files with the
+    real path, never with this text.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -41,10 +68,17 @@ class DataConfig:
             raise ValueError(
                 f"interpolation {self.interpolation!r} is not supported; valid: {', '.join(INTERPOLATIONS)}"
             )
-        if not 0 < self.crop_pct <= 1:
-            raise ValueError(f"crop_pct must be in (0, 1] but got {self.crop_pct}")
-        if self.input_size < 8:
-            raise ValueError(f"input_size must be >= 8 but got {self.input_size}")
+        if not MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE:
+            raise ValueError(
+                f"input_size must be in [{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}] but got {self.input_size!r}"
+            )
+        if not MIN_CROP_PCT < self.crop_pct <= 1:  # also False for NaN
+            raise ValueError(f"crop_pct must be in ({MIN_CROP_PCT}, 1] but got {self.crop_pct!r}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be 3 finite numbers (R, G, B) but got {list(values)!r}")
+        if not all(v > 0 for v in self.std):
+            raise ValueError(f"std must be > 0 in every channel but got {list(self.std)!r}")
 
     @property
     def resize_size(self) -> int:
@@ -69,14 +103,45 @@ class DataConfig:
         )
 
 
+def check_image_size(width: int, height: int) -> None:
+    """Refuse a declared size past :data:`MAX_SIDE`, :data:`MAX_PIXELS` or :data:`MAX_ASPECT_RATIO`."""
+    if width < 1 or height < 1:
+        raise ValueError(f"its size {width}×{height} is empty")
+    if max(width, height) > MAX_SIDE:
+        raise ValueError(f"its size {width}×{height} exceeds {MAX_SIDE} pixels on a side")
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"its size {width}×{height} exceeds {MAX_PIXELS:,} pixels")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"its size {width}×{height} has an aspect ratio past {MAX_ASPECT_RATIO:g}:1 "
+            "(it would need too much memory to resize)"
+        )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A decoded image as 8-bit RGB, the way training and deploy both see it: EXIF orientation
+    applied (in place; a phone photo is stored sideways with a tag saying so) and 16-bit grey
+    scaled to 8 bits (Pillow's own conversion clips it, so a 16-bit PNG would be all white)."""
+    ImageOps.exif_transpose(image, in_place=True)
+    if image.mode in _WIDE_GREY_MODES:
+        grey = np.asarray(image, dtype=np.float64)  # 0..65535 for a 16-bit image
+        image = Image.fromarray(np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as RGB. Raises ``OSError``/``ValueError`` naming ``path`` when it is not one."""
+    """Open an image file as 8-bit RGB (see :func:`to_rgb`).
+
+    Raises ``ValueError`` naming ``path`` when it is not a readable image, or when its header
+    declares a size past the bounds of :func:`check_image_size` (checked before decoding pixels).
+    """
     try:
         with Image.open(path) as im:
+            check_image_size(*im.size)
             im.load()
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot read image {str(path)!r}: {exc}") from None
+            return to_rgb(im)
+    except (OSError, ValueError, MemoryError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read image {display_path(path)!r}: {exc}") from None
 
 
 def resize_center_crop(image: Image.Image, config: DataConfig) -> np.ndarray:

@@ -16,11 +16,13 @@ from tlsearch.data.batches import (
     plan_placement,
 )
 from tlsearch.data.cache import DecodedImages, cache_key, decode_images
+from tlsearch.data.check import CheckedImages, check_images
 from tlsearch.data.lock import LockTimeout, file_lock
 from tlsearch.data.sources import IMAGE_EXTENSIONS, ImageList, load_splits, read_csv, scan_folder, split
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "CheckedImages",
     "DecodedImages",
     "ImageList",
     "LockTimeout",
@@ -32,6 +34,7 @@ __all__ = [
     "batch_indices",
     "batch_source",
     "cache_key",
+    "check_images",
     "decode_images",
     "draw_crop_params",
     "file_lock",

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from tlsearch.data.lock import file_lock
 from tlsearch.data.sources import ImageList
 from tlsearch.errors import DataError
-from tlsearch.preprocessing import DataConfig, prepare_image
+from tlsearch.preprocessing import DataConfig, display_path, prepare_image
 
 #: ``on_progress(done, total)``: images decoded so far, out of ``total``
 ProgressCallback = Callable[[int, int], None]
@@ -53,6 +53,7 @@ class DecodedImages:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable images
     key: str = ""
     path: Path | None = None
+    kept: list[int] = field(default_factory=list)  # indices into the ImageList that was decoded
 
     def __len__(self) -> int:
         return len(self.images)
@@ -65,7 +66,8 @@ def cache_key(images: ImageList, config: DataConfig) -> str:
     h.update(json.dumps({"v": CACHE_VERSION, "config": config.to_dict()}, sort_keys=True).encode())
     for path in images.paths:
         st = path.stat()
-        h.update(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # as bytes: a file name need not be valid UTF-8 (it then holds surrogates as a str)
+        h.update(os.fsencode(path.resolve()) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 
@@ -119,14 +121,8 @@ def decode_images(
         if hit is not None:
             return hit
         decoded = decode()
-        keep = _kept_indices(images, decoded)
-        decoded.path = _save(cache_dir, key, decoded.images, keep, decoded.skipped)
+        decoded.path = _save(cache_dir, key, decoded.images, decoded.kept, decoded.skipped)
     return decoded
-
-
-def _kept_indices(images: ImageList, decoded: DecodedImages) -> list[int]:
-    skipped = {p for p, _ in decoded.skipped}
-    return [i for i, p in enumerate(images.paths) if str(p) not in skipped]
 
 
 def _decode(
@@ -147,11 +143,15 @@ def _decode(
     def work(i: int) -> None:
         try:
             out[i] = prepare_image(images.paths[i], config)
-        except ValueError as exc:
+        except (ValueError, MemoryError) as exc:
+            shown = display_path(images.paths[i])
+            reason = (
+                str(exc) if isinstance(exc, ValueError) else f"cannot read image {shown!r}: out of memory"
+            )
             if on_bad_image == "error":
-                raise DataError(f"{exc} (set data.on_bad_image: skip to leave such files out)") from None
+                raise DataError(f"{reason} (set data.on_bad_image: skip to leave such files out)") from None
             ok[i] = False
-            skipped.append((str(images.paths[i]), str(exc)))
+            skipped.append((shown, reason))
 
     threads = min(8, (os.cpu_count() or 1) * 2)
     total, last = len(images), time.monotonic()
@@ -178,7 +178,9 @@ def _decode(
     if not keep:
         raise DataError("no readable image left after skipping unreadable files")
     array = out[keep] if skipped else out
-    return DecodedImages(array, _targets_array(images, keep), images.subset(keep), sorted(skipped), key=key)
+    return DecodedImages(
+        array, _targets_array(images, keep), images.subset(keep), sorted(skipped), key=key, kept=keep
+    )
 
 
 def _load(
@@ -204,7 +206,7 @@ def _load(
             "to leave such files out)"
         )
     return DecodedImages(
-        array, _targets_array(images, keep), images.subset(keep), skipped, key=key, path=data
+        array, _targets_array(images, keep), images.subset(keep), skipped, key=key, path=data, kept=keep
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tlsearch.errors import DataError
+from tlsearch.preprocessing import display_path
 
 if TYPE_CHECKING:
     from tlsearch.config import DataSettings
@@ -45,34 +46,101 @@ class ImageList:
 
 
 def scan_folder(root: Path, *, classes: list[str] | None = None) -> ImageList:
-    """An ImageFolder: ``root/<class>/<image>``. ``classes`` fixes the class order (for a val folder)."""
+    """An ImageFolder: ``root/<class>/<image>``. ``classes`` fixes the class order (for a val folder).
+
+    Class names are the folder names as text (:func:`~tlsearch.preprocessing.display_path`: a name
+    that is not valid UTF-8 shows its bytes escaped); image paths are the real ones. Refused, naming
+    the folder: a class folder that is a symlink loop, or that resolves to the data root, outside it,
+    or into another class folder (its images would get the wrong label); and, when ``classes`` is
+    not given (the folder defines the classes), fewer than 2 classes or a class folder with no image.
+    """
     root = Path(root)
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not root.is_dir():
+        raise DataError(f"data folder {display_path(root)!r} does not exist or is not a folder")
+    folders = _class_folders(root)
+    found = sorted(folders)
+    defines_classes = classes is None
     if classes is None:
         classes = found
         if len(classes) < 2:
             raise DataError(
-                f"{str(root)!r} must hold one sub-folder per class (at least 2); found {found or 'none'}"
+                f"{display_path(root)!r} must hold one sub-folder per class (at least 2); found "
+                f"{found or 'none'}"
             )
     else:
         extra = sorted(set(found) - set(classes))
         if extra:
             raise DataError(
-                f"{str(root)!r} has classes the training data lacks: {extra}; training classes: {classes}"
+                f"{display_path(root)!r} has classes the training data lacks: {extra}; training classes: {classes}"
             )
     paths: list[Path] = []
     targets: list[int] = []
+    empty: list[str] = []
     for index, name in enumerate(classes):
-        folder = root / name
-        if not folder.is_dir():
+        if name not in folders:
             continue
-        for p in sorted(folder.rglob("*")):
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
-                paths.append(p)
-                targets.append(index)
+        images = [
+            p
+            for p in sorted(folders[name].rglob("*"))
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        ]
+        if not images:
+            empty.append(name)
+        paths += images
+        targets += [index] * len(images)
+    if empty and defines_classes:
+        raise DataError(
+            f"class folder(s) {', '.join(display_path(root / n) for n in empty)} hold no image "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}); a class needs training images (remove the folder "
+            "or add images)"
+        )
     if not paths:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {str(root)!r}")
+        raise DataError(
+            f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {display_path(root)!r}"
+        )
     return ImageList(paths, targets, list(classes))
+
+
+def _class_folders(root: Path) -> dict[str, Path]:
+    """The class folders of ``root`` by class name, each checked to be a real folder of its own
+    inside ``root`` (see :func:`scan_folder`)."""
+    real_root = root.resolve()
+    folders: dict[str, Path] = {}
+    resolved: dict[Path, str] = {}
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        shown = display_path(entry)
+        if entry.is_symlink():
+            try:
+                target = entry.resolve(strict=True)
+            except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+                raise DataError(
+                    f"class folder {shown!r} is a broken symlink or a symlink loop; remove it"
+                ) from None
+        else:
+            target = entry.resolve()
+        if not target.is_dir():
+            continue
+        if target == real_root or real_root not in target.parents:
+            raise DataError(
+                f"class folder {shown!r} resolves to {display_path(target)!r}, "
+                f"{'the data folder itself' if target == real_root else 'outside the data folder'} "
+                f"{display_path(real_root)!r}: its images would be labelled as one class. Class folders "
+                "must be sub-folders of the data folder (copy the images, or point data at a folder "
+                "that holds them)"
+            )
+        for other_target, other in resolved.items():
+            if target == other_target or other_target in target.parents or target in other_target.parents:
+                raise DataError(
+                    f"class folders {display_path(root / other)!r} and {shown!r} overlap (they resolve "
+                    f"to {display_path(other_target)!r} and {display_path(target)!r}): an image would "
+                    "get two labels"
+                )
+        name = display_path(entry.name)
+        folders[name] = entry
+        resolved[target] = name
+    return folders
 
 
 def read_csv(path: Path) -> ImageList:
@@ -81,20 +149,28 @@ def read_csv(path: Path) -> ImageList:
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2 or len(rows[0]) < 2:
-        raise DataError(f"{str(path)!r}: expected a header 'path,target[,target…]' and at least one row")
+        raise DataError(
+            f"{display_path(path)!r}: expected a header 'path,target[,target…]' and at least one row"
+        )
     header, body = rows[0], rows[1:]
     paths: list[Path] = []
     targets: list[list[float]] = []
     for line_no, row in enumerate(body, start=2):
         if len(row) != len(header):
-            raise DataError(f"{str(path)!r} line {line_no}: expected {len(header)} columns, got {len(row)}")
+            raise DataError(
+                f"{display_path(path)!r} line {line_no}: expected {len(header)} columns, got {len(row)}"
+            )
         image = Path(row[0]) if Path(row[0]).is_absolute() else path.parent / row[0]
         if not image.is_file():
-            raise DataError(f"{str(path)!r} line {line_no}: image {str(image)!r} does not exist")
+            raise DataError(
+                f"{display_path(path)!r} line {line_no}: image {display_path(image)!r} does not exist"
+            )
         try:
             values = [float(v) for v in row[1:]]
         except ValueError:
-            raise DataError(f"{str(path)!r} line {line_no}: targets must be numbers, got {row[1:]}") from None
+            raise DataError(
+                f"{display_path(path)!r} line {line_no}: targets must be numbers, got {row[1:]}"
+            ) from None
         paths.append(image)
         targets.append(values)
     return ImageList(paths, targets, None, header[1:])

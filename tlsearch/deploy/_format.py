@@ -27,7 +27,9 @@ FLAT_KEYS = ("labels", "task", "data_config", "input_format", "tlsearch_version"
 
 
 class ModelFormatError(TlsearchError):
-    """A file is not an ONNX model exported by tlsearch, or its metadata is invalid."""
+    """A file is not an ONNX model exported by tlsearch, or its metadata is invalid (CLI exit code 2)."""
+
+    exit_code = 2
 
 
 def validate_metadata(metadata: Mapping[str, Any], *, source: str = "metadata") -> dict[str, Any]:

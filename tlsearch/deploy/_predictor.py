@@ -16,8 +16,16 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from tlsearch.deploy._checks import check_graph
 from tlsearch.deploy._format import INPUT_RAW, ModelFormatError, read_metadata
-from tlsearch.preprocessing import DataConfig, load_rgb, normalize, resize_center_crop
+from tlsearch.preprocessing import (
+    DataConfig,
+    check_image_size,
+    display_path,
+    load_rgb,
+    normalize,
+    resize_center_crop,
+)
 
 Source = str | Path | np.ndarray
 
@@ -57,7 +65,9 @@ class Predictor:
     >>> predictor = Predictor("model.onnx")                        # doctest: +SKIP
     >>> predictor.predict(["cat.jpg", "dog.png"], top_k=3)          # doctest: +SKIP
 
-    Raises :class:`ModelFormatError` when ``path`` is not an ONNX model exported by tlsearch.
+    Raises :class:`ModelFormatError` when ``path`` is not an ONNX model exported by tlsearch, or
+    when its metadata is out of bounds or disagrees with the graph (labels for another number of
+    outputs, an input size or input format the graph does not take; see :mod:`._checks`).
     """
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
@@ -75,9 +85,9 @@ class Predictor:
         self.task: str = meta["task"]
         self.data_config = DataConfig.from_dict(meta["data_config"])
         self.raw_input = meta.get("input_format") == INPUT_RAW
-        self.input_name = self.session.get_inputs()[0].name
-        n = self.session.get_outputs()[0].shape[-1]
-        n = meta.get("num_outputs", n if isinstance(n, int) else None)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        n = check_graph(meta, inputs, outputs, source=repr(str(self.path)))
+        self.input_name = inputs[0].name
         labels = meta.get("labels")
         if labels is None and isinstance(n, int):
             labels = [str(i) for i in range(n)] if self.task == "classification" else self._value_names(n)
@@ -96,6 +106,10 @@ class Predictor:
                 raise ValueError(
                     f"an array input must be an HWC uint8 RGB image, got {source.dtype} {source.shape}"
                 )
+            try:
+                check_image_size(source.shape[1], source.shape[0])
+            except ValueError as exc:
+                raise ValueError(f"array input: {exc}") from None
             image = Image.fromarray(source)
         else:
             image = load_rgb(source)
@@ -113,8 +127,11 @@ class Predictor:
     ) -> list[Prediction]:
         """Predict every source (a file path or an HWC uint8 RGB array), in order, one result each.
 
-        A source that cannot be read gives a :class:`Prediction` with ``error`` set and the others
-        are still predicted. ``on_progress(n)`` is called after each ``n`` sources handled.
+        A source that cannot be read (not an image, truncated, or a size past the bounds of
+        :func:`tlsearch.preprocessing.check_image_size`, checked before decoding) does not raise:
+        it gives a :class:`Prediction` with ``error`` set, naming it, and the others are still
+        predicted; check ``ok`` on each result (``tlsearch predict`` prints the good ones, then
+        exits 1). ``on_progress(n)`` is called after each ``n`` sources handled.
         """
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1 but got {top_k}")
@@ -131,6 +148,8 @@ class Predictor:
                     prepared.append((i, self.prepare(source)))
                 except (ValueError, OSError) as exc:
                     batch_results[i].error = str(exc)
+                except MemoryError:
+                    batch_results[i].error = f"cannot prepare {names[i]!r}: out of memory"
             for group in self._groups(prepared):
                 outputs = self._run(np.stack([a for _, a in group]))
                 for (i, _), row in zip(group, outputs, strict=True):
@@ -179,7 +198,7 @@ def _output_scale(meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _name(source: Source, index: int) -> str:
-    return f"<array {index}>" if isinstance(source, np.ndarray) else str(source)
+    return f"<array {index}>" if isinstance(source, np.ndarray) else display_path(source)
 
 
 __all__ = ["ModelFormatError", "Prediction", "Predictor"]

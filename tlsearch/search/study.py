@@ -249,6 +249,7 @@ def run_study(
         progress=progress,
         on_progress=report,
     )
+    data.check()  # every image decoded once, before any trial: a bad file stops the study once
 
     rank = worker_rank if worker_rank is not None else int(os.environ.get(RANK_ENV, "0"))
     study = open_study(
