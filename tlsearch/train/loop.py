@@ -77,6 +77,20 @@ EpochStartCallback = Callable[[int], None]
 CHECK_EVERY = 50  # steps between checks that the loss is finite on CUDA (each check synchronises)
 
 
+def training_batches(
+    n: int, batch_size: int, *, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
+    """One training epoch's batches: every image once (shuffled when ``generator`` is given).
+
+    The last partial batch is kept (dropping it lost 40 of 360 images each epoch); only a final
+    batch of one image is merged into the one before, since BatchNorm cannot train on one sample.
+    """
+    batches = batch_indices(n, batch_size, shuffle=generator is not None, generator=generator)
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
 class NonFiniteError(TlsearchError):
     """The loss or a metric became NaN or infinite."""
 
@@ -413,9 +427,7 @@ class Trainer:
         self._calibrate(model, train_src, cached=cached)
         # a solved probe steps its own L-BFGS; ``self.optimizer`` stays the strategy's (observers read it)
         solver = self._probe_solver(model, train_src, extras) if cached and self.solves_probe() else None
-        steps_per_epoch = len(
-            batch_indices(len(train_src), self.settings.batch_size, shuffle=False, drop_last=True)
-        )
+        steps_per_epoch = len(training_batches(len(train_src), self.settings.batch_size))
         total_steps = steps_per_epoch * self.settings.epochs
         self._warmup = warmup_steps(self.settings.warmup, total_steps)
         decision = decide_compile(
@@ -535,9 +547,7 @@ class Trainer:
         total_steps: int,
         epoch: int,
     ) -> tuple[float, int, dict[str, float]]:
-        batches = batch_indices(
-            len(source), self.settings.batch_size, shuffle=True, generator=generator, drop_last=True
-        )
+        batches = training_batches(len(source), self.settings.batch_size, generator=generator)
         crops = self._crop_params(batches, generator) if not cached and self.augments() else None
         running = torch.zeros((), device=self.device)
         seen = 0
