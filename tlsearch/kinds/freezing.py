@@ -34,10 +34,19 @@ class FreezingStrategy(Plugin):
 
     ``backbone_frozen`` is True when the backbone never trains in any epoch: then the trainer may
     compute backbone features once and train the head on them (the feature cache).
+
+    ``probe_l2``: a number when a linear classification head on the cached features should be
+    solved to convergence with this L2 strength (:mod:`tlsearch.train.probe`) instead of trained by
+    epochs; None (the default) keeps the epoch loop.
     """
 
     kind: ClassVar[str] = "freezing"
     backbone_frozen: ClassVar[bool] = False
+
+    @property
+    def probe_l2(self) -> float | None:
+        """The L2 strength of a solved linear probe, or None to train the head by epochs."""
+        return None
 
     @abstractmethod
     def setup(self, model: TransferModel) -> list[ParamGroup]:

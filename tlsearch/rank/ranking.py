@@ -201,11 +201,13 @@ def score_candidate(
     scores = {name: transferability(name, features, labels, task=task) for name in names}
     forward_ms = measure_latency(model.backbone, input_size=model.data_config.input_size, device=device)
     described = _describe(plugin)
+    value = scores[score]
     return RankedBackbone(
         label=candidate.label,
         plugin=candidate.plugin,
         params=dict(candidate.params),
-        score=scores[score],
+        score=value if math.isfinite(value) else -math.inf,
+        error=None if math.isfinite(value) else f"{score} score is not finite ({value}); ranked last",
         score_name=score,
         scores=scores,
         num_params=int(described.get("params") or sum(p.numel() for p in model.backbone.parameters())),
@@ -286,11 +288,12 @@ def rank_backbones(
 
 
 def order(results: Sequence[RankedBackbone]) -> list[RankedBackbone]:
-    """Best score first; equal scores: fewer parameters, then faster forward, first."""
+    """Best score first; equal scores: fewer parameters, then faster forward, first. A non-finite
+    score (NaN, ±inf) ranks last: it says nothing about the backbone."""
     return sorted(
         results,
         key=lambda r: (
-            -r.score,
+            -r.score if math.isfinite(r.score) else math.inf,
             r.num_params if r.num_params is not None else math.inf,
             r.forward_ms if r.forward_ms is not None else math.inf,
         ),

@@ -56,6 +56,7 @@ from tlsearch.train.optim import (
     schedule_factor,
     warmup_steps,
 )
+from tlsearch.train.probe import ProbeSolver, solvable_linear
 from tlsearch.train.targets import TargetScale
 from tlsearch.train.timing import DataTimer
 from tlsearch.validate import check_trainer_options
@@ -77,6 +78,20 @@ EpochStartCallback = Callable[[int], None]
 CHECK_EVERY = 50  # steps between checks that the loss is finite on CUDA (each check synchronises)
 
 
+def training_batches(
+    n: int, batch_size: int, *, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
+    """One training epoch's batches: every image once (shuffled when ``generator`` is given).
+
+    The last partial batch is kept (dropping it lost 40 of 360 images each epoch); only a final
+    batch of one image is merged into the one before, since BatchNorm cannot train on one sample.
+    """
+    batches = batch_indices(n, batch_size, shuffle=generator is not None, generator=generator)
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
 class NonFiniteError(TlsearchError):
     """The loss or a metric became NaN or infinite."""
 
@@ -93,6 +108,8 @@ class TrainSettings:
 
     ``warmup``: the fraction of all steps over which the learning rate ramps up linearly before
     the schedule; ``clip_grad_norm``: clip the gradients' global norm to this value (None: no clip).
+    ``solve_probe``: solve a linear head on cached features when the strategy asks (``probe_l2``,
+    see :mod:`tlsearch.train.probe`); False trains it by epochs as any head.
     """
 
     epochs: int = 3
@@ -112,6 +129,7 @@ class TrainSettings:
     data_budget_fraction: float = DEFAULT_BUDGET_FRACTION
     warmup: float = 0.05
     clip_grad_norm: float | None = None
+    solve_probe: bool = True
 
 
 @dataclass
@@ -221,6 +239,19 @@ class Trainer:
             and self.strategy.backbone_frozen
             and not self.augments()
             and not any(r.uses_inputs for r in self.regularizers)
+        )
+
+    def solves_probe(self) -> bool:
+        """True when the head is solved (L-BFGS) rather than trained: a classification trial on
+        cached features whose strategy gives ``probe_l2``, with a linear head and no regularizer
+        penalty (which the solver would leave out)."""
+        return (
+            self.settings.solve_probe
+            and self.task == "classification"
+            and self.strategy.probe_l2 is not None
+            and self.use_feature_cache()
+            and solvable_linear(self.model.head) is not None
+            and not any(type(r).penalty is not Regularizer.penalty for r in self.regularizers)
         )
 
     def _inputs(
@@ -397,9 +428,9 @@ class Trainer:
         )
         train_src, val_src = sources
         self._calibrate(model, train_src, cached=cached)
-        steps_per_epoch = len(
-            batch_indices(len(train_src), self.settings.batch_size, shuffle=False, drop_last=True)
-        )
+        # a solved probe steps its own L-BFGS; ``self.optimizer`` stays the strategy's (observers read it)
+        solver = self._probe_solver(model, train_src, extras) if cached and self.solves_probe() else None
+        steps_per_epoch = len(training_batches(len(train_src), self.settings.batch_size))
         total_steps = steps_per_epoch * self.settings.epochs
         self._warmup = warmup_steps(self.settings.warmup, total_steps)
         decision = decide_compile(
@@ -423,17 +454,20 @@ class Trainer:
                 self.strategy.set_train_mode(model)  # after: the BN policy sees this epoch's freezing
                 if on_epoch_start is not None:
                     on_epoch_start(epoch)
-                train_loss, step, timing = self._train_epoch(
-                    model,
-                    optimizer,
-                    scaler,
-                    train_src,
-                    generator=generator,
-                    cached=cached,
-                    step=step,
-                    total_steps=total_steps,
-                    epoch=epoch,
-                )
+                if solver is not None:
+                    train_loss, timing = self._solve_epoch(solver, len(train_src), extras)
+                else:
+                    train_loss, step, timing = self._train_epoch(
+                        model,
+                        optimizer,
+                        scaler,
+                        train_src,
+                        generator=generator,
+                        cached=cached,
+                        step=step,
+                        total_steps=total_steps,
+                        epoch=epoch,
+                    )
                 extras["epochs"].append(timing)
                 metrics = self._evaluate(val_src, cached=cached)
                 metrics["train_loss"] = train_loss
@@ -453,6 +487,40 @@ class Trainer:
         return FitResult(
             history, history[-1], time.perf_counter() - started, cached, self.precision.name, extras
         )
+
+    def _probe_solver(self, model: TransferModel, source: Source, extras: dict[str, Any]) -> ProbeSolver:
+        linear = solvable_linear(model.head)
+        l2 = self.strategy.probe_l2
+        assert linear is not None and l2 is not None  # solves_probe() checked both
+        features, targets = next(iter(source.iterate([torch.arange(len(source))])))
+        extras["probe_solver"] = {"method": "lbfgs", "l2": float(l2)}
+        return ProbeSolver(
+            linear,
+            features,
+            targets,
+            l2=float(l2),
+            loss=lambda out, y: self.loss(out, y, train=True),
+            epochs=self.settings.epochs,
+        )
+
+    @staticmethod
+    def _solve_epoch(
+        solver: ProbeSolver, images: int, extras: dict[str, Any]
+    ) -> tuple[float, dict[str, float]]:
+        """One epoch's share of the L-BFGS solve; its timing entry counts the images once."""
+        started = time.perf_counter()
+        result = solver.step()
+        if not math.isfinite(result.train_loss):
+            raise NonFiniteError(f"the probe solver's training loss became {result.train_loss}")
+        extras["probe_solver"].update(
+            iterations=result.iterations, grad_max=result.grad_max, converged=result.converged
+        )
+        timing = {
+            "train_seconds": time.perf_counter() - started,
+            "train_images": float(images),
+            "steps": float(result.iterations),
+        }
+        return result.train_loss, timing
 
     def _calibrate(self, model: TransferModel, source: Source, *, cached: bool) -> None:
         """Give each regularizer that asks (``calibration_images``) that many training images, at
@@ -482,9 +550,7 @@ class Trainer:
         total_steps: int,
         epoch: int,
     ) -> tuple[float, int, dict[str, float]]:
-        batches = batch_indices(
-            len(source), self.settings.batch_size, shuffle=True, generator=generator, drop_last=True
-        )
+        batches = training_batches(len(source), self.settings.batch_size, generator=generator)
         crops = self._crop_params(batches, generator) if not cached and self.augments() else None
         running = torch.zeros((), device=self.device)
         seen = 0

@@ -41,12 +41,25 @@ class LinearProbe(FreezingStrategy):
 
     BatchNorm: the whole backbone runs in eval mode, so its running statistics never change and its
     features are deterministic (the trainer computes them once: the feature cache).
+    With a ``linear`` head on cached features (classification), the head is solved to convergence
+    by L-BFGS with L2 strength ``l2`` (:mod:`tlsearch.train.probe`) rather than trained by epochs.
     Source: the linear-evaluation protocol (e.g. Kornblith et al., *Do Better ImageNet Models
     Transfer Better?*, CVPR 2019).
     """
 
     name = "linear_probe"
     backbone_frozen = True
+    hyperparameters = {
+        "l2": Float(
+            1e-6, 1e-1, log=True, default=1e-4, help="L2 strength of a solved linear head (cached features)"
+        ),
+    }
+    l2: float
+
+    @property
+    def probe_l2(self) -> float | None:
+        """A linear classification head on cached features is solved with L2 strength ``l2``."""
+        return self.l2
 
     def setup(self, model: TransferModel) -> list[ParamGroup]:
         set_trainable(model.backbone.parameters(), False)
