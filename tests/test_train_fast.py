@@ -4,6 +4,7 @@ decisions (compile, channels_last, precision) follow their documented rules."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from tlsearch.train import (
     use_channels_last,
 )
 from tlsearch.train.compiling import DEFAULT, MARGIN, REFERENCE
+from tlsearch.train.timing import DataTimer
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -188,3 +190,20 @@ def test_precision_selection(monkeypatch: pytest.MonkeyPatch):
     assert resolve_precision("auto", CPU).dtype is None
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         resolve_precision("fp16", CPU)
+
+
+def test_the_data_timer_sums_the_spans_it_brackets_and_measures_nothing_when_disabled():
+    """Bugs caught: the time outside ``start``/``stop`` counted, spans overwritten instead of summed,
+    or a disabled timer (``profile`` off) still reading the clock."""
+    timer = DataTimer(CPU, enabled=True)
+    for _ in range(2):
+        timer.start()
+        time.sleep(0.02)
+        timer.stop()
+        time.sleep(0.05)  # the step itself: not data time
+    assert 0.04 <= timer.total() < 0.09
+    off = DataTimer(CPU, enabled=False)
+    off.start()
+    time.sleep(0.01)
+    off.stop()
+    assert off.total() == 0.0
