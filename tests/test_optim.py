@@ -153,3 +153,9 @@ def test_schedule_factor_warms_up_then_decays_by_cosine_to_zero() -> None:
     assert schedule_factor("cosine", 0, 1) == 1.0
     with pytest.raises(ConfigError, match="'linear'.*cosine, constant"):
         schedule_factor("linear", 0, 10)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_asking_for_the_fused_kernel_gets_it(name: str) -> None:
+    """Bug caught: the fused kernel the trainer asks for on CUDA (one launch for all parameters) dropped."""
+    assert build_optimizer(_groups()[2], lr=0.01, name=name, fused=True).defaults["fused"] is True
