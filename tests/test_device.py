@@ -14,7 +14,7 @@ import torch
 
 from tlsearch.errors import ConfigError
 from tlsearch.train import configure_backends, decide_compile, resolve_device, resolve_precision
-from tlsearch.train.compiling import CompileProfile
+from tlsearch.train.compiling import DEFAULT, REFERENCE, CompileProfile
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -102,3 +102,14 @@ def test_a_profile_that_never_gains_never_compiles_and_a_given_profile_wins() ->
         ).compile
 
     assert decide(40_000) and not decide(39_999)
+
+
+def test_the_reference_profiles_give_the_break_even_points_the_docs_state() -> None:
+    """Bug caught: a figure of the measured table mistyped, so ``compile: auto`` decides on the wrong
+    break-even (the table in :mod:`tlsearch.train.compiling` and docs quote these points)."""
+    points = {name: profile.break_even_images() for name, profile in REFERENCE.items()}
+    assert points["efficientnet_lite0"] == float("inf")  # compiled is slower: never
+    assert points["resnet50"] == pytest.approx(1.15e6, rel=5e-3)
+    assert points["convnext_tiny"] == pytest.approx(0.308e6, rel=5e-3)
+    assert points["vit_small_patch16_224"] == pytest.approx(0.364e6, rel=5e-3)
+    assert DEFAULT.break_even_images() == pytest.approx(0.578e6, rel=5e-3)
