@@ -123,6 +123,23 @@ def test_the_key_covers_hyperparameters_weights_data_and_precision(data):
     other = tiny_transfer_model(num_outputs=4, seed=0)
     other.backbone.pool = nn.AdaptiveMaxPool2d(1)  # same weights, different structure
     assert feature_key(**{**base, "backbone": other.backbone}) != key
+    # the same identity written in another order (a study's YAML, a resumed trial) is the same entry
+    reordered = {"params": {"global_pool": "avg", "model": "a"}, "plugin": "timm"}
+    assert feature_key(**{**base, "identity": reordered}) == key
+
+
+def test_evaluating_cached_features_gives_the_heads_metrics_on_them(data):
+    """Bug caught: ``evaluate(features=…)`` (how a trial on cached features is scored) returning nothing."""
+    trainer, _ = _fit(data)
+    _, val = data
+    targets = torch.as_tensor(val.targets)
+    features = torch.randn(
+        len(targets), trainer.model.num_features, generator=torch.Generator().manual_seed(0)
+    )
+    metrics = trainer.evaluate(None, targets, features=features)
+    with torch.no_grad():
+        expected = (trainer.model.head(features).argmax(dim=1) == targets).float().mean()
+    assert metrics["accuracy"] == pytest.approx(float(expected))
 
 
 def test_random_augmentation_or_input_regularizers_disable_the_cache(data, tmp_path):
@@ -174,6 +191,7 @@ def test_channels_last_for_convolutional_networks_on_cuda_only():
     cnn = TinyBackbone().build().module
     vit_like = nn.Sequential(nn.Conv2d(3, 8, 16, 16), nn.Flatten(2), nn.Linear(4, 4))
     assert is_convolutional(cnn) and not is_convolutional(vit_like)
+    assert is_convolutional(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)))  # two: a small CNN
     assert (
         use_channels_last(cnn, CUDA)
         and not use_channels_last(vit_like, CUDA)
