@@ -85,6 +85,7 @@ def test_export_passes_checks_and_writes_one_file(exported) -> None:  # type: ig
     assert report.top1_agreement == 1.0
     assert 1 in report.batch_sizes_checked and max(report.batch_sizes_checked) >= 6
     assert report.size_bytes == report.path.stat().st_size
+    assert 0 < report.seconds < 600  # how long the export took, as reported
     proto = onnx.load(str(report.path))
     assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
     assert not proto.functions
