@@ -17,6 +17,7 @@ from torch import nn
 from tlsearch.errors import ExportError
 from tlsearch.export import export_onnx
 from tlsearch.preprocessing import DataConfig, normalize
+from tlsearch.train import TargetScale
 
 SIZE = 48
 CONFIG = DataConfig(SIZE, interpolation="bicubic", crop_pct=0.9)
@@ -84,6 +85,7 @@ def test_export_passes_checks_and_writes_one_file(exported) -> None:  # type: ig
     assert report.top1_agreement == 1.0
     assert 1 in report.batch_sizes_checked and max(report.batch_sizes_checked) >= 6
     assert report.size_bytes == report.path.stat().st_size
+    assert 0 < report.seconds < 600  # how long the export took, as reported
     proto = onnx.load(str(report.path))
     assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
     assert not proto.functions
@@ -265,3 +267,23 @@ def test_export_refuses_a_flipped_top1_even_when_every_number_is_within_toleranc
         )
     assert "max abs diff 3e-05" in str(info.value)  # the numbers alone would have passed
     assert not path.exists() and not path.with_suffix(".json").exists()
+
+
+def test_a_regression_export_outputs_the_targets_units_and_says_so(tmp_path: Path) -> None:
+    """Bugs caught: the target scale left out of the graph (outputs in standard deviations), or the
+    metadata not saying ``in_graph`` (a reader would apply the scale twice)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    scale = TargetScale(mean=(1000.0, 5.0), std=(200.0, 0.5))
+    meta = {"task": "regression", "labels": ["price", "rating"], "data_config": CONFIG.to_dict()}
+    report = export_onnx(
+        model, path=tmp_path / "model.onnx", metadata=meta, validation_images=images(4), target_scale=scale
+    )
+    x = normalize(images(3, seed=5), CONFIG)
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.inference_mode():
+        want = (model(torch.from_numpy(x)) * torch.tensor(scale.std) + torch.tensor(scale.mean)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+    carried = json.loads(session.get_modelmeta().custom_metadata_map["tlsearch"])
+    assert carried["target_scale"] == {"mean": [1000.0, 5.0], "std": [200.0, 0.5], "in_graph": True}

@@ -88,3 +88,24 @@ def test_predictor_applies_a_scale_only_when_the_graph_does_not(tmp_path) -> Non
             standard = model(torch.from_numpy(normalize(prepared, config))).numpy()
         values = np.array([p.values for p in predictor.predict(list(images))])
         np.testing.assert_allclose(values, standard * 250.0 + 1000.0, rtol=1e-5)
+
+
+def test_a_scale_without_one_finite_positive_std_per_column_is_refused() -> None:
+    """Bugs caught: a scale read from a corrupt model.json (NaN, a missing column) silently used."""
+    for mean, std in (((0.0, 1.0), (1.0,)), ((), ()), ((float("nan"),), (1.0,)), ((0.0,), (float("inf"),))):
+        with pytest.raises(ValueError, match="target scale"):
+            TargetScale(mean=mean, std=std)
+    with pytest.raises(ValueError, match=r"\(N, T\) array, got shape \(3,\)"):
+        TargetScale.of([1.0, 2.0, 3.0])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"got shape \(0, 1\)"):
+        TargetScale.of(np.zeros((0, 1)))
+
+
+def test_a_column_equal_up_to_rounding_counts_as_constant_and_a_small_spread_does_not() -> None:
+    """Bug caught: the constant-column test made absolute (a column around 1e9 with rounding noise
+    would be divided by its noise) or too loose (a real spread of 1e-6 replaced by 1)."""
+    big = 1e9
+    rounding = TargetScale.of([[big], [big + 1e-7], [big]])
+    assert rounding.std == (1.0,)
+    small = TargetScale.of([[0.0], [2e-6]])
+    assert small.std == (pytest.approx(1e-6),) and small.mean == (pytest.approx(1e-6),)

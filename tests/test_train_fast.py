@@ -4,6 +4,7 @@ decisions (compile, channels_last, precision) follow their documented rules."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from tlsearch.train import (
     use_channels_last,
 )
 from tlsearch.train.compiling import DEFAULT, MARGIN, REFERENCE
+from tlsearch.train.timing import DataTimer
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -122,6 +124,23 @@ def test_the_key_covers_hyperparameters_weights_data_and_precision(data):
     other = tiny_transfer_model(num_outputs=4, seed=0)
     other.backbone.pool = nn.AdaptiveMaxPool2d(1)  # same weights, different structure
     assert feature_key(**{**base, "backbone": other.backbone}) != key
+    # the same identity written in another order (a study's YAML, a resumed trial) is the same entry
+    reordered = {"params": {"global_pool": "avg", "model": "a"}, "plugin": "timm"}
+    assert feature_key(**{**base, "identity": reordered}) == key
+
+
+def test_evaluating_cached_features_gives_the_heads_metrics_on_them(data):
+    """Bug caught: ``evaluate(features=…)`` (how a trial on cached features is scored) returning nothing."""
+    trainer, _ = _fit(data)
+    _, val = data
+    targets = torch.as_tensor(val.targets)
+    features = torch.randn(
+        len(targets), trainer.model.num_features, generator=torch.Generator().manual_seed(0)
+    )
+    metrics = trainer.evaluate(None, targets, features=features)
+    with torch.no_grad():
+        expected = (trainer.model.head(features).argmax(dim=1) == targets).float().mean()
+    assert metrics["accuracy"] == pytest.approx(float(expected))
 
 
 def test_random_augmentation_or_input_regularizers_disable_the_cache(data, tmp_path):
@@ -173,6 +192,7 @@ def test_channels_last_for_convolutional_networks_on_cuda_only():
     cnn = TinyBackbone().build().module
     vit_like = nn.Sequential(nn.Conv2d(3, 8, 16, 16), nn.Flatten(2), nn.Linear(4, 4))
     assert is_convolutional(cnn) and not is_convolutional(vit_like)
+    assert is_convolutional(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)))  # two: a small CNN
     assert (
         use_channels_last(cnn, CUDA)
         and not use_channels_last(vit_like, CUDA)
@@ -189,3 +209,20 @@ def test_precision_selection(monkeypatch: pytest.MonkeyPatch):
     assert resolve_precision("auto", CPU).dtype is None
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         resolve_precision("fp16", CPU)
+
+
+def test_the_data_timer_sums_the_spans_it_brackets_and_measures_nothing_when_disabled():
+    """Bugs caught: the time outside ``start``/``stop`` counted, spans overwritten instead of summed,
+    or a disabled timer (``profile`` off) still reading the clock."""
+    timer = DataTimer(CPU, enabled=True)
+    for _ in range(2):
+        timer.start()
+        time.sleep(0.02)
+        timer.stop()
+        time.sleep(0.05)  # the step itself: not data time
+    assert 0.04 <= timer.total() < 0.09
+    off = DataTimer(CPU, enabled=False)
+    off.start()
+    time.sleep(0.01)
+    off.stop()
+    assert off.total() == 0.0

@@ -23,8 +23,13 @@ Usage (from the repository root)::
     python benchmarks/mutation/mutate.py --only tlsearch/train/optim.py --jobs 2
     python benchmarks/mutation/mutate.py --sample 60 --seed 0  # a random sample per module
     python benchmarks/mutation/mutate.py --list               # the mutants, without running them
+    python benchmarks/mutation/mutate.py --survivors-of run.json  # re-run only a run's survivors
+    python benchmarks/mutation/mutate.py --report a.json b.json   # one table from saved runs
 
-Results also go to ``--json`` (default ``benchmarks/mutation/last-run.json``).
+Results also go to ``--json`` (default ``benchmarks/mutation/last-run.json``). ``--survivors-of``
+is for after writing tests: it runs again only the mutants that survived (the others were killed
+and a new test cannot revive them); ``--report`` merges saved runs, a later run's outcome of the
+same mutant replacing an earlier one's, and prints the table with the current ``equivalent.toml``.
 """
 
 from __future__ import annotations
@@ -292,7 +297,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
     parser.add_argument("--json", type=Path, default=HERE / "last-run.json")
     parser.add_argument("--equivalent", type=Path, default=HERE / "equivalent.toml")
+    parser.add_argument(
+        "--survivors-of", type=Path, help="a saved run (--json): run only the mutants that survived it"
+    )
+    parser.add_argument(
+        "--report", type=Path, nargs="+", help="saved runs to merge into one table (runs nothing)"
+    )
     args = parser.parse_args(argv)
+
+    if args.report:
+        report(merge_runs(args.report), load_equivalent(args.equivalent))
+        return 0
 
     targets = load_targets(args.targets)
     if args.only:
@@ -309,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
             mutants = rng.sample(mutants, args.sample)
         mutants.sort(key=lambda pair: (pair[0].line, pair[0].index))
         plan.extend((m, tree, tests) for m, tree in mutants)
+    if args.survivors_of:
+        wanted = {o.mutant.key for o in load_run(args.survivors_of) if o.status == "survived"}
+        plan = [item for item in plan if item[0].key in wanted]
     if args.list:
         for mutant, _, _ in plan:
             print(f"{mutant.module}:{mutant.line}: {mutant.change}")
@@ -354,6 +372,22 @@ def main(argv: list[str] | None = None) -> int:
     report(outcomes, load_equivalent(args.equivalent))
     args.json.write_text(json.dumps([asdict(o) for o in outcomes], indent=1) + "\n")
     return 0
+
+
+def load_run(path: Path) -> list[Outcome]:
+    """The outcomes of a run saved with ``--json``."""
+    return [
+        Outcome(Mutant(**o["mutant"]), o["status"], o["seconds"], o["detail"])
+        for o in json.loads(path.read_text())
+    ]
+
+
+def merge_runs(paths: list[Path]) -> list[Outcome]:
+    """The outcomes of several saved runs; a later run's outcome of a mutant replaces an earlier one's."""
+    merged: dict[str, Outcome] = {}
+    for path in paths:
+        merged.update((o.mutant.key, o) for o in load_run(path))
+    return list(merged.values())
 
 
 def report(outcomes: list[Outcome], equivalent: dict[tuple[str, str, str], str]) -> None:
