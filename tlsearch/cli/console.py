@@ -25,17 +25,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import click
-import optuna
 
-from tlsearch.search.sampling import describe_choices
+if TYPE_CHECKING:  # optuna and the search (torch) load when trials run, so `--help` stays fast
+    import optuna
 
 Mode = Literal["live", "plain"]
 MODES = ("auto", "live", "plain")
 ENV_VAR = "TLSEARCH_CONSOLE"
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def choose_mode(
@@ -178,7 +177,7 @@ class Console:
             self._seed(trial)
         if name == "trial_start":
             self.trial_started[trial.number] = time.perf_counter()
-            summary = describe_choices(kw["choices"])
+            summary = _describe(kw["choices"])
             self.current[trial.number] = {
                 "summary": summary,
                 "epoch": 0,
@@ -228,14 +227,18 @@ class Console:
         self.seeded = True
         if study is None:
             return
+        import optuna
+
         self.maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE  # the metric's
         self.metric = str(study.user_attrs.get("metric") or (study.metric_names or ["value"])[0])
-        done = study.get_trials(deepcopy=False, states=FINISHED)
+        done = study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        )
         self.counted.update(t.number for t in done)
         for t in done:
             if t.state == optuna.trial.TrialState.COMPLETE and t.values:
                 choices = t.user_attrs.get("choices")
-                self.rows.append(_Row(t.number, t.values[0], describe_choices(choices) if choices else ""))
+                self.rows.append(_Row(t.number, t.values[0], _describe(choices) if choices else ""))
 
     def _trial_end(self, trial: Any, state: str, value: float | None, metrics: dict[str, Any]) -> None:
         started = self.trial_started.pop(trial.number, self.started)
@@ -265,6 +268,8 @@ class Console:
 
     def leaderboard(self, study: optuna.Study, *, metric: str, top: int = 5) -> None:
         """Print the study's final standing: counts by state and its best ``top`` trials."""
+        import optuna
+
         from tlsearch.report import leaderboard
 
         self.close()
@@ -278,6 +283,12 @@ class Console:
 
     def exported(self, report: Any) -> None:
         self._echo(f"\nexported {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")
+
+
+def _describe(choices: dict[str, Any]) -> str:
+    from tlsearch.search.sampling import describe_choices  # imports torch: only once trials run
+
+    return describe_choices(choices)
 
 
 def _duration(seconds: float | None) -> str:

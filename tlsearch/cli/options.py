@@ -6,6 +6,10 @@ from pathlib import Path
 
 import click
 
+#: the plugin kinds, as :data:`tlsearch.kinds.KINDS` names them (spelled out here: that module imports
+#: torch, and the CLI's ``--help`` must not)
+KIND_NAMES = ("backbone", "freezing", "head", "regularizer")
+
 plugin_option = click.option(
     "--plugin",
     "plugin_files",

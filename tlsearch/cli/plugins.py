@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from tlsearch.cli import main
-from tlsearch.cli.options import plugin_option
-from tlsearch.kinds import KINDS
+from tlsearch.cli.options import KIND_NAMES, plugin_option
 
 
 @main.group()
@@ -18,7 +17,7 @@ def plugins() -> None:
 
 
 @plugins.command("list")
-@click.option("--kind", type=click.Choice(sorted(KINDS)), help="only plugins of this kind")
+@click.option("--kind", type=click.Choice(KIND_NAMES), help="only plugins of this kind")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @plugin_option
 def list_plugins(kind: str | None, as_json: bool, plugin_files: tuple[Path, ...]) -> None:
