@@ -12,7 +12,7 @@ import optuna
 import pytest
 import torch
 
-from tlsearch.errors import PluginCallError
+from tlsearch.errors import ConfigError, PluginCallError
 from tlsearch.search import run_study
 from tlsearch.search.failures import classify, guard_plugins, is_oom
 from tlsearch.search.sampling import TrialPlugins
@@ -322,11 +322,13 @@ def test_sys_exit_in_a_plugin_fails_its_trial_instead_of_ending_the_process(head
 
 
 def test_a_plugin_init_that_raises_names_the_plugin(head_study, tmp_path):
-    result = run_study(head_study("init", n_trials=3), out_dir=tmp_path / "out", progress=False)
-    (trial,) = _trials(result)
-    failure = trial.user_attrs["failure"]
-    assert "head plugin 'broken'" in failure and "head.__init__()" in failure
-    assert "heads_init.py" in failure and "the head cannot start" in failure
+    # Each plugin is instantiated at the corners of its space when the study is read, so an
+    # __init__ that always raises stops the study before any trial, naming the plugin.
+    with pytest.raises(ConfigError) as info:
+        run_study(head_study("init", n_trials=3), out_dir=tmp_path / "out", progress=False)
+    message = str(info.value)
+    assert "head 'broken'" in message and "the head cannot start" in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_failure_that_depends_on_the_sampled_values_does_not_stop_the_study(boom_study, tmp_path):

@@ -65,14 +65,19 @@ def test_rank_backbones_scores_costs_and_reuses_the_feature_cache(write_study, t
     assert all(r.score_name == "hscore" and r.score == r.scores["hscore"] for r in again)
 
 
-def test_a_failing_candidate_ranks_last_with_its_reason(write_study, tmp_path: Path) -> None:
+def test_a_failing_candidate_ranks_last_with_its_reason(write_study, tmp_path: Path, monkeypatch) -> None:
+    # A weights file that is missing when the study is read is a config error now (checked up front),
+    # so the candidate here fails later, when ranking builds it.
     config, pm, space = _space(
         write_study,
-        backbone={
-            "timm": {"model": "test_resnet", "weights": "random"},
-            "resnet18": {"weights": str(tmp_path / "missing.safetensors")},
-        },
+        backbone={"timm": {"model": "test_resnet", "weights": "random"}, "resnet18": {"weights": "random"}},
     )
+    broken = pm.registry.get("backbone", "resnet18").cls
+
+    def build(self, **options):  # type: ignore[no-untyped-def]
+        raise FileNotFoundError(str(tmp_path / "missing.safetensors"))
+
+    monkeypatch.setattr(broken, "build", build)
     train, val = load_splits(config.data, task=config.task, seed=0, resolve=config.resolve_path)
     ranking = rank_backbones(
         space,
