@@ -12,7 +12,7 @@ import optuna
 import pytest
 import torch
 
-from tlsearch.errors import ConfigError, PluginCallError
+from tlsearch.errors import ConfigError, DataError, PluginCallError
 from tlsearch.search import run_study
 from tlsearch.search.failures import classify, guard_plugins, is_oom
 from tlsearch.search.sampling import TrialPlugins
@@ -135,16 +135,12 @@ def _corrupt_copy(shapes_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     return data, bad
 
 
-def test_corrupt_image_fails_the_trial_naming_the_file(write_study, shapes_dir, tmp_path):
+def test_corrupt_image_stops_the_study_before_any_trial_naming_the_file(write_study, shapes_dir, tmp_path):
     data, bad = _corrupt_copy(shapes_dir, tmp_path)
     study = write_study(data={"train": str(data / "train"), "val": str(data / "val")}, search={"n_trials": 1})
-    result = run_study(study, out_dir=tmp_path / "out", progress=False)
-    trials = _trials(result)
-    assert len(trials) == 1 and trials[0].state == FAIL  # every trial would read it: stop at once
-    assert trials[0].user_attrs["failure_kind"] == "data"
-    assert trials[0].user_attrs["failure_scope"] == "study"
-    assert "broken.png" in trials[0].user_attrs["failure"]
-    assert result.stopped and "broken.png" in result.stopped and "broken.png" in str(result.problem())
+    with pytest.raises(DataError, match="broken.png"):  # every image is checked once, up front
+        run_study(study, out_dir=tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").glob("study.*"))
 
 
 def test_corrupt_image_skipped_and_counted(write_study, shapes_dir, tmp_path):
@@ -231,12 +227,17 @@ HEADS_PLUGIN = textwrap.dedent('''
 
     MODE = "{mode}"
 
-    class Greedy(nn.Linear):
-        """Out of host memory on training batches larger than 8 (a real MemoryError)."""
+    class Greedy(nn.Module):
+        """Out of host memory on training batches larger than 8 (a real MemoryError); not a plain
+        nn.Linear, so a linear probe trains it by epochs instead of solving it."""
+        def __init__(self, in_features, out_features):
+            super().__init__()
+            self.fc = nn.Linear(in_features, out_features)
+
         def forward(self, x):
             if self.training and len(x) > 8:
                 raise MemoryError("cannot allocate a batch of %d (simulated)" % len(x))
-            return super().forward(x)
+            return self.fc(x)
 
     class Broken(Head):
         """Fails as MODE says: in build (always), by sys.exit in build, in __init__, or a greedy forward."""
