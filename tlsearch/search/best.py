@@ -11,7 +11,7 @@ import optuna
 
 from tlsearch import __version__
 from tlsearch.data import DecodedImages, ImageList, decode_images, load_splits
-from tlsearch.errors import TlsearchError
+from tlsearch.errors import TlsearchError, UsageError
 from tlsearch.preprocessing import DataConfig, load_rgb
 from tlsearch.registry import PluginManager, get_plugin_manager
 from tlsearch.search.checkpoint import load_checkpoint
@@ -27,6 +27,24 @@ def best_trial(study: optuna.Study, *, tie_tolerance: float = 0.0) -> optuna.tri
     the most accurate trial of the Pareto front; with constraints, a feasible one
     (:func:`tlsearch.search.objectives.select_best`)."""
     return select_best(study, tie_tolerance=tie_tolerance)
+
+
+def complete_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """The trial numbered ``number`` (Optuna's trial number, as ``tlsearch status`` shows it), which
+    must be complete: an unknown, negative or unfinished number is refused (exit 2) with the
+    numbers that can be chosen."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t.number for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    choices = ", ".join(map(str, complete)) or "none yet"
+    chosen = next((t for t in trials if t.number == number), None)
+    if chosen is None:
+        raise UsageError(f"study {study.study_name!r} has no trial {number}; complete trials: {choices}")
+    if chosen.state != optuna.trial.TrialState.COMPLETE:
+        raise UsageError(
+            f"trial {number} of study {study.study_name!r} is {chosen.state.name.lower()}, not complete; "
+            f"complete trials: {choices}"
+        )
+    return chosen
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -60,7 +78,9 @@ def export_study(
     pm = pm or get_plugin_manager([config.resolve_path(p) for p in config.plugins])
     study = open_study(config, study_dir.storage(config, storage), create=False)
     chosen = (
-        best_trial(study, tie_tolerance=config.search.tie_tolerance) if trial is None else study.trials[trial]
+        best_trial(study, tie_tolerance=config.search.tie_tolerance)
+        if trial is None
+        else complete_trial(study, trial)
     )
     model, record = load_checkpoint(
         study_dir.trial_dir(chosen.number),
