@@ -270,16 +270,14 @@ class Console:
         """Print the study's final standing: counts by state and its best ``top`` trials."""
         import optuna
 
-        from tlsearch.report import leaderboard
+        from tlsearch.report import format_leaderboard, leaderboard
 
         self.close()
         counts = {s.name.lower(): sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
         self._echo("")
         self._echo(f"study {study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
-        for row in leaderboard(study, top=top):
-            self._echo(
-                f"  #{row['rank']}  trial {row['trial']:<3} {metric} {row['value']:.4f}  {row['summary']}"
-            )
+        for line in format_leaderboard(leaderboard(study, top=top), metric=metric):
+            self._echo(line)
 
     def exported(self, report: Any) -> None:
         self._echo(f"\nexported {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")

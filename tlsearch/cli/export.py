@@ -28,7 +28,9 @@ def describe_quantization(report: Any) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="model file (default: DIR/model.onnx)",
 )
-@click.option("--trial", type=int, help="a complete trial's number, as `tlsearch status` lists it (default: the best)")
+@click.option(
+    "--trial", type=int, help="a complete trial's number, as `tlsearch status` lists it (default: the best)"
+)
 @click.option(
     "--storage", help="Optuna storage URL, when the study is not in the folder's own storage (study.journal)"
 )

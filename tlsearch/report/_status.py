@@ -27,6 +27,19 @@ def leaderboard(
     return [_row(rank, t) for rank, t in enumerate(complete[:top] if top else complete, 1)]
 
 
+def format_leaderboard(rows: list[dict[str, Any]], *, metric: str) -> list[str]:
+    """The lines of a leaderboard (:func:`leaderboard`'s rows), as ``tlsearch run`` and
+    ``tlsearch status`` print it: ``  #1  trial 4   accuracy 0.9375  timm(resnet18) + linear …``."""
+    return [
+        f"  #{row['rank']}  trial {row['trial']:<3} {metric} {_value(row['value'])}  {row['summary']}".rstrip()
+        for row in rows
+    ]
+
+
+def _value(value: float | None) -> str:
+    return "?" if value is None else f"{value:.4f}"
+
+
 def _row(rank: int, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     from tlsearch.search.sampling import describe_choices
 
@@ -53,6 +66,7 @@ def study_status(
     study_name: str | None = None,
     storage: str | None = None,
     now: dt.datetime | None = None,
+    top: int = 5,
 ) -> dict[str, Any]:
     """A JSON-able summary of the study in ``source`` (a study folder or a storage URL, see
     :func:`~tlsearch.report.open_source`)::
@@ -64,10 +78,12 @@ def study_status(
          "failures": [{"trial": 3, "reason": "RuntimeError: …"}],
          "running": [{"trial": 6, "seconds": 12.5, "summary": "…"}],
          "best": {"trial": 2, "value": 0.97, "plugins": {…}, "choices": {…}, "params": 3.2e6, …},
+         "leaderboard": [{"rank": 1, "trial": 2, "value": 0.97, "summary": "…", …}, …],
          "time": {"trials_seconds": 118.2, "mean_trial_seconds": 19.7, "wall_seconds": 130.0},
          "eta_seconds": 19.7}
 
-    ``finished`` counts complete and pruned trials, as the budget does. ``eta_seconds`` is the
+    ``leaderboard`` holds the best ``top`` complete trials (:func:`leaderboard`'s rows, in the order
+    ``tlsearch run`` prints them). ``finished`` counts complete and pruned trials, as the budget does. ``eta_seconds`` is the
     remaining budget times the time spent per finished trial (all ended trials' time, failed ones
     included, over the finished count), less what the running trials already spent, divided by the
     number running now (parallel workers); None without a budget or a finished trial.
@@ -118,6 +134,7 @@ def study_status(
         "pruned": [{"trial": t.number, "epoch": t.last_step} for t in by_state[TrialState.PRUNED]],
         "running": running,
         "best": _best(src.study),
+        "leaderboard": leaderboard(src.study, top=top),
         "time": {"trials_seconds": sum(timed), "mean_trial_seconds": mean, "wall_seconds": wall},
         "eta_seconds": eta,
     }
@@ -195,6 +212,11 @@ def format_status(status: dict[str, Any]) -> str:
             )
     else:
         lines.append("  best: no complete trial yet")
+    if status.get("leaderboard"):
+        lines.append(f"  leaderboard (top {len(status['leaderboard'])}):")
+        lines.extend(
+            "  " + line for line in format_leaderboard(status["leaderboard"], metric=status["metric"])
+        )
     for r in status["running"]:
         lines.append(
             f"  running: trial {r['trial']} for {format_duration(r['seconds'])}, "
