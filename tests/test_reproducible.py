@@ -53,7 +53,9 @@ def test_a_requeued_trial_reruns_with_its_own_seed(write_study, tmp_path: Path) 
     from tlsearch.search.recovery import requeue
 
     study_file = write_study(
-        space={"freezing": ["full_finetune"]}, training={"epochs": 1}, search={"n_trials": 1, "pruner": "none"}
+        space={"freezing": ["full_finetune"]},
+        training={"epochs": 1},
+        search={"n_trials": 1, "pruner": "none"},
     )
     first = run_study(study_file, out_dir=tmp_path / "out", progress=False).study
     original = first.trials[0]
