@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,38 @@ def complete_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial
             f"complete trials: {choices}"
         )
     return chosen
+
+
+def trial_fingerprint(trial: optuna.trial.FrozenTrial, *, raw_input: bool) -> str:
+    """What an exported model was made from, as a short hash: the trial's number, parameters and
+    plugin choices, and whether preprocessing is in the graph. An export records it in its metadata
+    (``trial_hash``); :func:`exported_from_best` compares it to say a re-export would change nothing."""
+    made_from = {
+        "trial": trial.number,
+        "params": trial.params,
+        "choices": trial.user_attrs.get("choices"),
+        "raw_input": bool(raw_input),
+    }
+    return hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def exported_from_best(out_dir: str | Path, *, storage: str | None = None) -> Path | None:
+    """The study's exported model (``export.path``) when it is already the best trial's (same
+    :func:`trial_fingerprint`, as ``tlsearch run`` would export it now); None when there is none,
+    it is from another trial or it cannot be read: then exporting again is worth it."""
+    study_dir = StudyDir(Path(out_dir))
+    config = study_dir.load_config()
+    model = study_dir.root / config.export.path
+    try:
+        metadata = json.loads(model.with_suffix(".json").read_text())["metadata"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not model.is_file() or not isinstance(metadata, dict):
+        return None
+    study = open_study(config, study_dir.storage(config, storage), create=False)
+    best = best_trial(study, tie_tolerance=config.search.tie_tolerance)
+    current = trial_fingerprint(best, raw_input=config.export.raw_input)
+    return model if metadata.get("trial_hash") == current else None
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -116,6 +149,7 @@ def export_study(
         "value": record.value,
         "metrics": record.metrics,
         "params": record.info.get("params"),
+        "trial_hash": trial_fingerprint(chosen, raw_input=raw_input),
     }
     report = export_onnx(
         model,
