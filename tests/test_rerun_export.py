@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # one real trial and its export
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> tuple[Path, Path]:
+def exported(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> tuple[Path, Path, str]:
     import yaml
 
     from tests.conftest import TINY_STUDY, _merge
@@ -38,11 +38,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> tupl
     out = root / "out"
     result = CliRunner().invoke(main, ["run", str(root / "study.yaml"), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    return root / "study.yaml", out
+    return root / "study.yaml", out, result.output
 
 
 def test_rerun_of_a_finished_study_keeps_the_model_already_exported(exported) -> None:
-    study, out = exported
+    study, out, _ = exported
     model = out / "model.onnx"
     assert json.loads(model.with_suffix(".json").read_text())["metadata"]["trial_hash"]
     before = model.stat().st_mtime_ns
@@ -59,7 +59,7 @@ def test_rerun_of_a_finished_study_keeps_the_model_already_exported(exported) ->
 
 
 def test_a_model_from_another_trial_is_exported_again(exported) -> None:
-    study, out = exported
+    study, out, _ = exported
     described = out / "model.json"
     record = json.loads(described.read_text())
     record["metadata"]["trial_hash"] = "from-another-trial"
@@ -71,7 +71,7 @@ def test_a_model_from_another_trial_is_exported_again(exported) -> None:
 
 
 def test_raw_input_with_int8_is_refused_before_any_export(exported, write_study) -> None:
-    _, out = exported
+    _, out, _ = exported
     result = CliRunner().invoke(
         main, ["export", str(out), "--raw-input", "--int8", "--out", str(out / "raw.onnx")]
     )
@@ -79,3 +79,16 @@ def test_raw_input_with_int8_is_refused_before_any_export(exported, write_study)
     assert not (out / "raw.onnx").exists()
     with pytest.raises(ConfigError, match="int8: true quantises the plain model"):
         load_config(write_study(export={"enabled": True, "raw_input": True, "int8": True}))
+
+
+def test_run_records_the_majority_class_and_warns_when_the_best_does_not_beat_it(exported) -> None:
+    import optuna
+
+    from tlsearch.search.storage import make_storage
+
+    _, out, output = exported
+    study = optuna.load_study(study_name="tiny", storage=make_storage(str(out / "study.journal")))
+    assert study.user_attrs["majority_class"] == ["circle", 0.25]  # 4 classes of 4 validation images
+    best = max(t.user_attrs["metrics"]["accuracy"] for t in study.trials if t.state.name == "COMPLETE")
+    warned = "no better than always predicting the most frequent class 'circle'" in output
+    assert warned == (best <= 0.25)

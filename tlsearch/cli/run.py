@@ -20,6 +20,15 @@ from tlsearch.cli.console import Console, console_option
 from tlsearch.cli.options import plugin_option
 
 
+def best_trial_warning(study: Any) -> str | None:
+    """The baseline warning (:mod:`tlsearch.search.baseline`) for the study's best trial, if any."""
+    from tlsearch.report import leaderboard
+    from tlsearch.search.baseline import study_baseline_warning
+
+    rows = leaderboard(study, top=1)
+    return study_baseline_warning(study, rows[0]["metrics"]) if rows else None
+
+
 @main.command()
 @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -105,6 +114,9 @@ def run(
         )
         sys.exit(code)
     console.leaderboard(result.study, metric=result.config.metric)
+    warning = best_trial_warning(result.study)
+    if warning:
+        click.echo(warning)
     if workers > 1:
         click.echo(f"workers' own output: {result.study_dir.root / 'logs'}/worker-<rank>.log")
     problem = result.problem()

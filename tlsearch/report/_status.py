@@ -82,7 +82,8 @@ def study_status(
          "time": {"trials_seconds": 118.2, "mean_trial_seconds": 19.7, "wall_seconds": 130.0},
          "eta_seconds": 19.7}
 
-    ``leaderboard`` holds the best ``top`` complete trials (:func:`leaderboard`'s rows, in the order
+    ``warning`` is one line when the best trial is no better than the task's trivial baseline
+    (:mod:`tlsearch.search.baseline`), else None. ``leaderboard`` holds the best ``top`` complete trials (:func:`leaderboard`'s rows, in the order
     ``tlsearch run`` prints them). ``finished`` counts complete and pruned trials, as the budget does. ``eta_seconds`` is the
     remaining budget times the time spent per finished trial (all ended trials' time, failed ones
     included, over the finished count), less what the running trials already spent, divided by the
@@ -113,6 +114,9 @@ def study_status(
     if remaining is not None and per_finished is not None:
         spent = sum(min(r["seconds"] or 0.0, per_finished) for r in running)
         eta = max(0.0, remaining * per_finished - spent) / max(1, len(running))
+    from tlsearch.search.baseline import study_baseline_warning
+
+    best = _best(src.study)
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
     last = now if running else (max(ends) if ends else None)
@@ -133,8 +137,9 @@ def study_status(
         ],
         "pruned": [{"trial": t.number, "epoch": t.last_step} for t in by_state[TrialState.PRUNED]],
         "running": running,
-        "best": _best(src.study),
+        "best": best,
         "leaderboard": leaderboard(src.study, top=top),
+        "warning": None if best is None else study_baseline_warning(src.study, best["metrics"]),
         "time": {"trials_seconds": sum(timed), "mean_trial_seconds": mean, "wall_seconds": wall},
         "eta_seconds": eta,
     }
@@ -210,6 +215,8 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(
                 f"      model: {best['params'] / 1e6:.2f}M parameters, trained in {format_duration(best['seconds'])}"
             )
+        if status.get("warning"):
+            lines.append(f"  {status['warning']}")
     else:
         lines.append("  best: no complete trial yet")
     if status.get("leaderboard"):
