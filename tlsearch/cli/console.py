@@ -201,7 +201,7 @@ class Console:
             if not self.live:
                 metrics = kw["metrics"]
                 shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch_seconds")
-                self._echo(f"  epoch {kw['epoch']}: {shown}  ({metrics.get('epoch_seconds', 0.0):.1f}s)")
+                self._echo(f"  epoch {kw['epoch'] + 1}: {shown}  ({metrics.get('epoch_seconds', 0.0):.1f}s)")
         elif name == "trial_end":
             self._trial_end(trial, kw["state"], kw["value"], kw["metrics"])
         if self._live is not None:

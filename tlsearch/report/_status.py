@@ -76,6 +76,7 @@ def study_status(
          "counts": {"complete": 4, "pruned": 1, "failed": 1, "running": 0, "waiting": 0},
          "finished": 5, "remaining": 1,
          "failures": [{"trial": 3, "reason": "RuntimeError: …"}],
+         "pruned": [{"trial": 4, "epoch": 2}],       # epochs count from 1: its last, 2nd, epoch
          "running": [{"trial": 6, "seconds": 12.5, "summary": "…"}],
          "best": {"trial": 2, "value": 0.97, "plugins": {…}, "choices": {…}, "params": 3.2e6, …},
          "leaderboard": [{"rank": 1, "trial": 2, "value": 0.97, "summary": "…", …}, …],
@@ -135,7 +136,10 @@ def study_status(
             {"trial": t.number, "reason": str(t.user_attrs.get("failure") or "unknown (no reason recorded)")}
             for t in by_state[TrialState.FAIL]
         ],
-        "pruned": [{"trial": t.number, "epoch": t.last_step} for t in by_state[TrialState.PRUNED]],
+        "pruned": [
+            {"trial": t.number, "epoch": None if t.last_step is None else t.last_step + 1}
+            for t in by_state[TrialState.PRUNED]
+        ],
         "running": running,
         "best": best,
         "leaderboard": leaderboard(src.study, top=top),
@@ -168,6 +172,12 @@ def _best(study: optuna.Study) -> dict[str, Any] | None:
         "choices": trial.user_attrs.get("choices") or {},
         "optuna_params": trial.params,
     }
+
+
+def tuned_params(best: dict[str, Any]) -> dict[str, Any]:
+    """The best trial's Optuna parameters less the plugin choices its ``plugins`` labels already
+    show (``freezing: lp_ft`` once, not again as ``freezing = lp_ft``)."""
+    return {k: v for k, v in best["optuna_params"].items() if k not in best["plugins"]}
 
 
 def format_duration(seconds: float | None) -> str:
@@ -207,7 +217,7 @@ def format_status(status: dict[str, Any]) -> str:
         )
         for kind, label in best["plugins"].items():
             lines.append(f"      {kind:<13} {label}")
-        for name, value in best["optuna_params"].items():
+        for name, value in tuned_params(best).items():
             lines.append(
                 f"      {name} = {value:.4g}" if isinstance(value, float) else f"      {name} = {value}"
             )
