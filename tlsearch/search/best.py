@@ -96,12 +96,14 @@ def export_study(
     pm: PluginManager | None = None,
     raw_input: bool | None = None,
 ) -> Any:
-    """Export trial ``trial`` (the best one by default) of the study in ``out_dir`` to ONNX.
+    """Export trial number ``trial`` (Optuna's number, a complete trial: :func:`complete_trial`;
+    the best one by default) of the study in ``out_dir`` to ONNX.
 
     The model is rebuilt from the trial's checkpoint and checked against onnxruntime on the study's
     real validation images; nothing is written if a check fails. ``raw_input`` (default: the
     study's ``export.raw_input``) puts the preprocessing in the graph: the model then takes raw
-    uint8 HWC images of any size. A regression model outputs the targets' original units (the
+    uint8 HWC images of any size. The metadata's ``trial_hash`` (:func:`trial_fingerprint`) says
+    which trial it is from, so a rerun can keep it (:func:`exported_from_best`). A regression model outputs the targets' original units (the
     study's target scale is applied in the graph). Returns the export report.
     """
     from tlsearch.export import export_onnx
