@@ -75,7 +75,9 @@ def test_plain_lines_count_trials_and_eta() -> None:
     with Console(total=4, epochs=1, mode="plain", stream=out) as console:
         _events(console)
     text = out.getvalue()
-    assert "trial 0: timm(test_efficientnet) + linear" in text and "  epoch 0: value 0.4" in text
+    assert (
+        "trial 0: timm(test_efficientnet) + linear" in text and "  epoch 1: value 0.4" in text
+    )  # epochs count from 1
     assert "trial 1 complete after" in text and "value 0.8 [2/4], about" in text and "left" in text
     assert "trial 2 fail after" in text and "ValueError: nan [2/4]" in text
     assert "\x1b" not in text and "\r" not in text

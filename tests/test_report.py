@@ -100,7 +100,7 @@ def test_every_section_and_plot(report) -> None:
     assert [p.name for p in report.plots if p.figure is None] == []
     assert html.count("<svg") == len(report.plots) == 5
     assert "<h3>Best: trial 2</h3>" in html  # the resnet copy
-    assert "RuntimeError: boom in the head" in html and "after epoch 0" in html
+    assert "RuntimeError: boom in the head" in html and "after epoch 1" in html  # epochs count from 1
     assert "timm(test_resnet)" in html and "timm(test_efficientnet)" in html
 
 
@@ -146,6 +146,22 @@ def test_plot_contents(report) -> None:
     assert len(dashed) == 1 and len(dashed[0].get_xdata()) == 1  # the pruned trial stops after one epoch
     time_front = plots["cost_tradeoff"].data["trial time (seconds)"]
     assert time_front[0] == 3 and 2 in time_front  # the fastest trial, and the best one, are on the front
+
+
+def test_report_reads_right(report) -> None:
+    """Issue 18's nits: the best trial's table names each plugin once; each plugin's best is its
+    star, not also a dot under it (dots + stars = complete trials); Pareto points say "trial N",
+    not "#N", which reads as a rank."""
+    html = report.html.read_text()
+    best = html[html.index("<h3>Best: trial") :].split("</table>")[0]
+    assert best.count("<td>freezing</td>") == 1 and best.count("<td>head</td>") == 1
+    plots = {p.name: p for p in report.plots}
+    comparison = plots["plugin_comparison"]
+    for ax in comparison.figure.axes:
+        complete = sum(g["complete"] for g in comparison.data[ax.get_title()].values())
+        assert sum(len(c.get_offsets()) for c in ax.collections) == complete, ax.get_title()
+    labels = [t.get_text() for ax in plots["cost_tradeoff"].figure.axes for t in ax.texts]
+    assert labels and all(re.fullmatch(r"trial \d+", label) for label in labels), labels
 
 
 def test_pareto_front() -> None:

@@ -44,3 +44,24 @@ def test_a_random_weight_backbone_is_one_feature_cache_entry_for_every_trial(wri
     keys = {t.user_attrs["speed"]["feature_cache"]["key"] for t in trials}
     assert hits == [False, True, True]
     assert len(keys) == 1
+
+
+def test_a_requeued_trial_reruns_with_its_own_seed(write_study, tmp_path: Path) -> None:
+    """A trial requeued after Ctrl-C (or a lost worker) gets a new trial number; it keeps the seed of
+    the trial it retries, so the same parameters train exactly the same way (before, the seed came
+    from the trial number)."""
+    from tlsearch.search.recovery import requeue
+
+    study_file = write_study(
+        space={"freezing": ["full_finetune"]},
+        training={"epochs": 1},
+        search={"n_trials": 1, "pruner": "none"},
+    )
+    first = run_study(study_file, out_dir=tmp_path / "out", progress=False).study
+    original = first.trials[0]
+    requeue(first, original, reason="interrupted")  # what Ctrl-C does to the running trial
+    result = run_study(study_file, out_dir=tmp_path / "out", n_trials=2, progress=False)
+    retry = result.study.trials[1]
+    assert retry.user_attrs["retry_of"] == 0 and retry.params == original.params
+    assert retry.user_attrs["seed"] == original.user_attrs["seed"] == 0
+    assert _metrics(retry) == _metrics(original)

@@ -98,7 +98,7 @@ def test_local_workers_on_the_embedded_journal_finish_exactly_the_budget(small_s
         assert (out / "trials" / f"{t.number:04d}" / "model.safetensors").is_file()
         assert f"trial {t.number}: timm(test_efficientnet) + linear | linear_probe" in cli.output
         assert f"trial {t.number} {t.state.name.lower()} after" in cli.output
-    assert "[4/4]" in cli.output and "  epoch 0: accuracy" in cli.output
+    assert "[4/4]" in cli.output and "  epoch 1: accuracy" in cli.output
     assert f"workers' own output: {out / 'logs'}/worker-<rank>.log" in cli.output
     logs = [worker_log(out, rank).read_text() for rank in range(3)]
     ran = [line for text in logs for line in text.splitlines() if " complete " in line or " pruned " in line]

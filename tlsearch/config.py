@@ -214,6 +214,16 @@ class ExportSettings(_Strict):
     on_accuracy_drop: Literal["error", "warn"] = "error"
     calibration_images: int = Field(128, ge=1, le=10_000)
 
+    @model_validator(mode="after")
+    def _int8_of_the_plain_model(self) -> ExportSettings:
+        if self.int8 and self.raw_input:
+            raise ValueError(
+                "int8: true quantises the plain model (normalised input) and raw_input: true exports "
+                "none; set one of them to false (export the raw-input model separately with "
+                "`tlsearch export DIR --raw-input --out FILE`)"
+            )
+        return self
+
     @field_validator("path")
     @classmethod
     def _inside_the_study_folder(cls, v: str) -> str:

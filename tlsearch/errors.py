@@ -34,6 +34,12 @@ class DataError(TlsearchError):
     exit_code = 2
 
 
+class UsageError(TlsearchError):
+    """A command names something the study does not have (a trial number, …); the CLI exits with code 2."""
+
+    exit_code = 2
+
+
 class ExportError(TlsearchError):
     """The exported model failed a check (onnx.checker, or parity with PyTorch)."""
 

@@ -83,6 +83,7 @@ class _Row:
     number: int
     value: float
     summary: str
+    cost: tuple[float, ...] = ()  # tlsearch.search.objectives.cost_key: ties go cheaper first
 
 
 class Console:
@@ -163,7 +164,13 @@ class Console:
         return max(0.0, (self.total - self.finished) * mean - min(running, mean))
 
     def leaders(self) -> list[_Row]:
-        return sorted(self.rows, key=lambda r: (-r.value if self.maximize else r.value, r.number))[: self.top]
+        """The best ``top`` trials so far, in the final leaderboard's order (ties: the cheaper first)."""
+        from tlsearch.search.objectives import order_by_score  # imports torch: only once trials run
+
+        ranked = order_by_score(
+            self.rows, score=lambda r: r.value, cost=lambda r: r.cost or (r.number,), maximize=self.maximize
+        )
+        return ranked[: self.top]
 
     # --- events -----------------------------------------------------------------------------------
 
@@ -194,7 +201,7 @@ class Console:
             if not self.live:
                 metrics = kw["metrics"]
                 shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch_seconds")
-                self._echo(f"  epoch {kw['epoch']}: {shown}  ({metrics.get('epoch_seconds', 0.0):.1f}s)")
+                self._echo(f"  epoch {kw['epoch'] + 1}: {shown}  ({metrics.get('epoch_seconds', 0.0):.1f}s)")
         elif name == "trial_end":
             self._trial_end(trial, kw["state"], kw["value"], kw["metrics"])
         if self._live is not None:
@@ -238,7 +245,7 @@ class Console:
         for t in done:
             if t.state == optuna.trial.TrialState.COMPLETE and t.values:
                 choices = t.user_attrs.get("choices")
-                self.rows.append(_Row(t.number, t.values[0], _describe(choices) if choices else ""))
+                self.rows.append(_Row(t.number, t.values[0], _describe(choices) if choices else "", _cost(t)))
 
     def _trial_end(self, trial: Any, state: str, value: float | None, metrics: dict[str, Any]) -> None:
         started = self.trial_started.pop(trial.number, self.started)
@@ -251,7 +258,7 @@ class Console:
             self.counted.add(trial.number)
             self.durations.append(seconds)
         if state == "COMPLETE" and value is not None and new:
-            self.rows.append(_Row(trial.number, float(value), info["summary"]))
+            self.rows.append(_Row(trial.number, float(value), info["summary"], _cost(trial)))
         if self.live:
             return
         detail = f"value {value:.4g}" if value is not None else str(metrics.get("failure", ""))
@@ -270,16 +277,14 @@ class Console:
         """Print the study's final standing: counts by state and its best ``top`` trials."""
         import optuna
 
-        from tlsearch.report import leaderboard
+        from tlsearch.report import format_leaderboard, leaderboard
 
         self.close()
         counts = {s.name.lower(): sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
         self._echo("")
         self._echo(f"study {study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
-        for row in leaderboard(study, top=top):
-            self._echo(
-                f"  #{row['rank']}  trial {row['trial']:<3} {metric} {row['value']:.4f}  {row['summary']}"
-            )
+        for line in format_leaderboard(leaderboard(study, top=top), metric=metric):
+            self._echo(line)
 
     def exported(self, report: Any) -> None:
         self._echo(f"\nexported {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")
@@ -289,6 +294,12 @@ def _describe(choices: dict[str, Any]) -> str:
     from tlsearch.search.sampling import describe_choices  # imports torch: only once trials run
 
     return describe_choices(choices)
+
+
+def _cost(trial: Any) -> tuple[float, ...]:
+    from tlsearch.search.objectives import cost_key
+
+    return cost_key(trial) if hasattr(trial, "user_attrs") else (float(trial.number),)
 
 
 def _duration(seconds: float | None) -> str:

@@ -28,7 +28,9 @@ def describe_quantization(report: Any) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="model file (default: DIR/model.onnx)",
 )
-@click.option("--trial", type=int, help="trial number (default: the best)")
+@click.option(
+    "--trial", type=int, help="a complete trial's number, as `tlsearch status` lists it (default: the best)"
+)
 @click.option(
     "--storage", help="Optuna storage URL, when the study is not in the folder's own storage (study.journal)"
 )
@@ -55,8 +57,15 @@ def export(
     on_accuracy_drop: str | None,
 ) -> None:
     """Export a trial of the study in STUDY_DIR to ONNX, checked against PyTorch with onnxruntime."""
-    from tlsearch.search import export_study, quantize_study
+    from tlsearch.search import StudyDir, export_study, quantize_study
 
+    if int8 and (StudyDir(study_dir).load_config().export.raw_input if raw_input is None else raw_input):
+        # refused before the export, not after it: INT8 quantises the plain (normalised-input) model
+        raise click.UsageError(
+            "--int8 quantises the plain model (normalised input); a raw-input model cannot be: "
+            "export with --int8 alone (--normalized-input --int8 where the study sets export.raw_input), "
+            "and the raw-input model in a second `tlsearch export DIR --raw-input --out FILE`"
+        )
     report = export_study(study_dir, trial=trial, path=out_path, storage=storage, raw_input=raw_input)
     click.echo(f"exported {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")
     if int8:

@@ -23,20 +23,28 @@ if TYPE_CHECKING:
 @click.option(
     "--top-k", "top_k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image."
 )
-@click.option("--json", "fmt", flag_value="json", help="One JSON array of results on stdout.")
-@click.option("--csv", "fmt", flag_value="csv", help="CSV rows on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of results on stdout.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV rows on stdout (not with --json).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar on stderr (default: with many files)."
 )
 def predict(
-    model: Path, paths: tuple[Path, ...], top_k: int, fmt: str | None, batch_size: int, progress: bool | None
+    model: Path,
+    paths: tuple[Path, ...],
+    top_k: int,
+    as_json: bool,
+    as_csv: bool,
+    batch_size: int,
+    progress: bool | None,
 ) -> None:
     """Predict MODEL.onnx (exported by tlsearch) on image files and folders (recursive).
 
     Unreadable files are reported one by one (on stderr, and in the JSON/CSV rows) while the others
     are still predicted; the exit code is 1 if any failed.
     """
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv do not go together: choose one output format")
     from tlsearch.deploy import Predictor, collect_images
 
     predictor = Predictor(model)
@@ -48,9 +56,9 @@ def predict(
 
     with tqdm(total=len(files), file=sys.stderr, disable=not show, unit="image") as bar:
         results = predictor.predict(files, top_k=top_k, batch_size=batch_size, on_progress=bar.update)
-    if fmt == "json":
+    if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
-    elif fmt == "csv":
+    elif as_csv:
         _write_csv(results, classification=predictor.task == "classification")
     else:
         for r in results:

@@ -20,6 +20,15 @@ from tlsearch.cli.console import Console, console_option
 from tlsearch.cli.options import plugin_option
 
 
+def best_trial_warning(study: Any) -> str | None:
+    """The baseline warning (:mod:`tlsearch.search.baseline`) for the study's best trial, if any."""
+    from tlsearch.report import leaderboard
+    from tlsearch.search.baseline import study_baseline_warning
+
+    rows = leaderboard(study, top=1)
+    return study_baseline_warning(study, rows[0]["metrics"]) if rows else None
+
+
 @main.command()
 @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -50,6 +59,12 @@ from tlsearch.cli.options import plugin_option
 )
 @plugin_option
 @click.option("--no-export", is_flag=True, help="skip exporting the best model")
+@click.option(
+    "--force",
+    "force_export",
+    is_flag=True,
+    help="export the best model even when the exported one is already from it",
+)
 @console_option
 def run(
     study: Path,
@@ -60,13 +75,15 @@ def run(
     workers: int,
     plugin_files: tuple[Path, ...],
     no_export: bool,
+    force_export: bool,
     console_mode: str,
 ) -> None:
     """Search the STUDY file's space with Optuna; every trial fine-tunes a model for real."""
     import optuna
 
     from tlsearch.config import load_config
-    from tlsearch.search import export_study, run_study
+    from tlsearch.search import export_study, finished_trials, run_study
+    from tlsearch.search.best import exported_from_best
     from tlsearch.search.signals import exit_code, stop_on_sigterm
 
     # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
@@ -97,16 +114,34 @@ def run(
         )
         sys.exit(code)
     console.leaderboard(result.study, metric=result.config.metric)
+    warning = best_trial_warning(result.study)
+    if warning:
+        click.echo(warning)
     if workers > 1:
         click.echo(f"workers' own output: {result.study_dir.root / 'logs'}/worker-<rank>.log")
     problem = result.problem()
     if problem:
         click.echo(f"error: {problem}", err=True)
         sys.exit(1)
+    finished = finished_trials(result.study)
+    if budget is not None and finished >= budget and not console.seeded:  # no trial ran here
+        click.echo(
+            f"the budget of {budget} finished trials is done ({finished} finished); nothing more to run"
+        )
     if result.config.export.enabled and not no_export:
+        wants_int8 = result.config.export.int8 and result.config.task == "classification"
+        current = None if force_export else exported_from_best(result.study_dir.root, storage=storage)
+        if current is not None and not (
+            wants_int8 and not current.with_name(f"{current.stem}.int8.onnx").is_file()
+        ):
+            click.echo(
+                f"{current} is already the best trial's model; not exported again "
+                "(--force, or `tlsearch export`, exports anyway)"
+            )
+            return
         report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
         console.exported(report)
-        if result.config.export.int8 and result.config.task == "classification":
+        if wants_int8:
             from tlsearch.cli.export import describe_quantization
             from tlsearch.search import quantize_study
 

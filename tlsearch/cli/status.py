@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import suppress
+from pathlib import Path
 
 import click
 
@@ -15,6 +16,19 @@ from tlsearch.cli.console import Console, console_option
 @click.argument("source")
 @click.option("--study", "study_name", help="study name, for a storage URL holding several studies")
 @click.option("--storage", help="Optuna storage URL overriding the study folder's own")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="with a STUDY.yaml: the folder it ran in (default: runs/<study name>, as for `tlsearch run`)",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="trials in the leaderboard",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option(
     "--watch",
@@ -23,17 +37,25 @@ from tlsearch.cli.console import Console, console_option
 )
 @console_option
 def status(
-    source: str, study_name: str | None, storage: str | None, as_json: bool, watch: bool, console_mode: str
+    source: str,
+    study_name: str | None,
+    storage: str | None,
+    out_dir: Path | None,
+    top: int,
+    as_json: bool,
+    watch: bool,
+    console_mode: str,
 ) -> None:
-    """Show the study in SOURCE: a study folder (runs/<name>) or an Optuna storage URL
-    (sqlite:///…, postgresql://…) with --study NAME.
+    """Show the study in SOURCE: a study folder (runs/<name>), the study file it ran from
+    (STUDY.yaml, as `tlsearch run` takes it), or an Optuna storage URL (sqlite:///…,
+    postgresql://…) with --study NAME: trials by state, time, the best trial and the leaderboard.
 
     With --watch, follow it from any machine that reaches its storage: the trials of every worker
     as they start, train and end, and the leaderboard; then the summary.
     """
     from tlsearch.report import format_status, open_source, study_status
 
-    src = open_source(source, study_name=study_name, storage=storage)
+    src = open_source(source, study_name=study_name, storage=storage, out_dir=out_dir)
     if watch:
         if as_json:
             raise click.UsageError("--watch and --json do not go together; use --json alone for scripts")
@@ -42,5 +64,5 @@ def status(
         with Console(total=src.budget, mode=console_mode) as console, suppress(KeyboardInterrupt):
             follow(src.study, console.event, budget=src.budget)  # Ctrl-C stops the watch, nothing else
         click.echo("")
-    summary = study_status(src)
+    summary = study_status(src, top=top)
     click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_status(summary))

@@ -149,7 +149,11 @@ def quantize_int8(
             f"a drop of {drop * 100:.2f} pp, more than the {max_accuracy_drop * 100:.2f} pp allowed"
         )
         if not accepted and on_drop == "error":
-            raise ExportError(message + f"; {out} not written (on_drop='warn' keeps it)")
+            raise ExportError(
+                message + f"; {out} not written (to keep it anyway: `tlsearch export DIR --int8 "
+                "--on-accuracy-drop warn`, or export.on_accuracy_drop: warn in the study; "
+                "on_drop='warn' from Python)"
+            )
         report = QuantizationReport(
             path=out,
             source=source,

@@ -43,13 +43,20 @@ same numbers), so a report can be drawn from a storage URL alone.
 from tlsearch.report._html import ReportFiles, render_html, write_report
 from tlsearch.report._plots import Plot, pareto_front
 from tlsearch.report._source import StudySource, open_source, plugin_labels
-from tlsearch.report._status import format_duration, format_status, leaderboard, study_status
+from tlsearch.report._status import (
+    format_duration,
+    format_leaderboard,
+    format_status,
+    leaderboard,
+    study_status,
+)
 
 __all__ = [
     "Plot",
     "ReportFiles",
     "StudySource",
     "format_duration",
+    "format_leaderboard",
     "format_status",
     "leaderboard",
     "open_source",

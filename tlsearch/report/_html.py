@@ -19,7 +19,7 @@ from typing import Any
 from tlsearch import __version__
 from tlsearch.report._plots import ALL_PLOTS, Plot
 from tlsearch.report._source import StudySource, open_source
-from tlsearch.report._status import format_duration, leaderboard, study_status
+from tlsearch.report._status import format_duration, leaderboard, study_status, tuned_params
 
 _SVG_PROLOGUE = re.compile(r"^.*?(?=<svg)", re.S)
 _SVG_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
@@ -199,7 +199,7 @@ def render_html(
         _plot_section(
             by_name["plugin_comparison"],
             "plugins",
-            "Each plugin's complete trials (dots, box when there are enough), its best (star), and how many of its trials were pruned or failed.",
+            "Each plugin's best trial (star), its other complete trials (dots; a box over all of them when there are enough), and how many of its trials were pruned or failed.",
         ),
         _plot_section(
             by_name["param_importances"],
@@ -247,7 +247,7 @@ def _best_block(status: dict[str, Any]) -> str:
     if not best:
         return '<p class="note">No complete trial yet.</p>'
     rows = [[_esc(k), _esc(v)] for k, v in best["plugins"].items()]
-    rows += [[_esc(k), _num(v)] for k, v in best["optuna_params"].items()]
+    rows += [[_esc(k), _num(v)] for k, v in tuned_params(best).items()]
     rows += [[_esc(k), _num(v)] for k, v in best["metrics"].items()]
     if best["params"]:
         rows.append(["parameters", _num(best["params"])])

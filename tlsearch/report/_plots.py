@@ -181,8 +181,8 @@ def _best_number(src: StudySource) -> int | None:
 
 
 def plugin_comparison(src: StudySource) -> Plot:
-    """Per plugin kind, the metric of every complete trial that used each plugin (dots), its best
-    (star), and how many of its trials were pruned or failed."""
+    """Per plugin kind, the metric of the complete trials that used each plugin: its best (star), the
+    others (dots), and how many of its trials were pruned or failed."""
     plot = Plot("plugin_comparison", "Plugins compared")
     trials = [t for t in src.study.get_trials(deepcopy=False) if t.user_attrs.get("choices")]
     if not any(t.state == TrialState.COMPLETE for t in trials):
@@ -223,9 +223,12 @@ def plugin_comparison(src: StudySource) -> Plot:
         for y, (_label, g) in enumerate(entries):
             values = g["values"]
             if values:
-                jitter = [((i % 5) - 2) * 0.06 for i in range(len(values))]
+                # the best is its star, not also a dot beneath it: dots + star = the complete trials
+                others = list(values)
+                others.remove(pick(values))
+                jitter = [((i % 5) - 2) * 0.06 for i in range(len(others))]
                 ax.scatter(
-                    values, [y + j for j in jitter], color=COLORS["complete"], alpha=0.6, s=18, zorder=2
+                    others, [y + j for j in jitter], color=COLORS["complete"], alpha=0.6, s=18, zorder=2
                 )
                 if len(values) >= 4:
                     ax.boxplot(
@@ -254,7 +257,7 @@ def plugin_comparison(src: StudySource) -> Plot:
         ax.set_title(kind, fontsize="medium")
         ax.set_xlabel(src.metric, fontsize="small")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{src.metric} per plugin (star: best, dots: complete trials)", fontsize="medium")
+    fig.suptitle(f"{src.metric} per plugin (star: best, dots: its other complete trials)", fontsize="medium")
     plot.figure, plot.data = fig, table
     return plot
 
@@ -353,7 +356,11 @@ def cost_tradeoff(src: StudySource) -> Plot:
         )
         for cost, score, number in front:
             ax.annotate(
-                f"#{number}", (cost, score), textcoords="offset points", xytext=(4, 4), fontsize="x-small"
+                f"trial {number}",
+                (cost, score),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize="x-small",
             )
         if log and max(p[0] for p in points) / max(min(p[0] for p in points), 1e-9) > 20:
             ax.set_xscale("log")

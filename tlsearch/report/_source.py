@@ -14,6 +14,9 @@ import optuna
 
 from tlsearch.errors import ConfigError
 
+#: what a study file is called (``tlsearch status study.yaml``), as opposed to a journal file
+STUDY_FILE_SUFFIXES = (".yaml", ".yml")
+
 
 @dataclass(frozen=True)
 class StudySource:
@@ -33,9 +36,14 @@ class StudySource:
 
 
 def open_source(
-    source: str | Path, *, study_name: str | None = None, storage: str | None = None
+    source: str | Path,
+    *,
+    study_name: str | None = None,
+    storage: str | None = None,
+    out_dir: str | Path | None = None,
 ) -> StudySource:
-    """Load the study in ``source``: a study folder, or a storage (a database URL such as
+    """Load the study in ``source``: a study folder, a study file (``study.yaml``: its folder is
+    ``out_dir``, default ``runs/<name>``, as ``tlsearch run`` makes it), or a storage (a database URL such as
     ``sqlite:///study.db`` or ``postgresql://…``, or a journal file ``study.journal``); then
     ``study_name`` picks the study, and may be left out when the storage holds exactly one.
 
@@ -46,6 +54,10 @@ def open_source(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = Path(source)
+    if folder.is_file() and folder.suffix.lower() in STUDY_FILE_SUFFIXES:
+        folder = study_folder(folder, out_dir=out_dir)
+    elif out_dir is not None:
+        raise ConfigError(f"--out is for a study file (STUDY.yaml), not for {str(source)!r}")
     if not folder.is_dir():
         spec = str(source)
         try:
@@ -73,6 +85,20 @@ def open_source(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the sampler's options
         study = open_study(config, spec, create=False)
     return StudySource(study, redact(spec), folder, config.search.n_trials, config.metric)
+
+
+def study_folder(study_file: Path, *, out_dir: str | Path | None = None) -> Path:
+    """The folder ``tlsearch run STUDY_FILE [--out DIR]`` keeps the study in; it must exist."""
+    from tlsearch.config import load_config
+
+    config = load_config(study_file)
+    folder = Path(out_dir) if out_dir is not None else Path("runs") / config.name
+    if not folder.is_dir():
+        raise ConfigError(
+            f"study {config.name!r} ({study_file}) has no folder {str(folder)!r} yet: run "
+            f"`tlsearch run {study_file}` first, or give the folder it ran in with --out"
+        )
+    return folder
 
 
 def _only_study(where: str, names: list[str]) -> str:

@@ -27,6 +27,19 @@ def leaderboard(
     return [_row(rank, t) for rank, t in enumerate(complete[:top] if top else complete, 1)]
 
 
+def format_leaderboard(rows: list[dict[str, Any]], *, metric: str) -> list[str]:
+    """The lines of a leaderboard (:func:`leaderboard`'s rows), as ``tlsearch run`` and
+    ``tlsearch status`` print it: ``  #1  trial 4   accuracy 0.9375  timm(resnet18) + linear …``."""
+    return [
+        f"  #{row['rank']}  trial {row['trial']:<3} {metric} {_value(row['value'])}  {row['summary']}".rstrip()
+        for row in rows
+    ]
+
+
+def _value(value: float | None) -> str:
+    return "?" if value is None else f"{value:.4f}"
+
+
 def _row(rank: int, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     from tlsearch.search.sampling import describe_choices
 
@@ -53,6 +66,7 @@ def study_status(
     study_name: str | None = None,
     storage: str | None = None,
     now: dt.datetime | None = None,
+    top: int = 5,
 ) -> dict[str, Any]:
     """A JSON-able summary of the study in ``source`` (a study folder or a storage URL, see
     :func:`~tlsearch.report.open_source`)::
@@ -62,12 +76,16 @@ def study_status(
          "counts": {"complete": 4, "pruned": 1, "failed": 1, "running": 0, "waiting": 0},
          "finished": 5, "remaining": 1,
          "failures": [{"trial": 3, "reason": "RuntimeError: …"}],
+         "pruned": [{"trial": 4, "epoch": 2}],       # epochs count from 1: its last, 2nd, epoch
          "running": [{"trial": 6, "seconds": 12.5, "summary": "…"}],
          "best": {"trial": 2, "value": 0.97, "plugins": {…}, "choices": {…}, "params": 3.2e6, …},
+         "leaderboard": [{"rank": 1, "trial": 2, "value": 0.97, "summary": "…", …}, …],
          "time": {"trials_seconds": 118.2, "mean_trial_seconds": 19.7, "wall_seconds": 130.0},
          "eta_seconds": 19.7}
 
-    ``finished`` counts complete and pruned trials, as the budget does. ``eta_seconds`` is the
+    ``warning`` is one line when the best trial is no better than the task's trivial baseline
+    (:mod:`tlsearch.search.baseline`), else None. ``leaderboard`` holds the best ``top`` complete trials (:func:`leaderboard`'s rows, in the order
+    ``tlsearch run`` prints them). ``finished`` counts complete and pruned trials, as the budget does. ``eta_seconds`` is the
     remaining budget times the time spent per finished trial (all ended trials' time, failed ones
     included, over the finished count), less what the running trials already spent, divided by the
     number running now (parallel workers); None without a budget or a finished trial.
@@ -97,6 +115,9 @@ def study_status(
     if remaining is not None and per_finished is not None:
         spent = sum(min(r["seconds"] or 0.0, per_finished) for r in running)
         eta = max(0.0, remaining * per_finished - spent) / max(1, len(running))
+    from tlsearch.search.baseline import study_baseline_warning
+
+    best = _best(src.study)
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
     last = now if running else (max(ends) if ends else None)
@@ -115,9 +136,14 @@ def study_status(
             {"trial": t.number, "reason": str(t.user_attrs.get("failure") or "unknown (no reason recorded)")}
             for t in by_state[TrialState.FAIL]
         ],
-        "pruned": [{"trial": t.number, "epoch": t.last_step} for t in by_state[TrialState.PRUNED]],
+        "pruned": [
+            {"trial": t.number, "epoch": None if t.last_step is None else t.last_step + 1}
+            for t in by_state[TrialState.PRUNED]
+        ],
         "running": running,
-        "best": _best(src.study),
+        "best": best,
+        "leaderboard": leaderboard(src.study, top=top),
+        "warning": None if best is None else study_baseline_warning(src.study, best["metrics"]),
         "time": {"trials_seconds": sum(timed), "mean_trial_seconds": mean, "wall_seconds": wall},
         "eta_seconds": eta,
     }
@@ -146,6 +172,12 @@ def _best(study: optuna.Study) -> dict[str, Any] | None:
         "choices": trial.user_attrs.get("choices") or {},
         "optuna_params": trial.params,
     }
+
+
+def tuned_params(best: dict[str, Any]) -> dict[str, Any]:
+    """The best trial's Optuna parameters less the plugin choices its ``plugins`` labels already
+    show (``freezing: lp_ft`` once, not again as ``freezing = lp_ft``)."""
+    return {k: v for k, v in best["optuna_params"].items() if k not in best["plugins"]}
 
 
 def format_duration(seconds: float | None) -> str:
@@ -185,7 +217,7 @@ def format_status(status: dict[str, Any]) -> str:
         )
         for kind, label in best["plugins"].items():
             lines.append(f"      {kind:<13} {label}")
-        for name, value in best["optuna_params"].items():
+        for name, value in tuned_params(best).items():
             lines.append(
                 f"      {name} = {value:.4g}" if isinstance(value, float) else f"      {name} = {value}"
             )
@@ -193,8 +225,15 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(
                 f"      model: {best['params'] / 1e6:.2f}M parameters, trained in {format_duration(best['seconds'])}"
             )
+        if status.get("warning"):
+            lines.append(f"  {status['warning']}")
     else:
         lines.append("  best: no complete trial yet")
+    if status.get("leaderboard"):
+        lines.append(f"  leaderboard (top {len(status['leaderboard'])}):")
+        lines.extend(
+            "  " + line for line in format_leaderboard(status["leaderboard"], metric=status["metric"])
+        )
     for r in status["running"]:
         lines.append(
             f"  running: trial {r['trial']} for {format_duration(r['seconds'])}, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import optuna
 
 from tlsearch import __version__
 from tlsearch.data import DecodedImages, ImageList, decode_images, load_splits
-from tlsearch.errors import TlsearchError
+from tlsearch.errors import TlsearchError, UsageError
 from tlsearch.preprocessing import DataConfig, load_rgb
 from tlsearch.registry import PluginManager, get_plugin_manager
 from tlsearch.search.checkpoint import load_checkpoint
@@ -27,6 +28,56 @@ def best_trial(study: optuna.Study, *, tie_tolerance: float = 0.0) -> optuna.tri
     the most accurate trial of the Pareto front; with constraints, a feasible one
     (:func:`tlsearch.search.objectives.select_best`)."""
     return select_best(study, tie_tolerance=tie_tolerance)
+
+
+def complete_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """The trial numbered ``number`` (Optuna's trial number, as ``tlsearch status`` shows it), which
+    must be complete: an unknown, negative or unfinished number is refused (exit 2) with the
+    numbers that can be chosen."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t.number for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    choices = ", ".join(map(str, complete)) or "none yet"
+    chosen = next((t for t in trials if t.number == number), None)
+    if chosen is None:
+        raise UsageError(f"study {study.study_name!r} has no trial {number}; complete trials: {choices}")
+    if chosen.state != optuna.trial.TrialState.COMPLETE:
+        raise UsageError(
+            f"trial {number} of study {study.study_name!r} is {chosen.state.name.lower()}, not complete; "
+            f"complete trials: {choices}"
+        )
+    return chosen
+
+
+def trial_fingerprint(trial: optuna.trial.FrozenTrial, *, raw_input: bool) -> str:
+    """What an exported model was made from, as a short hash: the trial's number, parameters and
+    plugin choices, and whether preprocessing is in the graph. An export records it in its metadata
+    (``trial_hash``); :func:`exported_from_best` compares it to say a re-export would change nothing."""
+    made_from = {
+        "trial": trial.number,
+        "params": trial.params,
+        "choices": trial.user_attrs.get("choices"),
+        "raw_input": bool(raw_input),
+    }
+    return hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def exported_from_best(out_dir: str | Path, *, storage: str | None = None) -> Path | None:
+    """The study's exported model (``export.path``) when it is already the best trial's (same
+    :func:`trial_fingerprint`, as ``tlsearch run`` would export it now); None when there is none,
+    it is from another trial or it cannot be read: then exporting again is worth it."""
+    study_dir = StudyDir(Path(out_dir))
+    config = study_dir.load_config()
+    model = study_dir.root / config.export.path
+    try:
+        metadata = json.loads(model.with_suffix(".json").read_text())["metadata"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not model.is_file() or not isinstance(metadata, dict):
+        return None
+    study = open_study(config, study_dir.storage(config, storage), create=False)
+    best = best_trial(study, tie_tolerance=config.search.tie_tolerance)
+    current = trial_fingerprint(best, raw_input=config.export.raw_input)
+    return model if metadata.get("trial_hash") == current else None
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -45,12 +96,14 @@ def export_study(
     pm: PluginManager | None = None,
     raw_input: bool | None = None,
 ) -> Any:
-    """Export trial ``trial`` (the best one by default) of the study in ``out_dir`` to ONNX.
+    """Export trial number ``trial`` (Optuna's number, a complete trial: :func:`complete_trial`;
+    the best one by default) of the study in ``out_dir`` to ONNX.
 
     The model is rebuilt from the trial's checkpoint and checked against onnxruntime on the study's
     real validation images; nothing is written if a check fails. ``raw_input`` (default: the
     study's ``export.raw_input``) puts the preprocessing in the graph: the model then takes raw
-    uint8 HWC images of any size. A regression model outputs the targets' original units (the
+    uint8 HWC images of any size. The metadata's ``trial_hash`` (:func:`trial_fingerprint`) says
+    which trial it is from, so a rerun can keep it (:func:`exported_from_best`). A regression model outputs the targets' original units (the
     study's target scale is applied in the graph). Returns the export report.
     """
     from tlsearch.export import export_onnx
@@ -60,7 +113,9 @@ def export_study(
     pm = pm or get_plugin_manager([config.resolve_path(p) for p in config.plugins])
     study = open_study(config, study_dir.storage(config, storage), create=False)
     chosen = (
-        best_trial(study, tie_tolerance=config.search.tie_tolerance) if trial is None else study.trials[trial]
+        best_trial(study, tie_tolerance=config.search.tie_tolerance)
+        if trial is None
+        else complete_trial(study, trial)
     )
     model, record = load_checkpoint(
         study_dir.trial_dir(chosen.number),
@@ -96,6 +151,7 @@ def export_study(
         "value": record.value,
         "metrics": record.metrics,
         "params": record.info.get("params"),
+        "trial_hash": trial_fingerprint(chosen, raw_input=raw_input),
     }
     report = export_onnx(
         model,

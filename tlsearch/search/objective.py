@@ -36,6 +36,7 @@ from tlsearch.search.objectives import (
 )
 from tlsearch.search.recovery import (
     MAX_RETRIES,
+    SEED_ATTR,
     WORKER_ATTR,
     TrialHeartbeat,
     WorkerIdentity,
@@ -191,7 +192,9 @@ class Objective:
         out = str(self.study_dir.root)
         with writer.sampling():
             choices = sample_choices(trial, self.space)
-        writer.flush(choices=choices)  # the parameters and choices: one commit
+        # A requeued trial (Ctrl-C, a lost worker) carries its seed: same parameters, same training.
+        seed = trial.user_attrs.get(SEED_ATTR, (self.config.search.seed or 0) + trial.number)
+        writer.flush(choices=choices, **{SEED_ATTR: int(seed)})  # parameters, choices, seed: one commit
         history: list[dict[str, float]] = []
         try:
             # Observer hooks cannot fail a trial by accident; FailTrial and TrialPruned do it on purpose.
@@ -324,7 +327,7 @@ class Objective:
         self._plugins = None
         plugins = self._plugins = instantiate_plugins(choices, self.pm.registry)
         writer.stage(plugins=plugins.names())
-        seed = (config.search.seed or 0) + trial.number
+        seed = int(trial.user_attrs[SEED_ATTR])
         model = build_model(
             plugins,
             num_outputs=self.data.num_outputs,

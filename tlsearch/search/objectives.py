@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import optuna
 import torch
@@ -38,6 +38,8 @@ LATENCY_ATTR = "latency_ms"
 CONSTRAINTS_ATTR = "constraints"
 LATENCY_WARMUP = 2
 LATENCY_RUNS = 7
+
+T = TypeVar("T")
 
 
 @torch.inference_mode()
@@ -138,7 +140,7 @@ def primary_value(trial: FrozenTrial) -> float:
     return float(values[0]) if values else math.nan
 
 
-def cost_key(trial: FrozenTrial) -> tuple[float, float, float, int]:
+def cost_key(trial: FrozenTrial | optuna.Trial) -> tuple[float, float, float, int]:
     """Cheaper first: parameter count, then batch-1 latency, then training seconds, then trial number."""
     attrs = trial.user_attrs
 
@@ -160,22 +162,44 @@ def ranked_trials(study: optuna.Study, *, tie_tolerance: float = 0.0) -> list[Fr
     scores within ``tie_tolerance`` of the best remaining counting as equal and ordered by
     :func:`cost_key`. In a multi-objective study the Pareto front comes first."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
-    sign = -1.0 if _maximise(study) else 1.0
     front_ids = {t._trial_id for t in study.best_trials} if len(study.directions) > 1 and complete else set()
 
     def tier(t: FrozenTrial) -> tuple[int, float, int]:
         violation = sum(max(v, 0.0) for v in t.user_attrs.get(CONSTRAINTS_ATTR) or [])
         return (0 if feasible(t) else 1, violation, 0 if (not front_ids or t._trial_id in front_ids) else 1)
 
-    remaining = sorted(complete, key=lambda t: (tier(t), sign * primary_value(t), cost_key(t)))
-    ranked: list[FrozenTrial] = []
+    return order_by_score(
+        complete,
+        score=primary_value,
+        cost=cost_key,
+        maximize=_maximise(study),
+        tie_tolerance=tie_tolerance,
+        tier=tier,
+    )
+
+
+def order_by_score(
+    items: Sequence[T],
+    *,
+    score: Callable[[T], float],
+    cost: Callable[[T], tuple[Any, ...]],
+    maximize: bool,
+    tie_tolerance: float = 0.0,
+    tier: Callable[[T], tuple[Any, ...]] | None = None,
+) -> list[T]:
+    """``items`` best first: by ``tier`` (lower first), then by ``score``; scores within
+    ``tie_tolerance`` of the best remaining count as equal and go cheaper first (``cost``, lower
+    first). The one ordering of trials: the leaderboard, best-trial selection and the live view
+    (:class:`tlsearch.cli.console.Console`) all use it, so ties come out the same everywhere."""
+    sign = -1.0 if maximize else 1.0
+    level = tier or (lambda _: ())
+    remaining = sorted(items, key=lambda t: (level(t), sign * score(t), cost(t)))
+    ranked: list[T] = []
     while remaining:
         head = remaining[0]
-        best = sign * primary_value(head)
-        ties = [
-            t for t in remaining if tier(t) == tier(head) and sign * primary_value(t) <= best + tie_tolerance
-        ]
-        chosen = min(ties, key=cost_key)
+        best = sign * score(head)
+        ties = [t for t in remaining if level(t) == level(head) and sign * score(t) <= best + tie_tolerance]
+        chosen = min(ties, key=cost)
         ranked.append(chosen)
         remaining.remove(chosen)
     return ranked

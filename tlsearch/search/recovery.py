@@ -41,7 +41,10 @@ RETRY_OF_ATTR = "retry_of"
 RETRIES_ATTR = "retries"
 RETRY_REASON_ATTR = "retry_reason"
 MAX_RETRIES = 2
-CARRIED_ATTRS = ("batch_size",)  # per-trial overrides a retry must keep (e.g. a batch halved after an OOM)
+SEED_ATTR = "seed"  # the trial's training seed: a retry reruns with the same one
+# per-trial settings a retry must keep (a batch halved after an OOM; the seed, so that the same
+# parameters train the same way)
+CARRIED_ATTRS = ("batch_size", SEED_ATTR)
 
 
 def _read(path: str) -> str | None:

@@ -23,6 +23,7 @@ from tlsearch.data import load_splits
 from tlsearch.errors import ConfigError, TlsearchError
 from tlsearch.rank.study import ranked_space
 from tlsearch.registry import PluginManager, get_plugin_manager
+from tlsearch.search.baseline import MAJORITY_ATTR, majority_class
 from tlsearch.search.budget import DEADLINE_ATTR, FINISHED, BudgetCallback, should_stop
 from tlsearch.search.failures import FailurePolicy
 from tlsearch.search.objective import Objective
@@ -126,6 +127,9 @@ def _describe_study(study: optuna.Study, config: StudyConfig, data: StudyData) -
     wanted: dict[str, Any] = {"task": config.task, "metric": config.metric}
     if data.labels is not None:
         wanted["labels"] = data.labels
+    majority = majority_class(data.val)  # the trivial baseline (tlsearch.search.baseline)
+    if majority is not None:
+        wanted[MAJORITY_ATTR] = list(majority)
     current = study.user_attrs
     for key, value in wanted.items():
         if current.get(key) != value:
