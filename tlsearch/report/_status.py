@@ -65,12 +65,16 @@ def study_status(
          "running": [{"trial": 6, "seconds": 12.5, "summary": "…"}],
          "best": {"trial": 2, "value": 0.97, "plugins": {…}, "choices": {…}, "params": 3.2e6, …},
          "time": {"trials_seconds": 118.2, "mean_trial_seconds": 19.7, "wall_seconds": 130.0},
-         "eta_seconds": 19.7}
+         "eta_seconds": 19.7,
+         "export": {"trial": 2, "value": 0.97, "test": {"metrics": {"accuracy": 0.95}, "images": 40, …},
+                    "soup": {"exported": false, "ingredients": [2], "reason": "…", …}, …}}
 
     ``finished`` counts complete and pruned trials, as the budget does. ``eta_seconds`` is the
     remaining budget times the time spent per finished trial (all ended trials' time, failed ones
     included, over the finished count), less what the running trials already spent, divided by the
     number running now (parallel workers); None without a budget or a finished trial.
+    ``export`` is what the last export wrote (None before one): its trial and validation score, the
+    held-out ``test`` score of the exported file (None without a test split) and the ``soup``.
     """
     src = (
         source
@@ -120,6 +124,7 @@ def study_status(
         "best": _best(src.study),
         "time": {"trials_seconds": sum(timed), "mean_trial_seconds": mean, "wall_seconds": wall},
         "eta_seconds": eta,
+        "export": src.study.user_attrs.get("export"),
     }
 
 
@@ -146,6 +151,27 @@ def _best(study: optuna.Study) -> dict[str, Any] | None:
         "choices": trial.user_attrs.get("choices") or {},
         "optuna_params": trial.params,
     }
+
+
+def export_lines(export: dict[str, Any] | None, *, metric: str) -> list[str]:
+    """The status lines on the exported model: validation and held-out test score, the soup."""
+    if not export:
+        return []
+    soup = export.get("soup") or {}
+    what = f"soup of trials {soup['ingredients']}" if soup.get("exported") else f"trial {export['trial']}"
+    line = f"  exported: {what}  val {metric} {export['value']:.4g}"
+    test = export.get("test")
+    if test:
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in test["metrics"].items())
+        line += f"; test {scores} on {test['images']} held-out image(s)"
+    else:
+        line += " (no test split: the validation score is optimistic after selection)"
+    lines = [line]
+    if soup:
+        lines.append(f"      soup: {soup['reason']}")
+        for item in soup.get("left_out", [])[:5]:
+            lines.append(f"      left out trial {item['trial']}: {item['reason']}")
+    return lines
 
 
 def format_duration(seconds: float | None) -> str:
@@ -195,6 +221,7 @@ def format_status(status: dict[str, Any]) -> str:
             )
     else:
         lines.append("  best: no complete trial yet")
+    lines += export_lines(status.get("export"), metric=status["metric"])
     for r in status["running"]:
         lines.append(
             f"  running: trial {r['trial']} for {format_duration(r['seconds'])}, "
