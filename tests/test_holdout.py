@@ -167,8 +167,11 @@ def test_no_trial_sees_a_test_image_and_the_test_score_is_the_onnx_models(
 
 @pytest.mark.slow
 def test_score_exported_counts_right_and_wrong_predictions(write_study, tmp_path: Path) -> None:
-    """With labels set so that exactly half the predictions are right, the score is exactly 0.5."""
-    from tlsearch.search import export_study, run_study
+    """With labels set so that exactly half the predictions are right, the score is exactly 0.5;
+    ``tlsearch run`` says what it exported and that without a test split its score is optimistic."""
+    from click.testing import CliRunner
+
+    from tlsearch.cli import main
     from tlsearch.search.holdout import score_exported
 
     study = write_study(
@@ -178,18 +181,20 @@ def test_score_exported_counts_right_and_wrong_predictions(write_study, tmp_path
         export={"enabled": True},
     )
     out = tmp_path / "out"
-    result = run_study(study, out_dir=out, progress=False)
-    report = export_study(out, pm=result.pm)
-    images = result.data.val
-    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
-    config = DataConfig.from_dict(
-        json.loads(session.get_modelmeta().custom_metadata_map["tlsearch"])["data_config"]
-    )
+    result = CliRunner().invoke(main, ["run", str(study), "--out", str(out), "--console", "plain"])
+    assert result.exit_code == 0, result.output
+    assert "exported: trial 0  val accuracy" in result.output
+    assert "no test split: the validation score is optimistic after selection" in result.output
+    model = out / "model.onnx"
+    images = _splits(load_config(study)).val
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["tlsearch"])
+    config = DataConfig.from_dict(meta["data_config"])
     decoded = decode_images(images, config, cache_dir=None, progress=False)
     predicted = np.argmax(session.run(None, {"input": normalize(decoded.images, config)})[0], axis=1)
     targets = [int(p) if i % 2 == 0 else int(p + 1) % 4 for i, p in enumerate(predicted)]
     labelled = ImageList(images.paths, targets, images.classes)
-    score = score_exported(report.path, labelled, task="classification")
+    score = score_exported(model, labelled, task="classification")
     assert score["images"] == len(images) and score["metrics"]["accuracy"] == pytest.approx(0.5)
 
 

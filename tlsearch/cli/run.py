@@ -106,6 +106,10 @@ def run(
     if result.config.export.enabled and not no_export:
         report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
         console.exported(report)
+        from tlsearch.report._status import export_lines  # the test score and the soup, if any
+
+        for line in export_lines(result.study.user_attrs.get("export"), metric=result.config.metric):
+            click.echo(line)
         if result.config.export.int8 and result.config.task == "classification":
             from tlsearch.cli.export import describe_quantization
             from tlsearch.search import quantize_study
