@@ -217,3 +217,40 @@ def test_yaml_round_trip_keeps_the_test_settings(shapes_dir: Path, tmp_path: Pat
     path.write_text(yaml.safe_dump(raw))
     config = load_config(path)
     assert config.data.test_fraction == 0.3 and config.export.soup is False and config.export.soup_size == 3
+
+
+def test_regression_reads_a_test_csv_and_carves_a_test_fraction(tmp_path: Path) -> None:
+    from tlsearch.demo import make_sizes
+
+    labels = make_sizes(tmp_path / "sizes", n=40, size=32, seed=0)
+    raw = {
+        "name": "r",
+        "task": "regression",
+        "data": {"csv": str(labels), "test_fraction": 0.25},
+        "space": {
+            "backbone": {"timm": {"model": "test_efficientnet", "weights": "random"}},
+            "head": ["regression"],
+        },
+    }
+    splits = _splits(parse_config(raw))
+    assert splits.test is not None and len(splits.test) == 10 and len(splits.val) == 6
+    assert not set(splits.test.paths) & (set(splits.train.paths) | set(splits.val.paths))
+    raw["data"] = {"csv": str(labels), "test": str(labels)}  # the same rows: every file shared
+    with pytest.raises(ConfigError, match=r"data\.test shares files with data\.(train|val)"):
+        _splits(parse_config(raw))
+
+
+def test_the_report_says_why_a_trial_was_not_mixed_into_the_soup() -> None:
+    from tlsearch.report._html import _export_block
+
+    soup = {
+        "exported": False,
+        "ingredients": [4],
+        "reason": "no other top trial shares the best trial's backbone start",
+        "tried": [],
+        "left_out": [{"trial": 7, "reason": "another backbone start (backbone='torchvision')"}],
+    }
+    export = {"trial": 4, "value": 0.9, "test": {"metrics": {"accuracy": 0.85}, "images": 20}, "soup": soup}
+    html = _export_block({"metric": "accuracy", "export": export})
+    assert "not mixed: another backbone start (backbone=&#x27;torchvision&#x27;)" in html
+    assert "no other top trial shares" in html and "test accuracy" in html and "0.85" in html
