@@ -30,6 +30,8 @@ MAX_PARITY_IMAGES = 64
 EXPORT_ATTR = "export"
 #: the metrics a soup can be chosen on (measured by :func:`tlsearch.search.soup.validation_metrics`)
 SOUP_METRICS = ("accuracy", "r2", "mae", "rmse")
+#: the soup's record names at most this many of the top trials it could not mix
+MAX_LEFT_OUT = 10
 
 
 def best_trial(study: optuna.Study, *, tie_tolerance: float = 0.0) -> optuna.trial.FrozenTrial:
@@ -184,6 +186,8 @@ def _soup(
             break
         theirs = start_of(other.user_attrs.get("choices") or {})
         if theirs != start:  # never loaded: another backbone or pretrained start cannot be averaged
+            if len(left_out) >= MAX_LEFT_OUT:  # the record names the first ones, not hundreds
+                continue
             differ = sorted(k for k in set(start) | set(theirs) if start.get(k) != theirs.get(k))[:3]
             left_out.append(
                 {
