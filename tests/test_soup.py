@@ -183,6 +183,10 @@ def test_export_writes_the_soup_when_it_wins_and_the_single_best_with_soup_false
     assert "soup of trials" in format_status(study_status(out))
     assert "Soup: the soup of trials" in write_report(out).html.read_text()
 
+    export_study(out, trial=second.number, pm=result.pm)  # a chosen trial is exported as it is
+    meta = json.loads((out / "model.json").read_text())["metadata"]
+    assert "soup" not in meta and meta["trial"] == second.number
+
     folder = StudyDir(out)  # the same study with export.soup: false
     config = folder.load_config()
     folder.save_config(config.model_copy(update={"export": config.export.model_copy(update={"soup": False})}))
