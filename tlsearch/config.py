@@ -54,7 +54,12 @@ class Range(_Strict):
 class DataSettings(_Strict):
     """Where the images are. Either ``train`` + ``val`` folders, or one ``folder`` split by
     ``val_fraction``; for regression, ``csv`` (columns ``path,target…``) with ``val_csv`` or
-    ``val_fraction``. Folders hold one sub-folder per class."""
+    ``val_fraction``. Folders hold one sub-folder per class.
+
+    A held-out test split, which no trial ever sees, is either ``test`` (a class folder, or a CSV
+    for regression) or ``test_fraction`` (carved from the training pool before ``val`` is, stratified
+    by class, seeded by ``search.seed``); the exported model is scored on it once after the search
+    (see :mod:`tlsearch.search.holdout`)."""
 
     train: Path | None = None
     val: Path | None = None
@@ -62,6 +67,8 @@ class DataSettings(_Strict):
     csv: Path | None = None
     val_csv: Path | None = None
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    test: Path | None = None
+    test_fraction: float | None = Field(None, gt=0, lt=1)
     image_size: int | None = Field(None, ge=16, le=1024, description="override the backbone's input size")
     on_bad_image: Literal["error", "skip"] = "error"
 
@@ -77,6 +84,8 @@ class DataSettings(_Strict):
             raise ValueError("val is only valid with train")
         if self.val_csv is not None and self.csv is None:
             raise ValueError("val_csv is only valid with csv")
+        if self.test is not None and self.test_fraction is not None:
+            raise ValueError("give at most one of: test (a held-out folder or CSV), test_fraction")
         return self
 
 
@@ -213,6 +222,11 @@ class ExportSettings(_Strict):
     )
     on_accuracy_drop: Literal["error", "warn"] = "error"
     calibration_images: int = Field(128, ge=1, le=10_000)
+    soup: bool = Field(
+        True,
+        description="greedy soup: average the weights of top trials sharing a start when validation improves",
+    )
+    soup_size: int = Field(5, ge=2, le=100, description="the soup tries at most this many top trials")
 
     @model_validator(mode="after")
     def _int8_of_the_plain_model(self) -> ExportSettings:
@@ -492,6 +506,13 @@ def _check_paths(config: StudyConfig, source: str) -> None:
         if value is not None and not _exists(config.resolve_path(value), folder=True):
             raise ConfigError(
                 f"{source}: data.{field}: folder {short_repr(str(config.resolve_path(value)))} does not exist"
+            )
+    if d.test is not None:  # a CSV for regression, a class folder for classification
+        folder = config.task != "regression"
+        if not _exists(config.resolve_path(d.test), folder=folder):
+            raise ConfigError(
+                f"{source}: data.test: {'folder' if folder else 'file'} "
+                f"{short_repr(str(config.resolve_path(d.test)))} does not exist"
             )
     for field in ("csv", "val_csv"):
         value = getattr(d, field)

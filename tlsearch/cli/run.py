@@ -141,6 +141,10 @@ def run(
             return
         report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
         console.exported(report)
+        from tlsearch.report._status import export_lines  # the test score and the soup, if any
+
+        for line in export_lines(result.study.user_attrs.get("export"), metric=result.config.metric):
+            click.echo(line)
         if wants_int8:
             from tlsearch.cli.export import describe_quantization
             from tlsearch.search import quantize_study

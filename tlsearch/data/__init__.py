@@ -18,7 +18,16 @@ from tlsearch.data.batches import (
 from tlsearch.data.cache import DecodedImages, cache_key, decode_images
 from tlsearch.data.check import CheckedImages, check_images
 from tlsearch.data.lock import LockTimeout, file_lock
-from tlsearch.data.sources import IMAGE_EXTENSIONS, ImageList, load_splits, read_csv, scan_folder, split
+from tlsearch.data.sources import (
+    IMAGE_EXTENSIONS,
+    ImageList,
+    Splits,
+    load_all_splits,
+    load_splits,
+    read_csv,
+    scan_folder,
+    split,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -29,6 +38,7 @@ __all__ = [
     "Normalizer",
     "Placement",
     "ResidentBatches",
+    "Splits",
     "StreamingBatches",
     "TensorBatches",
     "batch_indices",
@@ -38,6 +48,7 @@ __all__ = [
     "decode_images",
     "draw_crop_params",
     "file_lock",
+    "load_all_splits",
     "load_splits",
     "normalize",
     "plan_placement",

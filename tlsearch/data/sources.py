@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlsearch.errors import DataError
+from tlsearch.errors import ConfigError, DataError
 from tlsearch.preprocessing import display_path
 
 if TYPE_CHECKING:
@@ -176,8 +176,11 @@ def read_csv(path: Path) -> ImageList:
     return ImageList(paths, targets, None, header[1:])
 
 
-def split(images: ImageList, *, val_fraction: float, seed: int) -> tuple[ImageList, ImageList]:
-    """A deterministic split; stratified by class for classification."""
+def split(
+    images: ImageList, *, val_fraction: float, seed: int, what: str = "val_fraction"
+) -> tuple[ImageList, ImageList]:
+    """A deterministic split; stratified by class for classification. ``what`` names the fraction
+    in the error for too few images (``test_fraction`` when the test split is carved)."""
     rng = random.Random(seed)
     train_idx: list[int] = []
     val_idx: list[int] = []
@@ -196,35 +199,103 @@ def split(images: ImageList, *, val_fraction: float, seed: int) -> tuple[ImageLi
         n_val = max(1, round(len(indices) * val_fraction))
         val_idx, train_idx = indices[:n_val], indices[n_val:]
     if not train_idx or not val_idx:
-        raise DataError(f"too few images ({len(images)}) to split with val_fraction={val_fraction}")
+        raise DataError(f"too few images ({len(images)}) to split with {what}={val_fraction}")
     return images.subset(sorted(train_idx)), images.subset(sorted(val_idx))
+
+
+#: shifts the seed of the test carve, so it does not draw the same order as the val split
+TEST_SEED_OFFSET = 7_919
+
+
+@dataclass
+class Splits:
+    """The study's images: ``train`` and ``val`` for the trials, ``test`` (None without one) held out."""
+
+    train: ImageList
+    val: ImageList
+    test: ImageList | None = None
 
 
 def load_splits(
     data: DataSettings, *, task: str, seed: int, resolve: Callable[[Path], Path]
 ) -> tuple[ImageList, ImageList]:
     """The train and validation images a study's ``data`` section describes; ``resolve`` turns the
-    section's relative paths into paths relative to the study file."""
+    section's relative paths into paths relative to the study file. A ``test_fraction`` is carved
+    out first, so these never hold a test image (see :func:`load_all_splits`)."""
+    splits = load_all_splits(data, task=task, seed=seed, resolve=resolve)
+    return splits.train, splits.val
+
+
+def load_all_splits(data: DataSettings, *, task: str, seed: int, resolve: Callable[[Path], Path]) -> Splits:
+    """Train, val and the held-out test images. ``test_fraction`` is carved from the pool that
+    ``val`` comes from (the ``folder``, ``csv`` or ``train`` images) before ``val`` is, stratified
+    by class and seeded; a ``test`` folder or CSV is read as ``val`` is. A test split that shares
+    a file with train or val is a :class:`~tlsearch.errors.ConfigError` naming the file."""
+    fraction = data.test_fraction
+    test: ImageList | None = None
+
+    def carve(pool: ImageList) -> ImageList:
+        nonlocal test
+        if fraction is None:
+            return pool
+        rest, test = split(pool, val_fraction=fraction, seed=seed + TEST_SEED_OFFSET, what="test_fraction")
+        return rest
+
     if task == "regression":
         if data.csv is None:
             raise DataError("task regression needs data.csv (columns path,target…)")
-        full = read_csv(resolve(data.csv))
+        full = carve(read_csv(resolve(data.csv)))
         if data.val_csv is not None:
             val = read_csv(resolve(data.val_csv))
             if val.target_names != full.target_names:
                 raise DataError(
                     f"data.val_csv targets {val.target_names} differ from data.csv's {full.target_names}"
                 )
-            return full, val
-        return split(full, val_fraction=data.val_fraction, seed=seed)
+            train = full
+        else:
+            train, val = split(full, val_fraction=data.val_fraction, seed=seed)
+        if data.test is not None:
+            test = read_csv(resolve(data.test))
+            if test.target_names != full.target_names:
+                raise DataError(
+                    f"data.test targets {test.target_names} differ from data.csv's {full.target_names}"
+                )
+        return _checked(Splits(train, val, test))
     if data.csv is not None:
         raise DataError(
             "data.csv is for task regression; classification reads class folders (train/val or folder)"
         )
     if data.folder is not None:
-        return split(scan_folder(resolve(data.folder)), val_fraction=data.val_fraction, seed=seed)
-    assert data.train is not None  # the config guarantees one source
-    train = scan_folder(resolve(data.train))
-    if data.val is None:
-        return split(train, val_fraction=data.val_fraction, seed=seed)
-    return train, scan_folder(resolve(data.val), classes=train.classes)
+        train, val = split(
+            carve(scan_folder(resolve(data.folder))), val_fraction=data.val_fraction, seed=seed
+        )
+    else:
+        assert data.train is not None  # the config guarantees one source
+        train = carve(scan_folder(resolve(data.train)))
+        if data.val is None:
+            train, val = split(train, val_fraction=data.val_fraction, seed=seed)
+        else:
+            val = scan_folder(resolve(data.val), classes=train.classes)
+    if data.test is not None:
+        test = scan_folder(resolve(data.test), classes=train.classes)
+    return _checked(Splits(train, val, test))
+
+
+def _checked(splits: Splits) -> Splits:
+    """Refuse a test split that shares a file (the same file by its real path) with train or val:
+    its score would not be held out."""
+    if splits.test is None:
+        return splits
+    seen = {
+        p.resolve(): name
+        for name, images in (("val", splits.val), ("train", splits.train))
+        for p in images.paths
+    }
+    for path in splits.test.paths:
+        other = seen.get(path.resolve())
+        if other is not None:
+            raise ConfigError(
+                f"data.test shares files with data.{other}, e.g. {display_path(path)!r}: a test image "
+                "must never be trained on or selected with; give a test split of other files"
+            )
+    return splits

@@ -185,6 +185,7 @@ def render_html(
         + "".join(f'<div class="card">{_esc(k)}<b>{v}</b></div>' for k, v in cards)
         + "</div>"
         + _best_block(status)
+        + _export_block(status)
         + "</section>",
         _plot_section(
             by_name["optimization_history"],
@@ -254,6 +255,42 @@ def _best_block(status: dict[str, Any]) -> str:
     return f"<h3>Best: trial {best['trial']}</h3><p>{_esc(best['summary'])}</p>" + _table(
         ["", "value"], rows, {1}
     )
+
+
+def _export_block(status: dict[str, Any]) -> str:
+    """The exported model's validation and held-out test scores, and what the soup did and why."""
+    export = status.get("export")
+    if not export:
+        return ""
+    metric = status["metric"]
+    soup = export.get("soup") or {}
+    what = f"soup of trials {soup['ingredients']}" if soup.get("exported") else f"trial {export['trial']}"
+    rows = [["validation " + _esc(metric), _num(export["value"])]]
+    test = export.get("test")
+    if test:
+        rows += [[f"test {_esc(k)}", _num(v)] for k, v in test["metrics"].items()]
+        rows.append(["test images", str(test["images"])])
+        note = (
+            "The validation score chose this model among every trial, so it is optimistic; the test "
+            "score, of the exported file on images no trial saw, is not."
+        )
+    else:
+        note = (
+            "No test split (data.test or data.test_fraction): the validation score chose this model "
+            "among every trial, so it is optimistic."
+        )
+    html = f"<h3>Exported: {_esc(what)}</h3>" + _table(["", "value"], rows, {1})
+    html += f'<p class="note">{_esc(note)}</p>'
+    if soup:
+        html += f"<p>Soup: {_esc(soup['reason'])}.</p>"
+        left = [[str(x["trial"]), _esc(x["reason"])] for x in soup.get("left_out", [])]
+        tried = [
+            [str(x["trial"]), f"{'kept' if x['kept'] else 'left out'}: {metric} with it {_num(x['value'])}"]
+            for x in soup.get("tried", [])
+        ]
+        if tried or left:
+            html += _table(["trial", "in the soup?"], tried + [[t, f"not mixed: {r}"] for t, r in left], {0})
+    return html
 
 
 def _importance_table(plot: Plot) -> str:

@@ -81,7 +81,9 @@ def study_status(
          "best": {"trial": 2, "value": 0.97, "plugins": {…}, "choices": {…}, "params": 3.2e6, …},
          "leaderboard": [{"rank": 1, "trial": 2, "value": 0.97, "summary": "…", …}, …],
          "time": {"trials_seconds": 118.2, "mean_trial_seconds": 19.7, "wall_seconds": 130.0},
-         "eta_seconds": 19.7}
+         "eta_seconds": 19.7,
+         "export": {"trial": 2, "value": 0.97, "test": {"metrics": {"accuracy": 0.95}, "images": 40, …},
+                    "soup": {"exported": false, "ingredients": [2], "reason": "…", …}, …}}
 
     ``warning`` is one line when the best trial is no better than the task's trivial baseline
     (:mod:`tlsearch.search.baseline`), else None. ``leaderboard`` holds the best ``top`` complete trials (:func:`leaderboard`'s rows, in the order
@@ -89,6 +91,8 @@ def study_status(
     remaining budget times the time spent per finished trial (all ended trials' time, failed ones
     included, over the finished count), less what the running trials already spent, divided by the
     number running now (parallel workers); None without a budget or a finished trial.
+    ``export`` is what the last export wrote (None before one): its trial and validation score, the
+    held-out ``test`` score of the exported file (None without a test split) and the ``soup``.
     """
     src = (
         source
@@ -146,6 +150,7 @@ def study_status(
         "warning": None if best is None else study_baseline_warning(src.study, best["metrics"]),
         "time": {"trials_seconds": sum(timed), "mean_trial_seconds": mean, "wall_seconds": wall},
         "eta_seconds": eta,
+        "export": src.study.user_attrs.get("export"),
     }
 
 
@@ -178,6 +183,27 @@ def tuned_params(best: dict[str, Any]) -> dict[str, Any]:
     """The best trial's Optuna parameters less the plugin choices its ``plugins`` labels already
     show (``freezing: lp_ft`` once, not again as ``freezing = lp_ft``)."""
     return {k: v for k, v in best["optuna_params"].items() if k not in best["plugins"]}
+
+
+def export_lines(export: dict[str, Any] | None, *, metric: str) -> list[str]:
+    """The status lines on the exported model: validation and held-out test score, the soup."""
+    if not export:
+        return []
+    soup = export.get("soup") or {}
+    what = f"soup of trials {soup['ingredients']}" if soup.get("exported") else f"trial {export['trial']}"
+    line = f"  exported: {what}  val {metric} {export['value']:.4g}"
+    test = export.get("test")
+    if test:
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in test["metrics"].items())
+        line += f"; test {scores} on {test['images']} held-out image(s)"
+    else:
+        line += " (no test split: the validation score is optimistic after selection)"
+    lines = [line]
+    if soup:
+        lines.append(f"      soup: {soup['reason']}")
+        for item in soup.get("left_out", [])[:5]:
+            lines.append(f"      left out trial {item['trial']}: {item['reason']}")
+    return lines
 
 
 def format_duration(seconds: float | None) -> str:
@@ -234,6 +260,7 @@ def format_status(status: dict[str, Any]) -> str:
         lines.extend(
             "  " + line for line in format_leaderboard(status["leaderboard"], metric=status["metric"])
         )
+    lines += export_lines(status.get("export"), metric=status["metric"])
     for r in status["running"]:
         lines.append(
             f"  running: trial {r['trial']} for {format_duration(r['seconds'])}, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -11,16 +12,27 @@ import numpy as np
 import optuna
 
 from tlsearch import __version__
-from tlsearch.data import DecodedImages, ImageList, decode_images, load_splits
+from tlsearch.config import StudyConfig
+from tlsearch.data import DecodedImages, ImageList, decode_images, load_all_splits, load_splits
 from tlsearch.errors import TlsearchError, UsageError
+from tlsearch.kinds import TransferModel
 from tlsearch.preprocessing import DataConfig, load_rgb
 from tlsearch.registry import PluginManager, get_plugin_manager
-from tlsearch.search.checkpoint import load_checkpoint
+from tlsearch.search.checkpoint import CheckpointError, TrialRecord, load_checkpoint
+from tlsearch.search.holdout import score_exported
 from tlsearch.search.objectives import select_best
+from tlsearch.search.soup import Ingredient, greedy_soup, start_of, validation_metrics
 from tlsearch.search.study import open_study
 from tlsearch.search.study_dir import StudyDir
+from tlsearch.train import resolve_device
 
 MAX_PARITY_IMAGES = 64
+#: the study attribute that says what was exported last: trial, scores, test score, soup
+EXPORT_ATTR = "export"
+#: the metrics a soup can be chosen on (measured by :func:`tlsearch.search.soup.validation_metrics`)
+SOUP_METRICS = ("accuracy", "r2", "mae", "rmse")
+#: the soup's record names at most this many of the top trials it could not mix
+MAX_LEFT_OUT = 10
 
 
 def best_trial(study: optuna.Study, *, tie_tolerance: float = 0.0) -> optuna.trial.FrozenTrial:
@@ -107,6 +119,7 @@ def export_study(
     study's target scale is applied in the graph). Returns the export report.
     """
     from tlsearch.export import export_onnx
+    from tlsearch.export._metadata import update_metadata
 
     study_dir = StudyDir(Path(out_dir))
     config = study_dir.load_config()
@@ -123,10 +136,16 @@ def export_study(
         number=chosen.number,
         choices=chosen.user_attrs.get("choices"),
     )
-    _, val = load_splits(
+    splits = load_all_splits(
         config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
     )
-    val = val.subset(_spread(len(val), MAX_PARITY_IMAGES))
+    soup: dict[str, Any] | None = None
+    if trial is None and config.export.soup:
+        soup, souped = _soup(
+            study, chosen, model, record, config=config, study_dir=study_dir, pm=pm, val=splits.val
+        )
+        model = souped or model
+    val = splits.val.subset(_spread(len(splits.val), MAX_PARITY_IMAGES))
     images = decode_images(
         val,
         record.preprocessing,
@@ -153,6 +172,10 @@ def export_study(
         "params": record.info.get("params"),
         "trial_hash": trial_fingerprint(chosen, raw_input=raw_input),
     }
+    if soup is not None:
+        metadata["soup"] = soup
+        if soup["exported"]:  # the soup's own validation score, measured on the whole val split
+            metadata["value"], metadata["metrics"] = soup["value"], soup["metrics"]
     report = export_onnx(
         model,
         path=target,
@@ -164,8 +187,108 @@ def export_study(
         raw_images=[np.asarray(load_rgb(p)) for p in images.source.paths] if raw_input else None,
         target_scale=record.scale,
     )
+    if splits.test is not None:  # once, on the file that ships: its score goes into its metadata
+        metadata["test"] = score_exported(report.path, splits.test, task=config.task)
+        digest, size = update_metadata(report.path, {"test": metadata["test"]})
+        report = dataclasses.replace(report, sha256=digest, size_bytes=size)
+    study.set_user_attr(
+        EXPORT_ATTR,
+        {
+            "path": str(report.path),
+            "trial": record.number,
+            "metric": record.metric,
+            "value": metadata["value"],
+            "test": metadata.get("test"),
+            "soup": soup,
+        },
+    )
     pm.notify("tlsearch_export_done", path=str(target), metadata=metadata)
     return report
+
+
+def _soup(
+    study: optuna.Study,
+    chosen: optuna.trial.FrozenTrial,
+    model: TransferModel,
+    record: TrialRecord,
+    *,
+    config: StudyConfig,
+    study_dir: StudyDir,
+    pm: PluginManager,
+    val: ImageList,
+) -> tuple[dict[str, Any], TransferModel | None]:
+    """The greedy soup of the exported trial with the next best trials that share its start
+    (:mod:`tlsearch.search.soup`): its record for the metadata, and the soup's model when it beats
+    the trial alone (None otherwise)."""
+    metric = config.metric
+    if metric not in SOUP_METRICS:
+        reason = f"no soup: it is chosen on {', '.join(SOUP_METRICS)}, the study's metric is {metric}"
+        return {"exported": False, "ingredients": [chosen.number], "reason": reason, "left_out": []}, None
+    maximize = config.direction == "maximize"
+    others = sorted(
+        (
+            t
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.number != chosen.number and t.values
+        ),
+        key=lambda t: t.values[0],
+        reverse=maximize,
+    )
+    candidates = [Ingredient(chosen.number, float(chosen.values[0]), model, record)]
+    left_out: list[dict[str, Any]] = []
+    start = start_of(record.choices)
+    for other in others:
+        if len(candidates) >= config.export.soup_size:
+            break
+        theirs = start_of(other.user_attrs.get("choices") or {})
+        if theirs != start:  # never loaded: another backbone or pretrained start cannot be averaged
+            if len(left_out) >= MAX_LEFT_OUT:  # the record names the first ones, not hundreds
+                continue
+            differ = sorted(k for k in set(start) | set(theirs) if start.get(k) != theirs.get(k))[:3]
+            left_out.append(
+                {
+                    "trial": other.number,
+                    "reason": f"another backbone start ({', '.join(f'{k}={theirs.get(k)!r}' for k in differ)})",
+                }
+            )
+            continue
+        try:
+            loaded, their_record = load_checkpoint(
+                study_dir.trial_dir(other.number),
+                pm.registry,
+                number=other.number,
+                choices=other.user_attrs.get("choices"),
+            )
+        except CheckpointError as exc:
+            left_out.append({"trial": other.number, "reason": str(exc)[:300]})
+            continue
+        candidates.append(Ingredient(other.number, float(other.values[0]), loaded, their_record))
+    decoded = decode_images(
+        val,
+        record.preprocessing,
+        cache_dir=study_dir.cache,
+        progress=False,
+        on_bad_image=config.data.on_bad_image,
+    )
+    device = resolve_device(config.training.device)
+
+    def evaluate(candidate: Any) -> dict[str, float]:
+        return validation_metrics(
+            candidate,
+            decoded,
+            config=record.preprocessing,
+            task=config.task,
+            scale=record.scale,
+            device=device,
+        )
+
+    soup = greedy_soup(candidates, evaluate=evaluate, metric=metric, maximize=maximize)
+    info = soup.to_dict()
+    info["metrics"] = soup.metrics
+    info["left_out"] = left_out + info["left_out"]
+    if not soup.exported and left_out and len(candidates) == 1:
+        info["reason"] = "no other top trial shares the best trial's backbone start"
+    return info, soup.model  # type: ignore[return-value]
 
 
 def quantize_study(
