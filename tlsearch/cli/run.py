@@ -17,7 +17,7 @@ import click
 
 from tlsearch.cli import main
 from tlsearch.cli.console import Console, console_option
-from tlsearch.cli.options import plugin_option
+from tlsearch.cli.options import plugin_option, threads_option
 
 
 @main.command()
@@ -49,6 +49,7 @@ from tlsearch.cli.options import plugin_option
     help="local worker processes: one per visible GPU (pinned with CUDA_VISIBLE_DEVICES), or CPU processes",
 )
 @plugin_option
+@threads_option
 @click.option("--no-export", is_flag=True, help="skip exporting the best model")
 @console_option
 def run(
@@ -59,6 +60,7 @@ def run(
     storage: str | None,
     workers: int,
     plugin_files: tuple[Path, ...],
+    threads: int | None,
     no_export: bool,
     console_mode: str,
 ) -> None:
@@ -72,7 +74,7 @@ def run(
     # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
     click.get_current_context().call_on_close(stop_on_sigterm())
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the console prints its own lines
-    config = load_config(study)
+    config = load_config(study, overrides={"training.threads": threads} if threads else None)
     budget = n_trials if n_trials is not None else config.search.n_trials
     try:
         with Console(total=budget, epochs=config.training.epochs, mode=console_mode) as console:

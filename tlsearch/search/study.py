@@ -35,6 +35,7 @@ from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.workers import RANK_ENV, run_workers
 from tlsearch.train import resolve_device, resolve_precision
+from tlsearch.train.threads import apply_threads
 
 log = logging.getLogger("tlsearch")
 
@@ -237,6 +238,9 @@ def run_study(
     config, pm, space, study_dir = prepare(config_or_path, out_dir=out_dir, plugin_files=plugin_files)
     spec = study_dir.storage(config, storage)
     check_concurrency(spec, workers)
+    threads = apply_threads(config.training.threads)  # from the cores free now, before decoding
+    if threads is not None:
+        log.info("%s", threads.describe())
     train, val = load_splits(
         config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
     )

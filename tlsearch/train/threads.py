@@ -1,0 +1,100 @@
+"""How many CPU threads a trial's intra-op work (PyTorch's convolutions and matmuls) uses.
+
+PyTorch's default is one thread per core, whatever else runs: on a busy machine its threads then
+wait for each other at every parallel region (a fine-tune epoch went from 6 s to 80 s at load 6
+on 2 cores). tlsearch instead counts the cores that are free when the study starts — the cores
+this process may run on (``os.sched_getaffinity``) minus the 1-minute load average — and uses at
+least one. What decides, first to last:
+
+1. ``--threads N`` or ``training.threads: N`` in the study;
+2. ``$TLSEARCH_NUM_THREADS`` (set by ``tlsearch run --workers N`` for each local CPU worker);
+3. ``$OMP_NUM_THREADS`` when you set it (PyTorch already honours it; tlsearch leaves it alone);
+4. otherwise, the free cores (``auto``).
+
+The thread count is part of what a seed reproduces on the CPU: a reduction split over 2 threads
+adds in another order than over 1, so the same seed gives the same result for the same count, and
+results that may differ in the last bits (and, after a few epochs, a little more) for another.
+Pin ``training.threads`` when runs must match exactly across machines or loads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+THREADS_ENV = "TLSEARCH_NUM_THREADS"
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The thread count chosen and why (``source``: ``setting``, ``worker``, ``OMP_NUM_THREADS``,
+    ``auto``), with the cores and load it was chosen from."""
+
+    threads: int
+    source: str
+    cores: int
+    load: float | None
+
+    def describe(self) -> str:
+        if self.source == "auto":
+            return (
+                f"{self.threads} CPU thread(s): {self.cores} core(s), load {self.load:.1f} "
+                "(set training.threads or --threads to change)"
+            )
+        return f"{self.threads} CPU thread(s), from {self.source}"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or taskset's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes), or None where the system has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def free_cores(cores: int, load: float | None) -> int:
+    """Cores not busy with other work: ``cores − load``, rounded, at least 1 and at most ``cores``."""
+    if load is None:
+        return cores
+    return max(1, min(cores, round(cores - load)))
+
+
+def choose_threads(
+    requested: int | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    cores: Callable[[], int] = available_cores,
+    load: Callable[[], float | None] = load_average,
+) -> ThreadChoice | None:
+    """The thread count for this process (see the module docstring), or None when
+    ``$OMP_NUM_THREADS`` decides and PyTorch already follows it."""
+    env = os.environ if environ is None else environ
+    n = cores()
+    if requested is not None:
+        return ThreadChoice(int(requested), "setting", n, None)
+    worker = env.get(THREADS_ENV, "").strip()
+    if worker.isdigit() and int(worker) >= 1:
+        return ThreadChoice(int(worker), "worker", n, None)
+    if env.get("OMP_NUM_THREADS", "").strip():
+        return None
+    busy = load()
+    return ThreadChoice(free_cores(n, busy), "auto", n, busy)
+
+
+def apply_threads(requested: int | None = None) -> ThreadChoice | None:
+    """Choose the thread count (:func:`choose_threads`) and set it in PyTorch."""
+    choice = choose_threads(requested)
+    if choice is not None:
+        import torch
+
+        torch.set_num_threads(choice.threads)
+    return choice
