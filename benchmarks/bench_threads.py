@@ -101,7 +101,9 @@ def main() -> None:
     for name, threads, r in rows:
         same = "yes" if r["loss"] == reference["loss"] else f"no (Δ {r['loss'] - reference['loss']:+.2e})"
         print(f"{name:<34}{threads:>8}{r['seconds']:>10.2f}{r['loss']:>14.8f}  {same}")
-    print(f"\nbusy machine: tlsearch auto is {busy_default['seconds'] / busy_chosen['seconds']:.1f}x the default")
+    print(
+        f"\nbusy machine: tlsearch auto is {busy_default['seconds'] / busy_chosen['seconds']:.1f}x the default"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import click
 
 from tlsearch.cli import main
 from tlsearch.cli.console import Console, console_option
+from tlsearch.cli.noise import quiet_noise, verbose_option
 from tlsearch.cli.options import plugin_option, threads_option
 
 
@@ -50,6 +51,7 @@ from tlsearch.cli.options import plugin_option, threads_option
 )
 @plugin_option
 @threads_option
+@verbose_option
 @click.option("--no-export", is_flag=True, help="skip exporting the best model")
 @console_option
 def run(
@@ -61,6 +63,7 @@ def run(
     workers: int,
     plugin_files: tuple[Path, ...],
     threads: int | None,
+    verbose: bool,
     no_export: bool,
     console_mode: str,
 ) -> None:
@@ -73,7 +76,8 @@ def run(
 
     # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
     click.get_current_context().call_on_close(stop_on_sigterm())
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the console prints its own lines
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_noise(verbose=verbose)  # the console prints its own lines
     config = load_config(study, overrides={"training.threads": threads} if threads else None)
     budget = n_trials if n_trials is not None else config.search.n_trials
     try:

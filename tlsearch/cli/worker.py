@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from tlsearch.cli import main
+from tlsearch.cli.noise import quiet_noise, verbose_option
 from tlsearch.cli.options import plugin_option, threads_option
 
 
@@ -53,6 +54,7 @@ def _echo_event(prefix: str) -> Any:
 )
 @plugin_option
 @threads_option
+@verbose_option
 @click.option(
     "--heartbeat-interval",
     type=click.IntRange(min=1),
@@ -75,6 +77,7 @@ def worker(
     timeout: float | None,
     plugin_files: tuple[Path, ...],
     threads: int | None,
+    verbose: bool,
     heartbeat_interval: int,
     grace_period: int,
 ) -> None:
@@ -95,6 +98,7 @@ def worker(
     click.get_current_context().call_on_close(stop_on_sigterm())
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_noise(verbose=verbose)
     if study.is_dir():
         config = StudyDir(study).load_config()
         out_dir = out_dir or study
