@@ -84,3 +84,21 @@ def test_a_database_storage_says_nothing_of_experimental_heartbeats(tmp_path):
         warnings.simplefilter("always")
         make_storage(f"sqlite:///{tmp_path / 'x.db'}", heartbeat_interval=30, grace_period=60)
     assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_predict_draws_its_progress_bar_only_on_a_terminal_unless_asked():
+    from tlsearch.cli.predict import show_progress
+
+    assert show_progress(None, files=100, batch_size=16, stream=_Stream(tty=True))
+    assert not show_progress(None, files=100, batch_size=16, stream=_Stream(tty=False))  # a log file
+    assert not show_progress(None, files=10, batch_size=16, stream=_Stream(tty=True))  # one batch
+    assert show_progress(True, files=100, batch_size=16, stream=_Stream(tty=False))
