@@ -110,7 +110,8 @@ def run(
         click.echo(f"error: {problem}", err=True)
         sys.exit(1)
     if result.config.export.enabled and not no_export:
-        report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
+        with console.working("exporting the best trial to ONNX (with its parity check)"):
+            report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
         console.exported(report)
         if result.config.export.int8 and result.config.task == "classification":
             from tlsearch.cli.export import describe_quantization
