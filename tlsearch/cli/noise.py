@@ -5,8 +5,8 @@ Python prints each warning as two lines with its source line: for one bad image 
 lines around the one line the console prints itself. Without ``--verbose``, :func:`quiet_noise`
 
 * drops Optuna's ``Trial N failed …`` warnings: the console's ``trial N fail … <reason>`` line
-  says the same, and the traceback stays in the trial (its ``failure_traceback`` attribute, which
-  ``tlsearch status`` and the trail ``trail.jsonl`` show);
+  says the same, and the traceback stays in the trial (its ``failure_traceback`` user attribute)
+  and in the trail, ``trail.jsonl``;
 * prints each warning as one line, ``warning: <message> (<category>)``, once per message.
 
 With ``--verbose`` both are as Optuna and Python print them.
