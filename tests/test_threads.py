@@ -45,6 +45,24 @@ def test_apply_threads_sets_pytorch():
         torch.set_num_threads(before)
 
 
+def test_the_automatic_choice_is_made_once_per_process(monkeypatch):
+    import tlsearch.train.threads as threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_auto", None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TLSEARCH_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    try:
+        monkeypatch.setattr(threads, "load_average", lambda: 3.0)
+        assert apply_threads().threads == 1
+        monkeypatch.setattr(threads, "load_average", lambda: 0.0)  # the load fell: same count, same results
+        assert apply_threads().threads == 1 and torch.get_num_threads() == 1
+        assert apply_threads(3).threads == 3  # a setting still wins
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_training_threads_setting_and_cli_override(write_study):
     path = write_study(training={"threads": 2})
     assert load_config(path).training.threads == 2

@@ -14,7 +14,8 @@ least one. What decides, first to last:
 The thread count is part of what a seed reproduces on the CPU: a reduction split over 2 threads
 adds in another order than over 1, so the same seed gives the same result for the same count, and
 results that may differ in the last bits (and, after a few epochs, a little more) for another.
-Pin ``training.threads`` when runs must match exactly across machines or loads.
+Within one process the automatic count is chosen once (see :func:`apply_threads`); pin
+``training.threads`` when runs must match exactly across processes, machines or loads.
 """
 
 from __future__ import annotations
@@ -72,13 +73,14 @@ def choose_threads(
     requested: int | None = None,
     *,
     environ: dict[str, str] | None = None,
-    cores: Callable[[], int] = available_cores,
-    load: Callable[[], float | None] = load_average,
+    cores: Callable[[], int] | None = None,
+    load: Callable[[], float | None] | None = None,
 ) -> ThreadChoice | None:
     """The thread count for this process (see the module docstring), or None when
-    ``$OMP_NUM_THREADS`` decides and PyTorch already follows it."""
+    ``$OMP_NUM_THREADS`` decides and PyTorch already follows it. ``cores`` and ``load`` default
+    to :func:`available_cores` and :func:`load_average`."""
     env = os.environ if environ is None else environ
-    n = cores()
+    n = (cores or available_cores)()
     if requested is not None:
         return ThreadChoice(int(requested), "setting", n, None)
     worker = env.get(THREADS_ENV, "").strip()
@@ -86,13 +88,21 @@ def choose_threads(
         return ThreadChoice(int(worker), "worker", n, None)
     if env.get("OMP_NUM_THREADS", "").strip():
         return None
-    busy = load()
+    busy = (load or load_average)()
     return ThreadChoice(free_cores(n, busy), "auto", n, busy)
 
 
+_auto: ThreadChoice | None = None  # the first automatic choice of this process: it sticks
+
+
 def apply_threads(requested: int | None = None) -> ThreadChoice | None:
-    """Choose the thread count (:func:`choose_threads`) and set it in PyTorch."""
+    """Choose the thread count (:func:`choose_threads`) and set it in PyTorch. An automatic choice
+    is made once per process: a second study run from the same script gets the same count (so
+    the same results) even if the load changed meanwhile."""
+    global _auto
     choice = choose_threads(requested)
+    if choice is not None and choice.source == "auto":
+        _auto = choice = _auto or choice
     if choice is not None:
         import torch
 
