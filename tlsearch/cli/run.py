@@ -117,4 +117,6 @@ def run(
             from tlsearch.cli.export import describe_quantization
             from tlsearch.search import quantize_study
 
-            click.echo(describe_quantization(quantize_study(result.study_dir.root, model=report.path)))
+            with console.working("quantising the model to INT8 (and measuring its accuracy)"):
+                quantized = quantize_study(result.study_dir.root, model=report.path)
+            click.echo(describe_quantization(quantized))
