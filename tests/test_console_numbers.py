@@ -54,10 +54,11 @@ def test_a_trial_that_ran_between_two_looks_shows_its_real_duration_and_trial_nu
     text = out.getvalue()
     assert "trial 0 complete after 38.0s value 0.9 [1/3]" in text  # not "after 0.0s"
     assert "  trial 0 epoch 0: accuracy 0.5" in text and "  trial 0 epoch 1: accuracy 0.9" in text
+    assert console.durations == [38.0]  # counted from the study (it ended before the console saw it)
     study.add_trial(_finished_trial(1, 20.0, 0.8))
     watcher.poll()
     last = out.getvalue().splitlines()[-1]
-    assert last.startswith("trial 1 complete after 20.0s value 0.8 [2/3], about 20") and last.endswith("left")
+    assert last == "trial 1 complete after 20.0s value 0.8 [2/3], about 29s left"  # the mean of 38 and 20
 
 
 def test_time_left_extrapolates_a_running_trial_at_its_own_pace():

@@ -245,6 +245,8 @@ class Console:
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         )
         self.counted.update(t.number for t in done)
+        # their own durations: `status --watch` joining mid-study has a mean trial time at once
+        self.durations.extend(s for t in done if (s := trial_seconds(t)) is not None)
         for t in done:
             if t.state == optuna.trial.TrialState.COMPLETE and t.values:
                 choices = t.user_attrs.get("choices")
