@@ -8,7 +8,7 @@ import torch
 from tlsearch.config import load_config
 from tlsearch.errors import ConfigError
 from tlsearch.search.workers import worker_env
-from tlsearch.train.threads import apply_threads, choose_threads, free_cores
+from tlsearch.train.threads import apply_threads, busy_cores, choose_threads, free_cores, load_average
 
 
 def _choose(requested=None, *, env=None, cores=2, load=0.0):
@@ -94,3 +94,26 @@ def test_run_study_applies_the_setting_before_any_work(write_study, tmp_path, mo
     with pytest.raises(Stop):
         run_study(write_study(training={"threads": 1}), out_dir=tmp_path / "run")
     assert seen == [1]
+
+
+STAT_BEFORE = "cpu  30 0 10 60 0 0 0 0 0 0\ncpu0 10 0 0 90 0 0 0 0 0 0\ncpu1 100 0 0 0 0 0 0 0 0 0\n"
+STAT_AFTER = "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 20 0 0 180 0 0 0 0 0 0\ncpu1 190 0 0 5 5 0 0 0 0 0\nintr 1 2\n"
+
+
+def test_busy_cores_from_two_readings_of_proc_stat():
+    # cpu0: 10 of 100 jiffies busy; cpu1: 90 of 100 (iowait counts as idle)
+    assert busy_cores(STAT_BEFORE, STAT_AFTER, [0, 1]) == pytest.approx(1.0)
+    assert busy_cores(STAT_BEFORE, STAT_AFTER, [1]) == pytest.approx(0.9)
+    assert busy_cores(STAT_BEFORE, STAT_AFTER, [7]) is None  # a CPU outside the readings
+
+
+def test_a_load_average_that_still_counts_a_finished_run_yields_to_the_busy_share_now(monkeypatch):
+    import tlsearch.train.threads as threads
+
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.9, 1.0, 0.5))  # the previous study, just ended
+    monkeypatch.setattr(threads, "_busy_now", lambda: 0.1)
+    assert load_average() == 0.1
+    monkeypatch.setattr(threads, "_busy_now", lambda: 3.0)  # a burst now, quiet on average
+    assert load_average() == 1.9
+    monkeypatch.setattr(threads, "_busy_now", lambda: None)  # no /proc/stat
+    assert load_average() == 1.9

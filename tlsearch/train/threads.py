@@ -3,8 +3,9 @@
 PyTorch's default is one thread per core, whatever else runs: on a busy machine its threads then
 wait for each other at every parallel region (a fine-tune epoch went from 6 s to 80 s at load 6
 on 2 cores). tlsearch instead counts the cores that are free when the study starts — the cores
-this process may run on (``os.sched_getaffinity``) minus the 1-minute load average — and uses at
-least one. What decides, first to last:
+this process may run on (``os.sched_getaffinity``) minus those busy with other work (the 1-minute
+load average, or the last half second's busy share where lower, see :func:`load_average`) — and
+uses at least one. What decides, first to last:
 
 1. ``--threads N`` or ``training.threads: N`` in the study;
 2. ``$TLSEARCH_NUM_THREADS`` (set by ``tlsearch run --workers N`` for each local CPU worker);
@@ -21,8 +22,10 @@ Within one process the automatic count is chosen once (see :func:`apply_threads`
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 THREADS_ENV = "TLSEARCH_NUM_THREADS"
 
@@ -55,11 +58,54 @@ def available_cores() -> int:
 
 
 def load_average() -> float | None:
-    """The 1-minute load average (runnable processes), or None where the system has none."""
+    """How many of this process's cores other work keeps busy: the 1-minute load average, or
+    the busy share of those cores over the last half second (:func:`busy_cores`) when that is
+    lower — the load average still counts a run that ended seconds ago, so a study started right
+    after another would otherwise get one thread on an idle machine. None where neither exists."""
     try:
-        return os.getloadavg()[0]
+        average: float | None = os.getloadavg()[0]
     except (AttributeError, OSError):
+        average = None
+    now = _busy_now()
+    if average is None or now is None:
+        return average if now is None else now
+    return min(average, now)
+
+
+def busy_cores(before: str, after: str, cpus: Iterable[int]) -> float | None:
+    """Busy cores among ``cpus`` between two readings of ``/proc/stat``: for each CPU, the share
+    of its time not idle (``idle`` + ``iowait``), summed. None when a CPU is missing from them."""
+    first, second = _cpu_times(before), _cpu_times(after)
+    busy = 0.0
+    for cpu in cpus:
+        if cpu not in first or cpu not in second:
+            return None
+        (total0, idle0), (total1, idle1) = first[cpu], second[cpu]
+        elapsed = total1 - total0
+        busy += 1.0 - (idle1 - idle0) / elapsed if elapsed > 0 else 0.0
+    return busy
+
+
+def _cpu_times(stat: str) -> dict[int, tuple[int, int]]:
+    """CPU number → (total, idle) jiffies from ``/proc/stat`` (user … steal; guest is in user)."""
+    out: dict[int, tuple[int, int]] = {}
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and len(fields) >= 5:
+            values = [int(v) for v in fields[:8]]
+            out[int(name[3:])] = (sum(values), values[3] + values[4])
+    return out
+
+
+def _busy_now(seconds: float = 0.5) -> float | None:
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        before = Path("/proc/stat").read_text()
+        time.sleep(seconds)
+        after = Path("/proc/stat").read_text()
+    except (AttributeError, OSError):  # not Linux
         return None
+    return busy_cores(before, after, cpus)
 
 
 def free_cores(cores: int, load: float | None) -> int:
