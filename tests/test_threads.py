@@ -117,3 +117,8 @@ def test_a_load_average_that_still_counts_a_finished_run_yields_to_the_busy_shar
     assert load_average() == 1.9
     monkeypatch.setattr(threads, "_busy_now", lambda: None)  # no /proc/stat
     assert load_average() == 1.9
+
+
+def test_a_given_free_core_count_is_shared_without_measuring(monkeypatch):
+    monkeypatch.setattr("tlsearch.search.workers.load_average", lambda: pytest.fail("measured again"))
+    assert worker_env(1, 3, gpus=[], base={}, free=7)["OMP_NUM_THREADS"] == "2"

@@ -49,15 +49,22 @@ def visible_gpus() -> list[str]:
 
 
 def worker_env(
-    rank: int, workers: int, *, gpus: Sequence[str], base: dict[str, str] | None = None
+    rank: int,
+    workers: int,
+    *,
+    gpus: Sequence[str],
+    base: dict[str, str] | None = None,
+    free: int | None = None,
 ) -> dict[str, str]:
-    """The environment of local worker ``rank`` of ``workers``: its GPU, or its share of CPU threads."""
+    """The environment of local worker ``rank`` of ``workers``: its GPU, or its share of the
+    ``free`` CPU cores (default: measured now)."""
     env = dict(os.environ if base is None else base)
     env[RANK_ENV] = str(rank)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[rank % len(gpus)]
     else:
-        threads = str(max(1, free_cores(available_cores(), load_average()) // workers))
+        free = free if free is not None else free_cores(available_cores(), load_average())
+        threads = str(max(1, free // workers))
         env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, THREADS_ENV: threads})
     return env
 
@@ -136,10 +143,11 @@ def run_workers(
     logs = [worker_log(root, rank) for rank in range(workers)] if on_event is not None else []
     with ExitStack() as stack:
         outputs = [stack.enter_context(_open_log(path)) for path in logs]
+        free = None if gpus else free_cores(available_cores(), load_average())  # measured once
         procs = [
             subprocess.Popen(
                 cmd,
-                env=worker_env(rank, workers, gpus=gpus),
+                env=worker_env(rank, workers, gpus=gpus, free=free),
                 stdout=outputs[rank] if outputs else None,
                 stderr=subprocess.STDOUT if outputs else None,
             )
