@@ -76,7 +76,7 @@ def test_plain_lines_count_trials_and_eta() -> None:
         _events(console)
     text = out.getvalue()
     assert (
-        "trial 0: timm(test_efficientnet) + linear" in text and "  epoch 1: value 0.4" in text
+        "trial 0: timm(test_efficientnet) + linear" in text and "  trial 0 epoch 1: value 0.4" in text
     )  # epochs count from 1
     assert "trial 1 complete after" in text and "value 0.8 [2/4], about" in text and "left" in text
     assert "trial 2 fail after" in text and "ValueError: nan [2/4]" in text
@@ -122,7 +122,7 @@ def test_run_off_terminal_has_no_escape_codes(tmp_path: Path, monkeypatch: pytes
     assert "trial 0: timm(test_efficientnet) + linear | linear_probe" in result.output
     assert "decoding train images at 32px: 24 to do" in result.output  # 4 shapes × 6 images
     assert "decoding val images at 32px: done in" in result.output
-    assert "  epoch 1: accuracy" in result.output and "[2/2]" in result.output
+    assert "  trial 1 epoch 1: accuracy" in result.output and "[2/2]" in result.output
     assert "study c: 2 complete" in result.output and "#1  trial" in result.output
 
 

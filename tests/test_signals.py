@@ -115,6 +115,9 @@ def test_sigterm_stops_run_cleanly_and_requeues_the_running_trial(hold_study, tm
     _, err = proc.communicate(timeout=WAIT_SECONDS)
     assert proc.returncode == 143, err[-3000:]
     assert "terminated (SIGTERM)" in err and "rerun the same command to resume" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (
+        err
+    )  # one line, not Optuna's warning
     _check_requeued(_trials(out), interrupted=1)
 
 

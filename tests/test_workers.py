@@ -97,8 +97,11 @@ def test_local_workers_on_the_embedded_journal_finish_exactly_the_budget(small_s
     for t in finished:
         assert (out / "trials" / f"{t.number:04d}" / "model.safetensors").is_file()
         assert f"trial {t.number}: timm(test_efficientnet) + linear | linear_probe" in cli.output
-        assert f"trial {t.number} {t.state.name.lower()} after" in cli.output
-    assert "[4/4]" in cli.output and "  epoch 1: accuracy" in cli.output
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds()  # its own, not the poll's
+        assert f"trial {t.number} {t.state.name.lower()} after {seconds:.1f}s" in cli.output
+    assert "[4/4]" in cli.output and " epoch 1: accuracy" in cli.output
+    epoch_lines = [line for line in cli.output.splitlines() if " epoch " in line]
+    assert epoch_lines and all(line.startswith("  trial ") for line in epoch_lines)  # whose epoch it is
     assert f"workers' own output: {out / 'logs'}/worker-<rank>.log" in cli.output
     logs = [worker_log(out, rank).read_text() for rank in range(3)]
     ran = [line for text in logs for line in text.splitlines() if " complete " in line or " pruned " in line]

@@ -98,7 +98,8 @@ class TrainingSettings(_Strict):
     for streaming (None: cores − 1, at most 8), ``feature_cache`` (frozen-backbone trials train on
     cached features), ``augment_frozen`` (randomly augment frozen-backbone trials, which then
     cannot use the cache). ``retry_oom``: a trial that runs out of GPU memory is retried once at
-    half the batch size.
+    half the batch size. ``threads``: PyTorch's CPU threads per process (None: the cores free
+    when the study starts, see :mod:`tlsearch.train.threads`).
 
     ``lr`` defaults to a range that suits fine-tuning pretrained weights with AdamW
     (``1e-5 … 3e-3``, log; the head trains at the full lr, so probes reach the top of the range)
@@ -122,6 +123,7 @@ class TrainingSettings(_Strict):
     compile: Literal["auto", "always", "never"] = "auto"
     data_placement: Literal["auto", "resident", "stream"] = "auto"
     loader_workers: int | None = Field(None, ge=0, le=64)
+    threads: int | None = Field(None, ge=1, le=1024)
     feature_cache: bool = True
     augment_frozen: bool = False
     retry_oom: bool = True

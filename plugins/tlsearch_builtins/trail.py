@@ -46,10 +46,10 @@ def tlsearch_epoch_end(trial: Any, epoch: int, metrics: dict[str, float], out_di
 def tlsearch_trial_end(
     trial: Any, state: str, value: float | None, metrics: dict[str, Any], out_dir: str
 ) -> None:
-    _append(
-        out_dir,
-        {"event": "trial_end", "trial": trial.number, "state": state, "value": value, "metrics": metrics},
-    )
+    record = {"event": "trial_end", "trial": trial.number, "state": state, "value": value, "metrics": metrics}
+    if state == "FAIL":  # the console shows one line; the traceback is kept here and on the trial
+        record["traceback"] = (getattr(trial, "user_attrs", None) or {}).get("failure_traceback")
+    _append(out_dir, record)
 
 
 @hookimpl

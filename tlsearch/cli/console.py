@@ -11,8 +11,8 @@ that runs trials::
 
 Two modes, chosen by :func:`choose_mode` unless given:
 
-* ``live`` — rich's ``Live``: a trials bar (n/N finished, elapsed, ETA from the budget and the mean
-  trial time), an epochs bar for the running trial with its plugins and current metric, and the
+* ``live`` — rich's ``Live``: a trials bar (n/N finished, elapsed, time left from
+  :func:`time_left`, or none where there is no honest figure), an epochs bar for the running trial with its plugins and current metric, and the
   top-5 leaderboard, redrawn in place.
 * ``plain`` — one line per trial start, epoch and trial end, with no control character at all:
   safe for CI logs, files and pipes.
@@ -23,8 +23,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 import click
@@ -109,7 +111,7 @@ class Console:
         self.top = top
         self.stream = stream
         self.started = time.perf_counter()
-        self.trial_started: dict[int, float] = {}
+        self.trial_started: dict[int, datetime] = {}  # from the trial's own record where it has one
         self.durations: list[float] = []
         self.seeded = False
         self.counted: set[int] = set()  # numbers of the finished trials: each counts once
@@ -156,12 +158,19 @@ class Console:
         return time.perf_counter() - self.started
 
     def eta(self) -> float | None:
-        """Seconds until the budget is reached, from the mean time of the trials finished here."""
-        if self.total is None or not self.durations:
+        """Seconds until the budget is reached (:func:`time_left`), or None when unknown."""
+        if self.total is None:
             return None
-        mean = sum(self.durations) / len(self.durations)
-        running = sum(time.perf_counter() - s for s in self.trial_started.values())
-        return max(0.0, (self.total - self.finished) * mean - min(running, mean))
+        now = datetime.now()
+        running = [
+            (
+                (now - self.trial_started[n]).total_seconds() if n in self.trial_started else 0.0,
+                int(state.get("epoch", 0)),
+                state.get("epochs"),
+            )
+            for n, state in dict(self.current).items()
+        ]
+        return time_left(total=self.total, finished=self.finished, durations=self.durations, running=running)
 
     def leaders(self) -> list[_Row]:
         """The best ``top`` trials so far, in the final leaderboard's order (ties: the cheaper first)."""
@@ -183,7 +192,7 @@ class Console:
         if not self.seeded:
             self._seed(trial)
         if name == "trial_start":
-            self.trial_started[trial.number] = time.perf_counter()
+            self.trial_started[trial.number] = getattr(trial, "datetime_start", None) or datetime.now()
             summary = _describe(kw["choices"])
             self.current[trial.number] = {
                 "summary": summary,
@@ -201,7 +210,8 @@ class Console:
             if not self.live:
                 metrics = kw["metrics"]
                 shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch_seconds")
-                self._echo(f"  epoch {kw['epoch'] + 1}: {shown}  ({metrics.get('epoch_seconds', 0.0):.1f}s)")
+                seconds = metrics.get("epoch_seconds", 0.0)
+                self._echo(f"  trial {trial.number} epoch {kw['epoch'] + 1}: {shown}  ({seconds:.1f}s)")
         elif name == "trial_end":
             self._trial_end(trial, kw["state"], kw["value"], kw["metrics"])
         if self._live is not None:
@@ -242,21 +252,24 @@ class Console:
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         )
         self.counted.update(t.number for t in done)
+        # their own durations: `status --watch` joining mid-study has a mean trial time at once
+        self.durations.extend(s for t in done if (s := trial_seconds(t)) is not None)
         for t in done:
             if t.state == optuna.trial.TrialState.COMPLETE and t.values:
                 choices = t.user_attrs.get("choices")
                 self.rows.append(_Row(t.number, t.values[0], _describe(choices) if choices else "", _cost(t)))
 
     def _trial_end(self, trial: Any, state: str, value: float | None, metrics: dict[str, Any]) -> None:
-        started = self.trial_started.pop(trial.number, self.started)
-        seconds = time.perf_counter() - started
+        started = self.trial_started.pop(trial.number, None)
+        seconds = trial_seconds(trial, started=started)
         info = self.current.pop(trial.number, {"summary": ""})
         # A trial the study already counted (a watcher may report one that ended as this console
         # read the study) adds nothing.
         new = trial.number not in self.counted
         if state in ("COMPLETE", "PRUNED") and new:
             self.counted.add(trial.number)
-            self.durations.append(seconds)
+            if seconds is not None:
+                self.durations.append(seconds)
         if state == "COMPLETE" and value is not None and new:
             self.rows.append(_Row(trial.number, float(value), info["summary"], _cost(trial)))
         if self.live:
@@ -267,9 +280,8 @@ class Console:
         tail = (
             f", about {_duration(eta)} left" if eta is not None and self.finished < (self.total or 0) else ""
         )
-        self._echo(
-            f"trial {trial.number} {state.lower()} after {seconds:.1f}s {detail} {progress}{tail}".rstrip()
-        )
+        after = f" after {seconds:.1f}s" if seconds is not None else ""
+        self._echo(f"trial {trial.number} {state.lower()}{after} {detail} {progress}{tail}".rstrip())
 
     # --- end of run -------------------------------------------------------------------------------
 
@@ -286,8 +298,69 @@ class Console:
         for line in format_leaderboard(leaderboard(study, top=top), metric=metric):
             self._echo(line)
 
+    @contextmanager
+    def working(self, text: str) -> Iterator[None]:
+        """Show that ``text`` is under way (an ONNX export and its checks take a while): a spinner
+        on a terminal, one line otherwise."""
+        if not self.live:
+            self._echo(f"{text}…")
+            yield
+            return
+        from rich.console import Console as RichConsole
+
+        with RichConsole(file=self.stream).status(text):
+            yield
+
     def exported(self, report: Any) -> None:
         self._echo(f"\nexported {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")
+
+
+def trial_seconds(
+    trial: Any, *, started: datetime | None = None, now: datetime | None = None
+) -> float | None:
+    """How long ``trial`` ran: from its own ``datetime_start`` (else ``started``, when this console
+    saw it start) to its ``datetime_complete`` (else ``now``). None when its start is unknown —
+    better no figure than the time between two looks at the study."""
+    start = getattr(trial, "datetime_start", None) or started
+    if start is None:
+        return None
+    end = getattr(trial, "datetime_complete", None) or now or datetime.now()
+    return max(0.0, (end - start).total_seconds())
+
+
+def time_left(
+    *,
+    total: int,
+    finished: int,
+    durations: Sequence[float],
+    running: Sequence[tuple[float, int, int | None]],
+) -> float | None:
+    """Seconds until ``total`` trials have finished, or None when there is no honest estimate.
+
+    ``durations``: the seconds of the trials finished here; ``running``: per running trial, its
+    seconds so far, epochs done and epochs planned. A running trial with an epoch done is
+    extrapolated at its own pace (a fine-tune runs far longer than the probes before it); one
+    without is given the mean trial's time, and when it has already run longer than that there is
+    no figure at all (rather than "0 s left" for minutes). Trials not started yet take the mean;
+    the running trials' count is taken as the number of workers.
+    """
+    to_finish = total - finished
+    if to_finish <= 0:
+        return 0.0
+    mean = sum(durations) / len(durations) if durations else None
+    lefts: list[float] = []
+    for elapsed, done, epochs in running:
+        if epochs and done > 0:
+            lefts.append(elapsed / done * max(0, epochs - done))
+        elif mean is not None and elapsed < mean:
+            lefts.append(mean - elapsed)
+        else:
+            return None
+    queued = max(0, to_finish - len(running))
+    if queued and mean is None:
+        return None
+    parallel = max(1, len(running))
+    return max(max(lefts, default=0.0), (sum(lefts) + queued * (mean or 0.0)) / parallel)
 
 
 def _describe(choices: dict[str, Any]) -> str:

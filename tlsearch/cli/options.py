@@ -17,3 +17,10 @@ plugin_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="a plugin file to load (repeatable)",
 )
+
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="PyTorch CPU threads per process (overrides training.threads; default: the cores free "
+    "when the study starts, from the load average)",
+)

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows on stdout (not with --json).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option(
-    "--progress/--no-progress", default=None, help="Progress bar on stderr (default: with many files)."
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: with many files, on a terminal).",
 )
 def predict(
     model: Path,
@@ -51,7 +53,7 @@ def predict(
     files = collect_images(paths)
     if not files:
         raise click.UsageError(f"no image files found in {', '.join(map(str, paths))}")
-    show = progress if progress is not None else len(files) > batch_size
+    show = show_progress(progress, files=len(files), batch_size=batch_size, stream=sys.stderr)
     from tqdm import tqdm
 
     with tqdm(total=len(files), file=sys.stderr, disable=not show, unit="image") as bar:
@@ -76,6 +78,15 @@ def _text(result: Prediction) -> str:
     if result.top_k:
         return ", ".join(f"{label} {p:.3f}" for label, _, p in result.top_k)
     return ", ".join(f"{n}={v:.6g}" for n, v in zip(result.names, result.values, strict=True))
+
+
+def show_progress(requested: bool | None, *, files: int, batch_size: int, stream: object) -> bool:
+    """Whether to draw the progress bar: as asked, else with more than one batch of files on a
+    terminal (a bar's carriage returns are noise in a log file or a pipe)."""
+    if requested is not None:
+        return requested
+    isatty = getattr(stream, "isatty", None)
+    return files > batch_size and bool(isatty and isatty())
 
 
 def _write_csv(results: Sequence[Prediction], *, classification: bool) -> None:

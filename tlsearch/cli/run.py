@@ -17,7 +17,8 @@ import click
 
 from tlsearch.cli import main
 from tlsearch.cli.console import Console, console_option
-from tlsearch.cli.options import plugin_option
+from tlsearch.cli.noise import quiet_noise, verbose_option
+from tlsearch.cli.options import plugin_option, threads_option
 
 
 def best_trial_warning(study: Any) -> str | None:
@@ -58,6 +59,8 @@ def best_trial_warning(study: Any) -> str | None:
     help="local worker processes: one per visible GPU (pinned with CUDA_VISIBLE_DEVICES), or CPU processes",
 )
 @plugin_option
+@threads_option
+@verbose_option
 @click.option("--no-export", is_flag=True, help="skip exporting the best model")
 @click.option(
     "--force",
@@ -74,6 +77,8 @@ def run(
     storage: str | None,
     workers: int,
     plugin_files: tuple[Path, ...],
+    threads: int | None,
+    verbose: bool,
     no_export: bool,
     force_export: bool,
     console_mode: str,
@@ -88,8 +93,9 @@ def run(
 
     # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
     click.get_current_context().call_on_close(stop_on_sigterm())
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the console prints its own lines
-    config = load_config(study)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_noise(verbose=verbose)  # the console prints its own lines
+    config = load_config(study, overrides={"training.threads": threads} if threads else None)
     budget = n_trials if n_trials is not None else config.search.n_trials
     try:
         with Console(total=budget, epochs=config.training.epochs, mode=console_mode) as console:
@@ -139,7 +145,8 @@ def run(
                 "(--force, or `tlsearch export`, exports anyway)"
             )
             return
-        report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
+        with console.working("exporting the best trial to ONNX (with its parity check)"):
+            report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
         console.exported(report)
         from tlsearch.report._status import export_lines  # the test score and the soup, if any
 
@@ -149,4 +156,6 @@ def run(
             from tlsearch.cli.export import describe_quantization
             from tlsearch.search import quantize_study
 
-            click.echo(describe_quantization(quantize_study(result.study_dir.root, model=report.path)))
+            with console.working("quantising the model to INT8 (and measuring its accuracy)"):
+                quantized = quantize_study(result.study_dir.root, model=report.path)
+            click.echo(describe_quantization(quantized))

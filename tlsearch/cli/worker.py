@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from tlsearch.cli import main
-from tlsearch.cli.options import plugin_option
+from tlsearch.cli.noise import quiet_noise, verbose_option
+from tlsearch.cli.options import plugin_option, threads_option
 
 
 def _echo_event(prefix: str) -> Any:
@@ -52,6 +53,8 @@ def _echo_event(prefix: str) -> Any:
     "--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds this worker runs at most"
 )
 @plugin_option
+@threads_option
+@verbose_option
 @click.option(
     "--heartbeat-interval",
     type=click.IntRange(min=1),
@@ -73,6 +76,8 @@ def worker(
     n_trials: int | None,
     timeout: float | None,
     plugin_files: tuple[Path, ...],
+    threads: int | None,
+    verbose: bool,
     heartbeat_interval: int,
     grace_period: int,
 ) -> None:
@@ -93,16 +98,16 @@ def worker(
     click.get_current_context().call_on_close(stop_on_sigterm())
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    threads = os.environ.get("TLSEARCH_NUM_THREADS")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
+    quiet_noise(verbose=verbose)
     if study.is_dir():
         config = StudyDir(study).load_config()
         out_dir = out_dir or study
     else:
         config = load_config(study)
+    if threads:
+        config = config.model_copy(
+            update={"training": config.training.model_copy(update={"threads": threads})}
+        )
     rank = os.environ.get("TLSEARCH_WORKER_RANK")
     try:
         result = run_study(

@@ -84,6 +84,14 @@ class Plugin:
         return dict(space)
 
     @classmethod
+    def check_available(cls, space: Mapping[str, Hyperparameter]) -> None:
+        """Check, once before the first trial of a run (after :meth:`check_space`), that what the
+        trials will fetch is there: weights to download from a hub that answers, or in the local
+        cache. Raise :class:`~tlsearch.errors.PluginError` to stop the study (exit 2) instead of
+        failing each trial after its retries. Not called by commands that run no trial
+        (``export``, ``status``), which work offline. Default: nothing to check."""
+
+    @classmethod
     def summary(cls) -> str:
         """First line of the docstring."""
         doc = (cls.__doc__ or "").strip()

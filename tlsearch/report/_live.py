@@ -90,7 +90,7 @@ class LiveView:
                     "epochs", total=state.get("epochs"), number=number, metric=""
                 )
             metrics = state["metrics"]
-            shown = f"{c.metric} {metrics[c.metric]:.4g}" if c.metric in metrics else "starting…"
+            shown = f"{c.metric} {metrics[c.metric]:.4g}" if c.metric in metrics else "first epoch running"
             self.epochs.update(
                 self.epoch_tasks[number], completed=state["epoch"], metric=shown, total=state.get("epochs")
             )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,17 @@ def make_storage(
     last: Exception | None = None
     for attempt in range(_CONNECT_ATTEMPTS):
         try:
-            storage = RDBStorage(
-                spec,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=on_stale if heartbeat_interval else None,
-            )
+            with (
+                warnings.catch_warnings()
+            ):  # heartbeats are "experimental": said on every run, to no one's use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = RDBStorage(
+                    spec,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=on_stale if heartbeat_interval else None,
+                )
             if kind == "sqlite":
                 _write_ahead_log(storage)
             return storage

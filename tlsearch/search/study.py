@@ -20,7 +20,7 @@ from optuna.storages import BaseStorage
 
 from tlsearch.config import StudyConfig, load_config, resolve_space
 from tlsearch.data import load_splits
-from tlsearch.errors import ConfigError, TlsearchError
+from tlsearch.errors import ConfigError, PluginError, TlsearchError
 from tlsearch.rank.study import ranked_space
 from tlsearch.registry import PluginManager, get_plugin_manager
 from tlsearch.search.baseline import MAJORITY_ATTR, majority_class
@@ -36,6 +36,7 @@ from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.workers import RANK_ENV, run_workers
 from tlsearch.train import resolve_device, resolve_precision
+from tlsearch.train.threads import apply_threads
 
 log = logging.getLogger("tlsearch")
 
@@ -201,6 +202,21 @@ def prepare(
     return config, pm, space, study_dir
 
 
+def check_available(config: StudyConfig, space: Any, registry: Any) -> None:
+    """Each plugin of the space checks what its trials will fetch (``check_available``, e.g. hub
+    weights), once: a :class:`~tlsearch.errors.PluginError` stops the run before any work."""
+    for section in ("backbone", "head", "freezing", "regularizers"):
+        for choice in getattr(space, section):
+            check = getattr(registry.get(choice.kind, choice.name).cls, "check_available", None)
+            if check is None:
+                continue
+            try:
+                check(choice.space.params)
+            except PluginError as exc:
+                where = f"{config.source or '<study>'}: space.{section}.{choice.name}"
+                raise PluginError(f"{where}: {exc}") from None
+
+
 def run_study(
     config_or_path: StudyConfig | str | Path,
     *,
@@ -241,6 +257,10 @@ def run_study(
     config, pm, space, study_dir = prepare(config_or_path, out_dir=out_dir, plugin_files=plugin_files)
     spec = study_dir.storage(config, storage)
     check_concurrency(spec, workers)
+    check_available(config, space, pm.registry)  # hub weights offline: one message, not 10 trials' retries
+    threads = apply_threads(config.training.threads)  # from the cores free now, before decoding
+    if threads is not None:
+        log.info("%s", threads.describe())
     train, val = load_splits(
         config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
     )

@@ -12,7 +12,8 @@ passes to ``on_event``:
   failure's reason).
 
 Trials that had finished before the first poll produce no event (a console counts them from the
-study itself). Each event's ``trial`` has the trial's ``number`` and the ``study``.
+study itself). Each event's ``trial`` has the trial's ``number``, the ``study`` and the trial's
+own ``datetime_start`` and ``datetime_complete``.
 :func:`follow` polls until a study's budget is done: ``tlsearch status DIR --watch``, from any
 machine that reaches the storage.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -37,10 +39,14 @@ FOLLOW_INTERVAL = 2.0  # seconds between looks when following a study from outsi
 
 @dataclass(frozen=True)
 class WatchedTrial:
-    """What an event tells of a trial that runs in another process."""
+    """What an event tells of a trial that runs in another process: its number, its study, and
+    when it started and ended as its own worker recorded it (so a console shows the trial's real
+    duration, not the time between two looks)."""
 
     number: int
     study: optuna.Study
+    datetime_start: datetime | None = None
+    datetime_complete: datetime | None = None
 
 
 @dataclass
@@ -71,7 +77,7 @@ class StudyWatcher:
     def _follow(self, t: FrozenTrial) -> None:
         assert self._ended is not None
         seen = self._seen.setdefault(t.number, _Seen())
-        trial = WatchedTrial(t.number, self.study)
+        trial = WatchedTrial(t.number, self.study, t.datetime_start, t.datetime_complete)
         choices = t.user_attrs.get("choices")
         if not seen.started and choices is not None:
             seen.started = True

@@ -6,7 +6,8 @@ parent validates the config and plugins and creates the study *once* before any 
 (creating one study from many processes at once is where storages break), then waits.
 
 Devices: with GPUs visible (``CUDA_VISIBLE_DEVICES``, or all that torch sees), worker *i* is pinned
-to GPU *i mod n* through ``CUDA_VISIBLE_DEVICES``; without, the CPU cores are shared out through
+to GPU *i mod n* through ``CUDA_VISIBLE_DEVICES``; without, the CPU cores free when they start
+(affinity minus load, see :mod:`tlsearch.train.threads`) are shared out through
 ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` (at least one each) so N processes do not oversubscribe them.
 """
 
@@ -25,11 +26,11 @@ from typing import IO, Any
 
 from tlsearch.errors import TlsearchError
 from tlsearch.search.watch import StudyWatcher
+from tlsearch.train.threads import THREADS_ENV, available_cores, free_cores, load_average
 
 log = logging.getLogger("tlsearch")
 
 RANK_ENV = "TLSEARCH_WORKER_RANK"
-THREADS_ENV = "TLSEARCH_NUM_THREADS"
 STOP_GRACE_SECONDS = 60.0
 WATCH_INTERVAL = 1.0  # seconds between looks at the study while local workers run
 
@@ -48,15 +49,22 @@ def visible_gpus() -> list[str]:
 
 
 def worker_env(
-    rank: int, workers: int, *, gpus: Sequence[str], base: dict[str, str] | None = None
+    rank: int,
+    workers: int,
+    *,
+    gpus: Sequence[str],
+    base: dict[str, str] | None = None,
+    free: int | None = None,
 ) -> dict[str, str]:
-    """The environment of local worker ``rank`` of ``workers``: its GPU, or its share of CPU threads."""
+    """The environment of local worker ``rank`` of ``workers``: its GPU, or its share of the
+    ``free`` CPU cores (default: measured now)."""
     env = dict(os.environ if base is None else base)
     env[RANK_ENV] = str(rank)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[rank % len(gpus)]
     else:
-        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        free = free if free is not None else free_cores(available_cores(), load_average())
+        threads = str(max(1, free // workers))
         env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, THREADS_ENV: threads})
     return env
 
@@ -135,10 +143,11 @@ def run_workers(
     logs = [worker_log(root, rank) for rank in range(workers)] if on_event is not None else []
     with ExitStack() as stack:
         outputs = [stack.enter_context(_open_log(path)) for path in logs]
+        free = None if gpus else free_cores(available_cores(), load_average())  # measured once
         procs = [
             subprocess.Popen(
                 cmd,
-                env=worker_env(rank, workers, gpus=gpus),
+                env=worker_env(rank, workers, gpus=gpus, free=free),
                 stdout=outputs[rank] if outputs else None,
                 stderr=subprocess.STDOUT if outputs else None,
             )

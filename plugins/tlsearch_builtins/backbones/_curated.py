@@ -22,8 +22,10 @@ from tlsearch_builtins.backbones._timm import (
     WEIGHTS_HELP,
     _meta_timm,
     build_timm_backbone,
+    space_values,
     timm_weights_targets,
 )
+from tlsearch_builtins.hub import check_hub_weights, timm_hub_sources
 from tlsearch_builtins.weights import check_weights_space
 
 PACKAGED = "packaged"
@@ -76,6 +78,12 @@ class CuratedTimmBackbone(Backbone):
             models=lambda: timm_weights_targets([cls.timm_model]),
             aliases={PACKAGED: cls.packaged_weights} if cls.packaged_weights else {},
         )
+
+    @classmethod
+    def check_available(cls, space: Mapping[str, Hyperparameter]) -> None:
+        """``weights: hub``: the model's weights cached here, or the hub reachable (probed once)."""
+        if "hub" in space_values(space.get("weights")):
+            check_hub_weights(timm_hub_sources([cls.timm_model]))
 
     def build(self, **options: Any) -> BuiltBackbone:
         weights, key_map = self._weights()

@@ -17,6 +17,7 @@ from tlsearch.kinds import Backbone, BuiltBackbone
 from tlsearch.preprocessing import INTERPOLATIONS, DataConfig
 from tlsearch.space import Fixed, Hyperparameter, Required
 from tlsearch_builtins.backbones._cost import measure_cost
+from tlsearch_builtins.hub import check_hub_weights, timm_hub_sources
 from tlsearch_builtins.weights import (
     ModelBuilders,
     check_weights_space,
@@ -296,6 +297,12 @@ class TimmBackbone(Backbone):
             study_dir=study_dir,
             models=lambda: timm_weights_targets([str(m) for m in space_values(space.get("model"))]),
         )
+
+    @classmethod
+    def check_available(cls, space: Mapping[str, Hyperparameter]) -> None:
+        """``weights: hub``: each model's weights cached here, or the hub reachable (probed once)."""
+        if "hub" in space_values(space.get("weights")):
+            check_hub_weights(timm_hub_sources(str(m) for m in space_values(space.get("model"))))
 
     def build(self, **options: Any) -> BuiltBackbone:
         return build_timm_backbone(

@@ -23,6 +23,7 @@ from tlsearch.preprocessing import DataConfig
 from tlsearch.space import Fixed, Hyperparameter, Required
 from tlsearch_builtins.backbones._cost import measure_cost
 from tlsearch_builtins.backbones._timm import WEIGHTS_HELP, space_values
+from tlsearch_builtins.hub import check_hub_weights, url_hub_sources
 from tlsearch_builtins.weights import (
     ModelBuilders,
     check_weights_space,
@@ -219,6 +220,18 @@ class TorchvisionBackbone(Backbone):
             study_dir=study_dir,
             models=lambda: torchvision_weights_targets([str(m) for m in space_values(space.get("model"))]),
         )
+
+    @classmethod
+    def check_available(cls, space: Mapping[str, Hyperparameter]) -> None:
+        """``weights: hub``: each model's weights in torch hub's cache, or the host reachable (probed once)."""
+        if "hub" in space_values(space.get("weights")):
+            tags = [str(t) for t in space_values(space.get("weights_tag"))] or ["DEFAULT"]
+            urls = {
+                f"{m}:{tag}": _weights_enum(str(m), tag).url
+                for m in space_values(space.get("model"))
+                for tag in tags
+            }
+            check_hub_weights(url_hub_sources(urls))
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
