@@ -96,6 +96,8 @@ def export_study(
         "value": record.value,
         "metrics": record.metrics,
         "params": record.info.get("params"),
+        # the checkpoint's weights: the moving average's when it beat the last step's (training.ema)
+        "weights": "ema" if (record.info.get("ema") or {}).get("used") else "trained",
     }
     report = export_onnx(
         model,
