@@ -238,7 +238,7 @@ class TrainingSettings(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _sgd_lr(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and data.get("optimizer") == "sgd" and "lr" not in data:
+        if isinstance(data, Mapping) and data.get("optimizer") in ("sgd", ["sgd"]) and "lr" not in data:
             return {**data, "lr": DEFAULT_LR["sgd"]}  # SGD needs larger steps
         return data
 
@@ -637,7 +637,8 @@ class ResolvedSpace:
     randaugment_magnitude: Hyperparameter = Fixed(9)
     random_erasing: Hyperparameter = Fixed(0.0)
     ema: Hyperparameter = Fixed(None)
-    #: a searched optimizer's own lr range, when the study gives none (``train.lr.<optimizer>``)
+    #: a searched optimizer's own lr range, when the study gives none (``train.lr.<optimizer>``;
+    #: AdamW's is ``lr``, the name every study has)
     lr_by_optimizer: Mapping[str, Hyperparameter] = dataclass_field(default_factory=dict)
 
 
@@ -722,8 +723,8 @@ def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
         random_erasing=_setting(t.random_erasing),
         ema=_choice(t.ema),
         lr_by_optimizer=(
-            {name: _setting(DEFAULT_LR[name]) for name in t.optimizer if isinstance(t.optimizer, list)}
-            if t.searched_lr()
+            {name: _setting(DEFAULT_LR[name]) for name in t.optimizer if name != "adamw"}
+            if isinstance(t.optimizer, list) and t.searched_lr()
             else {}
         ),
         **resolved,

@@ -55,8 +55,9 @@ def sample_recipe(trial: _Trial, space: ResolvedSpace) -> dict[str, Any]:
 
     A setting the study fixes is not recorded (older trials lack them; the trial takes the study's
     value). ``train.lr`` is always recorded; a searched optimizer with no ``lr`` in the study is
-    sampled from its own range, under ``train.lr.<optimizer>`` for Optuna (SGD's steps are 30×
-    AdamW's: one range would waste most trials), and recorded as ``train.lr`` too.
+    sampled from its own range (SGD's steps are ~30× AdamW's: one range would waste most trials),
+    under ``train.lr.<optimizer>`` for Optuna (AdamW keeps ``train.lr``) and recorded as
+    ``train.lr`` too.
     ``train.randaugment_magnitude`` is sampled only for trials that use RandAugment.
     """
     choices: dict[str, Any] = {}
