@@ -88,7 +88,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_digits(
-            root, size=args.size, train_per_class=args.train_per_class, val_per_class=args.val_per_class, seed=0
+            root,
+            size=args.size,
+            train_per_class=args.train_per_class,
+            val_per_class=args.val_per_class,
+            seed=0,
         )
         built = lite0(weights="packaged").build(input_size=args.size)
         built.data_config = config = built.data_config.with_size(args.size)
