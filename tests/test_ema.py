@@ -47,6 +47,8 @@ def test_the_ema_copy_is_the_moving_average_of_the_weights_after_each_step() -> 
 
     def record(epoch: int, metrics: dict[str, float]) -> None:
         assert trainer.ema is not None
+        expected = trainer.ema.module if metrics["ema_used"] else model
+        assert trainer.scored_module(metrics) is expected  # what a best-epoch snapshot keeps
         raw.append(_params(model))
         averaged.append(_params(trainer.ema.module))
 

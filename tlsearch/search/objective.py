@@ -118,7 +118,8 @@ class Objective:
     ``plugins``, ``history`` (per-epoch metrics), ``metrics``, ``seconds``, ``params`` (parameter
     count of the whole model), ``trainable_params``, ``backbone`` (the backbone's facts: model,
     weights, cost), ``gflops``, ``feature_cache``, ``speed`` (data placement, compile decision,
-    feature-cache hit, per-epoch timing), ``latency_ms``, ``worker`` (who ran it) and, when it fails,
+    feature-cache hit, per-epoch timing), ``latency_ms``, ``ema`` (with ``training.ema``: whether
+    the checkpoint holds the weights' moving average), ``worker`` (who ran it) and, when it fails,
     ``failure`` (the reason) and ``failure_kind`` (see :mod:`tlsearch.search.failures`).
 
     Storage writes are grouped (:class:`~tlsearch.search.trial_writes.TrialWriter`): the worker record,

@@ -168,8 +168,10 @@ class FitResult:
     """Per-epoch metrics (``history``), the final epoch's ``metrics``, and how the trial ran.
 
     ``extras``: ``data_placement`` (+ ``_reason``), ``channels_last``, ``compile`` (+ ``_reason``),
-    ``feature_cache`` (key, hit, seconds) for cached trials, and ``epochs``: per epoch
-    ``train_seconds``, ``train_images`` and, when profiling, ``data_seconds``.
+    ``feature_cache`` (key, hit, seconds) for cached trials, ``epochs``: per epoch
+    ``train_seconds``, ``train_images`` and, when profiling, ``data_seconds``; with EMA, ``ema``:
+    ``decay``, ``used`` (the model now holds the average's weights), the last epoch's
+    ``raw_<metric>`` and ``ema_<metric>``, or ``skipped`` (why there was none).
     """
 
     history: list[dict[str, float]]
@@ -554,6 +556,13 @@ class Trainer:
         return FitResult(
             history, history[-1], time.perf_counter() - started, cached, self.precision.name, extras
         )
+
+    def scored_module(self, metrics: Mapping[str, float]) -> torch.nn.Module:
+        """The weights that scored an epoch's ``metrics`` while ``fit`` runs: the EMA copy's when it
+        won that epoch (``ema_used``), else the trained model (what a best-epoch snapshot keeps)."""
+        if self.ema is not None and metrics.get("ema_used"):
+            return self.ema.module
+        return self.model
 
     def _with_ema(self, raw: dict[str, float], averaged: dict[str, float]) -> dict[str, float]:
         """The epoch's metrics: the better of the raw and the averaged weights' (by ``settings.metric``),
