@@ -184,3 +184,22 @@ def test_cli_exits_2_on_a_bad_optimizer(write_study, tmp_path: Path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "'lion'" in result.output and "adamw, sgd" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_a_study_searching_the_whole_recipe_runs_every_trial(write_study, tmp_path: Path) -> None:
+    """Every searched setting together in real trials: SGD and AdamW, per-image policies, erasing,
+    EMA, two batch sizes; every trial completes and records what it ran with."""
+    from tlsearch.search import run_study
+
+    study = write_study(
+        space={"freezing": ["full_finetune"], "regularizers": {}},
+        training={**RECIPE, "epochs": 1},
+        search={"n_trials": 3, "sampler": "random"},
+    )
+    trials = run_study(study, out_dir=tmp_path / "out", progress=False).study.trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for trial in trials:
+        choices = trial.user_attrs["choices"]
+        assert {"train.optimizer", "train.augment", "train.batch_size", "train.ema"} <= set(choices)
+        assert ("ema" in trial.user_attrs) == (choices["train.ema"] is not None)
