@@ -21,13 +21,14 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tlsearch.errors import ConfigError, PluginError, format_choices, short_repr
-from tlsearch.space import Categorical, Fixed, Float, Hyperparameter, SearchSpace, narrow
+from tlsearch.space import Categorical, Fixed, Float, Hyperparameter, Int, SearchSpace, narrow
 from tlsearch.study_file import read_study_yaml
 
 
@@ -89,6 +90,38 @@ class DataSettings(_Strict):
         return self
 
 
+#: the optimizers a study may use, and each one's default lr range for fine-tuning pretrained weights
+OPTIMIZERS = ("adamw", "sgd")
+DEFAULT_LR = {
+    "adamw": Range(low=1e-5, high=3e-3, log=True),
+    "sgd": Range(low=1e-4, high=1e-1, log=True),
+}
+#: the training augmentation policies (see :mod:`tlsearch.data.policies`)
+AUGMENT_POLICIES = ("none", "crop_flip", "trivial", "randaugment")
+
+
+def _choices(name: str, v: Any, valid: tuple[str, ...]) -> Any:
+    """One of ``valid``, or a list of them (a searched choice): anything else names the choices."""
+    for value in v if isinstance(v, list) else [v]:
+        if value not in valid:
+            raise ValueError(
+                f"{name} {short_repr(value)} is not valid; valid choices: {', '.join(valid)} "
+                "(or a list of them to search)"
+            )
+    return _unique_list(name, v)
+
+
+def _unique_list(name: str, v: Any) -> Any:
+    """A searched list: not empty, no value twice; a list of one is that value, fixed."""
+    if not isinstance(v, list):
+        return v
+    if not v:
+        raise ValueError(f"{name}: an empty list leaves nothing to choose; give a value or a list of them")
+    if len(set(map(repr, v))) != len(v):
+        raise ValueError(f"{name} lists a value twice: {short_repr(v)}")
+    return v[0] if len(v) == 1 else v
+
+
 class TrainingSettings(_Strict):
     """How one trial trains.
 
@@ -106,17 +139,28 @@ class TrainingSettings(_Strict):
     and to ``1e-4 … 1e-1`` with SGD. ``warmup``: the fraction of all steps over which the learning
     rate ramps up linearly (default 0.05); ``clip_grad_norm``: clip the global gradient norm
     (default: off). Both may be ranges to search, like ``lr``.
+
+    The rest of the recipe, each fixed or searched (a list: a categorical choice; a range):
+    ``optimizer`` (``adamw``, ``sgd`` with Nesterov momentum 0.9; searched without an ``lr``, each
+    takes its own default range), ``batch_size``, ``augment`` (``none``, ``crop_flip``,
+    ``trivial``: TrivialAugmentWide, ``randaugment`` with ``randaugment_magnitude``; ``true`` /
+    ``false`` mean ``crop_flip`` / ``none``), ``random_erasing`` (the probability of erasing a
+    random rectangle of each training image), ``ema`` (the decay of an exponential moving average
+    of the weights, evaluated beside them every epoch; null: off).
     """
 
     epochs: int = Field(3, ge=1, le=10_000)
-    batch_size: int = Field(32, ge=1, le=65_536)
+    batch_size: int | list[int] = 32
     eval_batch_size: int | None = Field(None, ge=1)
-    lr: float | Range = Range(low=1e-5, high=3e-3, log=True)
+    lr: float | Range = DEFAULT_LR["adamw"]
     warmup: float | Range = 0.05
     clip_grad_norm: float | Range | None = None
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: str | list[str] = "adamw"
     scheduler: Literal["cosine", "constant"] = "cosine"
-    augment: bool = True
+    augment: str | list[str] = "crop_flip"
+    randaugment_magnitude: int | Range = 9
+    random_erasing: float | Range = 0.0
+    ema: float | list[float | None] | None = None
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     loss: Literal["auto", "cross_entropy", "mse", "huber"] = "auto"
@@ -127,6 +171,57 @@ class TrainingSettings(_Strict):
     feature_cache: bool = True
     augment_frozen: bool = False
     retry_oom: bool = True
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer(cls, v: Any) -> Any:
+        return _choices("optimizer", v, OPTIMIZERS)
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # the old switch: true = crop + flip, false = none
+            return "crop_flip" if v else "none"
+        return _choices("augment", v, AUGMENT_POLICIES)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        for size in v if isinstance(v, list) else [v]:
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 65_536:
+                raise ValueError(
+                    f"batch_size must be an integer in [1, 65536] or a list of them but got {short_repr(v)}"
+                )
+        return _unique_list("batch_size", v)
+
+    @field_validator("randaugment_magnitude")
+    @classmethod
+    def _magnitude(cls, v: int | Range) -> int | Range:
+        low, high = (v.low, v.high) if isinstance(v, Range) else (v, v)
+        if not 0 <= low <= high <= 30:
+            raise ValueError(f"randaugment_magnitude is in [0, 30] (torchvision's bins) but got {v}")
+        return v
+
+    @field_validator("random_erasing")
+    @classmethod
+    def _erasing(cls, v: float | Range) -> float | Range:
+        low, high = (v.low, v.high) if isinstance(v, Range) else (v, v)
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"random_erasing is a probability in [0, 1] but got {v}")
+        return v
+
+    @field_validator("ema", mode="before")
+    @classmethod
+    def _ema(cls, v: Any) -> Any:
+        for decay in v if isinstance(v, list) else [v]:
+            if decay is None:
+                continue
+            if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
+                raise ValueError(
+                    "ema is the decay of the weights' moving average in (0, 1), e.g. 0.999 "
+                    f"(null: off), or a list of them to search but got {short_repr(v)}"
+                )
+        return _unique_list("ema", v)
 
     @field_validator("lr")
     @classmethod
@@ -154,9 +249,13 @@ class TrainingSettings(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _sgd_lr(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and data.get("optimizer") == "sgd" and "lr" not in data:
-            return {**data, "lr": {"low": 1e-4, "high": 1e-1, "log": True}}  # SGD needs larger steps
+        if isinstance(data, Mapping) and data.get("optimizer") in ("sgd", ["sgd"]) and "lr" not in data:
+            return {**data, "lr": DEFAULT_LR["sgd"]}  # SGD needs larger steps
         return data
+
+    def searched_lr(self) -> bool:
+        """Whether each searched optimizer takes its own default lr range (``lr`` not given)."""
+        return "lr" not in self.model_fields_set and isinstance(self.optimizer, list)
 
     @field_validator("device")
     @classmethod
@@ -564,6 +663,16 @@ class ResolvedSpace:
     lr: Hyperparameter
     warmup: Hyperparameter = Fixed(0.05)
     clip_grad_norm: Hyperparameter = Fixed(None)
+    #: the training recipe: each fixed (the study's value) or searched (a list: categorical; a range)
+    batch_size: Hyperparameter = Fixed(32)
+    optimizer: Hyperparameter = Fixed("adamw")
+    augment: Hyperparameter = Fixed("crop_flip")
+    randaugment_magnitude: Hyperparameter = Fixed(9)
+    random_erasing: Hyperparameter = Fixed(0.0)
+    ema: Hyperparameter = Fixed(None)
+    #: a searched optimizer's own lr range, when the study gives none (``train.lr.<optimizer>``;
+    #: AdamW's is ``lr``, the name every study has)
+    lr_by_optimizer: Mapping[str, Hyperparameter] = dataclass_field(default_factory=dict)
 
 
 def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
@@ -631,13 +740,37 @@ def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
             choices.append(PluginChoice(kind, name, SearchSpace(params), enabled))
         resolved[section] = tuple(choices)
     t = config.training
+    magnitude = t.randaugment_magnitude
     space = ResolvedSpace(
-        lr=_setting(t.lr), warmup=_setting(t.warmup), clip_grad_norm=_setting(t.clip_grad_norm), **resolved
+        lr=_setting(t.lr),
+        warmup=_setting(t.warmup),
+        clip_grad_norm=_setting(t.clip_grad_norm),
+        batch_size=_choice(t.batch_size),
+        optimizer=_choice(t.optimizer),
+        augment=_choice(t.augment),
+        randaugment_magnitude=(
+            Int(math.ceil(magnitude.low), math.floor(magnitude.high))
+            if isinstance(magnitude, Range)
+            else Fixed(int(magnitude))
+        ),
+        random_erasing=_setting(t.random_erasing),
+        ema=_choice(t.ema),
+        lr_by_optimizer=(
+            {name: _setting(DEFAULT_LR[name]) for name in t.optimizer if name != "adamw"}
+            if isinstance(t.optimizer, list) and t.searched_lr()
+            else {}
+        ),
+        **resolved,
     )
     from tlsearch.validate import check_study  # task × loss × plugins, and each plugin at its corners
 
     check_study(config, space, registry)
     return space
+
+
+def _choice(value: Any) -> Hyperparameter:
+    """A training setting given as a list is a categorical choice; a single value is fixed."""
+    return Categorical(tuple(value)) if isinstance(value, list) else Fixed(value)
 
 
 def _setting(value: float | Range | None) -> Hyperparameter:

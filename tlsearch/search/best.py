@@ -171,6 +171,8 @@ def export_study(
         "metrics": record.metrics,
         "params": record.info.get("params"),
         "trial_hash": trial_fingerprint(chosen, raw_input=raw_input),
+        # the checkpoint's weights: the moving average's when it beat the last step's (training.ema)
+        "weights": "ema" if (record.info.get("ema") or {}).get("used") else "trained",
     }
     if soup is not None:
         metadata["soup"] = soup

@@ -70,15 +70,25 @@ def train_settings(
     clip = choices.get(
         "train.clip_grad_norm", t.clip_grad_norm if not isinstance(t.clip_grad_norm, Range) else None
     )
+    magnitude = t.randaugment_magnitude
+    erasing = t.random_erasing
     return TrainSettings(
         warmup=float(warmup),
         clip_grad_norm=None if clip is None else float(clip),
         epochs=t.epochs,
         batch_size=batch_size,
         lr=lr,
-        optimizer=t.optimizer,
+        optimizer=choices.get("train.optimizer", _fixed(t.optimizer)),
         scheduler=t.scheduler,
-        augment=t.augment,
+        augment=choices.get("train.augment", _fixed(t.augment)),
+        randaugment_magnitude=int(
+            choices.get("train.randaugment_magnitude", magnitude if isinstance(magnitude, int) else 9)
+        ),
+        random_erasing=float(
+            choices.get("train.random_erasing", erasing if isinstance(erasing, float) else 0)
+        ),
+        ema=choices.get("train.ema", _fixed(t.ema)),
+        metric=config.metric,
         loss=t.loss,
         eval_batch_size=t.eval_batch_size,
         precision=t.precision,
@@ -90,12 +100,27 @@ def train_settings(
     )
 
 
+def _fixed(value: Any) -> Any:
+    """A study's fixed setting; a searched one (a list) that a trial lacks takes its first value."""
+    return value[0] if isinstance(value, list) else value
+
+
+def trial_batch_size(config: StudyConfig, trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The batch size a trial trains with: an out-of-memory retry's (half), else the sampled
+    ``train.batch_size``, else the study's."""
+    choices = trial.user_attrs.get("choices") or {}
+    sampled = trial.params.get("train.batch_size", choices.get("train.batch_size"))
+    default = _fixed(config.training.batch_size) if sampled is None else sampled
+    return int(trial.user_attrs.get("batch_size", default))
+
+
 class Objective:
     """Callable for ``study.optimize``. Every trial records as user attributes: ``choices``,
     ``plugins``, ``history`` (per-epoch metrics), ``metrics``, ``seconds``, ``params`` (parameter
     count of the whole model), ``trainable_params``, ``backbone`` (the backbone's facts: model,
     weights, cost), ``gflops``, ``feature_cache``, ``speed`` (data placement, compile decision,
-    feature-cache hit, per-epoch timing), ``latency_ms``, ``worker`` (who ran it) and, when it fails,
+    feature-cache hit, per-epoch timing), ``latency_ms``, ``ema`` (with ``training.ema``: whether
+    the checkpoint holds the weights' moving average), ``worker`` (who ran it) and, when it fails,
     ``failure`` (the reason) and ``failure_kind`` (see :mod:`tlsearch.search.failures`).
 
     Storage writes are grouped (:class:`~tlsearch.search.trial_writes.TrialWriter`): the worker record,
@@ -233,7 +258,7 @@ class Objective:
         writer.flush(failure=reason, failure_kind=kind, **attrs)
 
     def _retry_smaller(self, trial: optuna.Trial) -> None:
-        batch = int(trial.user_attrs.get("batch_size", self.config.training.batch_size))
+        batch = trial_batch_size(self.config, trial)
         if self.config.training.retry_oom and batch > 1 and not trial.user_attrs.get("oom_retry"):
             requeue(
                 trial.study,
@@ -341,7 +366,7 @@ class Objective:
             writer.stage(skipped_images=skipped)
             examples = [path for path, _ in (train.skipped + val.skipped)[:5]]
             trial.study.set_user_attr("skipped_images", {"count": skipped, "examples": examples})
-        batch_size = int(trial.user_attrs.get("batch_size", config.training.batch_size))
+        batch_size = trial_batch_size(config, trial)
         target_scale = self.data.target_scale
         trainer = Trainer(
             model,
@@ -376,6 +401,8 @@ class Objective:
             LATENCY_ATTR: measure_latency(model, input_size=model.data_config.input_size, device=self.device),
             "gflops": model.info.get("gflops"),
         }
+        if "ema" in result.extras:  # which weights the checkpoint holds: the average's or the last step's
+            info["ema"] = result.extras["ema"]
         self.record_finished(
             trial,
             writer,

@@ -46,11 +46,43 @@ def sample_choices(trial: _Trial, space: ResolvedSpace) -> dict[str, Any]:
         if enabled:
             for pname, value in reg.space.sample(trial, prefix).items():
                 choices[f"{prefix}.{pname}"] = value
-    choices["train.lr"] = float(space.lr.suggest(trial, "train.lr"))
-    for key in ("warmup", "clip_grad_norm"):  # recorded only when searched (older trials lack them)
+    choices.update(sample_recipe(trial, space))
+    return choices
+
+
+def sample_recipe(trial: _Trial, space: ResolvedSpace) -> dict[str, Any]:
+    """The searched training settings of a trial, each under ``train.<setting>``.
+
+    A setting the study fixes is not recorded (older trials lack them; the trial takes the study's
+    value). ``train.lr`` is always recorded; a searched optimizer with no ``lr`` in the study is
+    sampled from its own range (SGD's steps are ~30× AdamW's: one range would waste most trials),
+    under ``train.lr.<optimizer>`` for Optuna (AdamW keeps ``train.lr``) and recorded as
+    ``train.lr`` too.
+    ``train.randaugment_magnitude`` is sampled only for trials that use RandAugment.
+    """
+    choices: dict[str, Any] = {}
+    optimizer = space.optimizer.suggest(trial, "train.optimizer")
+    if not isinstance(space.optimizer, Fixed):
+        choices["train.optimizer"] = optimizer
+    lr = space.lr_by_optimizer.get(str(optimizer))
+    if lr is None:
+        choices["train.lr"] = float(space.lr.suggest(trial, "train.lr"))
+    else:
+        choices["train.lr"] = choices[f"train.lr.{optimizer}"] = float(
+            lr.suggest(trial, f"train.lr.{optimizer}")
+        )
+    for key in ("warmup", "clip_grad_norm", "random_erasing"):
         hp = getattr(space, key)
         if not isinstance(hp, Fixed):
             choices[f"train.{key}"] = float(hp.suggest(trial, f"train.{key}"))
+    for key in ("batch_size", "augment", "ema"):
+        hp = getattr(space, key)
+        if not isinstance(hp, Fixed):
+            choices[f"train.{key}"] = hp.suggest(trial, f"train.{key}")
+    augment = choices.get("train.augment", space.augment.suggest(trial, "train.augment"))
+    if augment == "randaugment" and not isinstance(space.randaugment_magnitude, Fixed):
+        magnitude = space.randaugment_magnitude.suggest(trial, "train.randaugment_magnitude")
+        choices["train.randaugment_magnitude"] = int(magnitude)
     return choices
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tlsearch.config import METRICS
 from tlsearch.data.augment import Normalizer, batch_indices, draw_crop_params, random_resized_crop_flip
 from tlsearch.data.batches import (
     DEFAULT_BUDGET_FRACTION,
@@ -42,10 +43,18 @@ from tlsearch.data.batches import (
     release_resident,
 )
 from tlsearch.data.cache import DecodedImages
+from tlsearch.data.policies import (
+    AugmentPolicy,
+    apply_operations,
+    draw_erase_params,
+    policy_name,
+    random_erase,
+)
 from tlsearch.errors import ConfigError, TlsearchError
 from tlsearch.kinds import FreezingStrategy, Regularizer, TransferModel
 from tlsearch.train.compiling import decide_compile
 from tlsearch.train.device import Precision, configure_backends, resolve_precision, use_channels_last
+from tlsearch.train.ema import WeightAverage
 from tlsearch.train.features import FeatureCache, feature_key
 from tlsearch.train.metrics import evaluate_outputs
 from tlsearch.train.optim import (
@@ -92,6 +101,16 @@ def training_batches(
     return batches
 
 
+@dataclass(frozen=True)
+class BatchDraws:
+    """One training batch's random draws: crop/flip and erasing parameters (on the device, or
+    None when the policy has none), and the seed of its per-image operations."""
+
+    crop: torch.Tensor | None
+    erase: torch.Tensor | None
+    seed: int
+
+
 class NonFiniteError(TlsearchError):
     """The loss or a metric became NaN or infinite."""
 
@@ -110,6 +129,11 @@ class TrainSettings:
     the schedule; ``clip_grad_norm``: clip the gradients' global norm to this value (None: no clip).
     ``solve_probe``: solve a linear head on cached features when the strategy asks (``probe_l2``,
     see :mod:`tlsearch.train.probe`); False trains it by epochs as any head.
+
+    ``augment``: the policy (:mod:`tlsearch.data.policies`: ``none``, ``crop_flip``, ``trivial``,
+    ``randaugment``; ``True`` / ``False`` mean ``crop_flip`` / ``none``), with
+    ``randaugment_magnitude`` and ``random_erasing``. ``ema``: the decay of a moving average of the
+    weights, evaluated beside them each epoch (None: off; see :mod:`tlsearch.train.ema`).
     """
 
     epochs: int = 3
@@ -117,7 +141,7 @@ class TrainSettings:
     lr: float = 1e-3
     optimizer: str = "adamw"
     scheduler: str = "cosine"
-    augment: bool = True
+    augment: bool | str = True
     loss: str = "auto"
     eval_batch_size: int | None = None
     precision: str = "auto"
@@ -130,6 +154,13 @@ class TrainSettings:
     warmup: float = 0.05
     clip_grad_norm: float | None = None
     solve_probe: bool = True
+    randaugment_magnitude: int = 9
+    random_erasing: float = 0.0
+    ema: float | None = None
+    metric: str | None = None  # what the EMA copy must beat the raw weights on (None: the task's first)
+
+    def augment_policy(self) -> AugmentPolicy:
+        return AugmentPolicy(policy_name(self.augment), self.randaugment_magnitude, self.random_erasing)
 
 
 @dataclass
@@ -137,8 +168,10 @@ class FitResult:
     """Per-epoch metrics (``history``), the final epoch's ``metrics``, and how the trial ran.
 
     ``extras``: ``data_placement`` (+ ``_reason``), ``channels_last``, ``compile`` (+ ``_reason``),
-    ``feature_cache`` (key, hit, seconds) for cached trials, and ``epochs``: per epoch
-    ``train_seconds``, ``train_images`` and, when profiling, ``data_seconds``.
+    ``feature_cache`` (key, hit, seconds) for cached trials, ``epochs``: per epoch
+    ``train_seconds``, ``train_images`` and, when profiling, ``data_seconds``; with EMA, ``ema``:
+    ``decay``, ``used`` (the model now holds the average's weights), the last epoch's
+    ``raw_<metric>`` and ``ema_<metric>``, or ``skipped`` (why there was none).
     """
 
     history: list[dict[str, float]]
@@ -206,8 +239,11 @@ class Trainer:
                 f"clip_grad_norm must be > 0 (or None: no clipping) but got {settings.clip_grad_norm}"
             )
         self.channels_last = False
+        self.policy = settings.augment_policy()  # a bad policy fails here, before any work
+        self._operations = self.policy.operations()
         self._normalizer: Normalizer | None = None
         self.optimizer: torch.optim.Optimizer | None = None  # the real optimizer while fit runs
+        self.ema: WeightAverage | None = None  # the weights' moving average while fit runs
         self._warmup = 0  # warm-up steps, known once fit counts the steps
 
     # --- the pieces ---------------------------------------------------------------------------
@@ -230,8 +266,9 @@ class Trainer:
         raise ConfigError(f"loss {kind!r} does not fit task regression; valid: mse, huber")
 
     def augments(self) -> bool:
-        """Random crop + flip of training inputs: on, except for frozen backbones (see the module doc)."""
-        return self.settings.augment and (not self.strategy.backbone_frozen or self.settings.augment_frozen)
+        """Random augmentation of training inputs (the policy): on, except for frozen backbones
+        (see the module doc)."""
+        return self.policy.is_random and (not self.strategy.backbone_frozen or self.settings.augment_frozen)
 
     def use_feature_cache(self) -> bool:
         return (
@@ -255,14 +292,24 @@ class Trainer:
         )
 
     def _inputs(
-        self, images_uint8: torch.Tensor, *, train: bool, params: torch.Tensor | None = None
+        self, images_uint8: torch.Tensor, *, train: bool, draws: BatchDraws | None = None
     ) -> torch.Tensor:
-        """Uint8 NCHW batch on the device → the model's float input (normalised, augmented when training)."""
+        """Uint8 NCHW batch on the device → the model's float input (normalised, augmented when
+        training: the policy's operations on uint8, then crop + flip, then random erasing)."""
         if self._normalizer is None or self._normalizer.scale.device != images_uint8.device:
             self._normalizer = Normalizer(self.model.data_config, device=images_uint8.device)
+        augment = train and self.augments()
+        if augment and self._operations is not None:
+            seed = draws.seed if draws is not None else int(torch.randint(2**62, ()))
+            images_uint8 = apply_operations(images_uint8, self._operations, seed=seed)
         x = self._normalizer(images_uint8)
-        if train and self.augments():
-            x = random_resized_crop_flip(x, params=params)
+        if augment and self.policy.crops:
+            x = random_resized_crop_flip(x, params=draws.crop if draws is not None else None)
+        if augment and self.policy.random_erasing > 0:
+            erase = draws.erase if draws is not None else None
+            if erase is None:
+                erase = draw_erase_params(len(x)).to(x.device)
+            x = random_erase(x, erase, probability=self.policy.random_erasing)
         # one layout whatever the source: the uint8 cache is NHWC, so un-augmented batches arrive as
         # channels_last views while augmented ones are NCHW; the backbone sees the layout chosen for it
         return x.contiguous(
@@ -286,14 +333,18 @@ class Trainer:
         return self._features_of(TensorBatches(images, torch.zeros(len(images), device=images.device)))
 
     @torch.inference_mode()
-    def _evaluate(self, source: Source, *, cached: bool) -> dict[str, float]:
-        self.model.eval()
+    def _evaluate(
+        self, source: Source, *, cached: bool, model: TransferModel | None = None
+    ) -> dict[str, float]:
+        """Validation metrics of ``model`` (default: the trained one; the EMA copy is the other)."""
+        model = self.model if model is None else model
+        model.eval()
         outputs, targets = [], []
         for inputs, batch_targets in source.iterate(
             batch_indices(len(source), self._eval_batch_size(), shuffle=False)
         ):
             with self.precision.autocast():
-                out = self.model.head(inputs) if cached else self.model(self._inputs(inputs, train=False))
+                out = model.head(inputs) if cached else model(self._inputs(inputs, train=False))
             outputs.append(out.float())
             targets.append(batch_targets)
         out, target = torch.cat(outputs), torch.cat(targets)
@@ -407,6 +458,8 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         groups = self.strategy.setup(model)
+        # before the regularizers' setup: no hook of theirs is copied into the average
+        ema = self.ema = WeightAverage(model, decay=self.settings.ema) if self.settings.ema else None
         for reg in self.regularizers:
             reg.setup(model, num_outputs=self.num_outputs, task=self.task)
         optimizer = build_optimizer(
@@ -430,6 +483,11 @@ class Trainer:
         self._calibrate(model, train_src, cached=cached)
         # a solved probe steps its own L-BFGS; ``self.optimizer`` stays the strategy's (observers read it)
         solver = self._probe_solver(model, train_src, extras) if cached and self.solves_probe() else None
+        if ema is not None:
+            extras["ema"] = {"decay": self.settings.ema, "used": False}
+            if solver is not None:  # a solved head has no steps to average
+                ema = self.ema = None
+                extras["ema"]["skipped"] = "the head is solved, not trained by steps"
         steps_per_epoch = len(training_batches(len(train_src), self.settings.batch_size))
         total_steps = steps_per_epoch * self.settings.epochs
         self._warmup = warmup_steps(self.settings.warmup, total_steps)
@@ -470,6 +528,10 @@ class Trainer:
                     )
                 extras["epochs"].append(timing)
                 metrics = self._evaluate(val_src, cached=cached)
+                if ema is not None:
+                    metrics = self._with_ema(
+                        metrics, self._evaluate(val_src, cached=cached, model=ema.module)
+                    )
                 metrics["train_loss"] = train_loss
                 metrics["epoch_seconds"] = time.perf_counter() - epoch_start
                 bad = [k for k, v in metrics.items() if not math.isfinite(v)]
@@ -478,8 +540,15 @@ class Trainer:
                 history.append(metrics)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, metrics)
+            if ema is not None and history:
+                last = history[-1]
+                extras["ema"].update({k: v for k, v in last.items() if k.startswith(("raw_", "ema_"))})
+                if last["ema_used"]:
+                    ema.copy_to(model)  # the checkpoint and the export get the better weights
+                    extras["ema"]["used"] = True
         finally:
             self.optimizer = None  # its state (AdamW's moments) is freed with fit's frame, as before
+            self.ema = None
             for reg in self.regularizers:
                 reg.teardown(model)
             if decision.compile:
@@ -487,6 +556,26 @@ class Trainer:
         return FitResult(
             history, history[-1], time.perf_counter() - started, cached, self.precision.name, extras
         )
+
+    def scored_module(self, metrics: Mapping[str, float]) -> torch.nn.Module:
+        """The weights that scored an epoch's ``metrics`` while ``fit`` runs: the EMA copy's when it
+        won that epoch (``ema_used``), else the trained model (what a best-epoch snapshot keeps)."""
+        if self.ema is not None and metrics.get("ema_used"):
+            return self.ema.module
+        return self.model
+
+    def _with_ema(self, raw: dict[str, float], averaged: dict[str, float]) -> dict[str, float]:
+        """The epoch's metrics: the better of the raw and the averaged weights' (by ``settings.metric``),
+        with both scores (``raw_<metric>``, ``ema_<metric>``) and which won (``ema_used``: 1 or 0)."""
+        metric = self.settings.metric or next(iter(METRICS[self.task]))
+        sign = 1.0 if METRICS[self.task].get(metric, "minimize") == "maximize" else -1.0
+        used = sign * averaged[metric] > sign * raw[metric]
+        return {
+            **(averaged if used else raw),
+            f"raw_{metric}": raw[metric],
+            f"ema_{metric}": averaged[metric],
+            "ema_used": float(used),
+        }
 
     def _probe_solver(self, model: TransferModel, source: Source, extras: dict[str, Any]) -> ProbeSolver:
         linear = solvable_linear(model.head)
@@ -551,7 +640,7 @@ class Trainer:
         epoch: int,
     ) -> tuple[float, int, dict[str, float]]:
         batches = training_batches(len(source), self.settings.batch_size, generator=generator)
-        crops = self._crop_params(batches, generator) if not cached and self.augments() else None
+        draws = self._epoch_draws(batches, generator) if not cached and self.augments() else None
         running = torch.zeros((), device=self.device)
         seen = 0
         timer = DataTimer(self.device, enabled=self.profile)
@@ -562,7 +651,7 @@ class Trainer:
             timer.start()
             inputs, targets = next(iterator)
             if not cached:
-                inputs = self._inputs(inputs, train=True, params=crops[i] if crops is not None else None)
+                inputs = self._inputs(inputs, train=True, draws=draws[i] if draws is not None else None)
             timer.stop()
             apply_lr(
                 optimizer,
@@ -570,6 +659,8 @@ class Trainer:
                 factor=schedule_factor(self.settings.scheduler, step, total_steps, warmup=self._warmup),
             )
             loss = self._step(model, optimizer, scaler, inputs, targets, cached=cached)
+            if self.ema is not None:
+                self.ema.update(model, step=step + 1)
             running += loss.detach() * len(targets)
             seen += len(targets)
             step += 1
@@ -587,13 +678,26 @@ class Trainer:
             timing["data_seconds"] = timer.total()
         return train_loss, step, timing
 
-    def _crop_params(self, batches: Sequence[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
-        """The epoch's random crop/flip draws, made on the CPU and moved to the device in one copy."""
+    def _epoch_draws(self, batches: Sequence[torch.Tensor], generator: torch.Generator) -> list[BatchDraws]:
+        """The epoch's random draws, made on the CPU (crop/flip and erasing moved to the device in
+        one copy each): crop/flip first, so a ``crop_flip`` trial draws what it always did."""
         sizes = [len(b) for b in batches]
-        params = draw_crop_params(sum(sizes), generator=generator)
+        n = len(batches)
+        crops: list[torch.Tensor | None] = [None] * n
+        erases: list[torch.Tensor | None] = [None] * n
+        if self.policy.crops:
+            crops = list(self._to_device(draw_crop_params(sum(sizes), generator=generator)).split(sizes))
+        if self.policy.random_erasing > 0:
+            erases = list(self._to_device(draw_erase_params(sum(sizes), generator=generator)).split(sizes))
+        seeds = [0] * n
+        if self._operations is not None:
+            seeds = torch.randint(2**62, (n,), generator=generator).tolist()
+        return [BatchDraws(crops[i], erases[i], seeds[i]) for i in range(n)]
+
+    def _to_device(self, params: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             params = params.pin_memory()
-        return list(params.to(self.device, non_blocking=True).split(sizes))
+        return params.to(self.device, non_blocking=True)
 
     def _step(
         self,
