@@ -96,6 +96,9 @@ class TrainingSettings(_Strict):
     and to ``1e-4 … 1e-1`` with SGD. ``warmup``: the fraction of all steps over which the learning
     rate ramps up linearly (default 0.05); ``clip_grad_norm``: clip the global gradient norm
     (default: off). Both may be ranges to search, like ``lr``.
+
+    ``patience``: stop a trial that has not improved its best epoch for this many epochs (default:
+    off); it completes with its best epoch, whose weights every trial keeps.
     """
 
     epochs: int = Field(3, ge=1, le=10_000)
@@ -116,6 +119,7 @@ class TrainingSettings(_Strict):
     feature_cache: bool = True
     augment_frozen: bool = False
     retry_oom: bool = True
+    patience: int | None = Field(None, ge=1)
 
     @field_validator("lr")
     @classmethod

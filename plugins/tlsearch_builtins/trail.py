@@ -46,10 +46,12 @@ def tlsearch_epoch_end(trial: Any, epoch: int, metrics: dict[str, float], out_di
 def tlsearch_trial_end(
     trial: Any, state: str, value: float | None, metrics: dict[str, Any], out_dir: str
 ) -> None:
-    _append(
-        out_dir,
-        {"event": "trial_end", "trial": trial.number, "state": state, "value": value, "metrics": metrics},
-    )
+    record = {"event": "trial_end", "trial": trial.number, "state": state, "value": value, "metrics": metrics}
+    attrs = getattr(trial, "user_attrs", None) or {}
+    for key in ("best_epoch", "stopped"):  # the epoch kept, and why training ended early
+        if attrs.get(key) is not None:
+            record[key] = attrs[key]
+    _append(out_dir, record)
 
 
 @hookimpl

@@ -255,6 +255,8 @@ class Console:
         if self.live:
             return
         detail = f"value {value:.4g}" if value is not None else str(metrics.get("failure", ""))
+        if value is not None:
+            detail += _kept_epoch(getattr(trial, "user_attrs", None) or {})
         progress = f"[{self.finished}/{self.total}]" if self.total else f"[{self.finished}]"
         eta = self.eta()
         tail = (
@@ -283,6 +285,15 @@ class Console:
 
     def exported(self, report: Any) -> None:
         self._echo(f"\nexported {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")
+
+
+def _kept_epoch(attrs: dict[str, Any]) -> str:
+    """`` (epoch 2 of 4, stopped: patience)``: the epoch a complete trial kept, when not its last."""
+    best, run, stopped = attrs.get("best_epoch"), attrs.get("epochs_run"), attrs.get("stopped")
+    if not isinstance(best, int) or not isinstance(run, int) or (best == run - 1 and not stopped):
+        return ""
+    reason = {"timeout": "cut by the timeout"}.get(str(stopped), f"stopped: {stopped}") if stopped else ""
+    return f" (epoch {best + 1} of {run}{', ' + reason if reason else ''})"
 
 
 def _describe(choices: dict[str, Any]) -> str:

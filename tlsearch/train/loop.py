@@ -44,6 +44,7 @@ from tlsearch.data.batches import (
 from tlsearch.data.cache import DecodedImages
 from tlsearch.errors import ConfigError, TlsearchError
 from tlsearch.kinds import FreezingStrategy, Regularizer, TransferModel
+from tlsearch.train.best import BestEpoch, StopTraining, maximizes
 from tlsearch.train.compiling import decide_compile
 from tlsearch.train.device import Precision, configure_backends, resolve_precision, use_channels_last
 from tlsearch.train.features import FeatureCache, feature_key
@@ -64,6 +65,7 @@ from tlsearch.validate import check_trainer_options
 __all__ = [
     "FitResult",
     "NonFiniteError",
+    "StopTraining",
     "TrainSettings",
     "Trainer",
     "apply_lr",
@@ -110,6 +112,11 @@ class TrainSettings:
     the schedule; ``clip_grad_norm``: clip the gradients' global norm to this value (None: no clip).
     ``solve_probe``: solve a linear head on cached features when the strategy asks (``probe_l2``,
     see :mod:`tlsearch.train.probe`); False trains it by epochs as any head.
+
+    ``select_metric``: the validation metric that picks the epoch whose weights the trial keeps
+    (None: the task's first, accuracy or r2; its direction is the metric's own), see
+    :mod:`tlsearch.train.best`; ``patience``: stop after this many epochs without improving on the
+    best one (None: off).
     """
 
     epochs: int = 3
@@ -130,11 +137,16 @@ class TrainSettings:
     warmup: float = 0.05
     clip_grad_norm: float | None = None
     solve_probe: bool = True
+    select_metric: str | None = None
+    patience: int | None = None
 
 
 @dataclass
 class FitResult:
-    """Per-epoch metrics (``history``), the final epoch's ``metrics``, and how the trial ran.
+    """Per-epoch metrics (``history``), the kept (best) epoch's ``metrics`` and index
+    (``best_epoch``), why training ended before ``settings.epochs`` (``stopped``: ``"patience"``, or
+    the reason of a :class:`~tlsearch.train.best.StopTraining` such as ``"timeout"``; None when it
+    ran all its epochs), and how the trial ran. The model holds the best epoch's weights.
 
     ``extras``: ``data_placement`` (+ ``_reason``), ``channels_last``, ``compile`` (+ ``_reason``),
     ``feature_cache`` (key, hit, seconds) for cached trials, and ``epochs``: per epoch
@@ -147,6 +159,8 @@ class FitResult:
     used_feature_cache: bool
     precision: str
     extras: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int = -1
+    stopped: str | None = None
 
 
 Source = Any  # ResidentBatches | StreamingBatches | TensorBatches: len() and iterate(batches)
@@ -388,7 +402,10 @@ class Trainer:
         on_epoch_end: EpochCallback | None = None,
         on_epoch_start: EpochStartCallback | None = None,
     ) -> FitResult:
-        """Train for ``settings.epochs``; ``on_epoch_end(epoch, metrics)`` may raise to stop (pruning).
+        """Train for ``settings.epochs``; ``on_epoch_end(epoch, metrics)`` may raise to stop (pruning),
+        or raise :class:`~tlsearch.train.best.StopTraining` to end training normally after this epoch.
+        The model ends with the best epoch's weights (``FitResult.best_epoch``; see
+        :mod:`tlsearch.train.best`), and ``settings.patience`` stops training early.
 
         Each epoch starts with ``model.train()``, then the strategy's ``on_epoch_start`` (what trains
         this epoch), then its ``set_train_mode`` (the BatchNorm policy, which so sees this epoch's
@@ -446,6 +463,8 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed)
         step = 0
         history: list[dict[str, float]] = []
+        best = self._best_epoch()
+        stopped: str | None = None
         try:
             for epoch in range(self.settings.epochs):
                 epoch_start = time.perf_counter()
@@ -476,17 +495,46 @@ class Trainer:
                 if bad:
                     raise NonFiniteError(f"metric(s) {bad} became non-finite at epoch {epoch}: {metrics}")
                 history.append(metrics)
+                best.offer(epoch, metrics, lambda: self.evaluated_state(model, cached=cached))
                 if on_epoch_end is not None:
-                    on_epoch_end(epoch, metrics)
+                    try:
+                        on_epoch_end(epoch, metrics)
+                    except StopTraining as stop:
+                        stopped = stop.reason
+                        break
+                if best.exhausted(epoch) and epoch + 1 < self.settings.epochs:
+                    stopped = "patience"
+                    break
+            best.restore(model)  # before the regularizers' teardown: the state has their names too
         finally:
             self.optimizer = None  # its state (AdamW's moments) is freed with fit's frame, as before
             for reg in self.regularizers:
                 reg.teardown(model)
             if decision.compile:
                 model.backbone._compiled_call_impl = None  # back to eager for export and checkpoints
+        extras["best_epoch"] = best.epoch
+        if stopped is not None:
+            extras["stopped"] = {"reason": stopped, "after_epoch": len(history) - 1}
         return FitResult(
-            history, history[-1], time.perf_counter() - started, cached, self.precision.name, extras
+            history,
+            best.metrics or history[-1],
+            time.perf_counter() - started,
+            cached,
+            self.precision.name,
+            extras,
+            best_epoch=best.epoch if best.metrics else len(history) - 1,
+            stopped=stopped,
         )
+
+    def _best_epoch(self) -> BestEpoch:
+        metric = self.settings.select_metric or ("accuracy" if self.task == "classification" else "r2")
+        return BestEpoch(metric, maximize=maximizes(metric), patience=self.settings.patience)
+
+    def evaluated_state(self, model: TransferModel, *, cached: bool) -> Mapping[str, torch.Tensor]:
+        """The weights evaluated this epoch, which the best epoch keeps (:mod:`tlsearch.train.best`):
+        the model's; on cached features only the head's (the backbone does not change). A trainer
+        that evaluates another copy (EMA) returns that copy's state under the model's names."""
+        return model.head.state_dict(prefix="head.") if cached else model.state_dict()
 
     def _probe_solver(self, model: TransferModel, source: Source, extras: dict[str, Any]) -> ProbeSolver:
         linear = solvable_linear(model.head)
