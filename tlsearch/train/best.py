@@ -66,20 +66,25 @@ class BestEpoch:
         self.metrics: dict[str, float] = {}
         self._state: dict[str, torch.Tensor] | None = None
 
-    def improves(self, value: float) -> bool:
+    def improves(self, metrics: Mapping[str, float]) -> bool:
+        """Better by the metric; on a tie (common for accuracy on a small validation set), a lower
+        ``val_loss`` is better too."""
+        value = float(metrics[self.metric])
         if not math.isfinite(value):
             return False
         if self.value is None:
             return True
-        return value > self.value if self.maximize else value < self.value
+        if value != self.value:
+            return value > self.value if self.maximize else value < self.value
+        loss, best_loss = metrics.get("val_loss"), self.metrics.get("val_loss")
+        return self.metric != "val_loss" and loss is not None and best_loss is not None and loss < best_loss
 
     def offer(self, epoch: int, metrics: Mapping[str, float], state: StateFn) -> bool:
         """Record ``epoch`` if it is the best so far: its metrics and a copy of ``state()`` (the
-        weights evaluated in it). Ties keep the earlier epoch. Returns whether it improved."""
-        value = float(metrics[self.metric])
-        if not self.improves(value):
+        weights evaluated in it). A full tie keeps the earlier epoch. Returns whether it improved."""
+        if not self.improves(metrics):
             return False
-        self.epoch, self.value, self.metrics = epoch, value, dict(metrics)
+        self.epoch, self.value, self.metrics = epoch, float(metrics[self.metric]), dict(metrics)
         self._state = {name: t.detach().clone() for name, t in state().items()}
         return True
 
