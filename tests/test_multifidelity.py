@@ -10,7 +10,7 @@ import pytest
 
 from tlsearch.config import parse_config
 from tlsearch.search.portfolio import PORTFOLIO_ATTR
-from tlsearch.search.pruning import MIN_REFERENCE_SECONDS, CostAwarePruner
+from tlsearch.search.pruning import MIN_PORTFOLIO_EPOCHS, WORK_ATTR, CostAwarePruner
 from tlsearch.search.study import make_pruner
 
 BASE = {"name": "x", "data": {"folder": "."}, "space": {"backbone": {"timm": {"model": "test_resnet"}}}}
@@ -105,23 +105,31 @@ def test_pruned_trials_of_a_study_stopped_early_and_best_ties_go_to_the_cheaper(
 
 
 START = datetime(2026, 1, 1)
+FINETUNE_GFLOP = 100.0  # work per epoch of the finished trials (fine-tunes)
 
 
-def _cost_study(pruner: optuna.pruners.BasePruner, *, seconds_per_epoch: float) -> optuna.Study:
-    """A study with six finished trials, strong curves over 4 epochs at ``seconds_per_epoch``."""
+def _cost_study(
+    pruner: optuna.pruners.BasePruner,
+    *,
+    gflop_per_epoch: float = FINETUNE_GFLOP,
+    seconds_per_epoch: tuple[float, ...] = (1.0,) * 6,
+) -> optuna.Study:
+    """A study with finished trials, strong curves over 4 epochs, each of ``gflop_per_epoch`` work
+    per epoch, which took ``seconds_per_epoch`` (one per trial) on the clock."""
     study = optuna.create_study(direction="maximize", pruner=pruner)
-    for number in range(6):
+    for number, seconds in enumerate(seconds_per_epoch):
         study.add_trial(
             optuna.trial.FrozenTrial(
                 number=number,
                 state=optuna.trial.TrialState.COMPLETE,
                 value=STRONG[-1],
                 datetime_start=START,
-                datetime_complete=START + timedelta(seconds=4 * seconds_per_epoch),
+                datetime_complete=START + timedelta(seconds=4 * seconds),
                 params={},
                 distributions={},
-                user_attrs={},
-                system_attrs={"completed_rung_0": STRONG[1]},  # what successive halving records at rung 0
+                user_attrs={WORK_ATTR: {"gflop": 4 * gflop_per_epoch, "epochs": 4}},
+                # what successive halving records at its rungs (decided after 2 and 4 epochs)
+                system_attrs={"completed_rung_0": STRONG[1], "completed_rung_1": STRONG[3]},
                 intermediate_values=dict(enumerate(STRONG)),
                 trial_id=number,
             )
@@ -129,38 +137,48 @@ def _cost_study(pruner: optuna.pruners.BasePruner, *, seconds_per_epoch: float) 
     return study
 
 
-def _stopped(study: optuna.Study, *, after_seconds: float, user_attrs: dict | None = None) -> bool:
-    """Whether a weak trial, started now and ``after_seconds`` into its 2nd epoch, would be stopped."""
+def _stopped(
+    study: optuna.Study, *, gflop_per_epoch: float, epochs: int = 2, user_attrs: dict | None = None
+) -> bool:
+    """Whether a weak trial of ``gflop_per_epoch`` work per epoch is stopped after ``epochs`` epochs."""
     if user_attrs:
         study.enqueue_trial({}, user_attrs=user_attrs)
     trial = study.ask()
-    for step, value in enumerate(WEAK[:2]):
+    trial.set_user_attr(WORK_ATTR, {"gflop": epochs * gflop_per_epoch, "epochs": epochs})
+    assert isinstance(study.pruner, CostAwarePruner)
+    for step, value in enumerate(WEAK[:epochs]):
         trial.report(value, step)
-    pruner = study.pruner
-    assert isinstance(pruner, CostAwarePruner)
-    started = study._storage.get_trial(trial._trial_id).datetime_start
-    pruner.clock = lambda: started + timedelta(seconds=after_seconds)
     return trial.should_prune()
 
 
 def test_successive_halving_is_cost_aware_a_cheap_trial_finishes_an_expensive_one_is_stopped() -> None:
-    pruner = make_pruner(_config("successive_halving"))
-    assert isinstance(pruner, CostAwarePruner)
-    # finished trials cost 1 s per epoch: a weak trial at 0.5 s per epoch is stopped ...
-    assert _stopped(_cost_study(pruner, seconds_per_epoch=1.0), after_seconds=1.0)
-    # ... at 0.1 s per epoch (a tenth: a linear probe next to fine-tunes) it finishes
-    pruner = make_pruner(_config("successive_halving"))
-    assert not _stopped(_cost_study(pruner, seconds_per_epoch=1.0), after_seconds=0.2)
-    # timings under MIN_REFERENCE_SECONDS are noise: the plain rule applies
-    pruner = make_pruner(_config("successive_halving"))
-    assert _stopped(_cost_study(pruner, seconds_per_epoch=MIN_REFERENCE_SECONDS / 2), after_seconds=0.0)
+    # a weak trial that costs what the finished fine-tunes cost is stopped ...
+    assert _stopped(_cost_study(make_pruner(_config("successive_halving"))), gflop_per_epoch=FINETUNE_GFLOP)
+    # ... one that costs a tenth (a linear probe on cached features next to fine-tunes) finishes
+    assert not _stopped(_cost_study(make_pruner(_config("successive_halving"))), gflop_per_epoch=10.0)
+    # without the work of the finished trials (an older study), the plain rule applies
+    study = _cost_study(make_pruner(_config("successive_halving")), gflop_per_epoch=0.0)
+    assert _stopped(study, gflop_per_epoch=0.0)
 
 
-def test_cost_aware_pruning_lets_warm_start_trials_finish() -> None:
+def test_cost_is_work_so_one_slow_trial_does_not_make_every_later_trial_cheap() -> None:
+    # The same fine-tunes, one of them slowed 100x by a busy machine: in seconds it is the most
+    # expensive by far and every later fine-tune looked cheap (never pruned); in work they are equal.
+    slowed = (1.0, 1.0, 100.0, 1.0, 1.0, 1.0)
     pruner = make_pruner(_config("successive_halving"))
-    study = _cost_study(pruner, seconds_per_epoch=1.0)
-    assert not _stopped(study, after_seconds=2.0, user_attrs={PORTFOLIO_ATTR: "linear_probe"})
-    assert _stopped(study, after_seconds=2.0)
+    assert _stopped(_cost_study(pruner, seconds_per_epoch=slowed), gflop_per_epoch=FINETUNE_GFLOP)
+
+
+def test_warm_start_trials_get_a_fair_start_then_are_pruned_like_any_trial() -> None:
+    portfolio = {PORTFOLIO_ATTR: "finetune_layer_decay"}
+    # at the first rung (2 epochs) a weak warm-start fine-tune goes on; a weak sampled one does not
+    study = _cost_study(make_pruner(_config("successive_halving")))
+    assert not _stopped(study, gflop_per_epoch=FINETUNE_GFLOP, user_attrs=portfolio)
+    assert _stopped(study, gflop_per_epoch=FINETUNE_GFLOP)
+    # at the second rung (4 epochs, past MIN_PORTFOLIO_EPOCHS) it is stopped: it cannot run the budget out
+    assert MIN_PORTFOLIO_EPOCHS < 4
+    study = _cost_study(make_pruner(_config("successive_halving", epochs=6)))
+    assert _stopped(study, gflop_per_epoch=FINETUNE_GFLOP, epochs=4, user_attrs=portfolio)
 
 
 def test_cost_aware_pruner_rejects_a_ratio_that_is_not_above_one() -> None:

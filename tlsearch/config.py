@@ -147,6 +147,8 @@ class TrainingSettings(_Strict):
     ``false`` mean ``crop_flip`` / ``none``), ``random_erasing`` (the probability of erasing a
     random rectangle of each training image), ``ema`` (the decay of an exponential moving average
     of the weights, evaluated beside them every epoch; null: off).
+    ``patience``: stop a trial that has not improved its best epoch for this many epochs (default:
+    off); it completes with its best epoch, whose weights every trial keeps.
     """
 
     epochs: int = Field(3, ge=1, le=10_000)
@@ -171,6 +173,7 @@ class TrainingSettings(_Strict):
     feature_cache: bool = True
     augment_frozen: bool = False
     retry_oom: bool = True
+    patience: int | None = Field(None, ge=1)
 
     @field_validator("optimizer", mode="before")
     @classmethod

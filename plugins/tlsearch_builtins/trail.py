@@ -47,8 +47,12 @@ def tlsearch_trial_end(
     trial: Any, state: str, value: float | None, metrics: dict[str, Any], out_dir: str
 ) -> None:
     record = {"event": "trial_end", "trial": trial.number, "state": state, "value": value, "metrics": metrics}
+    attrs = getattr(trial, "user_attrs", None) or {}
+    for key in ("best_epoch", "stopped"):  # the epoch kept, and why training ended early
+        if attrs.get(key) is not None:
+            record[key] = attrs[key]
     if state == "FAIL":  # the console shows one line; the traceback is kept here and on the trial
-        record["traceback"] = (getattr(trial, "user_attrs", None) or {}).get("failure_traceback")
+        record["traceback"] = attrs.get("failure_traceback")
     _append(out_dir, record)
 
 

@@ -275,6 +275,8 @@ class Console:
         if self.live:
             return
         detail = f"value {value:.4g}" if value is not None else str(metrics.get("failure", ""))
+        if value is not None:
+            detail += _kept_epoch(getattr(trial, "user_attrs", None) or {})
         progress = f"[{self.finished}/{self.total}]" if self.total else f"[{self.finished}]"
         eta = self.eta()
         tail = (
@@ -361,6 +363,15 @@ def time_left(
         return None
     parallel = max(1, len(running))
     return max(max(lefts, default=0.0), (sum(lefts) + queued * (mean or 0.0)) / parallel)
+
+
+def _kept_epoch(attrs: dict[str, Any]) -> str:
+    """`` (epoch 2 of 4, stopped: patience)``: the epoch a complete trial kept, when not its last."""
+    best, run, stopped = attrs.get("best_epoch"), attrs.get("epochs_run"), attrs.get("stopped")
+    if not isinstance(best, int) or not isinstance(run, int) or (best == run - 1 and not stopped):
+        return ""
+    reason = {"timeout": "cut by the timeout"}.get(str(stopped), f"stopped: {stopped}") if stopped else ""
+    return f" (epoch {best + 1} of {run}{', ' + reason if reason else ''})"
 
 
 def _describe(choices: dict[str, Any]) -> str:

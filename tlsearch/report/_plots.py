@@ -153,6 +153,18 @@ def learning_curves(src: StudySource) -> Plot:
             label=legend,
             zorder=4 if is_best else 2,
         )
+        kept = trial.user_attrs.get("best_epoch")
+        if is_best and isinstance(kept, int) and 0 <= kept < len(curve):  # the epoch whose weights it keeps
+            ax.plot(
+                kept + 1,
+                curve[kept],
+                marker="*",
+                markersize=14,
+                color=COLORS["best"],
+                linestyle="none",
+                label="kept epoch",
+                zorder=5,
+            )
         if trial.state == TrialState.PRUNED:
             ax.plot(
                 epochs[-1],

@@ -57,6 +57,8 @@ def _row(rank: int, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "metrics": trial.user_attrs.get("metrics") or {},
         "params": trial.user_attrs.get("params"),
         "seconds": trial_seconds(trial),
+        "best_epoch": trial.user_attrs.get("best_epoch"),
+        "stopped": trial.user_attrs.get("stopped"),
     }
 
 
@@ -241,6 +243,9 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(
             f"  best: trial {best['trial']}  {status['metric']} {best['value']:.4g}  {best['summary']}"
         )
+        if best.get("best_epoch") is not None:
+            stopped = f", stopped: {best['stopped']}" if best.get("stopped") else ""
+            lines.append(f"      kept epoch {best['best_epoch'] + 1}{stopped}")
         for kind, label in best["plugins"].items():
             lines.append(f"      {kind:<13} {label}")
         for name, value in tuned_params(best).items():

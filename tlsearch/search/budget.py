@@ -18,7 +18,8 @@ frees its slot for a waiting one, so no fewer than N finish either (while worker
 trials, :class:`BudgetCallback` stops a worker whose next trial could only wait, so skipped trials
 are rare (a race at the very end). Retries (enqueued WAITING trials) are only counted once a worker
 runs them. A study-wide ``deadline`` (a study user attribute set by ``tlsearch run --timeout``)
-stops workers that joined later too.
+stops workers that joined later too, and ends a running trial at its next epoch boundary
+(complete, its best epoch kept: :class:`tlsearch.search.objective.Objective`).
 """
 
 from __future__ import annotations

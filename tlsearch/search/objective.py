@@ -12,7 +12,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from tlsearch.config import Range, ResolvedSpace, StudyConfig
+from tlsearch.config import METRICS, Range, ResolvedSpace, StudyConfig
 from tlsearch.errors import TlsearchError
 from tlsearch.rank.ranking import choices_identity
 from tlsearch.registry import PluginManager
@@ -34,6 +34,7 @@ from tlsearch.search.objectives import (
     objective_values,
     record_constraints,
 )
+from tlsearch.search.pruning import WORK_ATTR
 from tlsearch.search.recovery import (
     MAX_RETRIES,
     SEED_ATTR,
@@ -48,9 +49,15 @@ from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.trial_writes import PROGRESS_INTERVAL, TrialWriter
-from tlsearch.train import NonFiniteError, Trainer, TrainSettings, merge_options, resolve_device
+from tlsearch.train import NonFiniteError, StopTraining, Trainer, TrainSettings, merge_options, resolve_device
+from tlsearch.train.work import epoch_work
 
 log = logging.getLogger("tlsearch")
+
+
+def wall_clock() -> float:
+    """The time the study's deadline is compared with, at each epoch boundary (a seam for tests)."""
+    return time.time()
 
 
 class TrialFailed(TlsearchError):
@@ -97,6 +104,9 @@ def train_settings(
         compile=t.compile,
         feature_cache=t.feature_cache,
         augment_frozen=t.augment_frozen,
+        # the kept epoch is the best by the study's metric (a cost objective cannot pick it)
+        select_metric=config.metric if config.metric in METRICS[config.task] else None,
+        patience=t.patience,
     )
 
 
@@ -120,8 +130,15 @@ class Objective:
     count of the whole model), ``trainable_params``, ``backbone`` (the backbone's facts: model,
     weights, cost), ``gflops``, ``feature_cache``, ``speed`` (data placement, compile decision,
     feature-cache hit, per-epoch timing), ``latency_ms``, ``ema`` (with ``training.ema``: whether
-    the checkpoint holds the weights' moving average), ``worker`` (who ran it) and, when it fails,
-    ``failure`` (the reason) and ``failure_kind`` (see :mod:`tlsearch.search.failures`).
+    the checkpoint holds the weights' moving average), ``worker`` (who ran it), ``work`` (GFLOP of the epochs so far and their count,
+    :mod:`tlsearch.train.work`), ``best_epoch``
+    (the epoch whose weights and metrics the trial keeps, 0-based), ``epochs_run``, ``stopped``
+    (``patience`` or ``timeout`` when training ended early, the trial still complete), and, when it
+    fails, ``failure`` (the reason) and ``failure_kind`` (see :mod:`tlsearch.search.failures`).
+
+    ``deadline`` (a ``time.time()`` value; the study's ``deadline`` user attribute too, when set):
+    checked at every epoch boundary; a trial still training then ends after that epoch as
+    COMPLETE with its best epoch kept and ``stopped: timeout``.
 
     Storage writes are grouped (:class:`~tlsearch.search.trial_writes.TrialWriter`): the worker record,
     then the sampled parameters with ``choices``, the per-epoch history and intermediate values (at
@@ -149,8 +166,10 @@ class Objective:
         grace_period: float = GRACE_PERIOD,
         max_retries: int = MAX_RETRIES,
         progress_interval: float = PROGRESS_INTERVAL,
+        deadline: float | None = None,
     ) -> None:
         self.config = config
+        self.deadline = deadline
         self.space = space
         self.pm = pm
         self.data = data
@@ -229,7 +248,8 @@ class Objective:
             self.on_event("trial_start", trial=trial, choices=choices)
             value = self._run(trial, writer, choices, history, started)
             score = value if isinstance(value, float) else value[0]
-            self._end(trial, "COMPLETE", score, history[-1], may_end_trial=True)
+            kept = trial.user_attrs.get("metrics") or history[-1]  # the best epoch's
+            self._end(trial, "COMPLETE", score, kept, may_end_trial=True)
         except optuna.TrialPruned:
             writer.flush()
             self._end(trial, "PRUNED", None, history[-1] if history else {})
@@ -292,10 +312,13 @@ class Objective:
         self, trial: optuna.Trial, writer: TrialWriter, history: list[dict[str, float]]
     ) -> Callable[[int, dict[str, float]], None]:
         """What happens after each epoch: record the history and report to the pruner (one commit,
-        at most every ``progress_interval`` seconds), call the ``tlsearch_epoch_end`` hooks, and
-        stop the trial when the pruner says so."""
+        at most every ``progress_interval`` seconds), call the ``tlsearch_epoch_end`` hooks, stop
+        the trial when the pruner says so, and end its training (keeping its best epoch) when the
+        study's deadline has passed."""
         config = self.config
         metric = config.metric
+        deadlines = [d for d in (self.deadline, study_deadline(trial.study)) if d is not None]
+        deadline = min(deadlines, default=None)
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             history.append(metrics)
@@ -311,8 +334,11 @@ class Objective:
                 out_dir=str(self.study_dir.root),
             )
             self.on_event("epoch_end", trial=trial, epoch=epoch, metrics=metrics)
-            if epoch + 1 < config.training.epochs and not config.multi_objective and trial.should_prune():
+            last = epoch + 1 >= config.training.epochs
+            if not last and not config.multi_objective and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={metrics[metric]:.4g}")
+            if not last and deadline is not None and wall_clock() >= deadline:
+                raise StopTraining("timeout", f"cut by the study's timeout after epoch {epoch}")
 
         return on_epoch_end
 
@@ -385,8 +411,24 @@ class Objective:
         )
         metric = config.metric
         on_epoch_end = self.epoch_callback(trial, writer, history)
+        cached = trainer.use_feature_cache()
+        work: list[float] = []
 
-        result = trainer.fit(train, val, on_epoch_end=on_epoch_end)
+        def on_epoch_start(epoch: int) -> None:
+            # what this epoch costs (it trains what the strategy set for it), for the cost-aware pruner
+            work.append(epoch_work(model, train_images=len(train), val_images=len(val), cached=cached))
+            writer.stage(**{WORK_ATTR: {"gflop": sum(work), "epochs": len(work)}})
+
+        result = trainer.fit(train, val, on_epoch_end=on_epoch_end, on_epoch_start=on_epoch_start)
+        writer.stage(best_epoch=result.best_epoch, epochs_run=len(result.history), stopped=result.stopped)
+        if result.stopped is not None:
+            log.info(
+                "trial %d stopped after epoch %d (%s); kept epoch %d",
+                trial.number,
+                len(result.history) - 1,
+                "cut by the timeout" if result.stopped == "timeout" else f"no improvement: {result.stopped}",
+                result.best_epoch,
+            )
         value = float(result.metrics[metric])
         if not math.isfinite(value):
             raise NonFiniteError(f"{metric} is {value}; a trial must end with a finite score")
@@ -423,7 +465,13 @@ class Objective:
             metric=metric,
             value=value,
             metrics=result.metrics,
-            info={**model.info, **info, "summary": describe_choices(choices)},
+            info={
+                **model.info,
+                **info,
+                "summary": describe_choices(choices),
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+            },
             target_scale=None if target_scale is None else target_scale.to_dict(),
         )
         save_checkpoint(self.study_dir.trial_dir(trial.number), model, record)

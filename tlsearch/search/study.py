@@ -61,7 +61,8 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     stops a trial below the median of earlier trials from its first epoch on; ``successive_halving``
     and ``hyperband`` (reduction factor 3) keep the best third at each rung, the first rung after
     the second epoch; ``successive_halving`` is cost-aware (:class:`~tlsearch.search.pruning.CostAwarePruner`:
-    it lets warm-start trials and trials with cheap epochs finish). Multi-objective studies are
+    it lets trials whose epochs cost little *work* finish, and warm-start trials their first
+    two epochs, after which they are stopped like any other). Multi-objective studies are
     never pruned (Optuna's pruners are single-objective)."""
     epochs = config.training.epochs
     kind = config.search.pruner
@@ -328,6 +329,7 @@ def run_study(
         budget=budget,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
+        deadline=None if timeout is None else time.time() + timeout,  # this worker's (join: its own)
     )
     policy = FailurePolicy(max_failures_in_a_row)
     pm.notify("tlsearch_study_start", study=study, config=config, out_dir=str(study_dir.root))

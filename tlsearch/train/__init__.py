@@ -1,5 +1,6 @@
 """Training one trial: the loop, the device and precision policy, the feature cache, metrics."""
 
+from tlsearch.train.best import StopTraining
 from tlsearch.train.compiling import CompileDecision, CompileProfile, decide_compile
 from tlsearch.train.device import (
     Precision,
@@ -22,6 +23,7 @@ __all__ = [
     "FitResult",
     "NonFiniteError",
     "Precision",
+    "StopTraining",
     "TargetScale",
     "TrainSettings",
     "Trainer",

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,7 @@ from tlsearch.data.policies import (
 )
 from tlsearch.errors import ConfigError, TlsearchError
 from tlsearch.kinds import FreezingStrategy, Regularizer, TransferModel
+from tlsearch.train.best import BestEpoch, StopTraining, maximizes
 from tlsearch.train.compiling import decide_compile
 from tlsearch.train.device import Precision, configure_backends, resolve_precision, use_channels_last
 from tlsearch.train.ema import WeightAverage
@@ -73,6 +74,7 @@ from tlsearch.validate import check_trainer_options
 __all__ = [
     "FitResult",
     "NonFiniteError",
+    "StopTraining",
     "TrainSettings",
     "Trainer",
     "apply_lr",
@@ -134,6 +136,10 @@ class TrainSettings:
     ``randaugment``; ``True`` / ``False`` mean ``crop_flip`` / ``none``), with
     ``randaugment_magnitude`` and ``random_erasing``. ``ema``: the decay of a moving average of the
     weights, evaluated beside them each epoch (None: off; see :mod:`tlsearch.train.ema`).
+    ``select_metric``: the validation metric that picks the epoch whose weights the trial keeps
+    (None: the task's first, accuracy or r2; its direction is the metric's own), see
+    :mod:`tlsearch.train.best`; ``patience``: stop after this many epochs without improving on the
+    best one (None: off).
     """
 
     epochs: int = 3
@@ -162,10 +168,16 @@ class TrainSettings:
     def augment_policy(self) -> AugmentPolicy:
         return AugmentPolicy(policy_name(self.augment), self.randaugment_magnitude, self.random_erasing)
 
+    select_metric: str | None = None
+    patience: int | None = None
+
 
 @dataclass
 class FitResult:
-    """Per-epoch metrics (``history``), the final epoch's ``metrics``, and how the trial ran.
+    """Per-epoch metrics (``history``), the kept (best) epoch's ``metrics`` and index
+    (``best_epoch``), why training ended before ``settings.epochs`` (``stopped``: ``"patience"``, or
+    the reason of a :class:`~tlsearch.train.best.StopTraining` such as ``"timeout"``; None when it
+    ran all its epochs), and how the trial ran. The model holds the best epoch's weights.
 
     ``extras``: ``data_placement`` (+ ``_reason``), ``channels_last``, ``compile`` (+ ``_reason``),
     ``feature_cache`` (key, hit, seconds) for cached trials, ``epochs``: per epoch
@@ -180,6 +192,8 @@ class FitResult:
     used_feature_cache: bool
     precision: str
     extras: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int = -1
+    stopped: str | None = None
 
 
 Source = Any  # ResidentBatches | StreamingBatches | TensorBatches: len() and iterate(batches)
@@ -439,7 +453,10 @@ class Trainer:
         on_epoch_end: EpochCallback | None = None,
         on_epoch_start: EpochStartCallback | None = None,
     ) -> FitResult:
-        """Train for ``settings.epochs``; ``on_epoch_end(epoch, metrics)`` may raise to stop (pruning).
+        """Train for ``settings.epochs``; ``on_epoch_end(epoch, metrics)`` may raise to stop (pruning),
+        or raise :class:`~tlsearch.train.best.StopTraining` to end training normally after this epoch.
+        The model ends with the best epoch's weights (``FitResult.best_epoch``; see
+        :mod:`tlsearch.train.best`), and ``settings.patience`` stops training early.
 
         Each epoch starts with ``model.train()``, then the strategy's ``on_epoch_start`` (what trains
         this epoch), then its ``set_train_mode`` (the BatchNorm policy, which so sees this epoch's
@@ -504,6 +521,8 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed)
         step = 0
         history: list[dict[str, float]] = []
+        best = self._best_epoch()
+        stopped: str | None = None
         try:
             for epoch in range(self.settings.epochs):
                 epoch_start = time.perf_counter()
@@ -538,14 +557,25 @@ class Trainer:
                 if bad:
                     raise NonFiniteError(f"metric(s) {bad} became non-finite at epoch {epoch}: {metrics}")
                 history.append(metrics)
+                best.offer(
+                    epoch, metrics, lambda m=metrics: self.evaluated_state(model, cached=cached, metrics=m)
+                )
                 if on_epoch_end is not None:
-                    on_epoch_end(epoch, metrics)
+                    try:
+                        on_epoch_end(epoch, metrics)
+                    except StopTraining as stop:
+                        stopped = stop.reason
+                        break
+                if best.exhausted(epoch) and epoch + 1 < self.settings.epochs:
+                    stopped = "patience"
+                    break
+            best.restore(model)  # before the regularizers' teardown: the state has their names too
             if ema is not None and history:
-                last = history[-1]
-                extras["ema"].update({k: v for k, v in last.items() if k.startswith(("raw_", "ema_"))})
-                if last["ema_used"]:
+                kept = best.metrics or history[-1]  # the kept epoch says which copy scored it
+                extras["ema"].update({k: v for k, v in kept.items() if k.startswith(("raw_", "ema_"))})
+                extras["ema"]["used"] = bool(kept.get("ema_used"))
+                if not best.metrics and extras["ema"]["used"]:
                     ema.copy_to(model)  # the checkpoint and the export get the better weights
-                    extras["ema"]["used"] = True
         finally:
             self.optimizer = None  # its state (AdamW's moments) is freed with fit's frame, as before
             self.ema = None
@@ -553,8 +583,18 @@ class Trainer:
                 reg.teardown(model)
             if decision.compile:
                 model.backbone._compiled_call_impl = None  # back to eager for export and checkpoints
+        extras["best_epoch"] = best.epoch
+        if stopped is not None:
+            extras["stopped"] = {"reason": stopped, "after_epoch": len(history) - 1}
         return FitResult(
-            history, history[-1], time.perf_counter() - started, cached, self.precision.name, extras
+            history,
+            best.metrics or history[-1],
+            time.perf_counter() - started,
+            cached,
+            self.precision.name,
+            extras,
+            best_epoch=best.epoch if best.metrics else len(history) - 1,
+            stopped=stopped,
         )
 
     def scored_module(self, metrics: Mapping[str, float]) -> torch.nn.Module:
@@ -576,6 +616,20 @@ class Trainer:
             f"ema_{metric}": averaged[metric],
             "ema_used": float(used),
         }
+
+    def _best_epoch(self) -> BestEpoch:
+        metric = self.settings.select_metric or ("accuracy" if self.task == "classification" else "r2")
+        return BestEpoch(metric, maximize=maximizes(metric), patience=self.settings.patience)
+
+    def evaluated_state(
+        self, model: TransferModel, *, cached: bool, metrics: Mapping[str, float] | None = None
+    ) -> Mapping[str, torch.Tensor]:
+        """The weights that scored this epoch's ``metrics``, which the best epoch keeps
+        (:mod:`tlsearch.train.best`): the model's, or the EMA copy's when it won the epoch
+        (:meth:`scored_module`; the copy has the model's names); on cached features only the
+        head's (the backbone does not change)."""
+        scored = model if metrics is None else cast(TransferModel, self.scored_module(metrics))
+        return scored.head.state_dict(prefix="head.") if cached else scored.state_dict()
 
     def _probe_solver(self, model: TransferModel, source: Source, extras: dict[str, Any]) -> ProbeSolver:
         linear = solvable_linear(model.head)
