@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -558,7 +559,7 @@ class Trainer:
                     raise NonFiniteError(f"metric(s) {bad} became non-finite at epoch {epoch}: {metrics}")
                 history.append(metrics)
                 best.offer(
-                    epoch, metrics, lambda m=metrics: self.evaluated_state(model, cached=cached, metrics=m)
+                    epoch, metrics, partial(self.evaluated_state, model, cached=cached, metrics=metrics)
                 )
                 if on_epoch_end is not None:
                     try:
