@@ -28,12 +28,8 @@ from tlsearch.search.failures import (
     short_traceback,
     study_wide,
 )
-from tlsearch.search.objectives import (
-    LATENCY_ATTR,
-    measure_latency,
-    objective_values,
-    record_constraints,
-)
+from tlsearch.search.latency import LatencyCache, latency_needed
+from tlsearch.search.objectives import LATENCY_ATTR, objective_values, record_constraints
 from tlsearch.search.recovery import (
     MAX_RETRIES,
     WORKER_ATTR,
@@ -94,7 +90,8 @@ class Objective:
     ``plugins``, ``history`` (per-epoch metrics), ``metrics``, ``seconds``, ``params`` (parameter
     count of the whole model), ``trainable_params``, ``backbone`` (the backbone's facts: model,
     weights, cost), ``gflops``, ``feature_cache``, ``speed`` (data placement, compile decision,
-    feature-cache hit, per-epoch timing), ``latency_ms``, ``worker`` (who ran it) and, when it fails,
+    feature-cache hit, per-epoch timing), ``latency_ms`` (only when an objective or constraint reads
+    it, :mod:`tlsearch.search.latency`), ``worker`` (who ran it) and, when it fails,
     ``failure`` (the reason) and ``failure_kind`` (see :mod:`tlsearch.search.failures`).
 
     Storage writes are grouped (:class:`~tlsearch.search.trial_writes.TrialWriter`): the worker record,
@@ -370,9 +367,12 @@ class Objective:
             "feature_cache": result.used_feature_cache,
             "precision": result.precision,
             "device": str(self.device),
-            LATENCY_ATTR: measure_latency(model, input_size=model.data_config.input_size, device=self.device),
             "gflops": model.info.get("gflops"),
         }
+        if latency_needed(config):  # measured once per architecture × input size × device
+            info[LATENCY_ATTR] = LatencyCache(self.study_dir.cache).measure(
+                model, input_size=model.data_config.input_size, device=self.device
+            )
         self.record_finished(
             trial,
             writer,
