@@ -17,6 +17,7 @@ and the valid choices; a value is echoed at most a few hundred characters long
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -518,6 +519,8 @@ class PluginChoice:
     name: str
     space: SearchSpace
     enabled: Hyperparameter = Fixed(True)  # regularizers: searched on/off unless the study fixes it
+    #: the plugin class, for the sampler's conditional rules (``Regularizer.applies_to``)
+    plugin: type[Any] | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -595,7 +598,7 @@ def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
                 )
             except PluginError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-            choices.append(PluginChoice(kind, name, SearchSpace(params), enabled))
+            choices.append(PluginChoice(kind, name, SearchSpace(params), enabled, plugin=info.cls))
         resolved[section] = tuple(choices)
     t = config.training
     space = ResolvedSpace(

@@ -31,16 +31,46 @@ def _pick(trial: _Trial, key: str, options: tuple[PluginChoice, ...]) -> PluginC
     return by_name[name]
 
 
+def _strategy(choice: PluginChoice, params: dict[str, Any]) -> FreezingStrategy | None:
+    """The trial's freezing strategy, for the regularizers' :meth:`~Regularizer.applies_to`
+    (None when it cannot be made here: the trial then fails where plugins are instantiated)."""
+    if choice.plugin is None:
+        return None
+    try:
+        strategy = choice.plugin(**params)
+    except Exception:  # noqa: BLE001 - reported with its plugin's name when the trial builds it
+        return None
+    return strategy if isinstance(strategy, FreezingStrategy) else None
+
+
+def _applies(reg: PluginChoice, strategy: FreezingStrategy | None) -> bool:
+    plugin = reg.plugin
+    if strategy is None or plugin is None or not issubclass(plugin, Regularizer):
+        return True
+    return bool(plugin.applies_to(strategy))
+
+
 def sample_choices(trial: _Trial, space: ResolvedSpace) -> dict[str, Any]:
-    """Sample one trial's plugins and hyperparameters (define-by-run, namespaced names)."""
+    """Sample one trial's plugins and hyperparameters (define-by-run, namespaced names).
+
+    The space is conditional: a regularizer that has no effect under the sampled freezing strategy
+    (:meth:`Regularizer.applies_to`, e.g. L2-SP with a linear probe) is recorded as off without
+    sampling it, so the search spends no trial on it there."""
     choices: dict[str, Any] = {}
+    strategy: FreezingStrategy | None = None
     for key in ("backbone", "head", "freezing"):
         choice = _pick(trial, key, getattr(space, key))
         choices[key] = choice.name
-        for pname, value in choice.space.sample(trial, f"{key}.{choice.name}").items():
+        params = choice.space.sample(trial, f"{key}.{choice.name}")
+        for pname, value in params.items():
             choices[f"{key}.{choice.name}.{pname}"] = value
+        if key == "freezing":
+            strategy = _strategy(choice, params)
     for reg in space.regularizers:
         prefix = f"regularizer.{reg.name}"
+        if not _applies(reg, strategy):
+            choices[prefix] = False
+            continue
         enabled = bool(reg.enabled.suggest(trial, prefix))
         choices[prefix] = enabled
         if enabled:
