@@ -38,7 +38,13 @@ from tlsearch.search.recovery import (
     requeue,
     sweep_stale_trials,
 )
-from tlsearch.search.sampling import TrialPlugins, build_model, describe_choices, sample_choices
+from tlsearch.search.sampling import (
+    TrialPlugins,
+    build_model,
+    data_choices,
+    describe_choices,
+    sample_choices,
+)
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
@@ -325,7 +331,7 @@ class Objective:
         model = build_model(
             plugins,
             num_outputs=self.data.num_outputs,
-            image_size=config.data.image_size,
+            **data_choices(choices, config.data),
             backbone_seed=config.search.seed or 0,
             head_seed=seed,
         )
