@@ -32,8 +32,8 @@ def raw_image(h: int, w: int, seed: int) -> np.ndarray:
     [
         ("bilinear", "center", 0.875),
         ("bicubic", "center", 0.875),
-        ("bicubic", "squash", 0.9),
-        ("bilinear", "squash", 1.0),
+        ("bilinear", "squash", 0.9),
+        ("bicubic", "squash", 1.0),
     ],
 )
 def test_graph_preprocessing_matches_pil_within_the_documented_levels(

@@ -135,6 +135,7 @@ def test_a_size_a_fixed_size_backbone_cannot_take_is_a_config_error(write_study,
     )
 
 
+@pytest.mark.slow
 def test_each_size_trains_evaluates_and_is_recorded_with_its_own_caches(
     write_study, tmp_path, monkeypatch
 ) -> None:
@@ -153,7 +154,8 @@ def test_each_size_trains_evaluates_and_is_recorded_with_its_own_caches(
     path = write_study(
         data={"image_size": [24, 40], "crop_mode": "squash", "crop_pct": 1.0},
         space={"freezing": ["linear_probe"]},
-        search={"n_trials": 6, "sampler": "random", "constraints": {"latency_ms": 1e6}},
+        training={"epochs": 1},
+        search={"n_trials": 4, "sampler": "random", "constraints": {"latency_ms": 1e6}},
     )
     out = tmp_path / "out"
     study = run_study(path, out_dir=out, progress=False).study
@@ -175,3 +177,36 @@ def test_each_size_trains_evaluates_and_is_recorded_with_its_own_caches(
     assert {24, 40} <= decoded_sizes
     features = [json.loads(p.read_text()) for p in cache.glob("features-*.json")]
     assert len(features) >= 2
+
+
+def test_the_exported_model_and_the_predictor_use_the_studys_crop(tmp_path) -> None:
+    """A squash / crop_pct 1 model: the metadata records it, the Predictor prepares images with it,
+    and the raw-input graph (checked against PIL at export) agrees with the plain model."""
+    import timm
+    import torch
+
+    from tlsearch.deploy import Predictor
+    from tlsearch.export import export_onnx
+
+    config = DataConfig(32, interpolation="bicubic", crop_pct=1.0, crop_mode="squash")
+    rng = np.random.default_rng(0)
+    raws = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((30, 70), (64, 40), (32, 32))]
+    prepared = np.stack([resize_center_crop(Image.fromarray(r), config) for r in raws])
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    meta = {"task": "classification", "labels": ["a", "b", "c"], "data_config": config.to_dict()}
+    plain = export_onnx(model, path=tmp_path / "plain.onnx", metadata=meta, validation_images=prepared)
+    raw = export_onnx(
+        model,
+        path=tmp_path / "raw.onnx",
+        metadata=meta,
+        validation_images=prepared,
+        embed_preprocessing=True,
+        raw_images=raws,
+    )
+    predictor = Predictor(plain.path)
+    assert predictor.data_config.crop_mode == "squash" and predictor.data_config.crop_pct == 1.0
+    np.testing.assert_array_equal(predictor.prepare(raws[0]), prepared[0])  # the whole width, squashed
+    ours = [p.top_k[0][1] for p in predictor.predict(raws)]
+    theirs = [p.top_k[0][1] for p in Predictor(raw.path).predict(raws)]
+    assert ours == theirs

@@ -168,6 +168,9 @@ def resize_center_crop(image: Image.Image, config: DataConfig) -> np.ndarray:
     short = config.resize_size
     if config.crop_mode == "squash":
         new_w = new_h = short
+        # Width, then height, as two explicit passes: Pillow picks the order of its two passes by
+        # itself when the sides scale differently, and the ONNX graph (width first) must match.
+        image = image.resize((new_w, h), INTERPOLATIONS[config.interpolation])
     elif w <= h:
         new_w, new_h = short, max(short, int(round(h * short / w)))
     else:
