@@ -210,3 +210,18 @@ def test_the_exported_model_and_the_predictor_use_the_studys_crop(tmp_path) -> N
     ours = [p.top_k[0][1] for p in predictor.predict(raws)]
     theirs = [p.top_k[0][1] for p in Predictor(raw.path).predict(raws)]
     assert ours == theirs
+
+
+def test_the_summary_names_the_trials_size() -> None:
+    from tlsearch.search.sampling import describe_choices
+
+    base = {
+        "backbone": "timm",
+        "backbone.timm.model": "resnet18",
+        "head": "linear",
+        "freezing": "linear_probe",
+    }
+    assert describe_choices({**base, "train.lr": 1e-3, "data.image_size": 160}).startswith(
+        "timm(resnet18) @160px + linear"
+    )
+    assert describe_choices({**base, "train.lr": 1e-3}).startswith("timm(resnet18) + linear")

@@ -198,7 +198,8 @@ def build_model(
 
 
 def describe_choices(choices: dict[str, Any]) -> str:
-    """A one-line summary: ``timm(resnet18) + linear | layer_decay | label_smoothing, mixup``."""
+    """A one-line summary: ``timm(resnet18) @160px + linear | layer_decay | label_smoothing, mixup``
+    (the size only when the trial records one)."""
     backbone = choices["backbone"]
     model = choices.get(f"backbone.{backbone}.model")
     regs = [
@@ -206,7 +207,9 @@ def describe_choices(choices: dict[str, Any]) -> str:
         for k, v in choices.items()
         if k.startswith("regularizer.") and k.count(".") == 1 and v
     ]
+    size = choices.get("data.image_size")
     return (
-        f"{backbone}{f'({model})' if model else ''} + {choices['head']} | {choices['freezing']}"
+        f"{backbone}{f'({model})' if model else ''}{f' @{size}px' if size else ''}"
+        f" + {choices['head']} | {choices['freezing']}"
         f" | {', '.join(regs) or 'no regularizer'} | lr {choices['train.lr']:.2g}"
     )
