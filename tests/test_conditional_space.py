@@ -93,3 +93,16 @@ def test_the_default_rule_and_the_built_ins_declarations() -> None:
             return []
 
     assert AnyStrategy.applies_to(Frozen())  # the default: applies everywhere
+
+
+def test_a_regularizer_switched_on_with_only_frozen_strategies_is_a_config_error(
+    write_study, tmp_path
+) -> None:
+    from tlsearch.errors import ConfigError
+    from tlsearch.search import prepare
+
+    study = write_study(space={"freezing": ["linear_probe"], "regularizers": {"l2_sp": {"enabled": True}}})
+    with pytest.raises(ConfigError, match=r"space.regularizers.l2_sp: switched on, but .*\(linear_probe\)"):
+        prepare(study, out_dir=tmp_path / "out")
+    searched = write_study("ok.yaml", space={"freezing": ["linear_probe"], "regularizers": ["l2_sp"]})
+    prepare(searched, out_dir=tmp_path / "ok")  # searched on/off: it is simply never sampled
