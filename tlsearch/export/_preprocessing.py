@@ -43,9 +43,10 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name=name))
 
 
-def _aspect_sides(p: str) -> list[onnx.NodeProto]:
+def _aspect_sides(p: str, short: int) -> list[onnx.NodeProto]:
     """``new_h``, ``new_w`` of ``crop_mode: center``: the shorter side to the resize size."""
     return [
+        _const(p + "short_f", np.array([float(short)], np.float64)),
         helper.make_node("Min", [p + "h", p + "w"], [p + "min_side"]),
         helper.make_node("Cast", [p + "h"], [p + "h_f"], to=TensorProto.DOUBLE),
         helper.make_node("Cast", [p + "w"], [p + "w_f"], to=TensorProto.DOUBLE),
@@ -95,7 +96,6 @@ def preprocessing_nodes(config: DataConfig, *, input_name: str, output_name: str
         _const(p + "idx_h", np.array([1], np.int64)),
         _const(p + "idx_w", np.array([2], np.int64)),
         _const(p + "short", np.array([short], np.int64)),
-        _const(p + "short_f", np.array([float(short)], np.float64)),
         _const(p + "size", np.array([size], np.int64)),
         _const(p + "two", np.array([2], np.int64)),
         _const(p + "axes", np.array([1, 2], np.int64)),
@@ -106,7 +106,7 @@ def preprocessing_nodes(config: DataConfig, *, input_name: str, output_name: str
         helper.make_node("Shape", [input_name], [p + "shape"]),
         helper.make_node("Gather", [p + "shape", p + "idx_h"], [p + "h"]),
         helper.make_node("Gather", [p + "shape", p + "idx_w"], [p + "w"]),
-        *(_squash_sides(p) if config.crop_mode == "squash" else _aspect_sides(p)),
+        *(_squash_sides(p) if config.crop_mode == "squash" else _aspect_sides(p, short)),
         helper.make_node("Concat", [p + "new_h", p + "new_w"], [p + "new_hw"], axis=0),
         helper.make_node("Cast", [input_name], [p + "img_f"], to=TensorProto.FLOAT),
         # Two separable passes, width first, each rounded and clipped to uint8 levels: as PIL does.
