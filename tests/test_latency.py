@@ -87,3 +87,23 @@ def test_a_dropout_rate_is_not_an_architecture() -> None:
     assert latency_key(head(0.1), input_size=16, device="cpu") == latency_key(
         head(0.4), input_size=16, device="cpu"
     )
+
+
+def test_a_rerank_reads_the_backbones_latency_from_the_study_cache(write_study, tmp_path, measured) -> None:
+    from tlsearch.config import load_config, resolve_space
+    from tlsearch.data import load_splits
+    from tlsearch.rank import rank_backbones
+    from tlsearch.registry import get_plugin_manager
+    from tlsearch.search import StudyData
+
+    config = load_config(write_study())
+    pm = get_plugin_manager()
+    space = resolve_space(config, pm.registry)
+    train, val = load_splits(config.data, task=config.task, seed=0, resolve=config.resolve_path)
+    data = StudyData(train, val, cache_dir=tmp_path, progress=False)
+    for _ in range(2):
+        (ranked,) = rank_backbones(
+            space, registry=pm.registry, data=data, task="classification", image_size=32, cache_dir=tmp_path
+        )
+        assert ranked.forward_ms is not None and ranked.forward_ms >= 0
+    assert measured == [32]
