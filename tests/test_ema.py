@@ -106,21 +106,23 @@ def test_the_better_copy_scores_the_epoch(metric: str, raw: float, averaged: flo
 
 
 def _ema_wins(monkeypatch: pytest.MonkeyPatch, captured: list[dict[str, torch.Tensor]]) -> None:
-    """Make the EMA copy score higher (the comparison is tested above) and capture its weights."""
+    """Make the EMA copy score higher (the comparison is tested above) and capture the EMA copy's
+    weights each time an epoch's weights are kept (the best epoch's, :mod:`tlsearch.train.best`)."""
     evaluate = Trainer._evaluate
 
     def scored(self: Trainer, source: Any, *, cached: bool, model: Any = None) -> dict[str, float]:
         metrics = evaluate(self, source, cached=cached, model=model)
         return {**metrics, "accuracy": 0.9 if model is not None else 0.1}
 
-    copy_to = WeightAverage.copy_to
+    evaluated_state = Trainer.evaluated_state
 
-    def capture(self: WeightAverage, model: torch.nn.Module) -> None:
-        captured.append({k: v.detach().clone() for k, v in self.module.state_dict().items()})
-        copy_to(self, model)
+    def capture(self: Trainer, model: Any, *, cached: bool, metrics: Any = None) -> Any:
+        assert self.ema is not None
+        captured.append({k: v.detach().clone() for k, v in self.ema.module.state_dict().items()})
+        return evaluated_state(self, model, cached=cached, metrics=metrics)
 
     monkeypatch.setattr(Trainer, "_evaluate", scored)
-    monkeypatch.setattr(WeightAverage, "copy_to", capture)
+    monkeypatch.setattr(Trainer, "evaluated_state", capture)
 
 
 def test_when_the_ema_copy_wins_the_trained_model_holds_its_weights(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,7 +132,7 @@ def test_when_the_ema_copy_wins_the_trained_model_holds_its_weights(monkeypatch:
     settings = TrainSettings(epochs=2, batch_size=8, lr=0.05, augment=False, ema=0.9)
     result = Trainer(model, strategy=TrainEverything(), num_outputs=3, settings=settings).fit(data, data)
     assert result.extras["ema"]["used"] is True and result.metrics["ema_used"] == 1.0
-    (weights,) = captured
+    weights = captured[-1]  # the kept epoch's EMA copy
     for name, value in model.state_dict().items():
         assert torch.equal(value, weights[name]), name
 

@@ -27,9 +27,19 @@ def raw_image(h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(img + rng.normal(0, 15, img.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_graph_preprocessing_matches_pil_within_the_documented_levels(interpolation: str) -> None:
-    config = DataConfig(40, interpolation=interpolation, crop_pct=0.875)
+@pytest.mark.parametrize(
+    ("interpolation", "crop_mode", "crop_pct"),
+    [
+        ("bilinear", "center", 0.875),
+        ("bicubic", "center", 0.875),
+        ("bilinear", "squash", 0.9),
+        ("bicubic", "squash", 1.0),
+    ],
+)
+def test_graph_preprocessing_matches_pil_within_the_documented_levels(
+    interpolation: str, crop_mode: str, crop_pct: float
+) -> None:
+    config = DataConfig(40, interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode)
     session = ort.InferenceSession(preprocessing_model(config).SerializeToString())
     std = np.asarray(config.std, np.float32).reshape(1, 3, 1, 1) * 255
     for i, (h, w) in enumerate(SIZES):

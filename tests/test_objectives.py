@@ -48,7 +48,7 @@ def test_config_validates_objectives_and_constraints(write_study) -> None:
         parse_config({**base, "search": {"constraints": {"latency_ms": 0}}})
 
 
-def test_measure_latency_is_the_median_of_timed_batch_one_runs() -> None:
+def test_measure_latency_times_batch_one_runs_after_warmup() -> None:
     calls = []
 
     class Recorder(torch.nn.Module):

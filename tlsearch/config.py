@@ -17,6 +17,7 @@ and the valid choices; a value is echoed at most a few hundred characters long
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tlsearch.errors import ConfigError, PluginError, format_choices, short_repr
+from tlsearch.preprocessing import MIN_CROP_PCT
 from tlsearch.space import Categorical, Fixed, Float, Hyperparameter, Int, SearchSpace, narrow
 from tlsearch.study_file import read_study_yaml
 
@@ -52,6 +54,24 @@ class Range(_Strict):
         return self
 
 
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
+CropMode = Literal["center", "squash"]  # tlsearch.preprocessing.CROP_MODES
+
+
+def _as_list(value: Any, name: str) -> list[Any]:
+    """A setting that may be one value or a list of choices, as a list (a list must not be empty
+    nor name a value twice)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        return [value]
+    if not value:
+        raise ValueError(f"{name}: an empty list has nothing to search; give a value or a list of choices")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name}: the list names a value twice: {short_repr(value)}")
+    return value
+
+
 class DataSettings(_Strict):
     """Where the images are. Either ``train`` + ``val`` folders, or one ``folder`` split by
     ``val_fraction``; for regression, ``csv`` (columns ``path,target…``) with ``val_csv`` or
@@ -70,8 +90,44 @@ class DataSettings(_Strict):
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test: Path | None = None
     test_fraction: float | None = Field(None, gt=0, lt=1)
-    image_size: int | None = Field(None, ge=16, le=1024, description="override the backbone's input size")
+    image_size: int | list[int] | None = Field(
+        None, description="override the backbone's input size; a list is searched (a categorical choice)"
+    )
+    crop_pct: float | list[float] | None = Field(
+        None, description="eval crop: the centre crop's share of the resized image (timm's crop_pct)"
+    )
+    crop_mode: CropMode | list[CropMode] | None = Field(
+        None, description="eval resize: center (keep the aspect ratio) or squash (timm's crop_mode)"
+    )
     on_bad_image: Literal["error", "skip"] = "error"
+
+    @property
+    def fixed_image_size(self) -> int | None:
+        """The one ``image_size`` the study fixes; None when it searches a list or keeps each
+        backbone's own (the zero-cost ranking then scores at the backbone's native size)."""
+        return self.image_size if isinstance(self.image_size, int) else None
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_sizes(cls, v: int | list[int] | None) -> int | list[int] | None:
+        for size in _as_list(v, "image_size"):
+            if isinstance(size, bool) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+                raise ValueError(f"image_size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] but got {size}")
+        return v
+
+    @field_validator("crop_pct")
+    @classmethod
+    def _crop_pcts(cls, v: float | list[float] | None) -> float | list[float] | None:
+        for pct in _as_list(v, "crop_pct"):
+            if not MIN_CROP_PCT < pct <= 1:
+                raise ValueError(f"crop_pct must be in ({MIN_CROP_PCT}, 1] but got {pct}")
+        return v
+
+    @field_validator("crop_mode")
+    @classmethod
+    def _crop_modes(cls, v: str | list[str] | None) -> str | list[str] | None:
+        _as_list(v, "crop_mode")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSettings:
@@ -653,6 +709,10 @@ class PluginChoice:
     name: str
     space: SearchSpace
     enabled: Hyperparameter = Fixed(True)  # regularizers: searched on/off unless the study fixes it
+    #: the plugin class, for the sampler's conditional rules (``Regularizer.applies_to``)
+    plugin: type[Any] | None = dataclasses.field(default=None, compare=False, repr=False)
+    #: backbones: the input size(s) ``space.backbone.<name>.image_size`` gives it (None: the study's)
+    image_size: Hyperparameter | None = None
 
 
 @dataclass(frozen=True)
@@ -676,6 +736,11 @@ class ResolvedSpace:
     #: a searched optimizer's own lr range, when the study gives none (``train.lr.<optimizer>``;
     #: AdamW's is ``lr``, the name every study has)
     lr_by_optimizer: Mapping[str, Hyperparameter] = dataclass_field(default_factory=dict)
+    #: ``data.image_size`` / ``crop_pct`` / ``crop_mode``: a list is searched, a value fixed, None
+    #: keeps the backbone's own (a backbone's ``image_size`` replaces the study's)
+    image_size: Hyperparameter = Fixed(None)
+    crop_pct: Hyperparameter = Fixed(None)
+    crop_mode: Hyperparameter = Fixed(None)
 
 
 def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
@@ -717,6 +782,9 @@ def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
                 )
             elif "enabled" in overrides:
                 raise ConfigError(f"{where}.enabled: only regularizers can be switched on and off")
+            image_size: Hyperparameter | None = None
+            if kind == "backbone" and "image_size" in overrides:
+                image_size = _backbone_image_size(overrides.pop("image_size"), where=f"{where}.image_size")
             declared = info.cls.hyperparameters
             unknown = set(overrides) - set(declared)
             if unknown:
@@ -740,10 +808,13 @@ def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
                 )
             except PluginError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-            choices.append(PluginChoice(kind, name, SearchSpace(params), enabled))
+            choices.append(
+                PluginChoice(kind, name, SearchSpace(params), enabled, plugin=info.cls, image_size=image_size)
+            )
         resolved[section] = tuple(choices)
     t = config.training
     magnitude = t.randaugment_magnitude
+    d = config.data
     space = ResolvedSpace(
         lr=_setting(t.lr),
         warmup=_setting(t.warmup),
@@ -763,6 +834,9 @@ def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
             if isinstance(t.optimizer, list) and t.searched_lr()
             else {}
         ),
+        image_size=_choice(d.image_size),
+        crop_pct=_choice(d.crop_pct),
+        crop_mode=_choice(d.crop_mode),
         **resolved,
     )
     from tlsearch.validate import check_study  # task × loss × plugins, and each plugin at its corners
@@ -772,7 +846,7 @@ def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
 
 
 def _choice(value: Any) -> Hyperparameter:
-    """A training setting given as a list is a categorical choice; a single value is fixed."""
+    """A training or data setting given as a list is a categorical choice; a value (or None) is fixed."""
     return Categorical(tuple(value)) if isinstance(value, list) else Fixed(value)
 
 
@@ -781,3 +855,18 @@ def _setting(value: float | Range | None) -> Hyperparameter:
     if isinstance(value, Range):
         return Float(value.low, value.high, log=value.log)
     return Fixed(None if value is None else float(value))
+
+
+def _backbone_image_size(value: Any, *, where: str) -> Hyperparameter:
+    """``space.backbone.<name>.image_size``: an int or a list of ints, checked as ``data.image_size``."""
+    try:
+        sizes = _as_list(value, "image_size")
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if value is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes):
+        raise ConfigError(f"{where}: expected a size in pixels or a list of sizes, got {short_repr(value)}")
+    try:
+        DataSettings._image_sizes(value)  # the same bounds as data.image_size
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return _choice(value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ MAX_ASPECT_RATIO = 20.0  # longer side / shorter side
 # Bounds on a preprocessing (also what a deployed model's metadata may claim).
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 4096
 MIN_CROP_PCT = 0.05  # crop_pct must be in (MIN_CROP_PCT, 1]
+#: eval resize modes, timm's ``crop_mode`` names: ``center`` keeps the aspect ratio (shorter side to
+#: the resize size, centre crop); ``squash`` resizes both sides to the resize size, then centre-crops
+CROP_MODES = ("center", "squash")
 
 # Grey modes with more than 8 bits per pixel: scaled to 8 bits, since Pillow's convert("RGB")
 # clips them (a 16-bit PNG would decode all white).
@@ -52,9 +55,11 @@ def display_path(path: str | Path) -> str:
 class DataConfig:
     """A backbone's preprocessing: timm's data config in a typed form.
 
-    ``input_size`` is the square side in pixels. Eval preprocessing: resize the shorter side to
+    ``input_size`` is the square side in pixels. Eval preprocessing: resize the shorter side
+    (``crop_mode: center``, the default) or both sides (``squash``, aspect ratio not kept) to
     ``round(input_size / crop_pct)`` with ``interpolation``, centre-crop ``input_size``, scale to
-    [0, 1], normalise with ``mean``/``std``.
+    [0, 1], normalise with ``mean``/``std``. ``crop_pct: 1`` with ``squash`` is a plain resize of
+    the whole image, which suits small images whose object fills the frame.
     """
 
     input_size: int
@@ -62,6 +67,7 @@ class DataConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
     crop_pct: float = 0.875
+    crop_mode: str = "center"
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -74,6 +80,8 @@ class DataConfig:
             )
         if not MIN_CROP_PCT < self.crop_pct <= 1:  # also False for NaN
             raise ValueError(f"crop_pct must be in ({MIN_CROP_PCT}, 1] but got {self.crop_pct!r}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode {self.crop_mode!r} is not supported; valid: {', '.join(CROP_MODES)}")
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != 3 or not all(math.isfinite(v) for v in values):
                 raise ValueError(f"{name} must be 3 finite numbers (R, G, B) but got {list(values)!r}")
@@ -85,7 +93,15 @@ class DataConfig:
         return int(round(self.input_size / self.crop_pct))
 
     def with_size(self, input_size: int) -> DataConfig:
-        return DataConfig(input_size, self.mean, self.std, self.interpolation, self.crop_pct)
+        return replace(self, input_size=input_size)
+
+    def with_eval(self, *, crop_pct: float | None = None, crop_mode: str | None = None) -> DataConfig:
+        """This preprocessing with the study's eval crop and resize mode (None keeps the backbone's)."""
+        return replace(
+            self,
+            crop_pct=self.crop_pct if crop_pct is None else float(crop_pct),
+            crop_mode=self.crop_mode if crop_mode is None else crop_mode,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,6 +116,7 @@ class DataConfig:
             std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
             interpolation=str(d["interpolation"]),
             crop_pct=float(d["crop_pct"]),
+            crop_mode=str(d.get("crop_mode", "center")),  # models exported before it existed: center
         )
 
 
@@ -145,10 +162,16 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 def resize_center_crop(image: Image.Image, config: DataConfig) -> np.ndarray:
-    """Eval geometry: shorter side to ``config.resize_size``, centre crop ``input_size``. Returns HWC uint8."""
+    """Eval geometry: shorter side (``squash``: both sides) to ``config.resize_size``, centre crop
+    ``input_size``. Returns HWC uint8."""
     w, h = image.size
     short = config.resize_size
-    if w <= h:
+    if config.crop_mode == "squash":
+        new_w = new_h = short
+        # Width, then height, as two explicit passes: Pillow picks the order of its two passes by
+        # itself when the sides scale differently, and the ONNX graph (width first) must match.
+        image = image.resize((new_w, h), INTERPOLATIONS[config.interpolation])
+    elif w <= h:
         new_w, new_h = short, max(short, int(round(h * short / w)))
     else:
         new_w, new_h = max(short, int(round(w * short / h))), short

@@ -11,7 +11,9 @@ do nothing) in every trial:
   instantiated at the *corners* of that space (every range at its low end, then at its high end,
   then each categorical choice once, the rest at their low ends). This is bounded (2 + the number of
   choices, not the product), and it runs the plugin's own checks, such as an unknown timm model;
-* a regularizer whose ``optimizer_options``/``loss_options`` return keys the trainer does not read.
+* a regularizer whose ``optimizer_options``/``loss_options`` return keys the trainer does not read;
+* an ``image_size`` (the study's, or a backbone's own) that a fixed-size backbone cannot take;
+* a regularizer switched on that has no effect under any of the study's freezing strategies.
 
 :func:`check_trainer_options` is the part the :class:`~tlsearch.train.Trainer` repeats for scripts
 that build one directly.
@@ -130,6 +132,59 @@ def _check_choice(
                     )
 
 
+def _values(hp: Hyperparameter) -> list[Any]:
+    if isinstance(hp, Categorical):
+        return list(hp.choices)
+    return [hp.value] if isinstance(hp, Fixed) and hp.value is not None else []
+
+
+def check_image_sizes(choice: PluginChoice, cls: type[Plugin], space: ResolvedSpace, *, where: str) -> None:
+    """Refuse an ``image_size`` the backbone cannot take (:meth:`Backbone.input_sizes`), naming
+    the backbone and the sizes it takes."""
+    sizes = _values(choice.image_size if choice.image_size is not None else space.image_size)
+    if not sizes:
+        return
+    for values in corners(choice.space.params):
+        try:
+            accepted = cls(**values).input_sizes()  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - _check_choice reports a refused corner
+            continue
+        if accepted is None:
+            continue
+        bad = [s for s in sizes if s not in accepted]
+        if bad:
+            shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            raise ConfigError(
+                f"{where}: the backbone {choice.name!r}{f' ({shown})' if shown else ''} has a fixed input "
+                f"size and cannot take image_size {', '.join(map(str, bad))}; the sizes it takes: "
+                f"{', '.join(map(str, accepted))}"
+            )
+
+
+def check_regularizers_apply(space: ResolvedSpace, registry: Any, *, source: str) -> None:
+    """Refuse a regularizer the study switches on (``enabled: true``) that has no effect under any
+    of its freezing strategies (:meth:`Regularizer.applies_to`): the search would never sample it."""
+    strategies = []
+    for choice in space.freezing:
+        cls = registry.get(choice.kind, choice.name).cls
+        for values in corners(choice.space.params):
+            try:
+                strategies.append(cls(**values))
+            except Exception:  # noqa: BLE001 - _check_choice reports a refused corner
+                continue
+    for reg in space.regularizers:
+        cls = registry.get(reg.kind, reg.name).cls
+        if reg.enabled != Fixed(True) or not strategies:
+            continue
+        if not any(cls.applies_to(strategy) for strategy in strategies):
+            names = ", ".join(c.name for c in space.freezing)
+            raise ConfigError(
+                f"{source}: space.regularizers.{reg.name}: switched on, but it has no effect with a "
+                f"frozen backbone, and every freezing strategy of the study keeps it frozen ({names}); "
+                "add one that trains the backbone (e.g. full_finetune) or drop the regularizer"
+            )
+
+
 def check_study(config: StudyConfig, space: ResolvedSpace, registry: Any) -> None:
     """Refuse, before any work, the combinations of task, loss and plugins that cannot run (see the module doc)."""
     source = str(config.source or "<study>")
@@ -148,3 +203,6 @@ def check_study(config: StudyConfig, space: ResolvedSpace, registry: Any) -> Non
                 where=f"{source}: space.{section}.{choice.name}",
                 section_choices=[format_choices(sorted(fitting))] if fitting else [],
             )
+            if section == "backbone":
+                check_image_sizes(choice, cls, space, where=f"{source}: space.{section}.{choice.name}")
+    check_regularizers_apply(space, registry, source=source)

@@ -63,7 +63,7 @@ def rank(
         data=data,
         task=config.task,
         score=score,
-        image_size=config.data.image_size,
+        image_size=config.data.fixed_image_size,
         device=resolve_device(config.training.device),
         cache_dir=study_dir.cache,
         max_images=max_images,

@@ -1,6 +1,6 @@
 """Preprocessing inside the ONNX graph: a model that takes raw ``uint8`` HWC images of any size.
 
-The graph reproduces :func:`tlsearch.preprocessing.resize_center_crop` + :func:`normalize` with
+The graph reproduces :func:`tlsearch.preprocessing.resize_center_crop` (either ``crop_mode``) + :func:`normalize` with
 standard ONNX operators (opset ≥ 18 for ``Resize(antialias=1)``), so a deployer needs no knowledge
 of the training transforms. It is prepended to a plain (``NCHW`` float, normalised) model, fp32 or
 INT8 alike. Torch-free.
@@ -43,6 +43,36 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name=name))
 
 
+def _aspect_sides(p: str, short: int) -> list[onnx.NodeProto]:
+    """``new_h``, ``new_w`` of ``crop_mode: center``: the shorter side to the resize size."""
+    return [
+        _const(p + "short_f", np.array([float(short)], np.float64)),
+        helper.make_node("Min", [p + "h", p + "w"], [p + "min_side"]),
+        helper.make_node("Cast", [p + "h"], [p + "h_f"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", [p + "w"], [p + "w_f"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", [p + "min_side"], [p + "min_f"], to=TensorProto.DOUBLE),
+        # new side = max(short, round(side * short / shorter side)), as resize_center_crop (round half even).
+        helper.make_node("Mul", [p + "h_f", p + "short_f"], [p + "h_x"]),
+        helper.make_node("Div", [p + "h_x", p + "min_f"], [p + "h_r"]),
+        helper.make_node("Round", [p + "h_r"], [p + "h_rr"]),
+        helper.make_node("Cast", [p + "h_rr"], [p + "h_i"], to=TensorProto.INT64),
+        helper.make_node("Max", [p + "h_i", p + "short"], [p + "new_h"]),
+        helper.make_node("Mul", [p + "w_f", p + "short_f"], [p + "w_x"]),
+        helper.make_node("Div", [p + "w_x", p + "min_f"], [p + "w_r"]),
+        helper.make_node("Round", [p + "w_r"], [p + "w_rr"]),
+        helper.make_node("Cast", [p + "w_rr"], [p + "w_i"], to=TensorProto.INT64),
+        helper.make_node("Max", [p + "w_i", p + "short"], [p + "new_w"]),
+    ]
+
+
+def _squash_sides(p: str) -> list[onnx.NodeProto]:
+    """``new_h``, ``new_w`` of ``crop_mode: squash``: both sides to the resize size."""
+    return [
+        helper.make_node("Identity", [p + "short"], [p + "new_h"]),
+        helper.make_node("Identity", [p + "short"], [p + "new_w"]),
+    ]
+
+
 def preprocessing_nodes(config: DataConfig, *, input_name: str, output_name: str) -> list[onnx.NodeProto]:
     """Nodes mapping ``input_name`` (N, H, W, 3) uint8 to ``output_name`` (N, 3, S, S) float32 normalised."""
     if config.interpolation not in _RESIZE_MODES:
@@ -66,7 +96,6 @@ def preprocessing_nodes(config: DataConfig, *, input_name: str, output_name: str
         _const(p + "idx_h", np.array([1], np.int64)),
         _const(p + "idx_w", np.array([2], np.int64)),
         _const(p + "short", np.array([short], np.int64)),
-        _const(p + "short_f", np.array([float(short)], np.float64)),
         _const(p + "size", np.array([size], np.int64)),
         _const(p + "two", np.array([2], np.int64)),
         _const(p + "axes", np.array([1, 2], np.int64)),
@@ -77,21 +106,7 @@ def preprocessing_nodes(config: DataConfig, *, input_name: str, output_name: str
         helper.make_node("Shape", [input_name], [p + "shape"]),
         helper.make_node("Gather", [p + "shape", p + "idx_h"], [p + "h"]),
         helper.make_node("Gather", [p + "shape", p + "idx_w"], [p + "w"]),
-        helper.make_node("Min", [p + "h", p + "w"], [p + "min_side"]),
-        helper.make_node("Cast", [p + "h"], [p + "h_f"], to=TensorProto.DOUBLE),
-        helper.make_node("Cast", [p + "w"], [p + "w_f"], to=TensorProto.DOUBLE),
-        helper.make_node("Cast", [p + "min_side"], [p + "min_f"], to=TensorProto.DOUBLE),
-        # new side = max(short, round(side * short / shorter side)), as resize_center_crop (round half even).
-        helper.make_node("Mul", [p + "h_f", p + "short_f"], [p + "h_x"]),
-        helper.make_node("Div", [p + "h_x", p + "min_f"], [p + "h_r"]),
-        helper.make_node("Round", [p + "h_r"], [p + "h_rr"]),
-        helper.make_node("Cast", [p + "h_rr"], [p + "h_i"], to=TensorProto.INT64),
-        helper.make_node("Max", [p + "h_i", p + "short"], [p + "new_h"]),
-        helper.make_node("Mul", [p + "w_f", p + "short_f"], [p + "w_x"]),
-        helper.make_node("Div", [p + "w_x", p + "min_f"], [p + "w_r"]),
-        helper.make_node("Round", [p + "w_r"], [p + "w_rr"]),
-        helper.make_node("Cast", [p + "w_rr"], [p + "w_i"], to=TensorProto.INT64),
-        helper.make_node("Max", [p + "w_i", p + "short"], [p + "new_w"]),
+        *(_squash_sides(p) if config.crop_mode == "squash" else _aspect_sides(p, short)),
         helper.make_node("Concat", [p + "new_h", p + "new_w"], [p + "new_hw"], axis=0),
         helper.make_node("Cast", [input_name], [p + "img_f"], to=TensorProto.FLOAT),
         # Two separable passes, width first, each rounded and clipped to uint8 levels: as PIL does.

@@ -36,6 +36,15 @@ class Backbone(Plugin):
         """Create the feature extractor with its weights loaded. Never falls back silently to random
         weights: a missing weight file or an offline hub is an error that says how to give one."""
 
+    def input_sizes(self) -> tuple[int, ...] | None:
+        """The input sizes this backbone's architecture can take, or None (the default) for any.
+
+        A backbone built for fixed sizes (an exported graph, a model without dynamic position
+        embeddings) returns them: a study whose ``data.image_size`` (or the backbone's own
+        ``image_size``) names another size is then a config error naming the backbone and these
+        sizes, before any work."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Cheap facts for listings and the search (parameter count, FLOPs) without building; may be empty."""
         return {}

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from tlsearch.kinds._base import Plugin
 from tlsearch.kinds.model import TransferModel
+
+if TYPE_CHECKING:
+    from tlsearch.kinds.freezing import FreezingStrategy
 
 #: the keys :meth:`Regularizer.optimizer_options` may return (the trainer reads these and no others)
 OPTIMIZER_OPTIONS = ("weight_decay",)
@@ -30,11 +33,27 @@ class Regularizer(Plugin):
 
     ``calibration_images``: how many training images :meth:`calibrate` wants once before training
     (0, the default: it is not called). DELTA uses them for its channel attention.
+
+    ``needs_trainable_backbone``: True when the regularizer changes nothing worth its cost unless
+    the backbone trains (L2-SP and DELTA pull trained backbone weights or features back; BSS on
+    fixed features is a constant; mixup and cutmix would turn a probe's feature cache off). The
+    search then never samples it together with a freezing strategy that keeps the backbone frozen
+    (:meth:`applies_to`), so no trial is spent on a combination that only differs in name.
     """
 
     kind: ClassVar[str] = "regularizer"
     uses_inputs: ClassVar[bool] = False
     calibration_images: ClassVar[int] = 0
+    needs_trainable_backbone: ClassVar[bool] = False
+
+    @classmethod
+    def applies_to(cls, strategy: FreezingStrategy) -> bool:
+        """Whether this regularizer has an effect under ``strategy`` (an instance, with the trial's
+        hyperparameters: ``freeze_stages`` at fraction 1 freezes the whole backbone). The sampler
+        skips a regularizer for which this is False: it is off in that trial and its
+        hyperparameters are not sampled. Default: False only when :attr:`needs_trainable_backbone`
+        and ``strategy.backbone_frozen``; override for a finer rule."""
+        return not (cls.needs_trainable_backbone and strategy.backbone_frozen)
 
     def backbone_options(self) -> dict[str, Any]:
         """Options passed to ``Backbone.build`` (e.g. ``{"drop_path_rate": 0.1}``)."""

@@ -171,6 +171,7 @@ def score_candidate(
 ) -> RankedBackbone:
     """Build ``candidate``, run it once over the training split and score its features (by
     ``score``; with ``all_scores`` every score that fits the task is in ``scores`` too)."""
+    from tlsearch.search.latency import LatencyCache
     from tlsearch.search.objectives import measure_latency
 
     started = time.perf_counter()
@@ -199,7 +200,12 @@ def score_candidate(
     labels = np.asarray(train.targets)
     names = [n for n in SCORES if task == "classification" or n == "logme"] if all_scores else [score]
     scores = {name: transferability(name, features, labels, task=task) for name in names}
-    forward_ms = measure_latency(model.backbone, input_size=model.data_config.input_size, device=device)
+    size = model.data_config.input_size
+    forward_ms = (  # kept in the study's cache: a re-rank does not time the backbone again
+        LatencyCache(Path(cache_dir)).measure(model.backbone, input_size=size, device=device)
+        if cache_dir is not None
+        else measure_latency(model.backbone, input_size=size, device=device)
+    )
     described = _describe(plugin)
     value = scores[score]
     return RankedBackbone(

@@ -76,7 +76,7 @@ def ranked_space(
             data=data,
             task=config.task,
             score=settings.score,
-            image_size=config.data.image_size,
+            image_size=config.data.fixed_image_size,
             device=device,
             cache_dir=cache_dir,
             max_images=settings.max_images,

@@ -28,12 +28,8 @@ from tlsearch.search.failures import (
     short_traceback,
     study_wide,
 )
-from tlsearch.search.objectives import (
-    LATENCY_ATTR,
-    measure_latency,
-    objective_values,
-    record_constraints,
-)
+from tlsearch.search.latency import LatencyCache, latency_needed
+from tlsearch.search.objectives import LATENCY_ATTR, objective_values, record_constraints
 from tlsearch.search.pruning import WORK_ATTR
 from tlsearch.search.recovery import (
     MAX_RETRIES,
@@ -44,7 +40,13 @@ from tlsearch.search.recovery import (
     requeue,
     sweep_stale_trials,
 )
-from tlsearch.search.sampling import TrialPlugins, build_model, describe_choices, sample_choices
+from tlsearch.search.sampling import (
+    TrialPlugins,
+    build_model,
+    data_choices,
+    describe_choices,
+    sample_choices,
+)
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
@@ -129,7 +131,8 @@ class Objective:
     ``plugins``, ``history`` (per-epoch metrics), ``metrics``, ``seconds``, ``params`` (parameter
     count of the whole model), ``trainable_params``, ``backbone`` (the backbone's facts: model,
     weights, cost), ``gflops``, ``feature_cache``, ``speed`` (data placement, compile decision,
-    feature-cache hit, per-epoch timing), ``latency_ms``, ``ema`` (with ``training.ema``: whether
+    feature-cache hit, per-epoch timing), ``latency_ms`` (only when an objective or constraint reads
+    it, :mod:`tlsearch.search.latency`), ``ema`` (with ``training.ema``: whether
     the checkpoint holds the weights' moving average), ``worker`` (who ran it), ``work`` (GFLOP of the epochs so far and their count,
     :mod:`tlsearch.train.work`), ``best_epoch``
     (the epoch whose weights and metrics the trial keeps, 0-based), ``epochs_run``, ``stopped``
@@ -382,7 +385,7 @@ class Objective:
         model = build_model(
             plugins,
             num_outputs=self.data.num_outputs,
-            image_size=config.data.image_size,
+            **data_choices(choices, config.data),
             backbone_seed=config.search.seed or 0,
             head_seed=seed,
         )
@@ -440,11 +443,14 @@ class Objective:
             "feature_cache": result.used_feature_cache,
             "precision": result.precision,
             "device": str(self.device),
-            LATENCY_ATTR: measure_latency(model, input_size=model.data_config.input_size, device=self.device),
             "gflops": model.info.get("gflops"),
         }
         if "ema" in result.extras:  # which weights the checkpoint holds: the average's or the last step's
             info["ema"] = result.extras["ema"]
+        if latency_needed(config):  # measured once per architecture × input size × device
+            info[LATENCY_ATTR] = LatencyCache(self.study_dir.cache).measure(
+                model, input_size=model.data_config.input_size, device=self.device
+            )
         self.record_finished(
             trial,
             writer,

@@ -6,9 +6,11 @@ cost limits (``docs/smarter-search.md``)::
     search: {objectives: [accuracy, latency_ms]}      # a Pareto front (Optuna multi-objective)
     search: {constraints: {latency_ms: 20}}           # max accuracy s.t. latency ≤ 20 ms
 
-Costs are ``latency_ms`` (the trained model's batch-1 forward time on the trial's device: median of
-timed runs after warm-up, :func:`measure_latency`), ``params`` and ``gflops``; every trial records
-``latency_ms`` as a user attribute. A constrained trial stores ``constraints`` (value − limit per
+Costs are ``latency_ms`` (the trained model's batch-1 forward time on the trial's device: the
+minimum of timed runs after warm-up, :func:`measure_latency`, measured once per architecture × input
+size × device and only when an objective or constraint needs it, :mod:`tlsearch.search.latency`),
+``params`` and ``gflops``; a trial of a study that reads latency records ``latency_ms`` as a user
+attribute. A constrained trial stores ``constraints`` (value − limit per
 constraint; ≤ 0 is feasible) for Optuna (``Trial.set_constraint``, or ``constraints_func`` on older Optuna).
 
 Best-trial selection is cost-aware (:func:`select_best`): among trials whose score is equal (within
@@ -21,7 +23,6 @@ constraints, only feasible trials count. The leaderboard orders trials the same 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -51,8 +52,10 @@ def measure_latency(
     runs: int = LATENCY_RUNS,
     warmup: int = LATENCY_WARMUP,
 ) -> float:
-    """Batch-1 forward time of ``model`` in milliseconds (eval mode, fp32): the median of ``runs``
-    timed calls after ``warmup`` untimed ones, synchronising the GPU around each call."""
+    """Batch-1 forward time of ``model`` in milliseconds (eval mode, fp32): the minimum of ``runs``
+    timed calls after ``warmup`` untimed ones, synchronising the GPU around each call. The minimum,
+    not the median: other load on the machine only ever adds time, so the fastest run is the
+    closest to the model's own cost."""
     if runs < 1:
         raise ValueError(f"runs must be >= 1 but got {runs}")
     device = torch.device(device)
@@ -71,7 +74,7 @@ def measure_latency(
                 times.append(time.perf_counter() - started)
     finally:
         model.train(was_training)
-    return statistics.median(times) * 1000.0
+    return min(times) * 1000.0
 
 
 def cost_value(name: str, attrs: dict[str, Any]) -> float:

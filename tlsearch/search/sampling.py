@@ -31,16 +31,78 @@ def _pick(trial: _Trial, key: str, options: tuple[PluginChoice, ...]) -> PluginC
     return by_name[name]
 
 
+def _strategy(choice: PluginChoice, params: dict[str, Any]) -> FreezingStrategy | None:
+    """The trial's freezing strategy, for the regularizers' :meth:`~Regularizer.applies_to`
+    (None when it cannot be made here: the trial then fails where plugins are instantiated)."""
+    if choice.plugin is None:
+        return None
+    try:
+        strategy = choice.plugin(**params)
+    except Exception:  # noqa: BLE001 - reported with its plugin's name when the trial builds it
+        return None
+    return strategy if isinstance(strategy, FreezingStrategy) else None
+
+
+def _applies(reg: PluginChoice, strategy: FreezingStrategy | None) -> bool:
+    plugin = reg.plugin
+    if strategy is None or plugin is None or not issubclass(plugin, Regularizer):
+        return True
+    return bool(plugin.applies_to(strategy))
+
+
+DATA_KEYS = ("image_size", "crop_pct", "crop_mode")
+
+
+def _sample_data(trial: _Trial, space: ResolvedSpace, backbone: PluginChoice) -> dict[str, Any]:
+    """The trial's input size, eval crop and resize mode as ``data.<name>`` choices: sampled when
+    the study lists choices, recorded when it fixes one, absent when the backbone's own applies.
+    A backbone's own ``image_size`` list is a separate Optuna parameter
+    (``data.image_size.<backbone>``): each backbone has its own choices."""
+    out: dict[str, Any] = {}
+    for name in DATA_KEYS:
+        hp = getattr(space, name)
+        param = f"data.{name}"
+        if name == "image_size" and backbone.image_size is not None:
+            hp, param = backbone.image_size, f"data.image_size.{backbone.name}"
+        value = hp.suggest(trial, param)
+        if value is not None:
+            out[f"data.{name}"] = value
+    return out
+
+
+def data_choices(choices: dict[str, Any], data: Any = None) -> dict[str, Any]:
+    """``image_size``, ``crop_pct``, ``crop_mode`` of a trial, for :func:`build_model`: its choices,
+    else (trials recorded before these were choices) the study's ``data`` settings when they fix a value."""
+    out: dict[str, Any] = {}
+    for name in DATA_KEYS:
+        fixed = getattr(data, name, None)
+        out[name] = choices.get(f"data.{name}", None if isinstance(fixed, list) else fixed)
+    return out
+
+
 def sample_choices(trial: _Trial, space: ResolvedSpace) -> dict[str, Any]:
-    """Sample one trial's plugins and hyperparameters (define-by-run, namespaced names)."""
+    """Sample one trial's plugins and hyperparameters (define-by-run, namespaced names).
+
+    The space is conditional: a regularizer that has no effect under the sampled freezing strategy
+    (:meth:`Regularizer.applies_to`, e.g. L2-SP with a linear probe) is recorded as off without
+    sampling it, so the search spends no trial on it there."""
     choices: dict[str, Any] = {}
+    strategy: FreezingStrategy | None = None
     for key in ("backbone", "head", "freezing"):
         choice = _pick(trial, key, getattr(space, key))
         choices[key] = choice.name
-        for pname, value in choice.space.sample(trial, f"{key}.{choice.name}").items():
+        params = choice.space.sample(trial, f"{key}.{choice.name}")
+        for pname, value in params.items():
             choices[f"{key}.{choice.name}.{pname}"] = value
+        if key == "freezing":
+            strategy = _strategy(choice, params)
+        if key == "backbone":
+            choices.update(_sample_data(trial, space, choice))
     for reg in space.regularizers:
         prefix = f"regularizer.{reg.name}"
+        if not _applies(reg, strategy):
+            choices[prefix] = False
+            continue
         enabled = bool(reg.enabled.suggest(trial, prefix))
         choices[prefix] = enabled
         if enabled:
@@ -132,14 +194,17 @@ def build_model(
     *,
     num_outputs: int,
     image_size: int | None,
+    crop_pct: float | None = None,
+    crop_mode: str | None = None,
     load_weights: bool = True,
     backbone_seed: int | None = None,
     head_seed: int | None = None,
 ) -> TransferModel:
     """Backbone + head of a trial.
 
-    The backbone gets the options its regularizers ask for, the study's ``image_size`` (which also
-    overrides its preprocessing size) and, when a checkpoint is loaded next, ``load_weights=False``.
+    The backbone gets the options its regularizers ask for, the trial's ``image_size`` (which also
+    overrides its preprocessing size) and, when a checkpoint is loaded next, ``load_weights=False``;
+    ``crop_pct`` and ``crop_mode`` replace its eval crop and resize mode (None keeps its own).
 
     Randomly initialised weights come from ``backbone_seed`` and ``head_seed`` when given (each
     seeds torch's generator just before that part is built), so a trial is reproducible whatever ran
@@ -157,13 +222,16 @@ def build_model(
     built = plugins.backbone.build(**options)
     if image_size is not None:
         built.data_config = built.data_config.with_size(image_size)
+    if crop_pct is not None or crop_mode is not None:
+        built.data_config = built.data_config.with_eval(crop_pct=crop_pct, crop_mode=crop_mode)
     if head_seed is not None:
         torch.manual_seed(head_seed)
     return TransferModel(built, plugins.head.build(built.num_features, num_outputs))
 
 
 def describe_choices(choices: dict[str, Any]) -> str:
-    """A one-line summary: ``timm(resnet18) + linear | layer_decay | label_smoothing, mixup``."""
+    """A one-line summary: ``timm(resnet18) @160px + linear | layer_decay | label_smoothing, mixup``
+    (the size only when the trial records one)."""
     backbone = choices["backbone"]
     model = choices.get(f"backbone.{backbone}.model")
     regs = [
@@ -171,7 +239,9 @@ def describe_choices(choices: dict[str, Any]) -> str:
         for k, v in choices.items()
         if k.startswith("regularizer.") and k.count(".") == 1 and v
     ]
+    size = choices.get("data.image_size")
     return (
-        f"{backbone}{f'({model})' if model else ''} + {choices['head']} | {choices['freezing']}"
+        f"{backbone}{f'({model})' if model else ''}{f' @{size}px' if size else ''}"
+        f" + {choices['head']} | {choices['freezing']}"
         f" | {', '.join(regs) or 'no regularizer'} | lr {choices['train.lr']:.2g}"
     )

@@ -51,3 +51,17 @@ def measure_cost(
             "input_size": int(input_size),
         }
     return dict(_CACHE[cache_key])
+
+
+def cost_at_size(
+    factory: Callable[[], nn.Module], *, key: str, input_size: int, native_size: int
+) -> dict[str, Any]:
+    """:func:`measure_cost` at the trial's ``input_size`` (FLOPs grow with it), or at the model's
+    ``native_size`` when the meta-device model cannot run at that size (a ViT built for one size:
+    the trial's own model is resized, the meta copy is not)."""
+    if input_size != native_size:
+        try:
+            return measure_cost(factory, key=key, input_size=input_size)
+        except Exception:  # noqa: BLE001 - a cost figure is never worth failing a trial for
+            pass
+    return measure_cost(factory, key=key, input_size=native_size)

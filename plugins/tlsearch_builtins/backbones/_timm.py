@@ -16,7 +16,7 @@ from tlsearch.errors import PluginError
 from tlsearch.kinds import Backbone, BuiltBackbone
 from tlsearch.preprocessing import INTERPOLATIONS, DataConfig
 from tlsearch.space import Fixed, Hyperparameter, Required
-from tlsearch_builtins.backbones._cost import measure_cost
+from tlsearch_builtins.backbones._cost import cost_at_size, measure_cost
 from tlsearch_builtins.hub import check_hub_weights, timm_hub_sources
 from tlsearch_builtins.weights import (
     ModelBuilders,
@@ -162,8 +162,12 @@ def build_timm_backbone(
         module = create_timm_model(model_name, weights=weights, key_map=key_map, **kwargs)
         applied = "unsupported"
     data_config = timm_data_config(module)
-    cost = measure_cost(
-        lambda: _meta_timm(model_name), key=f"timm:{model_name}", input_size=data_config.input_size
+    size = int(options.get("input_size") or data_config.input_size)  # the trial's: costs follow it
+    cost = cost_at_size(
+        lambda: _meta_timm(model_name),
+        key=f"timm:{model_name}",
+        input_size=size,
+        native_size=data_config.input_size,
     )
     return BuiltBackbone(
         module=module,
@@ -178,7 +182,7 @@ def build_timm_backbone(
             "weights": weights,
             "params": sum(p.numel() for p in module.parameters()),
             "gflops": cost["gflops"],
-            "input_size": data_config.input_size,
+            "input_size": size,
             "drop_path_rate": applied,
         },
     )

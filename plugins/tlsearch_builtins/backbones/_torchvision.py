@@ -21,7 +21,7 @@ from tlsearch.errors import PluginError, format_choices
 from tlsearch.kinds import Backbone, BuiltBackbone
 from tlsearch.preprocessing import DataConfig
 from tlsearch.space import Fixed, Hyperparameter, Required
-from tlsearch_builtins.backbones._cost import measure_cost
+from tlsearch_builtins.backbones._cost import cost_at_size, measure_cost
 from tlsearch_builtins.backbones._timm import WEIGHTS_HELP, space_values
 from tlsearch_builtins.hub import check_hub_weights, url_hub_sources
 from tlsearch_builtins.weights import (
@@ -288,8 +288,11 @@ class TorchvisionBackbone(Backbone):
                 module, int(size), rebuild=lambda **kw: get_model(self.model, **kwargs, **kw)
             )
         data_config = torchvision_data_config(self.model, self.weights_tag)
-        cost = measure_cost(
-            lambda: _meta_torchvision(self.model), key=f"tv:{self.model}", input_size=data_config.input_size
+        cost = cost_at_size(  # at the trial's input size: costs follow it
+            lambda: _meta_torchvision(self.model),
+            key=f"tv:{self.model}",
+            input_size=int(size) if size is not None else data_config.input_size,
+            native_size=data_config.input_size,
         )
         return BuiltBackbone(
             module=module,

@@ -26,6 +26,7 @@ def _mix_targets(targets: torch.Tensor, perm: torch.Tensor, lam: float, num_outp
 
 class _Mixing(Regularizer):
     uses_inputs = True
+    needs_trainable_backbone = True  # with a frozen backbone it costs the feature cache (~20× time)
     hyperparameters = {
         "alpha": Float(0.1, 1.0, log=True, default=0.2, help="Beta(α, α) for the mixing weight λ"),
         "prob": Float(0.25, 1.0, default=1.0, help="probability that a batch is mixed"),

@@ -27,6 +27,7 @@ class L2SP(Regularizer):
     """
 
     name = "l2_sp"
+    needs_trainable_backbone = True  # a frozen backbone stays at θ0; the head's L2 is weight_decay's job
     hyperparameters = {
         "alpha": Float(1e-4, 1e-1, log=True, default=1e-2, help="strength toward θ0 on the backbone"),
         "beta": Float(1e-4, 1e-1, log=True, default=1e-3, help="plain L2 strength on the head"),
@@ -128,6 +129,7 @@ class DELTA(Regularizer):
 
     name = "delta"
     uses_inputs = True
+    needs_trainable_backbone = True  # a frozen backbone's feature maps are the starting model's
     calibration_images = ATTENTION_IMAGES
     hyperparameters = {
         "strength": Float(1e-4, 1e-1, log=True, default=1e-2),
@@ -352,6 +354,7 @@ class BSS(Regularizer):
     """
 
     name = "bss"
+    needs_trainable_backbone = True  # on fixed features the penalty is a constant
     hyperparameters = {
         "strength": Float(1e-4, 1e-1, log=True, default=1e-3, help="η"),
         "k": Int(1, 4, default=1, help="how many of the smallest singular values"),
