@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterable
+
+#: the errno values of a full disk (no space left, or the user's quota used up)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class TlsearchError(Exception):
@@ -32,6 +37,26 @@ class DataError(TlsearchError):
     trial (the data is checked once up front), so the CLI exits with code 2, as for a config error."""
 
     exit_code = 2
+
+
+class WriteError(TlsearchError):
+    """A file of the study could not be written (a full disk, most often); the message names the
+    file. Each such file is written whole or not at all (:mod:`tlsearch.files`), and the trials
+    already complete are in the storage, so nothing is lost: free space and rerun to resume."""
+
+    @classmethod
+    def from_os_error(cls, path: str | os.PathLike[str], exc: OSError) -> WriteError:
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        if exc.errno in NO_SPACE:
+            what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is used up"
+            return cls(
+                f"cannot write {os.fspath(path)}: {what} ({code}); nothing was lost (the file is written "
+                "whole or not at all, and every completed trial is kept): free some space and rerun the "
+                "same command to resume"
+            )
+        return cls(
+            f"cannot write {os.fspath(path)}: {exc.strerror or exc} ({code}); nothing else was changed"
+        )
 
 
 class ExportError(TlsearchError):

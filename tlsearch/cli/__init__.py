@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from tlsearch import __version__
-from tlsearch.errors import TlsearchError
+from tlsearch.errors import NO_SPACE, TlsearchError, WriteError
 
 #: command name → module of tlsearch.cli that defines it
 COMMANDS = {
@@ -46,6 +46,12 @@ class _LazyGroup(click.Group):
         except TlsearchError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a full disk where no write of tlsearch's own names the file
+            if exc.errno not in NO_SPACE:
+                raise
+            error = WriteError.from_os_error(exc.filename or "a file of the study", exc)
+            click.echo(f"error: {error}", err=True)
+            sys.exit(error.exit_code)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
