@@ -109,13 +109,18 @@ class Sandbox:
         self.log.append(f"$ run {' '.join(args)} -> {done.returncode}\n{done.stderr[-2000:]}")
         return done
 
-    def start(self, study: Path, out: Path, *args: str) -> subprocess.Popen[str]:
+    def start(
+        self, study: Path, out: Path, *args: str, preexec_fn: Callable[[], None] | None = None
+    ) -> subprocess.Popen[str]:
+        """``tlsearch run`` in the background (its stderr to a file in the sandbox, so that a
+        long run never blocks on a full pipe)."""
         return subprocess.Popen(
             self.command(study, out, *args),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=(self.root / "started.err").open("w"),
             text=True,
             env=_env(),
+            preexec_fn=preexec_fn,
         )
 
 
