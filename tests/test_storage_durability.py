@@ -21,7 +21,7 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from tlsearch.errors import WriteError
+from tlsearch.errors import WriteError, disk_full_error
 from tlsearch.search import journal
 from tlsearch.search.journal import JournalCorruptError, JournalWriteError
 from tlsearch.search.storage import make_storage
@@ -144,6 +144,8 @@ def test_sqlite_on_a_full_disk_fails_cleanly_and_loses_nothing(small_disk):
     with pytest.raises(optuna.exceptions.StorageInternalError) as raised:
         _study(spec).optimize(_big_attr, n_trials=3)
     assert "database or disk is full" in str(raised.value.__cause__)
+    said = disk_full_error(raised.value)  # what the CLI prints instead of a traceback
+    assert said is not None and "the disk is full" in str(said) and "nothing was lost" in str(said)
     assert len(_complete(spec)) == 5
     filler.unlink()
     _study(spec).optimize(_big_attr, n_trials=2)

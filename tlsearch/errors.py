@@ -59,6 +59,26 @@ class WriteError(TlsearchError):
         )
 
 
+def disk_full_error(exc: BaseException) -> WriteError | None:
+    """The :class:`WriteError` for an error that a full disk caused anywhere in its chain (an
+    ``OSError`` ENOSPC/EDQUOT, or SQLite's "database or disk is full" under Optuna's storage
+    error), else None: what the CLI prints instead of a traceback."""
+    seen: BaseException | None = exc
+    for _ in range(32):  # a chain is short; a cycle must not hang the error path
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            return WriteError.from_os_error(seen.filename or "a file of the study", seen)
+        if "database or disk is full" in str(seen):
+            return WriteError(
+                "cannot write the study's SQLite database: the disk is full (database or disk is full); "
+                "nothing was lost (the transaction was rolled back and every completed trial is kept): "
+                "free some space and rerun the same command to resume"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class ExportError(TlsearchError):
     """The exported model failed a check (onnx.checker, or parity with PyTorch)."""
 

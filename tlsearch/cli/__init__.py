@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from tlsearch import __version__
-from tlsearch.errors import NO_SPACE, TlsearchError, WriteError
+from tlsearch.errors import TlsearchError, disk_full_error
 
 #: command name → module of tlsearch.cli that defines it
 COMMANDS = {
@@ -46,10 +46,10 @@ class _LazyGroup(click.Group):
         except TlsearchError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except OSError as exc:  # a full disk where no write of tlsearch's own names the file
-            if exc.errno not in NO_SPACE:
+        except Exception as exc:  # a full disk met outside tlsearch's own writes (SQLite, a library)
+            error = disk_full_error(exc)
+            if error is None:
                 raise
-            error = WriteError.from_os_error(exc.filename or "a file of the study", exc)
             click.echo(f"error: {error}", err=True)
             sys.exit(error.exit_code)
 
