@@ -53,6 +53,7 @@ def _refused(
     sandbox.log.append(f"$ {' '.join(args)} -> {done.returncode}\n{done.stderr[-2000:]}")
     text = done.stdout + done.stderr
     error = next((line for line in text.splitlines() if line.startswith("error:")), "")
+    error = error.replace(str(sandbox.root), "…")  # the sandbox's own path says nothing
     bar = HANG_BAR_S if finished is None else sandbox.timeout
     ok = done.returncode == code and "Traceback" not in text and names in text and took - startup < bar
     complete = 0
@@ -106,10 +107,10 @@ def _data(sandbox: Sandbox, change: Callable[[Path], None]) -> Path:
 
 
 def _run_on(
-    sandbox: Sandbox, data: Path, *, code: int, names: str, n_trials: int = 1, **extra: object
+    sandbox: Sandbox, folder: Path, *, code: int, names: str, n_trials: int = 1, **extra: object
 ) -> Outcome:
     study = sandbox.study(n_trials=n_trials, **extra)
-    text = study.read_text().replace(str(sandbox.data), str(data))
+    text = study.read_text().replace(str(sandbox.data), str(folder))
     study.write_text(text)
     out = sandbox.root / "out"
     finished = n_trials if code == 0 else None
