@@ -70,8 +70,9 @@ def _sigterm(sandbox: Sandbox, *, workers: int, nohup: bool) -> Outcome:
     process = sandbox.start(study, out, *args, preexec_fn=no_sigint if nohup else None)
     pids: set[int] = set()
 
-    def holding() -> bool:
-        pids.update(int(p.name.split("-")[0]) for p in markers.glob("*-*")) if markers.is_dir() else None
+    def holding() -> bool:  # every worker has a trial inside the plugin
+        if markers.is_dir():
+            pids.update(int(p.name.split("-")[0]) for p in markers.glob("*-*"))
         return len(pids) >= workers
 
     reached = wait_for(holding, timeout=sandbox.timeout)
