@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+T = TypeVar("T")
+
+
+def wait_for_marker(
+    found: Callable[[], T | None], proc: subprocess.Popen[str], *, timeout: float, what: str
+) -> T:
+    """Poll ``found()`` (a plugin's marker files, say) until it returns something truthy, and return
+    it: a test waits for an event, never guesses how long start-up takes under load. Fails with the
+    process's stderr if it ends first, and kills it after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended before {what}: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"{what} did not happen within {timeout}s")
 
 
 @pytest.fixture(scope="session")

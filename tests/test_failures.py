@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 import textwrap
@@ -12,9 +13,9 @@ import optuna
 import pytest
 import torch
 
-from tlsearch.errors import ConfigError, DataError, PluginCallError
+from tlsearch.errors import ConfigError, DataError, PluginCallError, WriteError
 from tlsearch.search import run_study
-from tlsearch.search.failures import classify, guard_plugins, is_oom
+from tlsearch.search.failures import classify, guard_plugins, is_oom, study_wide
 from tlsearch.search.sampling import TrialPlugins
 
 FAIL, COMPLETE = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
@@ -182,6 +183,16 @@ def test_classify_and_oom_detection():
     assert is_oom(wrapped)
     assert not is_oom(ValueError("no"))
     assert classify(KeyboardInterrupt())[0] == "interrupted"
+
+
+def test_a_full_disk_fails_the_study_not_one_trial_after_another():
+    # A checkpoint that cannot be written (the disk is full) would fail every later trial too.
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert study_wide(WriteError.from_os_error("trials/0001/model.safetensors", full), None)  # type: ignore[arg-type]
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = full
+    assert study_wide(wrapped, None)  # type: ignore[arg-type]
+    assert not study_wide(OSError(errno.EIO, "I/O error"), None)  # type: ignore[arg-type]
 
 
 def test_guard_leaves_out_of_memory_and_pruning_unwrapped():

@@ -12,6 +12,7 @@ from PIL import Image
 
 from tlsearch.cli import main
 from tlsearch.data import check_images, decode_images, scan_folder
+from tlsearch.data.sources import read_csv
 from tlsearch.errors import DataError
 from tlsearch.preprocessing import DataConfig, load_rgb
 
@@ -85,6 +86,56 @@ def test_a_class_folder_linked_outside_the_data_root_is_refused(tmp_path: Path) 
     (root / "up").symlink_to("..")
     with pytest.raises(DataError, match=r"up.*outside the data folder"):
         scan_folder(root)
+
+
+def test_an_image_symlinked_outside_the_data_root_is_refused_naming_it(tmp_path: Path) -> None:
+    root = classes(tmp_path / "data")
+    (tmp_path / "elsewhere").mkdir()
+    secret = picture(tmp_path / "elsewhere" / "secret.png")
+    (root / "a" / "link.png").symlink_to(secret)
+    with pytest.raises(
+        DataError, match=r"image '.*a/link\.png' resolves to '.*elsewhere/secret\.png', outside"
+    ):
+        scan_folder(root)
+
+
+def test_a_folder_symlinked_inside_a_class_folder_is_not_walked(tmp_path: Path) -> None:
+    root = classes(tmp_path / "data")
+    (tmp_path / "elsewhere").mkdir()
+    picture(tmp_path / "elsewhere" / "secret.png")
+    (root / "a" / "sub").symlink_to(tmp_path / "elsewhere")
+    assert all("secret" not in str(p) for p in scan_folder(root).paths)
+
+
+def test_an_image_symlinked_inside_the_data_root_is_accepted(tmp_path: Path) -> None:
+    root = classes(tmp_path / "data")
+    (root / "a" / "again.png").symlink_to(next((root / "b").glob("*.png")))
+    assert len(scan_folder(root)) == 7
+
+
+def _csv(folder: Path, *rows: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "targets.csv").write_text("path,y\n" + "".join(f"{row},1.0\n" for row in rows))
+    return folder / "targets.csv"
+
+
+def test_a_relative_csv_path_that_climbs_out_of_its_folder_is_refused(tmp_path: Path) -> None:
+    picture(tmp_path / "outside.png")
+    csv = _csv(tmp_path / "data", "in.png", "../outside.png")
+    picture(tmp_path / "data" / "in.png")
+    with pytest.raises(
+        DataError,
+        match=r"targets\.csv' line 3: image '.*\.\./outside\.png' resolves to .* outside the CSV's folder",
+    ):
+        read_csv(csv)
+
+
+def test_absolute_csv_paths_and_paths_inside_the_folder_are_accepted(tmp_path: Path) -> None:
+    outside = picture(tmp_path / "outside.png")
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    picture(tmp_path / "data" / "sub" / "in.png")
+    csv = _csv(tmp_path / "data", "sub/in.png", "sub/../sub/in.png", str(outside))
+    assert len(read_csv(csv)) == 3
 
 
 def test_a_symlink_loop_is_refused(tmp_path: Path) -> None:

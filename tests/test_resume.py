@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 
+from tests.conftest import wait_for_marker
 from tlsearch.search import run_study
 from tlsearch.search.budget import FINISHED
 from tlsearch.search.storage import make_storage
@@ -78,14 +78,7 @@ def _wait_for_trial_start(out: Path, number: int, proc: subprocess.Popen[str], t
     """Return once the worker's trial ``number`` (its ``number + 1``-th) is inside the plugin's
     setup: the plugin's marker says so, no guess at how long start-up takes under load."""
     marker = out.parent / "markers" / f"{proc.pid}-{number + 1}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if marker.exists():
-            return
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"trial {number} did not start within {timeout}s")
+    wait_for_marker(marker.exists, proc, timeout=timeout, what=f"trial {number} started")
 
 
 def _study(out: Path) -> optuna.Study:

@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 
+from tests.conftest import wait_for_marker
 from tlsearch.search.storage import make_storage
 
 FAIL, RUNNING, WAITING = (
@@ -79,16 +79,12 @@ def _start(args: list[str], *, ignore_sigint: bool = False) -> subprocess.Popen[
 
 def _wait_for_markers(markers: Path, count: int, proc: subprocess.Popen[str]) -> list[int]:
     """The pids of the processes that have a trial inside the plugin, once ``count`` of them do."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        pids = sorted({int(p.name.split("-")[0]) for p in markers.glob("*-*")}) if markers.is_dir() else []
-        if len(pids) >= count:
-            return pids
-        if proc.poll() is not None:
-            raise AssertionError(proc.communicate()[1][-3000:])
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"{count} trial(s) did not reach the plugin within {WAIT_SECONDS}s")
+
+    def pids() -> list[int] | None:
+        found = sorted({int(p.name.split("-")[0]) for p in markers.glob("*-*")}) if markers.is_dir() else []
+        return found if len(found) >= count else None
+
+    return wait_for_marker(pids, proc, timeout=WAIT_SECONDS, what=f"{count} trial(s) reached the plugin")
 
 
 def _trials(out: Path) -> list[optuna.trial.FrozenTrial]:

@@ -6,14 +6,13 @@ it, the storage opens again, and a further run adds trials.
 
 from __future__ import annotations
 
-import errno
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +21,12 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from tlsearch.errors import WriteError, disk_full_error
 from tlsearch.search import journal
 from tlsearch.search.journal import JournalCorruptError, JournalWriteError
 from tlsearch.search.storage import make_storage
+from tlsearch.search.study_dir import write_json_atomic
+from tlsearch.testing import disk
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -96,30 +98,11 @@ def test_a_file_that_is_not_a_journal_is_not_cut(tmp_path):
 @pytest.fixture
 def small_disk(tmp_path) -> Iterator[Path]:
     """A 1 MiB tmpfs mounted for the test (tests run as root here); skipped where not allowed."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {done.stderr.strip() or done.returncode}")
     try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def _fill(folder: Path) -> Path:
-    """Fill the file system to its last byte; returns the filler file (delete it to free space)."""
-    filler = folder / f"filler-{uuid.uuid4().hex}"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (1 << 16, 1 << 12, 1 << 8, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    return filler
+        with disk.small_disk(tmp_path / "disk", size="1m") as folder:
+            yield folder
+    except disk.NoSmallDisk as exc:
+        pytest.skip(str(exc))
 
 
 def _big_attr(trial: optuna.Trial) -> float:
@@ -137,7 +120,7 @@ def test_a_journal_on_a_full_disk_loses_nothing(small_disk, reserve, monkeypatch
         monkeypatch.setattr(journal, "_fallocate", False)  # the file systems without fallocate
     path = small_disk / "study.journal"
     _study(str(path), create=True).optimize(_quick, n_trials=5)
-    filler = _fill(small_disk)
+    filler = disk.fill(small_disk)
     size = path.stat().st_size
 
     with pytest.raises(JournalWriteError, match="the disk is full.*nothing was written"):
@@ -157,14 +140,71 @@ def test_sqlite_on_a_full_disk_fails_cleanly_and_loses_nothing(small_disk):
     stays consistent, every completed trial survives, and once there is space trials go on."""
     spec = f"sqlite:///{small_disk / 'study.db'}"
     _study(spec, create=True).optimize(_quick, n_trials=5)
-    filler = _fill(small_disk)
+    filler = disk.fill(small_disk)
     with pytest.raises(optuna.exceptions.StorageInternalError) as raised:
         _study(spec).optimize(_big_attr, n_trials=3)
     assert "database or disk is full" in str(raised.value.__cause__)
+    said = disk_full_error(raised.value)  # what the CLI prints instead of a traceback
+    assert said is not None and "the disk is full" in str(said) and "nothing was lost" in str(said)
     assert len(_complete(spec)) == 5
     filler.unlink()
     _study(spec).optimize(_big_attr, n_trials=2)
     assert len(_complete(spec)) == 7
+
+
+def test_a_file_written_on_a_full_disk_is_whole_or_not_at_all(small_disk):
+    """The study's own files (study.json, caches, checkpoints) go through one atomic write: on a
+    full disk it raises WriteError naming the file, keeps the old version and leaves no temp file."""
+    target = small_disk / "study.json"
+    write_json_atomic(target, {"old": True})
+    filler = disk.fill(small_disk)
+    with pytest.raises(
+        WriteError, match=rf"cannot write {target}: the disk is full \(ENOSPC\); nothing was lost"
+    ):
+        write_json_atomic(target, {"new": "x" * 100_000})
+    assert json.loads(target.read_text()) == {"old": True}
+    assert sorted(p.name for p in small_disk.iterdir()) == sorted([target.name, filler.name])
+
+
+@pytest.fixture
+def roomier_disk(tmp_path) -> Iterator[Path]:
+    """An 8 MiB tmpfs: room for a few trials' checkpoints of the tiny study."""
+    try:
+        with disk.small_disk(tmp_path / "disk", size="8m") as folder:
+            yield folder
+    except disk.NoSmallDisk as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.slow
+def test_the_cli_on_a_full_disk_says_so_in_one_line_and_resumes_once_there_is_space(
+    write_study, roomier_disk
+):
+    """``tlsearch run`` on a full disk: exit 1 with one line naming the file and saying the disk is
+    full (no traceback); the completed trial survives and, once space is freed, the rerun goes on."""
+    from click.testing import CliRunner
+
+    from tlsearch.cli import main
+
+    study, out = write_study(training={"epochs": 1}, search={"n_trials": 1}), roomier_disk / "out"
+    runner = CliRunner()
+    assert runner.invoke(main, ["run", str(study), "--out", str(out)]).exit_code == 0
+    filler = disk.fill(roomier_disk)
+    full = runner.invoke(main, ["run", str(study), "--out", str(out), "--n-trials", "2"])
+    assert full.exit_code == 1, full.output
+    lines = [line for line in full.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in full.output, full.output
+    assert f"cannot write {out}/" in lines[0] and "the disk is full (ENOSPC); nothing was lost" in lines[0]
+    assert _complete_in(out) == 1
+    filler.unlink()
+    again = runner.invoke(main, ["run", str(study), "--out", str(out), "--n-trials", "2"])
+    assert again.exit_code == 0, again.output
+    assert _complete_in(out) == 2
+
+
+def _complete_in(out: Path) -> int:
+    storage = make_storage(str(out / "study.journal"), heartbeat_interval=None, grace_period=None)
+    return sum(t.state == COMPLETE for t in optuna.load_study(study_name="tiny", storage=storage).trials)
 
 
 # --- a stale lock -----------------------------------------------------------------------------

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterable
+
+#: the errno values of a full disk (no space left, or the user's quota used up)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class TlsearchError(Exception):
@@ -38,6 +43,46 @@ class UsageError(TlsearchError):
     """A command names something the study does not have (a trial number, …); the CLI exits with code 2."""
 
     exit_code = 2
+
+
+class WriteError(TlsearchError):
+    """A file of the study could not be written (a full disk, most often); the message names the
+    file. Each such file is written whole or not at all (:mod:`tlsearch.files`), and the trials
+    already complete are in the storage, so nothing is lost: free space and rerun to resume."""
+
+    @classmethod
+    def from_os_error(cls, path: str | os.PathLike[str], exc: OSError) -> WriteError:
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        if exc.errno in NO_SPACE:
+            what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is used up"
+            return cls(
+                f"cannot write {os.fspath(path)}: {what} ({code}); nothing was lost (the file is written "
+                "whole or not at all, and every completed trial is kept): free some space and rerun the "
+                "same command to resume"
+            )
+        return cls(
+            f"cannot write {os.fspath(path)}: {exc.strerror or exc} ({code}); nothing else was changed"
+        )
+
+
+def disk_full_error(exc: BaseException) -> WriteError | None:
+    """The :class:`WriteError` for an error that a full disk caused anywhere in its chain (an
+    ``OSError`` ENOSPC/EDQUOT, or SQLite's "database or disk is full" under Optuna's storage
+    error), else None: what the CLI prints instead of a traceback."""
+    seen: BaseException | None = exc
+    for _ in range(32):  # a chain is short; a cycle must not hang the error path
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            return WriteError.from_os_error(seen.filename or "a file of the study", seen)
+        if "database or disk is full" in str(seen):
+            return WriteError(
+                "cannot write the study's SQLite database: the disk is full (database or disk is full); "
+                "nothing was lost (the transaction was rolled back and every completed trial is kept): "
+                "free some space and rerun the same command to resume"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class ExportError(TlsearchError):

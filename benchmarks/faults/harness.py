@@ -9,17 +9,18 @@ the fault are no longer. The bar of every row: ``n_trials`` exact and 0 complete
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from tlsearch.testing import disk
+from tlsearch.testing.disk import fill, wait_for  # noqa: F401 - the scenarios import them from here
 
 SCENARIOS: dict[str, Callable[[Sandbox], Outcome]] = {}
 
@@ -108,13 +109,18 @@ class Sandbox:
         self.log.append(f"$ run {' '.join(args)} -> {done.returncode}\n{done.stderr[-2000:]}")
         return done
 
-    def start(self, study: Path, out: Path, *args: str) -> subprocess.Popen[str]:
+    def start(
+        self, study: Path, out: Path, *args: str, preexec_fn: Callable[[], None] | None = None
+    ) -> subprocess.Popen[str]:
+        """``tlsearch run`` in the background (its stderr to a file in the sandbox, so that a
+        long run never blocks on a full pipe)."""
         return subprocess.Popen(
             self.command(study, out, *args),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=(self.root / "started.err").open("w"),
             text=True,
             env=_env(),
+            preexec_fn=preexec_fn,
         )
 
 
@@ -147,36 +153,8 @@ def outcome(
 @contextlib.contextmanager
 def small_disk(folder: Path, size: str = "16m") -> Iterator[Path]:
     """A tmpfs of ``size`` mounted on ``folder`` (root only; :class:`Skip` otherwise)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise Skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
     try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Fill the file system under ``folder`` to its last byte; delete the returned file to free it."""
-    filler = folder / f"filler-{uuid.uuid4().hex}"
-    with open(filler, "wb", buffering=0) as f:
-        for block in (1 << 20, 1 << 16, 1 << 12, 1 << 8, 1):
-            try:
-                while True:
-                    f.write(b"\0" * block)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-    return filler
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float, poll: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(poll)
-    return False
+        with disk.small_disk(folder, size=size) as mounted:
+            yield mounted
+    except disk.NoSmallDisk as exc:
+        raise Skip(str(exc)) from None

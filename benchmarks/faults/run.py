@@ -6,7 +6,8 @@
 Each row: the scenario, how many runs, how many held (``n_trials`` exact, 0 completed trials
 lost, and the scenario's own bar) and failed, and the last run's note. The disk-full rows mount a
 tmpfs, so they need root; elsewhere they are reported as skipped. Exit code 1 if any run failed.
-Scenarios live in ``scenarios.py``; add one with ``@scenario("…")``.
+Scenarios live in ``scenarios.py`` (storage and kills), ``scenarios_signals.py`` and
+``scenarios_inputs.py`` (crafted files); add one with ``@scenario("…")``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import traceback
 from pathlib import Path
 
 import scenarios  # noqa: F401 - registers the scenarios
+import scenarios_inputs  # noqa: F401
+import scenarios_signals  # noqa: F401
 from harness import SCENARIOS, Outcome, Sandbox, Skip
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from tlsearch import __version__
-from tlsearch.errors import TlsearchError
+from tlsearch.errors import TlsearchError, disk_full_error
 
 #: command name → module of tlsearch.cli that defines it
 COMMANDS = {
@@ -46,6 +46,12 @@ class _LazyGroup(click.Group):
         except TlsearchError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except Exception as exc:  # a full disk met outside tlsearch's own writes (SQLite, a library)
+            error = disk_full_error(exc)
+            if error is None:
+                raise
+            click.echo(f"error: {error}", err=True)
+            sys.exit(error.exit_code)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from tlsearch.data.lock import file_lock
 from tlsearch.data.sources import ImageList
 from tlsearch.errors import DataError
+from tlsearch.files import atomic_file
 from tlsearch.preprocessing import DataConfig, display_path, prepare_image
 
 #: ``on_progress(done, total)``: images decoded so far, out of ``total``
@@ -213,12 +213,9 @@ def _load(
 def _save(
     cache_dir: Path, key: str, array: np.ndarray, keep: list[int], skipped: list[tuple[str, str]]
 ) -> Path:
-    cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"images-{key}.npy"
-    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npy.tmp", delete=False) as f:
+    with atomic_file(target, binary=True) as f:
         np.save(f, array, allow_pickle=False)
-    os.replace(f.name, target)
-    with tempfile.NamedTemporaryFile("w", dir=cache_dir, suffix=".json.tmp", delete=False) as g:
+    with atomic_file(cache_dir / f"images-{key}.json") as g:
         json.dump({"keep": keep, "skipped": skipped}, g)
-    os.replace(g.name, cache_dir / f"images-{key}.json")
     return target

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from tlsearch.data.sources import ImageList
 from tlsearch.errors import DataError
+from tlsearch.files import atomic_file
 from tlsearch.preprocessing import MAX_ASPECT_RATIO, MAX_PIXELS, MAX_SIDE, display_path, load_rgb
 
 CHECK_VERSION = 1
@@ -133,7 +133,5 @@ def _load(record: Path | None, n: int) -> list[tuple[int, str, str]] | None:
 
 
 def _save(record: Path, bad: list[tuple[int, str, str]]) -> None:
-    record.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=record.parent, suffix=".json.tmp", delete=False) as f:
+    with atomic_file(record) as f:
         json.dump({"bad": bad}, f)
-    os.replace(f.name, record)

@@ -53,6 +53,8 @@ def scan_folder(root: Path, *, classes: list[str] | None = None) -> ImageList:
     the folder: a class folder that is a symlink loop, or that resolves to the data root, outside it,
     or into another class folder (its images would get the wrong label); and, when ``classes`` is
     not given (the folder defines the classes), fewer than 2 classes or a class folder with no image.
+    An image that is a symlink must resolve inside the data root too (sub-folders that are symlinks
+    are not walked): the data is what the folder holds, never a file elsewhere on the machine.
     """
     root = Path(root)
     if not root.is_dir():
@@ -76,6 +78,7 @@ def scan_folder(root: Path, *, classes: list[str] | None = None) -> ImageList:
     paths: list[Path] = []
     targets: list[int] = []
     empty: list[str] = []
+    real_root = root.resolve()
     for index, name in enumerate(classes):
         if name not in folders:
             continue
@@ -84,6 +87,10 @@ def scan_folder(root: Path, *, classes: list[str] | None = None) -> ImageList:
             for p in sorted(folders[name].rglob("*"))
             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
         ]
+        for image in images:
+            _check_inside(
+                image, real_root, what="the data folder", hint="copy or hard-link the file into the folder"
+            )
         if not images:
             empty.append(name)
         paths += images
@@ -143,9 +150,23 @@ def _class_folders(root: Path) -> dict[str, Path]:
     return folders
 
 
+def _check_inside(image: Path, real_root: Path, *, what: str, hint: str, where: str = "") -> None:
+    """Refuse ``image`` when it resolves (symlinks followed) outside ``real_root``, naming it."""
+    target = image.resolve()
+    if real_root not in target.parents:
+        raise DataError(
+            f"{where}image {display_path(image)!r} resolves to {display_path(target)!r}, outside "
+            f"{what} {display_path(real_root)!r}; images must lie inside it ({hint})"
+        )
+
+
 def read_csv(path: Path) -> ImageList:
-    """A regression CSV: a header ``path,<target>[,<target>…]``; image paths relative to the CSV's folder."""
+    """A regression CSV: a header ``path,<target>[,<target>…]``; image paths relative to the CSV's folder.
+
+    A relative path must stay inside the CSV's folder once resolved (no ``../`` out of it, no
+    symlink out of it); an absolute path is taken as given, on purpose."""
     path = Path(path)
+    real_folder = path.parent.resolve()
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2 or len(rows[0]) < 2:
@@ -160,10 +181,19 @@ def read_csv(path: Path) -> ImageList:
             raise DataError(
                 f"{display_path(path)!r} line {line_no}: expected {len(header)} columns, got {len(row)}"
             )
-        image = Path(row[0]) if Path(row[0]).is_absolute() else path.parent / row[0]
+        relative = not Path(row[0]).is_absolute()
+        image = path.parent / row[0] if relative else Path(row[0])
         if not image.is_file():
             raise DataError(
                 f"{display_path(path)!r} line {line_no}: image {display_path(image)!r} does not exist"
+            )
+        if relative:
+            _check_inside(
+                image,
+                real_folder,
+                what="the CSV's folder",
+                hint="move the CSV up, or give the image's absolute path on purpose",
+                where=f"{display_path(path)!r} line {line_no}: ",
             )
         try:
             values = [float(v) for v in row[1:]]

@@ -120,20 +120,3 @@ def should_stop(study: optuna.Study, budget: int | None) -> bool:
     trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, *FINISHED))
     busy = sum(1 for t in trials if t.state == TrialState.RUNNING and not t.user_attrs.get(WAIT_ATTR))
     return len(trials) - sum(t.state == TrialState.RUNNING for t in trials) + busy >= budget
-
-
-class FailureStreakCallback:
-    """Stop this worker after ``limit`` failed trials in a row: a study whose every trial fails
-    (a broken plugin, no memory for any model) must not loop for ever."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.streak = 0
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL and not trial.user_attrs.get(SKIPPED_ATTR):
-            self.streak += 1
-        elif trial.state in FINISHED:
-            self.streak = 0
-        if self.limit is not None and self.streak >= self.limit:
-            study.stop()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from tlsearch.errors import TlsearchError
+from tlsearch.files import writing
 from tlsearch.kinds import TransferModel
 from tlsearch.preprocessing import DataConfig
 from tlsearch.registry import Registry
@@ -61,11 +65,24 @@ class CheckpointError(TlsearchError):
 
 def save_checkpoint(folder: Path, model: TransferModel, record: TrialRecord) -> None:
     """Write the weights and the record atomically (temporary names, then rename)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".safetensors.tmp")
-    os.close(fd)
-    save_model(model.cpu(), tmp)
-    os.replace(tmp, folder / WEIGHTS_FILE)
+    weights = folder / WEIGHTS_FILE
+    with writing(weights):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".safetensors.tmp")
+        os.close(fd)
+        try:
+            try:
+                save_model(model.cpu(), tmp)
+            except SafetensorError as exc:  # safetensors reports an OSError as its own error
+                found = re.search(r"\(os error (\d+)\)", str(exc))
+                if found is None:
+                    raise
+                code = int(found.group(1))
+                raise OSError(code, os.strerror(code)) from exc
+            os.replace(tmp, weights)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     write_json_atomic(folder / RECORD_FILE, asdict(record))
 
 

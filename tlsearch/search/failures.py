@@ -45,7 +45,15 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tlsearch.config import PluginChoice, ResolvedSpace
-from tlsearch.errors import ConfigError, DataError, PluginCallError, PluginError, TlsearchError
+from tlsearch.errors import (
+    NO_SPACE,
+    ConfigError,
+    DataError,
+    PluginCallError,
+    PluginError,
+    TlsearchError,
+    WriteError,
+)
 from tlsearch.kinds import Backbone, FreezingStrategy, Head, Regularizer
 from tlsearch.registry import Registry
 from tlsearch.search.sampling import TrialPlugins, instantiate
@@ -285,7 +293,9 @@ def study_wide(exc: BaseException, space: ResolvedSpace) -> bool:
     if not isinstance(exc, PluginFailure):  # not a plugin's doing: the data, the environment, the config
         seen: BaseException | None = exc
         while seen is not None:
-            if isinstance(seen, (DataError, ImportError, ConfigError, PluginError)):
+            if isinstance(seen, (DataError, ImportError, ConfigError, PluginError, WriteError)):
+                return True
+            if isinstance(seen, OSError) and seen.errno in NO_SPACE:  # a full disk fails the next trial too
                 return True
             seen = seen.__cause__
         return False

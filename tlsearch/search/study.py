@@ -31,7 +31,13 @@ from tlsearch.search.objectives import sampler_constraints_func
 from tlsearch.search.portfolio import warm_start
 from tlsearch.search.pruning import CostAwarePruner
 from tlsearch.search.recovery import requeue_after_heartbeat, sweep_stale_trials
-from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, check_concurrency, make_storage
+from tlsearch.search.storage import (
+    GRACE_PERIOD,
+    HEARTBEAT_INTERVAL,
+    check_concurrency,
+    make_storage,
+    storage_kind,
+)
 from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.workers import RANK_ENV, run_workers
@@ -262,6 +268,19 @@ def run_study(
     threads = apply_threads(config.training.threads)  # from the cores free now, before decoding
     if threads is not None:
         log.info("%s", threads.describe())
+    rank = worker_rank if worker_rank is not None else int(os.environ.get(RANK_ENV, "0"))
+    # A database server is reached before any image is read, so that one that does not answer
+    # leaves nothing behind (not even the image check's cache); a file storage (the journal, by
+    # default inside the study folder, or SQLite) is created only once the images passed their
+    # check, so that a bad image leaves no study in the folder.
+    opened: str | BaseStorage = spec
+    if storage_kind(spec) == "rdb":
+        opened = make_storage(
+            spec,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            on_stale=requeue_after_heartbeat,
+        )
     train, val = load_splits(
         config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
     )
@@ -276,9 +295,8 @@ def run_study(
     )
     data.check()  # every image decoded once, before any trial: a bad file stops the study once
 
-    rank = worker_rank if worker_rank is not None else int(os.environ.get(RANK_ENV, "0"))
     study = open_study(
-        config, spec, worker=rank, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+        config, opened, worker=rank, heartbeat_interval=heartbeat_interval, grace_period=grace_period
     )
     study_dir.save_config(config)  # only once the storage answered: a bad one leaves nothing behind
     _describe_study(study, config, data)

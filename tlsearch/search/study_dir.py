@@ -16,14 +16,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tlsearch.config import StudyConfig, parse_config
 from tlsearch.errors import ConfigError, short_repr
+from tlsearch.files import atomic_file
 
 
 @dataclass(frozen=True)
@@ -138,10 +137,7 @@ def check_storage(spec: str, *, where: str) -> None:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8"
-    ) as f:
+    """Write JSON to a temporary file beside ``path`` and rename it into place; a failed write
+    (a full disk) is a :class:`~tlsearch.errors.WriteError` naming ``path`` (see :mod:`tlsearch.files`)."""
+    with atomic_file(path) as f:
         json.dump(payload, f, indent=2, default=str)
-    os.replace(f.name, path)

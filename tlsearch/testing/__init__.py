@@ -12,7 +12,8 @@ Helpers: :func:`synthetic_images` (labelled images whose classes differ by struc
 colour), :class:`TinyBackbone` and :func:`tiny_transfer_model` (a three-group CNN with
 BatchNorm), :func:`train_and_record` (a few epochs in the real trainer, recording each one;
 ``simulate_training`` is its earlier name), :func:`decoded_images` (in-memory images as a trial
-receives them).
+receives them). :mod:`tlsearch.testing.disk`: a real small tmpfs to fill (``small_disk``,
+``fill``) for full-disk tests.
 Needs pytest (a dev dependency); importing it never downloads anything.
 """
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from torch import nn
 
 from tlsearch.data.cache import DecodedImages
 from tlsearch.data.lock import file_lock
+from tlsearch.files import atomic_file
 from tlsearch.preprocessing import DataConfig
 
 FEATURE_CACHE_VERSION = 1
@@ -107,15 +106,12 @@ class FeatureCache:
 
     def save(self, key: str, train: np.ndarray, val: np.ndarray) -> None:
         train_path, val_path, meta_path = self._paths(key)
-        self.folder.mkdir(parents=True, exist_ok=True)
         for array, path in ((train, train_path), (val, val_path)):
-            with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".npy.tmp", delete=False) as f:
+            with atomic_file(path, binary=True) as f:
                 np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-            os.replace(f.name, path)
         meta = {"train_shape": list(train.shape), "val_shape": list(val.shape)}
-        with tempfile.NamedTemporaryFile("w", dir=self.folder, suffix=".json.tmp", delete=False) as g:
+        with atomic_file(meta_path) as g:
             json.dump(meta, g)
-        os.replace(g.name, meta_path)
 
     def get_or_compute(
         self, key: str, compute: Callable[[], Features], *, device: torch.device
