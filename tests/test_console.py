@@ -119,7 +119,7 @@ def test_run_off_terminal_has_no_escape_codes(tmp_path: Path, monkeypatch: pytes
     result = CliRunner().invoke(main, ["run", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\r" not in result.output
-    assert "trial 0: timm(test_efficientnet) + linear | linear_probe" in result.output
+    assert "trial 0: timm(test_efficientnet) @32px + linear | linear_probe" in result.output
     assert "decoding train images at 32px: 24 to do" in result.output  # 4 shapes × 6 images
     assert "decoding val images at 32px: done in" in result.output
     assert "  trial 1 epoch 1: accuracy" in result.output and "[2/2]" in result.output

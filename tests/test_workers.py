@@ -96,7 +96,7 @@ def test_local_workers_on_the_embedded_journal_finish_exactly_the_budget(small_s
     finished = study.get_trials(deepcopy=False, states=FINISHED)
     for t in finished:
         assert (out / "trials" / f"{t.number:04d}" / "model.safetensors").is_file()
-        assert f"trial {t.number}: timm(test_efficientnet) + linear | linear_probe" in cli.output
+        assert f"trial {t.number}: timm(test_efficientnet) @32px + linear | linear_probe" in cli.output
         seconds = (t.datetime_complete - t.datetime_start).total_seconds()  # its own, not the poll's
         assert f"trial {t.number} {t.state.name.lower()} after {seconds:.1f}s" in cli.output
     assert "[4/4]" in cli.output and " epoch 1: accuracy" in cli.output
