@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from pathlib import Path
@@ -128,6 +129,16 @@ def test_counts_best_failures_and_eta(folder: Path) -> None:
     # 70 s of trial time bought 4 finished trials: 17.5 s each, 6 to go, 1 running (just started)
     assert status["eta_seconds"] == pytest.approx(6 * 17.5, abs=1.0)
     assert [r["trial"] for r in status["running"]] == [6]
+
+
+def test_no_time_left_is_shown_while_a_trial_outruns_the_mean(folder: Path) -> None:
+    """Bug caught: "about 1m27s left" (or "0s left") for a trial that has run an hour, 17.5 s being
+    the mean: an honest status shows no figure until that trial ends or reports an epoch."""
+    later = dt.datetime.now() + dt.timedelta(hours=1)
+    status = study_status(folder, now=later)
+    assert status["running"][0]["seconds"] > 3000
+    assert status["eta_seconds"] is None
+    assert "left for" not in format_status(status)
 
 
 def test_leaderboard_orders_by_direction(folder: Path) -> None:

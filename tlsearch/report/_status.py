@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 
+from tlsearch.eta import time_left
 from tlsearch.report._source import StudySource, open_source, plugin_labels, trial_seconds
 
 TrialState = optuna.trial.TrialState
@@ -89,10 +90,10 @@ def study_status(
 
     ``warning`` is one line when the best trial is no better than the task's trivial baseline
     (:mod:`tlsearch.search.baseline`), else None. ``leaderboard`` holds the best ``top`` complete trials (:func:`leaderboard`'s rows, in the order
-    ``tlsearch run`` prints them). ``finished`` counts complete and pruned trials, as the budget does. ``eta_seconds`` is the
-    remaining budget times the time spent per finished trial (all ended trials' time, failed ones
-    included, over the finished count), less what the running trials already spent, divided by the
-    number running now (parallel workers); None without a budget or a finished trial.
+    ``tlsearch run`` prints them). ``finished`` counts complete and pruned trials, as the budget does. ``eta_seconds`` is
+    :func:`tlsearch.eta.time_left` at the time spent per finished trial (all ended trials' time,
+    failed ones included, over the finished count) and the running trials' time so far: None without a budget, or when there is no honest figure (a
+    running trial already past the mean trial's time), rather than "0 s left" while it runs.
     ``export`` is what the last export wrote (None before one): its trial and validation score, the
     held-out ``test`` score of the exported file (None without a test split) and the ``soup``.
     """
@@ -116,11 +117,18 @@ def study_status(
     mean = sum(timed) / len(timed) if timed else None
     running = [_running(t, now) for t in by_state[TrialState.RUNNING]]
     remaining = None if src.budget is None else max(0, src.budget - finished)
-    eta = None
     per_finished = sum(timed) / finished if finished and timed else None
-    if remaining is not None and per_finished is not None:
-        spent = sum(min(r["seconds"] or 0.0, per_finished) for r in running)
-        eta = max(0.0, remaining * per_finished - spent) / max(1, len(running))
+    eta = (
+        None
+        if src.budget is None or per_finished is None
+        else time_left(
+            total=src.budget,
+            finished=finished,
+            durations=timed,
+            running=[(r["seconds"] or 0.0, r["epochs_done"], None) for r in running],
+            mean=per_finished,
+        )
+    )
     from tlsearch.search.baseline import study_baseline_warning
 
     best = _best(src.study)
