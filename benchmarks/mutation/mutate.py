@@ -50,6 +50,7 @@ import argparse
 import ast
 import contextlib
 import copy
+import gc
 import importlib
 import json
 import os
@@ -299,6 +300,7 @@ def _preload(tree: Path) -> list[str]:
             loaded.append(name)
         except Exception:  # noqa: BLE001 - an optional module that does not import here is just not preloaded
             pass
+    gc.freeze()  # the preloaded heap is never collected again: no child's gc walks it
     leaked = [n for n in sys.modules if n.split(".")[0] in ("tlsearch", "tlsearch_builtins")]
     if leaked:  # the mutated package must be imported fresh in every child
         raise RuntimeError(f"preloading imported the package under test: {leaked[:5]}")
@@ -307,7 +309,6 @@ def _preload(tree: Path) -> list[str]:
 
 def _child_env(tree: Path) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{tree / 'plugins'}", OMP_NUM_THREADS="1")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a stale .pyc of an earlier mutant must never be read
     env.pop("PYTEST_ADDOPTS", None)
     return env
 
@@ -387,14 +388,16 @@ def _fork_pytest(
         os.environ.clear()
         os.environ.update(_child_env(tree))
         sys.path[:0] = [str(tree), str(tree / "plugins")]
-        sys.dont_write_bytecode = True
         import pytest
 
         plugins: list[object] = []
         if recorder is not None:
             recorder.start()
             plugins.append(recorder)
-        base = ["-x", "-q", "-p", "no:cacheprovider", "--no-header"]
+        # no:unraisableexception: its gc.collect() at exit walks the whole preloaded heap (~3 s);
+        # no:anyio: a plugin no test uses that costs a second to load.
+        base = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:unraisableexception", "-p", "no:anyio"]
+        base.append("--no-header")
         code = int(pytest.main([*base, *args], plugins=plugins))
         if recorder is not None and result is not None:
             sys.settrace(None)
@@ -567,6 +570,8 @@ def _execute(
             return coverage[tests]
 
         free = list(workdirs)
+        serial = 0
+        restore: dict[Path, tuple[str, int, int]] = {}
         pending: dict[int, tuple[Mutant, Path, str, float, float]] = {}
         queue = list(plan)
         while queue or pending:
@@ -583,7 +588,14 @@ def _execute(
                 tree = free.pop()
                 path = tree / mutant.module
                 original = path.read_text()
+                stat = path.stat()
                 path.write_text(ast.unparse(mutated) + "\n")
+                # A .pyc is checked against its source's mtime (in seconds) and size: a mutant's
+                # source gets an mtime no other mutant and not the original has, so no child reads
+                # bytecode compiled from another version (and the tests' .pyc stay cached).
+                serial += 1
+                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + serial * 1_000_000_000))
+                restore[path] = (original, stat.st_atime_ns, stat.st_mtime_ns)
                 log = scratch / f"{tree.name}.log"
                 start = time.monotonic()
                 deadline = start + max(60.0, cov.seconds * args.timeout_factor)
@@ -595,7 +607,9 @@ def _execute(
                     continue
                 rc = os.waitstatus_to_exitcode(status) if done else _wait(pid, 0.0)
                 del pending[pid]
+                original, atime, mtime = restore.pop(tree / mutant.module)
                 (tree / mutant.module).write_text(original)
+                os.utime(tree / mutant.module, ns=(atime, mtime))
                 free.append(tree)
                 seconds = time.monotonic() - start
                 tail = _tail(scratch / f"{tree.name}.log")
