@@ -468,12 +468,21 @@ def load_targets(path: Path) -> dict[str, list[str]]:
     return {module: list(spec["tests"]) for module, spec in data["targets"].items()}
 
 
-def load_equivalent(path: Path) -> dict[tuple[str, str, str], str]:
-    """Survivors judged equivalent by a person: (module, source line, change) → why."""
+def load_equivalent(path: Path) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """Survivors judged by a person: (module, source line, change) → (kind, why).
+
+    ``[[equivalent]]`` entries cannot alter behaviour; ``[[cuda_only]]`` entries are code that runs
+    only on a CUDA device, so a CPU run cannot measure them (not equivalent: a GPU run decides).
+    Both leave the figure's denominator, and the table counts them apart.
+    """
     if not path.exists():
         return {}
-    entries = tomllib.loads(path.read_text()).get("equivalent", [])
-    return {(e["module"], e["line"].strip(), e["change"]): e["why"] for e in entries}
+    data = tomllib.loads(path.read_text())
+    return {
+        (e["module"], e["line"].strip(), e["change"]): (kind, e["why"])
+        for kind in ("equivalent", "cuda_only")
+        for e in data.get(kind, [])
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -651,38 +660,56 @@ def merge_runs(paths: list[Path]) -> list[Outcome]:
 _SURVIVED = ("survived", "uncovered")  # a line no test runs counts as a survivor, never as killed
 
 
-def report(outcomes: list[Outcome], equivalent: dict[tuple[str, str, str], str]) -> None:
-    """A table per module; equivalent survivors leave the denominator and are listed with why."""
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion k/n (for a sampled figure)."""
+    if not n:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
-    def why_equivalent(o: Outcome) -> str | None:
-        return equivalent.get((o.mutant.module, o.mutant.source_line, o.mutant.change))
+
+def report(outcomes: list[Outcome], judged: dict[tuple[str, str, str], tuple[str, str]]) -> None:
+    """A table per module; judged survivors (equivalent, CUDA-only) leave the denominator."""
+
+    def judgement(o: Outcome) -> tuple[str, str] | None:
+        if o.status not in _SURVIVED:
+            return None
+        return judged.get((o.mutant.module, o.mutant.source_line, o.mutant.change))
 
     by_module: dict[str, list[Outcome]] = {}
     for outcome in outcomes:
         by_module.setdefault(outcome.mutant.module, []).append(outcome)
     print(
-        "\n| module | mutants | killed | survived | equivalent | killed % |\n|---|---:|---:|---:|---:|---:|"
+        "\n| module | mutants | killed | survived | equivalent | CUDA only | killed % |"
+        "\n|---|---:|---:|---:|---:|---:|---:|"
     )
     total = killed = 0
     for module, items in sorted(by_module.items()):
+        kinds = [(j or ("", ""))[0] for j in map(judgement, items)]
         k = sum(o.status in ("killed", "timeout") for o in items)
-        e = sum(o.status in _SURVIVED and why_equivalent(o) is not None for o in items)
-        s = sum(o.status in _SURVIVED for o in items) - e
-        counted = len(items) - e
+        e, c = kinds.count("equivalent"), kinds.count("cuda_only")
+        s = sum(o.status in _SURVIVED for o in items) - e - c
+        counted = k + s
         total += counted
         killed += k
         share = f"{100 * k / counted:.0f} %" if counted else "–"
-        print(f"| {module} | {len(items)} | {k} | {s} | {e} | {share} |")
+        print(f"| {module} | {len(items)} | {k} | {s} | {e} | {c} | {share} |")
     if total:
-        print(f"| **all** | | {killed} | {total - killed} | | {100 * killed / total:.1f} % |")
+        low, high = wilson(killed, total)
+        print(
+            f"| **all** | {len(outcomes)} | {killed} | {total - killed} | | | {100 * killed / total:.1f} % |"
+            f"\n\n95 % Wilson interval of the killed share: {100 * low:.1f}–{100 * high:.1f} %"
+        )
     survivors = sorted(
         (o for o in outcomes if o.status in _SURVIVED), key=lambda o: (o.mutant.module, o.mutant.line)
     )
     if survivors:
         print("\nsurvivors:")
         for o in survivors:
-            why = why_equivalent(o)
-            note = f"  (equivalent: {why})" if why else ""
+            j = judgement(o)
+            note = f"  ({j[0].replace('_', ' ')}: {j[1]})" if j else ""
             if o.status == "uncovered":
                 note += "  (no test runs this line)"
             print(f"  {o.mutant.module}:{o.mutant.line}: {o.mutant.change}: {o.mutant.source_line}{note}")
