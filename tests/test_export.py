@@ -287,3 +287,12 @@ def test_a_regression_export_outputs_the_targets_units_and_says_so(tmp_path: Pat
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
     carried = json.loads(session.get_modelmeta().custom_metadata_map["tlsearch"])
     assert carried["target_scale"] == {"mean": [1000.0, 5.0], "std": [200.0, 0.5], "in_graph": True}
+
+
+def test_comparing_outputs_with_no_columns_finds_no_difference() -> None:
+    """Bug caught: an empty output (a model with no outputs left, or a zero-row batch) reported as
+    differing, which would refuse an export whose outputs agree trivially."""
+    from tlsearch.export._parity import compare
+
+    empty = np.zeros((3, 0), np.float32)
+    assert compare(empty, empty.copy(), task="regression", what="empty").max_abs_diff == 0.0
