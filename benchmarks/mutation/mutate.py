@@ -491,6 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], help="a module path (repeatable)")
     parser.add_argument("--sample", type=int, default=0, help="at most this many mutants per module (random)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--shuffle",
+        action="store_true",
+        help="run the mutants in random order (a run stopped early is a sample)",
+    )
     parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="× the clean run's time")
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
@@ -531,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
             mutants = rng.sample(mutants, args.sample)
         mutants.sort(key=lambda pair: (pair[0].line, pair[0].index))
         plan.extend((m, tree, tests) for m, tree in mutants)
+    if args.shuffle:  # any prefix of the run is then a simple random sample of the planned mutants
+        rng.shuffle(plan)
     if args.survivors_of:
         wanted = {o.mutant.key for o in load_run(args.survivors_of) if o.status == "survived"}
         plan = [item for item in plan if item[0].key in wanted]
