@@ -191,7 +191,7 @@ def test_compile_only_when_the_trial_repays_the_warm_up():
 def test_channels_last_for_convolutional_networks_on_cuda_only():
     cnn = TinyBackbone().build().module
     vit_like = nn.Sequential(nn.Conv2d(3, 8, 16, 16), nn.Flatten(2), nn.Linear(4, 4))
-    assert is_convolutional(cnn) and not is_convolutional(vit_like)
+    assert is_convolutional(cnn) is True and is_convolutional(vit_like) is False  # a bool, not None
     assert is_convolutional(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)))  # two: a small CNN
     assert (
         use_channels_last(cnn, CUDA)
