@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shuffle:  # any prefix of the run is then a simple random sample of the planned mutants
         rng.shuffle(plan)
     if args.survivors_of:
-        wanted = {o.mutant.key for o in load_run(args.survivors_of) if o.status == "survived"}
+        wanted = {o.mutant.key for o in load_run(args.survivors_of) if o.status in _SURVIVED}
         plan = [item for item in plan if item[0].key in wanted]
     if args.list:
         for mutant, _, _ in plan:
