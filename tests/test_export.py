@@ -89,6 +89,7 @@ def test_export_passes_checks_and_writes_one_file(exported) -> None:  # type: ig
     proto = onnx.load(str(report.path))
     assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
     assert not proto.functions
+    assert [o.name for o in proto.graph.output] == ["logits"]  # a classifier's output is named for what it is
 
 
 def test_dynamic_batch_matches_pytorch_at_batch_3(exported) -> None:  # type: ignore[no-untyped-def]
@@ -282,6 +283,7 @@ def test_a_regression_export_outputs_the_targets_units_and_says_so(tmp_path: Pat
     x = normalize(images(3, seed=5), CONFIG)
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert [o.name for o in session.get_outputs()] == ["values"]  # not "logits": these are target values
     with torch.inference_mode():
         want = (model(torch.from_numpy(x)) * torch.tensor(scale.std) + torch.tensor(scale.mean)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
