@@ -226,3 +226,20 @@ def test_the_data_timer_sums_the_spans_it_brackets_and_measures_nothing_when_dis
     time.sleep(0.01)
     off.stop()
     assert off.total() == 0.0
+
+
+def test_a_cache_entry_whose_train_or_val_shape_disagrees_with_its_record_reads_as_missing(tmp_path):
+    """Bug caught: an entry accepted when only one of its two arrays matches the shapes it recorded
+    (a val or train file from another run, or cut short)."""
+    import json
+
+    import numpy as np
+
+    cache = FeatureCache(tmp_path)
+    cache.save("k", np.zeros((4, 3), np.float32), np.zeros((2, 3), np.float32))
+    assert cache.load("k") is not None
+    meta_path = next(tmp_path.glob("*.json"))
+    record = json.loads(meta_path.read_text())
+    for field, wrong in (("train_shape", [5, 3]), ("val_shape", [3, 3])):
+        meta_path.write_text(json.dumps({**record, field: wrong}))
+        assert cache.load("k") is None, field
