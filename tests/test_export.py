@@ -298,3 +298,12 @@ def test_comparing_outputs_with_no_columns_finds_no_difference() -> None:
 
     empty = np.zeros((3, 0), np.float32)
     assert compare(empty, empty.copy(), task="regression", what="empty").max_abs_diff == 0.0
+
+
+def test_one_validation_image_still_checks_a_second_batch_size(tmp_path: Path) -> None:
+    """Bug caught: with a single image the dynamic batch axis is never exercised (or not reported)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    meta = {"task": "classification", "labels": ["a", "b", "c"], "data_config": CONFIG.to_dict()}
+    report = export_onnx(model, path=tmp_path / "model.onnx", metadata=meta, validation_images=images(1))
+    assert tuple(report.batch_sizes_checked) == (1, 2)
