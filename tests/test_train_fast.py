@@ -235,11 +235,22 @@ def test_a_cache_entry_whose_train_or_val_shape_disagrees_with_its_record_reads_
 
     import numpy as np
 
-    cache = FeatureCache(tmp_path)
+    cache = FeatureCache(tmp_path / "not" / "made" / "yet")  # save makes its folder, parents too
     cache.save("k", np.zeros((4, 3), np.float32), np.zeros((2, 3), np.float32))
     assert cache.load("k") is not None
-    meta_path = next(tmp_path.glob("*.json"))
+    meta_path = next((tmp_path / "not" / "made" / "yet").glob("*.json"))
     record = json.loads(meta_path.read_text())
     for field, wrong in (("train_shape", [5, 3]), ("val_shape", [3, 3])):
         meta_path.write_text(json.dumps({**record, field: wrong}))
         assert cache.load("k") is None, field
+
+
+def test_the_weights_fingerprint_covers_parameter_names_not_only_their_values():
+    """Bug caught: two backbones with equal numbers under different parameter names (another
+    architecture) sharing cached features."""
+    from tlsearch.train.features import weights_fingerprint
+
+    layer = nn.Linear(2, 2)
+    assert weights_fingerprint(nn.ModuleDict({"a": layer})) != weights_fingerprint(
+        nn.ModuleDict({"b": layer})
+    )
