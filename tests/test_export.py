@@ -89,6 +89,7 @@ def test_export_passes_checks_and_writes_one_file(exported) -> None:  # type: ig
     proto = onnx.load(str(report.path))
     assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
     assert not proto.functions
+    assert [o.name for o in proto.graph.output] == ["logits"]  # a classifier's output is named for what it is
 
 
 def test_dynamic_batch_matches_pytorch_at_batch_3(exported) -> None:  # type: ignore[no-untyped-def]
@@ -282,8 +283,27 @@ def test_a_regression_export_outputs_the_targets_units_and_says_so(tmp_path: Pat
     x = normalize(images(3, seed=5), CONFIG)
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert [o.name for o in session.get_outputs()] == ["values"]  # not "logits": these are target values
     with torch.inference_mode():
         want = (model(torch.from_numpy(x)) * torch.tensor(scale.std) + torch.tensor(scale.mean)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
     carried = json.loads(session.get_modelmeta().custom_metadata_map["tlsearch"])
     assert carried["target_scale"] == {"mean": [1000.0, 5.0], "std": [200.0, 0.5], "in_graph": True}
+
+
+def test_comparing_outputs_with_no_columns_finds_no_difference() -> None:
+    """Bug caught: an empty output (a model with no outputs left, or a zero-row batch) reported as
+    differing, which would refuse an export whose outputs agree trivially."""
+    from tlsearch.export._parity import compare
+
+    empty = np.zeros((3, 0), np.float32)
+    assert compare(empty, empty.copy(), task="regression", what="empty").max_abs_diff == 0.0
+
+
+def test_one_validation_image_still_checks_a_second_batch_size(tmp_path: Path) -> None:
+    """Bug caught: with a single image the dynamic batch axis is never exercised (or not reported)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    meta = {"task": "classification", "labels": ["a", "b", "c"], "data_config": CONFIG.to_dict()}
+    report = export_onnx(model, path=tmp_path / "model.onnx", metadata=meta, validation_images=images(1))
+    assert tuple(report.batch_sizes_checked) == (1, 2)

@@ -100,3 +100,45 @@ def ort_top1(path: Path, prepared: np.ndarray) -> np.ndarray:
 
     session = ort.InferenceSession(str(path))
     return session.run(None, {"input": normalize(prepared, CONFIG)})[0].argmax(axis=1)
+
+
+@pytest.fixture
+def int8_misses_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The INT8 model's top-1 differs from fp32's on the first 2 validation images (a known 2/8 drop)."""
+    import tlsearch.export._quantize as quantize
+
+    real, calls = quantize.run_batched, []
+
+    def run(session: ort.InferenceSession, x: np.ndarray, *, batch_size: int) -> np.ndarray:
+        out = real(session, x, batch_size=batch_size)
+        calls.append(session)
+        if len(calls) == 2:  # the second run is the INT8 model's on the validation images
+            out = out.copy()
+            out[:2] = np.roll(out[:2], 1, axis=1)
+        return out
+
+    monkeypatch.setattr(quantize, "run_batched", run)
+
+
+def test_the_refusal_states_the_measured_drop_and_the_threshold(
+    fp32: Path, tmp_path: Path, int8_misses_two: None
+) -> None:
+    with pytest.raises(ExportError, match=r"a drop of 25\.00 pp, more than the 10\.00 pp allowed"):
+        quantize_int8(
+            fp32,
+            calibration_images=images(8, 1),
+            validation_images=images(8, 2),
+            max_accuracy_drop=0.1,
+            out_path=tmp_path / "refused.int8.onnx",
+        )
+
+
+def test_a_drop_equal_to_the_threshold_is_accepted(fp32: Path, tmp_path: Path, int8_misses_two: None) -> None:
+    report = quantize_int8(
+        fp32,
+        calibration_images=images(8, 1),
+        validation_images=images(8, 2),
+        max_accuracy_drop=0.25,
+        out_path=tmp_path / "edge.int8.onnx",
+    )
+    assert report.accuracy_drop == 0.25 and report.accepted

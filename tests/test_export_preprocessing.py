@@ -118,3 +118,43 @@ def test_opset_below_18_is_refused(tmp_path: Path) -> None:
     onnx.checker.check_model(proto)
     with pytest.raises(ExportError, match="opset >= 18; the model has opset 17"):
         embed_preprocessing(proto, DataConfig(8))
+
+
+def test_a_pixel_difference_equal_to_the_tolerance_passes_and_one_above_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import onnx
+
+    from tlsearch.export._parity import cpu_session
+    from tlsearch.export._preprocessing import check_preprocessing
+
+    h = onnx.helper
+    graph = h.make_graph(
+        [
+            h.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            h.make_node("Flatten", ["pooled"], ["out"]),
+        ],
+        "mean_colour",
+        [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["n", 3, 48, 48])],
+        [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["n", 3])],
+    )
+    plain = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+    config = DataConfig(48, interpolation="bicubic", crop_pct=0.875)
+    raw_model = embed_preprocessing(plain, config)
+
+    def check() -> dict:  # type: ignore[type-arg]
+        return check_preprocessing(
+            raw_model,
+            plain_session=cpu_session(plain.SerializeToString()),
+            raw_images=[raw_image(hh, ww, i) for i, (hh, ww) in enumerate(SIZES)],
+            config=config,
+            task="regression",
+        )
+
+    measured = check()["pixel_max_diff_levels"]
+    assert 0 < measured <= PIXEL_TOLERANCE["bicubic"]
+    monkeypatch.setitem(PIXEL_TOLERANCE, "bicubic", measured)
+    assert check()["pixel_tolerance_levels"] == measured  # exactly at the tolerance is within it
+    monkeypatch.setitem(PIXEL_TOLERANCE, "bicubic", float(np.nextafter(measured, 0.0)))
+    with pytest.raises(ExportError, match="differs from tlsearch.preprocessing"):
+        check()

@@ -68,6 +68,7 @@ def test_the_summary_is_the_docstrings_first_line_and_the_hooks_default_to_no_ch
     assert _NeedsModel(model="m").describe() == {}
     probe = _Probe()
     assert probe.backbone_options() == probe.optimizer_options() == probe.loss_options() == {}
+    assert list(probe.replaces_weight_decay(None)) == []  # type: ignore[arg-type]  # the Trainer iterates it
     images, targets = torch.ones(2, 3, 4, 4), torch.tensor([0, 1])
     out_images, out_targets = probe.transform_batch(images, targets, num_outputs=2)
     assert out_images is images and out_targets is targets

@@ -24,7 +24,8 @@ COMPLETE, FAIL, RUNNING = (
     optuna.trial.TrialState.RUNNING,
 )
 
-# Makes each trial last long enough to be killed in the middle of it.
+# Holds one trial of a worker inside the plugin until the test kills or interrupts the worker: no
+# guess at how long a trial, start-up or signal delivery takes under load.
 SLOW_PLUGIN = textwrap.dedent('''
     import os
     import time
@@ -35,7 +36,8 @@ SLOW_PLUGIN = textwrap.dedent('''
     CALLS = {"n": 0}
 
     class Slow(Regularizer):
-        """Writes markers/<pid>-<n> when the process's n-th trial is inside it, then sleeps."""
+        """Writes markers/<pid>-<n> when the process's n-th trial is inside it; the n-th trial of a
+        process started with TLSEARCH_TEST_HOLD_AT=n then waits there until the process is ended."""
         name = "slow"
 
         def setup(self, model, *, num_outputs, task):
@@ -43,7 +45,10 @@ SLOW_PLUGIN = textwrap.dedent('''
             markers = Path(__file__).with_name("markers")
             markers.mkdir(exist_ok=True)
             (markers / f"{os.getpid()}-{CALLS['n']}").touch()
-            time.sleep(6)
+            if os.environ.get("TLSEARCH_TEST_HOLD_AT") == str(CALLS["n"]):
+                deadline = time.monotonic() + 600  # a safety net: the test ends the process long before
+                while time.monotonic() < deadline:
+                    time.sleep(0.05)
 
     @hookimpl
     def tlsearch_register_regularizers(register):
@@ -63,8 +68,9 @@ def slow_study(write_study, tmp_path):
     )
 
 
-def _start_worker(study: Path, out: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _start_worker(study: Path, out: Path, *, hold: int) -> subprocess.Popen[str]:
+    """A worker whose trial number ``hold`` (its ``hold + 1``-th) waits in the plugin until ended."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TLSEARCH_TEST_HOLD_AT": str(hold + 1)}
     return subprocess.Popen(
         [sys.executable, "-m", "tlsearch", "worker", str(study), "--out", str(out)],
         env=env,
@@ -91,7 +97,7 @@ def _by_number(study: optuna.Study) -> dict[int, optuna.trial.FrozenTrial]:
 
 def test_sigkilled_worker_trial_is_failed_and_retried_with_the_same_params(slow_study, tmp_path):
     out = tmp_path / "out"
-    proc = _start_worker(slow_study, out)
+    proc = _start_worker(slow_study, out, hold=1)
     _wait_for_trial_start(out, 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -111,7 +117,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried_with_the_same_params(slow_
 
 def test_interrupted_worker_records_the_trial_and_the_study_resumes(slow_study, tmp_path):
     out = tmp_path / "out"
-    proc = _start_worker(slow_study, out)
+    proc = _start_worker(slow_study, out, hold=0)
     _wait_for_trial_start(out, 0, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -109,3 +109,14 @@ def test_a_column_equal_up_to_rounding_counts_as_constant_and_a_small_spread_doe
     assert rounding.std == (1.0,)
     small = TargetScale.of([[0.0], [2e-6]])
     assert small.std == (pytest.approx(1e-6),) and small.mean == (pytest.approx(1e-6),)
+
+
+def test_a_scale_cannot_be_changed_after_it_is_made() -> None:
+    """Bug caught: one holder (Trainer, checkpoint, Predictor) editing the study's shared scale in
+    place, or a scale skipping the checks of ``__post_init__`` by assignment."""
+    import dataclasses
+
+    scale = TargetScale.of([[1.0], [3.0]])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        scale.std = (0.0,)  # type: ignore[misc]
+    assert hash(scale) == hash(TargetScale.of([[1.0], [3.0]]))

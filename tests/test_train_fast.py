@@ -191,7 +191,7 @@ def test_compile_only_when_the_trial_repays_the_warm_up():
 def test_channels_last_for_convolutional_networks_on_cuda_only():
     cnn = TinyBackbone().build().module
     vit_like = nn.Sequential(nn.Conv2d(3, 8, 16, 16), nn.Flatten(2), nn.Linear(4, 4))
-    assert is_convolutional(cnn) and not is_convolutional(vit_like)
+    assert is_convolutional(cnn) is True and is_convolutional(vit_like) is False  # a bool, not None
     assert is_convolutional(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)))  # two: a small CNN
     assert (
         use_channels_last(cnn, CUDA)
@@ -226,3 +226,31 @@ def test_the_data_timer_sums_the_spans_it_brackets_and_measures_nothing_when_dis
     time.sleep(0.01)
     off.stop()
     assert off.total() == 0.0
+
+
+def test_a_cache_entry_whose_train_or_val_shape_disagrees_with_its_record_reads_as_missing(tmp_path):
+    """Bug caught: an entry accepted when only one of its two arrays matches the shapes it recorded
+    (a val or train file from another run, or cut short)."""
+    import json
+
+    import numpy as np
+
+    cache = FeatureCache(tmp_path / "not" / "made" / "yet")  # save makes its folder, parents too
+    cache.save("k", np.zeros((4, 3), np.float32), np.zeros((2, 3), np.float32))
+    assert cache.load("k") is not None
+    meta_path = next((tmp_path / "not" / "made" / "yet").glob("*.json"))
+    record = json.loads(meta_path.read_text())
+    for field, wrong in (("train_shape", [5, 3]), ("val_shape", [3, 3])):
+        meta_path.write_text(json.dumps({**record, field: wrong}))
+        assert cache.load("k") is None, field
+
+
+def test_the_weights_fingerprint_covers_parameter_names_not_only_their_values():
+    """Bug caught: two backbones with equal numbers under different parameter names (another
+    architecture) sharing cached features."""
+    from tlsearch.train.features import weights_fingerprint
+
+    layer = nn.Linear(2, 2)
+    assert weights_fingerprint(nn.ModuleDict({"a": layer})) != weights_fingerprint(
+        nn.ModuleDict({"b": layer})
+    )

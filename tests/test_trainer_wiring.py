@@ -369,3 +369,31 @@ def test_clip_grad_norm_bounds_the_unscaled_gradient_under_fp16() -> None:
     with _steps() as steps:
         _fit(trainer)
     assert steps and max(s["grad_norm"] for s in steps) <= 1e-3 * (1 + 1e-3)
+
+
+class CountsTeardown(Regularizer):
+    """Counts its teardown calls (L2-SP drops its θ0 copy there, DELTA its feature hooks)."""
+
+    name = "counts_teardown"
+
+    def __init__(self, **overrides: Any) -> None:
+        super().__init__(**overrides)
+        self.teardowns = 0
+
+    def teardown(self, model: TransferModel) -> None:
+        self.teardowns += 1
+
+
+def test_fit_tears_its_regularizers_down_and_reports_each_epochs_duration() -> None:
+    """Bugs caught: a regularizer's teardown skipped (its hooks and θ0 copy outlive the trial); an
+    epoch's ``train_seconds`` that is a clock reading instead of a duration."""
+    import time
+
+    reg = CountsTeardown()
+    model = tiny_transfer_model(TinyBackbone())
+    before = time.perf_counter()
+    result, _ = _fit(_trainer(model, FullFinetune(), [reg], epochs=2))
+    wall = time.perf_counter() - before
+    assert reg.teardowns == 1
+    epochs = result.extras["epochs"]
+    assert len(epochs) == 2 and all(0 <= e["train_seconds"] <= wall for e in epochs)
