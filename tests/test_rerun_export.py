@@ -92,3 +92,14 @@ def test_run_records_the_majority_class_and_warns_when_the_best_does_not_beat_it
     best = max(t.user_attrs["metrics"]["accuracy"] for t in study.trials if t.state.name == "COMPLETE")
     warned = "no better than always predicting the most frequent class 'circle'" in output
     assert warned == (best <= 0.25)
+
+
+def test_tlsearch_export_says_what_it_is_doing_before_the_long_wait(exported) -> None:
+    """Bug caught: `tlsearch export` silent for the whole export and its parity check (~40 s)."""
+    _, out, _ = exported
+    result = CliRunner().invoke(main, ["export", str(out), "--out", str(out / "again.onnx")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    doing = next(i for i, line in enumerate(lines) if line.startswith("exporting the best trial to ONNX"))
+    done = next(i for i, line in enumerate(lines) if line.startswith("exported "))
+    assert doing < done and (out / "again.onnx").is_file()

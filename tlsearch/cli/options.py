@@ -22,5 +22,5 @@ threads_option = click.option(
     "--threads",
     type=click.IntRange(min=1),
     help="PyTorch CPU threads per process (overrides training.threads; default: the cores free "
-    "when the study starts, from the load average)",
+    "when the study starts, from the load average and the CPU time used just now)",
 )
