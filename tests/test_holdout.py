@@ -15,7 +15,7 @@ import yaml
 
 from tlsearch.config import load_config, parse_config
 from tlsearch.data import ImageList, decode_images, load_all_splits, scan_folder
-from tlsearch.errors import ConfigError
+from tlsearch.errors import ConfigError, DataError
 from tlsearch.preprocessing import DataConfig, normalize
 
 
@@ -72,7 +72,10 @@ def test_a_test_split_that_shares_a_file_with_val_is_a_config_error(shapes_dir: 
     shutil.copytree(shapes_dir / "val", test_dir)
     shared = sorted((shapes_dir / "train" / "circle").iterdir())[0]
     (test_dir / "circle" / "copy.png").symlink_to(shared)  # the same file under another name
-    with pytest.raises(ConfigError, match=r"data\.test shares files with data\.train.*copy\.png"):
+    # refused before the overlap check: an image may not resolve outside its split's folder
+    with pytest.raises(
+        DataError, match=r"copy\.png' resolves to .*circle_0000\.png', outside the data folder"
+    ):
         _splits(_config(shapes_dir, test=str(test_dir)))
     with pytest.raises(ConfigError, match=r"data\.test shares files with data\.val, e\.g\. .*circle"):
         _splits(_config(shapes_dir, test=str(shapes_dir / "val")))
