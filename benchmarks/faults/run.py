@@ -23,6 +23,7 @@ from pathlib import Path
 
 import scenarios  # noqa: F401 - registers the scenarios
 import scenarios_inputs  # noqa: F401
+import scenarios_postgres  # noqa: F401
 import scenarios_signals  # noqa: F401
 from harness import SCENARIOS, Outcome, Sandbox, Skip
 
