@@ -67,8 +67,9 @@ class WriteError(TlsearchError):
 
 def disk_full_error(exc: BaseException) -> WriteError | None:
     """The :class:`WriteError` for an error that a full disk caused anywhere in its chain (an
-    ``OSError`` ENOSPC/EDQUOT, or SQLite's "database or disk is full" under Optuna's storage
-    error), else None: what the CLI prints instead of a traceback."""
+    ``OSError`` ENOSPC/EDQUOT, SQLite's "database or disk is full" or PostgreSQL's SQLSTATE 53100
+    "could not extend file …" under Optuna's storage error), else None: what the CLI prints
+    instead of a traceback."""
     seen: BaseException | None = exc
     for _ in range(32):  # a chain is short; a cycle must not hang the error path
         if seen is None:
@@ -81,8 +82,33 @@ def disk_full_error(exc: BaseException) -> WriteError | None:
                 "nothing was lost (the transaction was rolled back and every completed trial is kept): "
                 "free some space and rerun the same command to resume"
             )
+        if _postgres_disk_full(seen):
+            return WriteError(
+                "cannot write the study's PostgreSQL database: the database server's disk is full "
+                f"({_first_line(getattr(seen, 'orig', None) or seen)}); nothing was lost (the transaction was rolled back and every "
+                "completed trial is kept): free some space on the server and rerun the same command to resume"
+            )
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+#: PostgreSQL's SQLSTATE for ``disk_full`` ("could not extend file …", "No space left on device")
+PG_DISK_FULL = "53100"
+
+
+def _postgres_disk_full(exc: BaseException) -> bool:
+    """PostgreSQL's disk-full error as its driver raises it: SQLSTATE 53100 (psycopg2's ``pgcode``,
+    psycopg 3's ``sqlstate``), or its message where only the text is left."""
+    if PG_DISK_FULL in (getattr(exc, "pgcode", None), getattr(exc, "sqlstate", None)):
+        return True
+    text = str(exc)
+    return "could not extend file" in text and ("disk space" in text or "No space left" in text)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The server's own words (SQLAlchemy's error is given its driver's, ``orig``), first line."""
+    lines = str(exc).strip().splitlines()
+    return short_repr(lines[0], 160).strip("'\"") if lines else type(exc).__name__
 
 
 class ExportError(TlsearchError):

@@ -6,7 +6,8 @@
 Each row: the scenario, how many runs, how many held (``n_trials`` exact, 0 completed trials
 lost, and the scenario's own bar) and failed, and the last run's note. The disk-full rows mount a
 tmpfs, so they need root; elsewhere they are reported as skipped. Exit code 1 if any run failed.
-Scenarios live in ``scenarios.py`` (storage and kills), ``scenarios_signals.py`` and
+Scenarios live in ``scenarios.py`` (storage and kills), ``scenarios_postgres.py`` (a PostgreSQL
+server's full disk; needs its server binaries), ``scenarios_signals.py`` and
 ``scenarios_inputs.py`` (crafted files); add one with ``@scenario("…")``.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import scenarios  # noqa: F401 - registers the scenarios
 import scenarios_inputs  # noqa: F401
+import scenarios_postgres  # noqa: F401
 import scenarios_signals  # noqa: F401
 from harness import SCENARIOS, Outcome, Sandbox, Skip
 

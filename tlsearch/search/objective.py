@@ -13,7 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from tlsearch.config import METRICS, Range, ResolvedSpace, StudyConfig
-from tlsearch.errors import TlsearchError
+from tlsearch.errors import TlsearchError, WriteError, disk_full_error
 from tlsearch.rank.ranking import choices_identity
 from tlsearch.registry import PluginManager
 from tlsearch.search.budget import FINISHED, SKIPPED_ATTR, BudgetReached, study_deadline, wait_for_slot
@@ -186,8 +186,20 @@ class Objective:
         self.progress_interval = progress_interval
         self.identity = WorkerIdentity.current().to_dict()
         self._plugins: TrialPlugins | None = None  # this trial's, to name a plugin behind a failure
+        #: set when a write to the storage met a full disk (the database server's, most often):
+        #: the study is stopped and ``run_study`` raises it, instead of failing trial after trial
+        self.disk_full: WriteError | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        try:
+            return self._call(trial)
+        except Exception as exc:  # a storage write that met a full disk: no later trial can be recorded
+            self.disk_full = disk_full_error(exc)
+            if self.disk_full is not None:
+                trial.study.stop()
+            raise
+
+    def _call(self, trial: optuna.Trial) -> float | list[float]:
         # A write of its own: other workers' sweeps must know who runs the trial while it waits for a slot.
         trial.set_user_attr(WORKER_ATTR, self.identity)
         writer = TrialWriter(trial, interval=self.progress_interval)

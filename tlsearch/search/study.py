@@ -361,6 +361,8 @@ def run_study(
                 gc_after_trial=True,
                 show_progress_bar=False,
             )
+            if objective.disk_full is not None:  # one clear line, not "N failed trials in a row"
+                raise objective.disk_full
     finally:
         pm.notify("tlsearch_study_end", study=study, out_dir=str(study_dir.root))
     result.stopped = policy.stopped
