@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,21 @@ def wait_for_marker(
         time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"{what} did not happen within {timeout}s")
+
+
+def assert_refused_before_work(study: Path, out: Path, expected: Iterable[str]) -> None:
+    """``study`` is a config error naming its file and each ``expected`` fragment, raised by
+    :func:`tlsearch.search.prepare` before anything is written to ``out``."""
+    from tlsearch.errors import ConfigError
+    from tlsearch.search import prepare
+
+    with pytest.raises(ConfigError) as err:
+        prepare(study, out_dir=out)
+    message = str(err.value)
+    assert str(study) in message
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in: {message}"
+    assert not out.exists()
 
 
 @pytest.fixture(scope="session")

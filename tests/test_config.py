@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.conftest import assert_refused_before_work
 from tlsearch.cli import main
 from tlsearch.config import load_config
 from tlsearch.errors import ConfigError
@@ -61,14 +62,7 @@ CASES = [
     ("change", "expected"), CASES, ids=[str((c.values if hasattr(c, "values") else c)[0])[:50] for c in CASES]
 )
 def test_mistake_is_reported_before_any_work(write_study, tmp_path: Path, change, expected) -> None:
-    study = write_study(**change)
-    with pytest.raises(ConfigError) as err:
-        prepare(study, out_dir=tmp_path / "out")
-    message = str(err.value)
-    assert str(study) in message
-    for fragment in expected:
-        assert fragment in message, f"{fragment!r} not in: {message}"
-    assert not (tmp_path / "out").exists()
+    assert_refused_before_work(write_study(**change), tmp_path / "out", expected)
 
 
 def test_cli_exits_2_and_writes_nothing(write_study, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from tlsearch_builtins.freezing._static import FullFinetune
 from tlsearch_builtins.regularizers import L2SP, WeightDecay
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from tests.conftest import assert_refused_before_work
 from tlsearch.cli import main
 from tlsearch.data import decode_images, scan_folder
 from tlsearch.errors import ConfigError, PluginError
@@ -97,14 +98,7 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
 
 @pytest.mark.parametrize(("change", "expected"), CASES, ids=[str(c[0])[:60] for c in CASES])
 def test_bad_value_is_a_config_error_before_any_work(write_study, tmp_path: Path, change, expected) -> None:
-    study = write_study(**change)
-    with pytest.raises(ConfigError) as err:
-        prepare(study, out_dir=tmp_path / "out")
-    message = str(err.value)
-    assert str(study) in message
-    for fragment in expected:
-        assert fragment in message, f"{fragment!r} not in: {message}"
-    assert not (tmp_path / "out").exists()
+    assert_refused_before_work(write_study(**change), tmp_path / "out", expected)
 
 
 def test_valid_narrowing_still_passes(write_study, tmp_path: Path) -> None:
