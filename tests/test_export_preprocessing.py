@@ -51,6 +51,63 @@ def test_graph_preprocessing_matches_pil_within_the_documented_levels(
         assert levels.mean() < 0.1
 
 
+def _pixel_levels(config: DataConfig, raws: list[np.ndarray]) -> tuple[float, float, float]:
+    """Largest difference of the graph from PIL in uint8 levels, its mean, and the largest on the border."""
+    session = ort.InferenceSession(preprocessing_model(config).SerializeToString())
+    std = np.asarray(config.std, np.float32).reshape(1, 3, 1, 1) * 255
+    worst, border, total, count = 0.0, 0.0, 0.0, 0
+    for raw in raws:
+        want = normalize(resize_center_crop(Image.fromarray(raw), config)[None], config)
+        levels = np.round(
+            np.abs(session.run(None, {"image": raw[None]})[0] - want) * std, 3
+        )  # float32 noise off
+        edges = np.concatenate(
+            [levels[..., 0, :], levels[..., -1, :], levels[..., :, 0], levels[..., :, -1]], -1
+        )
+        worst, border = max(worst, float(levels.max())), max(border, float(edges.max()))
+        total, count = total + float(levels.sum()), count + levels.size
+    return worst, total / count, border
+
+
+def _noise(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash"])
+@pytest.mark.parametrize("crop_pct", [1.0, 0.875])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("ratio", [2, 3, 4, 2.5, 1.37])
+def test_graph_preprocessing_matches_pil_at_exact_and_other_ratios_including_the_border(
+    interpolation: str, crop_pct: float, crop_mode: str, ratio: float
+) -> None:
+    """Whole images reduced 2×, 3×, 4× (and by ratios that are not whole) to the resize size: with
+    ``crop_pct: 1`` nothing crops the border away, where PIL renormalises its filter over the taps
+    inside the image (bilinear used to be 5–16 levels off there)."""
+    config = DataConfig(32, interpolation=interpolation, crop_pct=crop_pct, crop_mode=crop_mode)
+    side = round(config.resize_size * ratio)
+    raws = [
+        _noise(side, side, 0),
+        raw_image(side, side, 1),
+        _noise(side, round(side * 1.5), 2),  # the shorter side at the ratio, the other not
+        raw_image(round(side * 1.25), side, 3),
+    ]
+    worst, mean, border = _pixel_levels(config, raws)
+    assert worst <= PIXEL_TOLERANCE[interpolation], (side, worst)
+    assert border <= 1.0, (side, border)
+    assert mean < 0.03, (side, mean)
+
+
+def test_graph_rounds_half_up_as_pil_does() -> None:
+    """A 2× bilinear reduction of a whole image lands many pixels on exactly .5: PIL rounds them up
+    (its fixed-point ``+ 0.5``), ONNX ``Round`` would round half of them down to even."""
+    config = DataConfig(32, interpolation="bilinear", crop_pct=1.0, crop_mode="squash")
+    raw = np.zeros((64, 64, 3), np.uint8)
+    raw[:, 1::4] = 1  # columns 1, 5, 9, …: each output pixel of the width pass is 0.375 or 0.625 of a level
+    raw[1::4, :] = 2
+    worst, mean, _ = _pixel_levels(config, [raw, _noise(64, 64, 5)])
+    assert worst <= 1.0 and mean < 0.01, (worst, mean)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
@@ -158,3 +215,28 @@ def test_a_pixel_difference_equal_to_the_tolerance_passes_and_one_above_is_refus
     monkeypatch.setitem(PIXEL_TOLERANCE, "bicubic", float(np.nextafter(measured, 0.0)))
     with pytest.raises(ExportError, match="differs from tlsearch.preprocessing"):
         check()
+
+
+def test_a_bilinear_whole_image_model_exports_with_raw_input(tmp_path: Path) -> None:
+    """``crop_pct: 1`` with bilinear at exact 2×, 3×, 4× reductions: export used to refuse it (the
+    graph's border was up to 16 levels off PIL); now it writes the model and the outputs agree."""
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=3).eval()
+    config = DataConfig(32, interpolation="bilinear", crop_pct=1.0)
+    raws = [_noise(64, 64, 0), raw_image(96, 96, 1), _noise(128, 192, 2), raw_image(45, 70, 3)]
+    prepared = [resize_center_crop(Image.fromarray(r), config) for r in raws]
+    report = export_onnx(
+        model,
+        path=tmp_path / "model.onnx",
+        metadata={"task": "classification", "labels": list("abc"), "data_config": config.to_dict()},
+        validation_images=np.stack(prepared),
+        embed_preprocessing=True,
+        raw_images=raws,
+    )
+    assert report.preprocessing["pixel_max_diff_levels"] <= PIXEL_TOLERANCE["bilinear"]
+    assert report.preprocessing["top1_agreement"] == 1.0
+    session = ort.InferenceSession(str(report.path))
+    with torch.inference_mode():
+        plain = model(torch.from_numpy(normalize(np.stack(prepared), config))).numpy()
+    for raw, want in zip(raws, plain, strict=True):
+        np.testing.assert_allclose(session.run(None, {"image": raw[None]})[0][0], want, atol=0.05)

@@ -8,9 +8,14 @@ INT8 alike. Torch-free.
 How close it is to PIL: the sizes, the rounding of the resized side and the crop offsets are
 computed exactly as in :mod:`tlsearch.preprocessing`; ``Resize`` with ``antialias=1`` uses PIL's
 filters (triangle for bilinear, Keys a = -0.5 for bicubic, scaled by the downscale factor), and
-like PIL the graph resizes in two separable passes (width, then height), rounding and clipping to
-``uint8`` levels after each. What remains is PIL's fixed-point arithmetic: pixels differ by at most
-1 level, under 0.05 levels on average (see :data:`PIXEL_TOLERANCE`); every export measures it.
+like PIL the graph resizes in two separable passes (width, then height), rounding half up (PIL's
+fixed-point ``+ 0.5``, not ONNX ``Round``'s half-to-even) and clipping to ``uint8`` levels after
+each. At the image's border PIL renormalises the filter over the taps inside the image, which is
+``exclude_outside=1`` for both filters: without it onnxruntime weights the edge pixel as if the
+image went on, and the border rows and columns were 5–16 levels off, which a centre crop hides but
+``crop_pct: 1`` (and every exact 2×, 3×, 4× reduction of a whole image) keeps. What remains is
+PIL's fixed-point arithmetic: pixels differ by at most 2 levels (mostly 1), about 0.01 levels on
+average (see :data:`PIXEL_TOLERANCE`); every export measures it.
 Nearest (PIL and ONNX disagree on the source pixel at some scales) and Lanczos (no ONNX filter)
 are refused.
 """
@@ -34,8 +39,9 @@ RAW_INPUT_NAME = "image"
 MIN_OPSET = 18
 _RESIZE_MODES = {"bilinear": "linear", "bicubic": "cubic"}
 # Largest per-pixel difference from PIL, in uint8 levels, that check_preprocessing accepts. Measured
-# on smooth and uniform-noise images of sizes 20x30 to 300x200, up- and downscaling: at most 1 level
-# (PIL's fixed-point filter weights), under 0.05 levels on average; 2 leaves a margin for rounding.
+# on smooth and uniform-noise images of sizes 20x20 to 300x200, up- and downscaling, exact (2x, 3x,
+# 4x) and other ratios, crop_pct 0.875 to 1: at most 2 levels where both passes' fixed-point
+# rounding falls the same way (mostly 1), about 0.01 levels on average (bicubic under 0.001).
 PIXEL_TOLERANCE = {"bilinear": 2.0, "bicubic": 2.0}
 
 
@@ -87,9 +93,10 @@ def preprocessing_nodes(config: DataConfig, *, input_name: str, output_name: str
         "mode": _RESIZE_MODES[config.interpolation],
         "coordinate_transformation_mode": "half_pixel",
         "antialias": 1,
+        "exclude_outside": 1,
     }
     if config.interpolation == "bicubic":
-        resize_attrs.update(cubic_coeff_a=-0.5, exclude_outside=1)
+        resize_attrs.update(cubic_coeff_a=-0.5)
     mean = np.asarray(config.mean, np.float32).reshape(1, 1, 1, 3)
     std = np.asarray(config.std, np.float32).reshape(1, 1, 1, 3)
     return [
@@ -101,6 +108,7 @@ def preprocessing_nodes(config: DataConfig, *, input_name: str, output_name: str
         _const(p + "axes", np.array([1, 2], np.int64)),
         _const(p + "u8max", np.array(255.0, np.float32)),
         _const(p + "zero", np.array(0.0, np.float32)),
+        _const(p + "half", np.array(0.5, np.float32)),
         _const(p + "mean", mean),
         _const(p + "std", std),
         helper.make_node("Shape", [input_name], [p + "shape"]),
@@ -109,16 +117,18 @@ def preprocessing_nodes(config: DataConfig, *, input_name: str, output_name: str
         *(_squash_sides(p) if config.crop_mode == "squash" else _aspect_sides(p, short)),
         helper.make_node("Concat", [p + "new_h", p + "new_w"], [p + "new_hw"], axis=0),
         helper.make_node("Cast", [input_name], [p + "img_f"], to=TensorProto.FLOAT),
-        # Two separable passes, width first, each rounded and clipped to uint8 levels: as PIL does.
+        # Two separable passes, width first, each rounded half up and clipped to uint8 levels: as PIL does.
         helper.make_node(
             "Resize", [p + "img_f", "", "", p + "new_w"], [p + "wide"], axes=[2], **resize_attrs
         ),
-        helper.make_node("Round", [p + "wide"], [p + "wide_r"]),
+        helper.make_node("Add", [p + "wide", p + "half"], [p + "wide_h"]),
+        helper.make_node("Floor", [p + "wide_h"], [p + "wide_r"]),
         helper.make_node("Clip", [p + "wide_r", p + "zero", p + "u8max"], [p + "wide_c"]),
         helper.make_node(
             "Resize", [p + "wide_c", "", "", p + "new_h"], [p + "resized"], axes=[1], **resize_attrs
         ),
-        helper.make_node("Round", [p + "resized"], [p + "resized_r"]),
+        helper.make_node("Add", [p + "resized", p + "half"], [p + "resized_h"]),
+        helper.make_node("Floor", [p + "resized_h"], [p + "resized_r"]),
         helper.make_node("Clip", [p + "resized_r", p + "zero", p + "u8max"], [p + "resized_c"]),
         helper.make_node("Sub", [p + "new_hw", p + "size"], [p + "margin"]),
         helper.make_node("Div", [p + "margin", p + "two"], [p + "start"]),
