@@ -50,7 +50,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False, num_classes=len(LABELS)).eval()
     prepared = np.stack([prepare_image(p, CONFIG) for p in files])
-    meta = {"task": "classification", "labels": LABELS, "data_config": CONFIG.to_dict()}
+    meta = {
+        "task": "classification",
+        "labels": LABELS,
+        "data_config": CONFIG.to_dict(),
+        "backbone_model": "test_resnet",
+        "provenance": {
+            "plugins": [{"kind": "backbone", "name": "timm", "package": "tlsearch", "version": "0.1.0"}],
+            "versions": {"tlsearch": "0.1.0", "torch": torch.__version__},
+        },
+    }
     classifier = export_onnx(
         model, path=root / "cls" / "model.onnx", metadata=meta, validation_images=prepared
     )
@@ -184,12 +193,16 @@ def test_predictor_works_where_torch_cannot_be_imported(setup) -> None:  # type:
         else:
             raise SystemExit("the torch block did not work")
         from tlsearch.deploy import Predictor
-        results = Predictor({str(setup["cls"])!r}).predict({[str(p) for p in setup["files"]]!r}, top_k=1)
+        predictor = Predictor({str(setup["cls"])!r})
+        results = predictor.predict({[str(p) for p in setup["files"]]!r}, top_k=1)
         assert not [m for m in sys.modules if m.split(".")[0] == "torch"]
         print(",".join(r.top_k[0][0] for r in results))
+        print(predictor.provenance.backbone_model, *predictor.provenance.requirements())
     """)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().split(",") == [LABELS[i] for i in setup["logits"].argmax(1)]
+    labels, made_by = proc.stdout.strip().splitlines()
+    assert labels.split(",") == [LABELS[i] for i in setup["logits"].argmax(1)]
+    assert made_by.split() == ["test_resnet", "tlsearch==0.1.0", f"torch=={torch.__version__}"]
 
 
 def test_predict_cli_works_where_torch_cannot_be_imported(setup) -> None:  # type: ignore[no-untyped-def]

@@ -60,6 +60,24 @@ CASES = {
     "huge": (data_config(input_size=60000), r"input_size must be in \[8, 4096\] but got 60000"),
     "std0": (data_config(std=[0.0, 0.2, 0.2]), r"std must be > 0"),
     "mean2": (data_config(mean=[0.5, 0.5]), r"mean must be 3 finite numbers"),
+    "backbone_model": (
+        lambda meta: meta.update(backbone_model=18),
+        r"backbone_model must be a string, got 18",
+    ),
+    "plugin_kind": (
+        lambda meta: meta.update(provenance={"plugins": [{"kind": "gizmo", "name": "x", "package": "p"}]}),
+        r"provenance.plugins\[0\]: kind 'gizmo' is not valid; valid: backbone, head, freezing, regularizer",
+    ),
+    "plugin_version": (
+        lambda meta: meta.update(
+            provenance={"plugins": [{"kind": "head", "name": "x", "package": "p", "version": 1.2}]}
+        ),
+        r"provenance.plugins\[0\]: version must be a string or null, got 1.2",
+    ),
+    "versions": (
+        lambda meta: meta.update(provenance={"plugins": [], "versions": {"torch": 2}}),
+        r"provenance.versions must map names to version strings",
+    ),
 }
 
 

@@ -7,14 +7,17 @@
 from tlsearch.deploy._files import IMAGE_EXTENSIONS, collect_images
 from tlsearch.deploy._format import METADATA_KEY, TASKS, ModelFormatError, read_metadata
 from tlsearch.deploy._predictor import Prediction, Predictor
+from tlsearch.deploy._provenance import PluginSource, Provenance
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "METADATA_KEY",
     "TASKS",
     "ModelFormatError",
+    "PluginSource",
     "Prediction",
     "Predictor",
+    "Provenance",
     "collect_images",
     "read_metadata",
 ]

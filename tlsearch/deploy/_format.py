@@ -3,7 +3,8 @@
 The whole metadata dict is stored as JSON under the ONNX metadata key ``tlsearch`` (readable with
 ``onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map["tlsearch"]``); the most
 used entries are also stored under their own keys (``labels``, ``task``, ``data_config``,
-``input_format``, ``tlsearch_version``), each JSON-encoded, for tools that only list keys.
+``input_format``, ``tlsearch_version``, ``backbone_model``, ``provenance``), each JSON-encoded, for
+tools that only list keys (Netron shows them).
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ TASKS = ("classification", "regression")
 INPUT_NORMALIZED = "nchw_float32_normalized"
 INPUT_RAW = "nhwc_uint8_raw"
 INPUT_FORMATS = (INPUT_NORMALIZED, INPUT_RAW)
-FLAT_KEYS = ("labels", "task", "data_config", "input_format", "tlsearch_version")
+FLAT_KEYS = (
+    "labels",
+    "task",
+    "data_config",
+    "input_format",
+    "tlsearch_version",
+    "backbone_model",
+    "provenance",
+)
 
 
 class ModelFormatError(TlsearchError):
@@ -36,7 +45,8 @@ def validate_metadata(metadata: Mapping[str, Any], *, source: str = "metadata") 
     """Check the entries deploy relies on and that the whole is JSON-able; returns a JSON round-tripped copy.
 
     Required: ``task`` (one of :data:`TASKS`) and ``data_config`` (:meth:`DataConfig.to_dict`).
-    ``labels`` is ``None`` or a list of strings.
+    ``labels`` is ``None`` or a list of strings; ``backbone_model`` and ``provenance``, when
+    present, are what :meth:`tlsearch.deploy.Provenance.from_metadata` reads.
     """
     try:
         copy = json.loads(json.dumps(dict(metadata), allow_nan=False))
@@ -56,6 +66,9 @@ def validate_metadata(metadata: Mapping[str, Any], *, source: str = "metadata") 
     labels = copy.get("labels")
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise ModelFormatError(f"{source}: labels must be null or a list of strings, got {labels!r}")
+    from tlsearch.deploy._provenance import Provenance  # it raises this module's error
+
+    Provenance.from_metadata(copy, source=source)  # backbone_model and provenance, when present
     input_format = copy.get("input_format", INPUT_NORMALIZED)
     if input_format not in INPUT_FORMATS:
         raise ModelFormatError(

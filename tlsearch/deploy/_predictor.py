@@ -18,6 +18,7 @@ from PIL import Image
 
 from tlsearch.deploy._checks import check_graph
 from tlsearch.deploy._format import INPUT_RAW, ModelFormatError, read_metadata
+from tlsearch.deploy._provenance import Provenance
 from tlsearch.preprocessing import (
     DataConfig,
     check_image_size,
@@ -85,6 +86,8 @@ class Predictor:
         self.task: str = meta["task"]
         self.data_config = DataConfig.from_dict(meta["data_config"])
         self.raw_input = meta.get("input_format") == INPUT_RAW
+        #: what made the model: the backbone's concrete model, the plugins' packages and versions
+        self.provenance = Provenance.from_metadata(meta, source=repr(str(self.path)))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         n = check_graph(meta, inputs, outputs, source=repr(str(self.path)))
         self.input_name = inputs[0].name

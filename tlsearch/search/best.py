@@ -21,6 +21,7 @@ from tlsearch.registry import PluginManager, get_plugin_manager
 from tlsearch.search.checkpoint import CheckpointError, TrialRecord, load_checkpoint
 from tlsearch.search.holdout import score_exported
 from tlsearch.search.objectives import select_best
+from tlsearch.search.sampling import backbone_model
 from tlsearch.search.soup import Ingredient, greedy_soup, start_of, validation_metrics
 from tlsearch.search.study import open_study
 from tlsearch.search.study_dir import StudyDir
@@ -120,6 +121,7 @@ def export_study(
     """
     from tlsearch.export import export_onnx
     from tlsearch.export._metadata import update_metadata
+    from tlsearch.export._provenance import provenance
 
     study_dir = StudyDir(Path(out_dir))
     config = study_dir.load_config()
@@ -165,6 +167,9 @@ def export_study(
         "data_config": record.data_config,
         "trial": record.number,
         "choices": record.choices,
+        "backbone_model": backbone_model(record.choices, record.info),
+        # the plugins' packages (or files) and versions, and the libraries': to reproduce the trial
+        "provenance": provenance(pm, record.choices),
         "summary": record.info.get("summary"),
         "metric": record.metric,
         "value": record.value,
@@ -198,6 +203,7 @@ def export_study(
         {
             "path": str(report.path),
             "trial": record.number,
+            "backbone_model": metadata["backbone_model"],
             "metric": record.metric,
             "value": metadata["value"],
             "test": metadata.get("test"),

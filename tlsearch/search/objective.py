@@ -42,6 +42,7 @@ from tlsearch.search.recovery import (
 )
 from tlsearch.search.sampling import (
     TrialPlugins,
+    backbone_model,
     build_model,
     data_choices,
     describe_choices,
@@ -253,7 +254,8 @@ class Objective:
             choices = sample_choices(trial, self.space)
         # A requeued trial (Ctrl-C, a lost worker) carries its seed: same parameters, same training.
         seed = trial.user_attrs.get(SEED_ATTR, (self.config.search.seed or 0) + trial.number)
-        writer.flush(choices=choices, **{SEED_ATTR: int(seed)})  # parameters, choices, seed: one commit
+        # backbone_model first: the concrete model (resnet18 under `backbone: timm`) where dashboards look
+        writer.flush(backbone_model=backbone_model(choices), choices=choices, **{SEED_ATTR: int(seed)})
         history: list[dict[str, float]] = []
         try:
             # Observer hooks cannot fail a trial by accident; FailTrial and TrialPruned do it on purpose.

@@ -229,6 +229,16 @@ def build_model(
     return TransferModel(built, plugins.head.build(built.num_features, num_outputs))
 
 
+def backbone_model(choices: dict[str, Any], info: dict[str, Any] | None = None) -> str:
+    """The concrete model behind a trial's backbone (``resnet18`` where the plugin is ``timm``):
+    the built backbone's ``info["model"]`` when given and set, else the backbone's ``model``
+    hyperparameter (timm, torchvision), else the plugin's own name (a curated backbone is its model).
+    Trials record it as the user attribute ``backbone_model``; exports as ``backbone_model``."""
+    backbone = choices["backbone"]
+    model = (info or {}).get("model") or choices.get(f"backbone.{backbone}.model")
+    return str(model or backbone)
+
+
 def describe_choices(choices: dict[str, Any]) -> str:
     """A one-line summary: ``timm(resnet18) @160px + linear | layer_decay | label_smoothing, mixup``
     (the size only when the trial records one)."""
