@@ -22,7 +22,7 @@ from tests.test_registry import HEAD_PLUGIN, make_distribution
 from tlsearch.cli import main
 from tlsearch.deploy import Predictor, Provenance
 
-pytestmark = pytest.mark.slow  # two real trials and an export
+slow = pytest.mark.slow  # the tests on the study: two real trials and an export
 
 REGULARIZER_FILE = '''
 from tlsearch import hookimpl
@@ -87,6 +87,7 @@ def _by_kind(plugins: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {p["kind"]: p for p in plugins}
 
 
+@slow
 def test_model_json_and_onnx_metadata_name_each_plugins_package_file_and_versions(study) -> None:  # type: ignore[no-untyped-def]
     meta = json.loads(study["model"].with_suffix(".json").read_text())["metadata"]
     session_meta = ort.InferenceSession(str(study["model"])).get_modelmeta().custom_metadata_map
@@ -127,6 +128,7 @@ def test_model_json_and_onnx_metadata_name_each_plugins_package_file_and_version
     assert versions["python"] == ".".join(map(str, sys.version_info[:3]))
 
 
+@slow
 def test_every_trial_and_the_study_show_the_concrete_backbone_model(study) -> None:  # type: ignore[no-untyped-def]
     from tlsearch.search import StudyDir, open_study
 
@@ -140,6 +142,7 @@ def test_every_trial_and_the_study_show_the_concrete_backbone_model(study) -> No
     assert loaded.user_attrs["export"]["backbone_model"] == "test_efficientnet"
 
 
+@slow
 def test_the_predictor_reads_the_provenance_back(study) -> None:  # type: ignore[no-untyped-def]
     provenance = Predictor(study["model"]).provenance
     assert provenance.backbone_model == "test_efficientnet"
@@ -154,6 +157,7 @@ def test_the_predictor_reads_the_provenance_back(study) -> None:  # type: ignore
         provenance.of_kind("heads")
 
 
+@slow
 def test_a_changed_plugin_file_no_longer_matches(study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (regularizer,) = Predictor(study["model"]).provenance.of_kind("regularizer")
     changed = tmp_path / "my_plugins.py"
@@ -163,6 +167,7 @@ def test_a_changed_plugin_file_no_longer_matches(study, tmp_path: Path) -> None:
     assert regularizer.file_matches(tmp_path / "missing.py") is None
 
 
+@slow
 def test_the_provenance_reads_back_where_torch_cannot_be_imported(study) -> None:  # type: ignore[no-untyped-def]
     proc = run_without_torch(f"""
         import json
@@ -186,3 +191,43 @@ def test_the_provenance_reads_back_where_torch_cannot_be_imported(study) -> None
 def test_a_model_exported_before_provenance_reads_as_empty() -> None:
     empty = Provenance.from_metadata({"task": "classification"})
     assert (empty.backbone_model, empty.plugins, empty.requirements()) == (None, (), [])
+
+
+@pytest.mark.parametrize(
+    ("choices", "info", "model"),
+    [
+        ({"backbone": "timm", "backbone.timm.model": "resnet18"}, None, "resnet18"),
+        (
+            {"backbone": "torchvision", "backbone.torchvision.model": "mobilenet_v3_small"},
+            {},
+            "mobilenet_v3_small",
+        ),
+        ({"backbone": "efficientnet_lite0"}, None, "efficientnet_lite0"),  # a curated backbone is its model
+        ({"backbone": "mine", "backbone.mine.arch": "x"}, {"model": "mine-v2"}, "mine-v2"),  # what it built
+    ],
+)
+def test_backbone_model_names_the_concrete_model(choices: dict, info: dict | None, model: str) -> None:  # type: ignore[type-arg]
+    from tlsearch.search.sampling import backbone_model
+
+    assert backbone_model(choices, info) == model
+
+
+def test_used_plugins_lists_the_regularizers_that_are_on() -> None:
+    from tlsearch.export._provenance import used_plugins
+
+    choices = {
+        "backbone": "timm",
+        "head": "linear",
+        "freezing": "bitfit",
+        "regularizer.mixup": True,
+        "regularizer.mixup.alpha": 0.2,
+        "regularizer.l2_sp": False,
+        "regularizer.bss": True,
+    }
+    assert used_plugins(choices) == [
+        ("backbone", "timm"),
+        ("head", "linear"),
+        ("freezing", "bitfit"),
+        ("regularizer", "mixup"),
+        ("regularizer", "bss"),
+    ]
