@@ -254,7 +254,7 @@ class Objective:
             choices = sample_choices(trial, self.space)
         # A requeued trial (Ctrl-C, a lost worker) carries its seed: same parameters, same training.
         seed = trial.user_attrs.get(SEED_ATTR, (self.config.search.seed or 0) + trial.number)
-        # backbone_model first: the concrete model (resnet18 under `backbone: timm`) where dashboards look
+        # with the choices: the concrete model behind the plugin (resnet18 under `backbone: timm`), for dashboards
         writer.flush(backbone_model=backbone_model(choices), choices=choices, **{SEED_ATTR: int(seed)})
         history: list[dict[str, float]] = []
         try:
