@@ -340,7 +340,7 @@ class RegularizerContract(PluginContract):
             features = model.forward_features(images)
             for imgs in (images, None) if not reg.uses_inputs else (images,):
                 term = reg.penalty(model, images=imgs, features=features)
-                assert term is None or (term.ndim == 0 and math.isfinite(float(term)))
+                assert term is None or (term.ndim == 0 and math.isfinite(float(term.detach())))
         finally:
             reg.teardown(model)
 
