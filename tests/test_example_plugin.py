@@ -1,5 +1,7 @@
-"""The example third-party plugin package: pip-installed into the test environment, then found by
-``tlsearch plugins list``, used in a study, and tested with its own tests (which use tlsearch.testing)."""
+"""The example third-party plugin package (one plugin of each kind): pip-installed into a folder of
+its own, then found by ``tlsearch plugins list`` with its provider, used in a real search where all
+four plugins are the example's (exported to ONNX), and tested with its own tests (which use
+tlsearch.testing)."""
 
 from __future__ import annotations
 
