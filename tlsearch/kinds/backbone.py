@@ -63,7 +63,7 @@ class Backbone(Plugin):
         """Cheap facts without building with weights (no download); may be empty, may not raise.
 
         Keys the core reads: ``params`` (parameter count) and ``gflops`` (forward GFLOPs per image
-        at the default input size), used by ``tlsearch rank`` to show and weigh backbones' costs
-        before any is built; ``family`` and ``model`` are shown. Measure on the meta device
+        at the default input size): ``tlsearch rank`` shows them and breaks equal scores by
+        ``params``; ``family`` and ``model`` are shown. Measure on the meta device
         (``with torch.device("meta"): …``) to stay cheap."""
         return {}
