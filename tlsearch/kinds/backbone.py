@@ -12,7 +12,21 @@ from tlsearch.kinds.model import BuiltBackbone
 class Backbone(Plugin):
     """A pretrained feature extractor (timm, torchvision, a local file …).
 
-    Required: :meth:`build`. ``family`` groups related backbones in listings and reports.
+    Required: :meth:`build`, returning a :class:`~tlsearch.kinds.BuiltBackbone` (the module, its
+    pooled-feature width, its :class:`~tlsearch.preprocessing.DataConfig`, its layer groups and
+    ``info``). Optional: :meth:`describe`, :meth:`input_sizes`, and the classmethods
+    :meth:`~tlsearch.kinds.Plugin.check_space` / :meth:`~tlsearch.kinds.Plugin.check_available`.
+    ``family`` groups related backbones in listings and reports.
+
+    **Weights.** tlsearch does not load weights for a backbone: it declares a ``weights``
+    hyperparameter and honours it in ``build``. The built-ins' forms are ``hub`` (download; offline
+    with nothing cached is an error, never random weights), ``random`` (on purpose), and a file
+    (``.safetensors``, or ``.pth`` loaded with ``torch.load(weights_only=True)``). A relative file
+    path is meant from the study file's folder: make it absolute in ``check_space`` (it receives
+    ``study_dir``), where the file is also checked once before any trial; a trial's ``build`` then
+    only ever sees absolute paths. A form the backbone cannot honour (``hub`` for a model with no
+    hub) is refused in ``check_space`` with the valid forms. Check that a hub answers in
+    ``check_available``, not in ``build``.
 
     ``build`` receives options as keywords; a backbone ignores those it cannot honour (and says so
     in its docstring):
@@ -46,5 +60,10 @@ class Backbone(Plugin):
         return None
 
     def describe(self) -> dict[str, Any]:
-        """Cheap facts for listings and the search (parameter count, FLOPs) without building; may be empty."""
+        """Cheap facts without building with weights (no download); may be empty, may not raise.
+
+        Keys the core reads: ``params`` (parameter count) and ``gflops`` (forward GFLOPs per image
+        at the default input size): ``tlsearch rank`` shows them and breaks equal scores by
+        ``params``; ``family`` and ``model`` are shown. Measure on the meta device
+        (``with torch.device("meta"): …``) to stay cheap."""
         return {}

@@ -15,10 +15,28 @@ from tlsearch.preprocessing import DataConfig
 class BuiltBackbone:
     """What :meth:`Backbone.build` returns.
 
-    ``module`` maps a normalised NCHW batch to pooled features of shape ``(N, num_features)``.
+    ``module`` maps a normalised NCHW batch to *pooled* features of shape ``(N, num_features)``
+    (a timm model after ``reset_classifier(0)``: its ``forward``, not its ``forward_features``,
+    which is unpooled). ``num_features`` is that width: the heads' ``in_features``.
+
+    ``data_config`` (:class:`~tlsearch.preprocessing.DataConfig`) is the preprocessing the weights
+    expect: ``input_size`` (square side, px), ``mean``/``std`` (RGB, of [0, 1] pixels),
+    ``interpolation`` (``nearest``, ``bilinear``, ``bicubic``, ``lanczos``), ``crop_pct`` (eval
+    resize to ``input_size / crop_pct``, then centre crop) and ``crop_mode`` (``center`` or
+    ``squash``). Every backbone returns one; the study's ``data.image_size``/``crop_pct``/
+    ``crop_mode`` override its fields, and the exported model records the result.
+
     ``layer_groups`` lists the module's parameter names in ordered groups, input → output (stem
-    first); every trainable parameter of ``module`` is in exactly one group. Freezing strategies
-    act on these groups.
+    first); every parameter of ``module`` is in exactly one group, and there are at least two.
+    Freezing strategies act on these groups (:func:`tlsearch.kinds.freezing.backbone_group_params`).
+
+    ``info``: facts about what was built, copied into the trial's ``backbone`` user attribute and
+    its checkpoint. Keys the core reads: ``params`` (parameter count; the contract checks it is
+    exact), ``gflops`` (forward GFLOPs per image at the trial's input size: the cost-aware pruner
+    and cost objectives and constraints use it; leave it out if unknown), ``model`` (a concrete model name: shown in
+    listings, and the compile decision keys on it). Keys shown as given: ``family``, ``weights``
+    (where the weights came from), ``input_size``, ``drop_path_rate`` (the rate applied, or
+    ``"unsupported"``). Values must be JSON-serialisable.
     """
 
     module: nn.Module
@@ -56,6 +74,12 @@ class TransferModel(nn.Module):
             )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's **pooled** features ``(N, num_features)``: what the head takes.
+
+        Unlike timm's ``forward_features``, which returns the unpooled feature map (``(N, C, H, W)``
+        for a CNN, tokens for a ViT), this is what timm calls ``forward_head(…, pre_logits=True)``.
+        A regularizer that needs feature maps (DELTA does) hooks the backbone's modules instead.
+        """
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,9 @@ class BackboneContract(PluginContract):
     once and are ordered input → output; its data config and info are usable."""
 
     plugin: ClassVar[type[Backbone]]
+    #: keyword options for ``build`` (e.g. ``{"load_weights": False}``, ``{"input_size": 64}``)
     build_options: ClassVar[dict[str, Any]] = {}
+    #: the side of the random test images fed to the built module (pick what the backbone takes)
     image_size: ClassVar[int] = 32
 
     @pytest.fixture(scope="class")
@@ -138,9 +140,11 @@ class BackboneContract(PluginContract):
 
 class HeadContract(PluginContract):
     """Maps ``(N, in_features)`` to ``(N, out_features)`` for classification and for one regression
-    output; every parameter trains; batch size 1 works in eval mode."""
+    output; every parameter trains; batch size 1 works in eval mode; an ``init_from_data`` method,
+    if the head module has one, leaves it usable. ``in_features`` sets the feature width tested."""
 
     plugin: ClassVar[type[Head]]
+    #: the feature width the head is built for in the checks
     in_features: ClassVar[int] = 16
 
     @pytest.mark.parametrize("out_features", [1, 3])
@@ -187,6 +191,22 @@ class HeadContract(PluginContract):
             optimizer.step()
         assert first is not None and float(loss.detach()) < 0.5 * first
 
+    def test_init_from_data_keeps_the_head_usable(self) -> None:
+        """A head module with ``init_from_data`` (see :class:`~tlsearch.kinds.Head`) accepts the
+        training features and class indices as the trainer gives them, and still gives finite
+        outputs of the right shape afterwards. Skipped for a head without it."""
+        torch.manual_seed(0)
+        head = self.make_plugin().build(self.in_features, 3)
+        if not callable(getattr(head, "init_from_data", None)):
+            pytest.skip("the head has no init_from_data")
+        features, targets = torch.randn(12, self.in_features), torch.arange(12) % 3
+        with torch.no_grad():
+            head.init_from_data(features, targets)
+        head.eval()
+        with torch.no_grad():
+            out = head(features)
+        assert out.shape == (12, 3) and torch.isfinite(out).all()
+
 
 class FreezingStrategyContract(PluginContract):
     """Over a few epochs in the real trainer: the param groups cover every trainable parameter once;
@@ -199,6 +219,7 @@ class FreezingStrategyContract(PluginContract):
     """
 
     plugin: ClassVar[type[FreezingStrategy]]
+    #: epochs of the recorded run (raise it to cover a schedule: ``gradual_unfreeze``'s steps)
     epochs: ClassVar[int] = 3
 
     def make_model(self) -> TransferModel:
@@ -319,7 +340,7 @@ class RegularizerContract(PluginContract):
             features = model.forward_features(images)
             for imgs in (images, None) if not reg.uses_inputs else (images,):
                 term = reg.penalty(model, images=imgs, features=features)
-                assert term is None or (term.ndim == 0 and math.isfinite(float(term)))
+                assert term is None or (term.ndim == 0 and math.isfinite(float(term.detach())))
         finally:
             reg.teardown(model)
 

@@ -58,6 +58,7 @@ from tlsearch.train.compiling import decide_compile
 from tlsearch.train.device import Precision, configure_backends, resolve_precision, use_channels_last
 from tlsearch.train.ema import WeightAverage
 from tlsearch.train.features import FeatureCache, feature_key
+from tlsearch.train.head_init import init_head_from_data
 from tlsearch.train.metrics import evaluate_outputs
 from tlsearch.train.optim import (
     apply_lr,
@@ -498,6 +499,10 @@ class Trainer:
             self._feature_sources(train, val, extras) if cached else self._image_sources(train, val, extras)
         )
         train_src, val_src = sources
+        # a head module with init_from_data (kinds.Head) sees the training features once, before any step
+        features = (lambda: train_src.inputs) if cached else partial(self._features_of, train_src)
+        if init_head_from_data(model, features=features, targets=train.targets):
+            extras["head_init_from_data"] = True
         self._calibrate(model, train_src, cached=cached)
         # a solved probe steps its own L-BFGS; ``self.optimizer`` stays the strategy's (observers read it)
         solver = self._probe_solver(model, train_src, extras) if cached and self.solves_probe() else None

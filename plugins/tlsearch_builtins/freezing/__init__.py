@@ -3,6 +3,8 @@
 Static choices (:mod:`._static`): ``full_finetune``, ``linear_probe``, ``freeze_stages``,
 ``layer_decay``, ``bitfit``. Choices that change at epoch boundaries (:mod:`._scheduled`):
 ``gradual_unfreeze``, ``lp_ft``. Each documents what it does to BatchNorm running statistics.
+The helpers they share (layer groups, norm layers, the BatchNorm policy) are public in
+:mod:`tlsearch.kinds.freezing`, for third-party strategies too.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tlsearch import hookimpl
-from tlsearch_builtins.freezing._policy import backbone_group_params, freeze_stats_where_frozen
+from tlsearch.kinds.freezing import backbone_group_params, freeze_stats_where_frozen  # re-exported
 from tlsearch_builtins.freezing._scheduled import LPFT, GradualUnfreeze
 from tlsearch_builtins.freezing._static import BitFit, FreezeStages, FullFinetune, LayerDecay, LinearProbe
 

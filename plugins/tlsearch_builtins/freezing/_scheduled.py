@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tlsearch.kinds import FreezingStrategy, ParamGroup, TransferModel
+from tlsearch.kinds.freezing import backbone_group_params, freeze_stats_where_frozen, set_trainable
 from tlsearch.space import Float, Int
-from tlsearch_builtins.freezing._policy import backbone_group_params, freeze_stats_where_frozen, set_trainable
 
 
 class GradualUnfreeze(FreezingStrategy):

@@ -6,13 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from tlsearch.kinds import FreezingStrategy, ParamGroup, TransferModel
-from tlsearch.space import Categorical, Fixed, Float
-from tlsearch_builtins.freezing._policy import (
+from tlsearch.kinds.freezing import (
     NORM_TYPES,
     backbone_group_params,
     freeze_stats_where_frozen,
     set_trainable,
 )
+from tlsearch.space import Categorical, Fixed, Float
 
 
 class FullFinetune(FreezingStrategy):
