@@ -22,22 +22,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from tlsearch.deploy._provenance import REQUIRED_LIBRARIES
+
 if TYPE_CHECKING:
     from tlsearch.registry import PluginInfo, PluginManager
 
-#: the distributions whose versions every export records (absent ones are recorded as None)
-RECORDED_DISTRIBUTIONS = (
-    "tlsearch",
-    "torch",
-    "torchvision",
-    "timm",
-    "onnx",
-    "onnxruntime",
-    "optuna",
-    "pluggy",
-    "numpy",
-    "pillow",
-)
+#: the distributions whose versions every export records (absent ones are recorded as None): tlsearch
+#: and the libraries a deployer's :meth:`~tlsearch.deploy.Provenance.requirements` pins, one list
+RECORDED_DISTRIBUTIONS = ("tlsearch", *REQUIRED_LIBRARIES)
 
 
 def used_plugins(choices: dict[str, Any]) -> list[tuple[str, str]]:
