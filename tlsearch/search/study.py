@@ -278,7 +278,7 @@ def run_study(
     # default inside the study folder, or SQLite) is created only once the images passed their
     # check, so that a bad image leaves no study in the folder.
     opened: str | BaseStorage = spec
-    if storage_kind(spec) == "rdb":
+    if storage_kind(spec) in ("rdb", "grpc"):
         opened = make_storage(
             spec,
             heartbeat_interval=heartbeat_interval,
