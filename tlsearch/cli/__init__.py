@@ -27,6 +27,7 @@ COMMANDS = {
     "predict": "predict",
     "plugins": "plugins",
     "rank": "rank",
+    "storage-proxy": "proxy",
     "demo-data": "data",
 }
 

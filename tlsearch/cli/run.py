@@ -53,10 +53,11 @@ def best_trial_warning(study: Any) -> str | None:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=0),
     default=1,
     show_default=True,
-    help="local worker processes: one per visible GPU (pinned with CUDA_VISIBLE_DEVICES), or CPU processes",
+    help="local worker processes: one per visible GPU (pinned with CUDA_VISIBLE_DEVICES), or CPU processes; "
+    "0 creates the study (checked, ranked, warm start queued) and runs no trial, for `tlsearch worker`s to join",
 )
 @plugin_option
 @threads_option
@@ -119,6 +120,16 @@ def run(
             err=True,
         )
         sys.exit(code)
+    if workers == 0:
+        from tlsearch.search.storage import redact
+
+        where = redact(storage) if storage else str(result.study_dir.root)
+        queued = len(result.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+        click.echo(
+            f"study {result.config.name!r} is ready in {where} ({queued} trial(s) queued); "
+            "start `tlsearch worker` processes to run it"
+        )
+        return
     console.leaderboard(result.study, metric=result.config.metric)
     warning = best_trial_warning(result.study)
     if warning:

@@ -11,6 +11,11 @@ Two kinds of storage, both Optuna's own (tlsearch adds no scheduler of its own):
   by :class:`~tlsearch.search.journal.DurableJournalFileBackend`: appends are all-or-nothing, a
   torn tail (a full disk) is repaired on open, and a lock left by a dead process is taken over.
 
+* **Optuna's gRPC storage proxy** — ``grpc://host:port``: a ``tlsearch storage-proxy`` (Optuna's
+  ``run_grpc_proxy_server``) in front of the database, so that hundreds of workers share the
+  proxy's few database connections instead of each holding their own. The proxy has no
+  heartbeats; tlsearch's own (as on the journal) fill the gap.
+
 The embedded default of a study folder is the journal file ``<folder>/study.journal``. Why not
 SQLite: SQLite serialises writers with a database-wide lock, and several processes writing one
 file fail with "database is locked" (32 processes creating one study on a fresh file crashed 27 of
@@ -49,17 +54,21 @@ _CONNECT_ATTEMPTS = 6
 
 
 def storage_kind(spec: str) -> str:
-    """``"journal"``, ``"sqlite"`` or ``"rdb"`` (a database server) for a storage URL or path."""
+    """``"journal"``, ``"sqlite"``, ``"rdb"`` (a database server) or ``"grpc"`` (Optuna's storage
+    proxy) for a storage URL or path."""
     if spec.startswith("journal:") or spec.endswith(JOURNAL_SUFFIXES) and "://" not in spec:
         return "journal"
     scheme = spec.split("://", 1)[0].split("+", 1)[0].lower() if "://" in spec else ""
     if scheme == "sqlite":
         return "sqlite"
+    if scheme == "grpc":
+        return "grpc"
     if scheme in RDB_SCHEMES:
         return "rdb"
     raise ConfigError(
         f"storage {spec!r} is not valid; valid forms: postgresql://user@host/db (or another SQLAlchemy URL: "
-        "mysql://…, sqlite:///file.db), or a journal file path ending in .journal or .log"
+        "mysql://…, sqlite:///file.db), grpc://host:port (a tlsearch storage-proxy), or a journal file path "
+        "ending in .journal or .log"
     )
 
 
@@ -81,6 +90,8 @@ def make_storage(
         path = Path(spec.removeprefix("journal:")).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(DurableJournalFileBackend(str(path)))
+    if kind == "grpc":
+        return grpc_proxy(spec)
     spec = with_available_driver(spec)
     engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {"pool_pre_ping": True}
     last: Exception | None = None
@@ -106,6 +117,53 @@ def make_storage(
             last = exc
             time.sleep(0.2 * (2**attempt) * (0.5 + random.random()))
     raise ConfigError(f"cannot open storage {redact(spec)!r}: {type(last).__name__}: {last}") from last
+
+
+PROXY_READY_TIMEOUT = 12.0
+
+
+def grpc_address(spec: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``grpc://host:port`` storage URL; a malformed one is a ConfigError."""
+    rest = spec.split("://", 1)[1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"storage {spec!r} is not a valid gRPC proxy address; the form is grpc://host:port")
+    return host.strip("[]"), int(port)
+
+
+def grpc_proxy(spec: str, *, timeout: float | None = None) -> BaseStorage:
+    """A client of Optuna's gRPC storage proxy at ``spec``, once it answers (waited for up to
+    ``timeout`` seconds, as a database server is): one that does not is a ConfigError naming it."""
+    host, port = grpc_address(spec)
+    timeout = PROXY_READY_TIMEOUT if timeout is None else timeout
+    try:
+        from optuna.storages import GrpcStorageProxy
+    except ImportError as exc:  # pragma: no cover - optuna 5 has it
+        raise ConfigError(f"storage {spec!r} needs Optuna's gRPC proxy: {exc}") from exc
+    if importlib.util.find_spec("grpc") is None:
+        raise ConfigError(f"storage {spec!r} needs grpcio: pip install 'tlsearch[grpc]'")
+    proxy = GrpcStorageProxy(host=host, port=port)
+    try:
+        proxy.wait_server_ready(timeout=timeout)
+    except Exception as exc:
+        proxy.close()
+        raise ConfigError(
+            f"cannot reach the gRPC storage proxy at {spec!r} within {timeout:.0f} s ({type(exc).__name__}); "
+            "start one with `tlsearch storage-proxy --storage postgresql://… --port PORT`"
+        ) from None
+    return proxy
+
+
+def serve_grpc_proxy(spec: str, *, host: str, port: int) -> None:
+    """Run Optuna's gRPC storage proxy over the database ``spec`` until stopped. The database is
+    opened without Optuna's heartbeats (its clients, through the proxy, cannot send any; they
+    keep tlsearch's own) and behind Optuna's in-process cache, as Optuna's documentation asks."""
+    from optuna.storages import run_grpc_proxy_server
+    from optuna.storages._cached_storage import _CachedStorage
+
+    database = make_storage(spec, heartbeat_interval=None, grace_period=None)
+    assert isinstance(database, RDBStorage)
+    run_grpc_proxy_server(_CachedStorage(database), host=host, port=port)
 
 
 def _write_ahead_log(storage: RDBStorage) -> None:

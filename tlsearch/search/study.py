@@ -255,7 +255,11 @@ def run_study(
     the work before and between trials (decoding images, ranking backbones); with it, decoding
     shows no tqdm bar of its own.
 
-    ``workers`` > 1 starts that many local worker processes (one per visible GPU, or CPU
+    ``workers=0`` only prepares the study: it validates it, checks its images, creates it in the
+    storage with its deadline, ranking and warm start, and runs no trial; ``tlsearch worker``
+    processes started afterwards (anywhere the storage reaches) do the trials. It is the creator
+    step of a cluster launch (``docs/distributed.md``): workers join a study, so without it the
+    warm start and the study's deadline would not be set. ``workers`` > 1 starts that many local worker processes (one per visible GPU, or CPU
     processes; see :mod:`tlsearch.search.workers`) and waits for them; ``on_event`` then receives
     their progress, read from the study, and their output goes to ``logs/`` in the study folder. ``join=True`` is what
     ``tlsearch worker`` does: take part in a study someone else may be running, without resetting
@@ -274,7 +278,7 @@ def run_study(
     # default inside the study folder, or SQLite) is created only once the images passed their
     # check, so that a bad image leaves no study in the folder.
     opened: str | BaseStorage = spec
-    if storage_kind(spec) == "rdb":
+    if storage_kind(spec) in ("rdb", "grpc"):
         opened = make_storage(
             spec,
             heartbeat_interval=heartbeat_interval,
@@ -322,6 +326,8 @@ def run_study(
     if not join:
         warm_start(study, config=config, space=space, ranking=ranking)
     result = RunResult(study, study_dir, config, pm, data)
+    if workers == 0:
+        return result
     if workers > 1:
         try:
             run_workers(

@@ -110,9 +110,18 @@ def check_storage(spec: str, *, where: str) -> None:
     except ConfigError:
         raise ConfigError(
             f"{where}: storage {shown} is not valid; valid forms: postgresql://user@host/db (or another "
-            "SQLAlchemy URL: mysql://…, sqlite:///file.db), or a journal file path ending in .journal or .log"
+            "SQLAlchemy URL: mysql://…, sqlite:///file.db), grpc://host:port (a tlsearch storage-proxy), or a "
+            "journal file path ending in .journal or .log"
         ) from None
     if kind == "journal":
+        return
+    if kind == "grpc":
+        from tlsearch.search.storage import grpc_address
+
+        try:
+            grpc_address(spec)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         return
     import sqlalchemy.engine
     import sqlalchemy.exc

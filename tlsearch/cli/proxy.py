@@ -1,0 +1,35 @@
+"""``tlsearch storage-proxy``: Optuna's gRPC storage proxy in front of a study's database."""
+
+from __future__ import annotations
+
+import click
+
+from tlsearch.cli import main
+
+
+@main.command("storage-proxy")
+@click.option("--storage", required=True, help="the database the proxy serves (postgresql://user@host/db)")
+@click.option("--host", default="0.0.0.0", show_default=True, help="address to listen on")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=13000, show_default=True, help="port to listen on"
+)
+def storage_proxy(storage: str, host: str, port: int) -> None:
+    """Serve the database STORAGE to workers through Optuna's gRPC storage proxy.
+
+    Workers then take `--storage grpc://HOST:PORT` instead of the database URL and share the
+    proxy's few database connections, so a study can have hundreds of workers without hundreds of
+    connections. Runs until stopped (Ctrl-C or SIGTERM).
+    """
+    import importlib.util
+
+    from tlsearch.errors import ConfigError
+    from tlsearch.search.storage import redact, serve_grpc_proxy, storage_kind
+
+    if storage_kind(storage) not in ("rdb", "sqlite"):
+        raise ConfigError(
+            f"--storage {redact(storage)!r}: the proxy serves a database (postgresql://…, mysql://…)"
+        )
+    if importlib.util.find_spec("grpc") is None:
+        raise ConfigError("tlsearch storage-proxy needs grpcio: pip install 'tlsearch[grpc]'")
+    click.echo(f"serving {redact(storage)} on grpc://{host}:{port} (Ctrl-C stops)", err=True)
+    serve_grpc_proxy(storage, host=host, port=port)
