@@ -12,8 +12,8 @@ from tlsearch.config import TrainingSettings, load_config, resolve_space
 from tlsearch.errors import ConfigError
 from tlsearch.registry import get_plugin_manager
 from tlsearch.search import prepare, run_study
-from tlsearch.search.objective import train_settings
 from tlsearch.search.sampling import sample_choices
+from tlsearch.train import TrainSettings
 
 
 @pytest.mark.slow
@@ -74,7 +74,7 @@ def test_warmup_and_clip_are_searched_like_lr_and_reach_the_trial_settings(write
     choices = sample_choices(trial, space)
     assert 0.01 <= choices["train.warmup"] <= 0.2 and 0.5 <= choices["train.clip_grad_norm"] <= 5.0
     assert {"train.warmup", "train.clip_grad_norm"} <= set(trial.params)  # Optuna searches them
-    settings = train_settings(config, batch_size=8, lr=1e-3, choices=choices)
+    settings = TrainSettings.for_trial(config, batch_size=8, lr=1e-3, choices=choices)
     assert (settings.warmup, settings.clip_grad_norm) == (
         choices["train.warmup"],
         choices["train.clip_grad_norm"],
@@ -87,7 +87,7 @@ def test_fixed_warmup_and_clip_are_not_searched(write_study) -> None:
         optuna.create_study().ask(), resolve_space(config, get_plugin_manager().registry)
     )
     assert "train.warmup" not in choices and "train.clip_grad_norm" not in choices
-    settings = train_settings(config, batch_size=8, lr=1e-3, choices=choices)
+    settings = TrainSettings.for_trial(config, batch_size=8, lr=1e-3, choices=choices)
     assert (settings.warmup, settings.clip_grad_norm) == (0.1, 1.0)
 
 

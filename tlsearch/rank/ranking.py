@@ -27,6 +27,8 @@ from tlsearch.preprocessing import DataConfig
 from tlsearch.rank.candidates import Candidate, candidates
 from tlsearch.rank.scores import SCORES, transferability
 from tlsearch.train import FeatureCache, Trainer, TrainSettings, feature_key
+from tlsearch.train.features import backbone_identity
+from tlsearch.train.latency import LatencyCache, measure_latency
 
 log = logging.getLogger("tlsearch")
 
@@ -82,25 +84,6 @@ class _FrozenBackbone(FreezingStrategy):
     def setup(self, model: TransferModel) -> list[ParamGroup]:
         model.requires_grad_(False)
         return []
-
-
-def backbone_identity(
-    plugin: str, params: Mapping[str, Any], options: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The backbone's part of the feature cache key: plugin name, hyperparameters, build options."""
-    return {"backbone": plugin, "params": dict(sorted(params.items())), "options": dict(options or {})}
-
-
-def choices_identity(choices: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """:func:`backbone_identity` of a trial's backbone, from its choices (see ``search/sampling.py``)."""
-    name = choices["backbone"]
-    prefix = f"backbone.{name}."
-    params = {
-        k[len(prefix) :]: v
-        for k, v in choices.items()
-        if k.startswith(prefix) and "." not in k[len(prefix) :]
-    }
-    return backbone_identity(name, params, options)
 
 
 def _subset(images: DecodedImages, n: int, seed: int) -> DecodedImages:
@@ -171,9 +154,6 @@ def score_candidate(
 ) -> RankedBackbone:
     """Build ``candidate``, run it once over the training split and score its features (by
     ``score``; with ``all_scores`` every score that fits the task is in ``scores`` too)."""
-    from tlsearch.search.latency import LatencyCache
-    from tlsearch.search.objectives import measure_latency
-
     started = time.perf_counter()
     plugin = registry.get("backbone", candidate.plugin).cls(**candidate.params)
     torch.manual_seed(seed)  # random-weight candidates: the same weights, score and cache entry every time
