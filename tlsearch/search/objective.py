@@ -43,7 +43,6 @@ from tlsearch.search.sampling import (
     backbone_model,
     build_model,
     data_choices,
-    describe_choices,
     sample_choices,
 )
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
@@ -431,25 +430,8 @@ class Objective:
             backbone=model.info,
             info=info,
         )
-        record = TrialRecord(
-            number=trial.number,
-            study=config.name,
-            task=config.task,
-            choices=choices,
-            data_config=model.data_config.to_dict(),
-            num_outputs=self.data.num_outputs,
-            labels=self.data.labels,
-            metric=metric,
-            value=value,
-            metrics=result.metrics,
-            info={
-                **model.info,
-                **info,
-                "summary": describe_choices(choices),
-                "best_epoch": result.best_epoch,
-                "epochs_run": len(result.history),
-            },
-            target_scale=None if target_scale is None else target_scale.to_dict(),
+        record = TrialRecord.of_trial(
+            trial.number, config, choices, model=model, data=self.data, result=result, info=info
         )
         save_checkpoint(self.study_dir.trial_dir(trial.number), model, record)
         if self.device.type == "cuda":
