@@ -6,10 +6,11 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import tlsearch.search.latency as latency_module
+import tlsearch.train.latency as latency_module
 from tlsearch.config import parse_config
 from tlsearch.search import run_study
-from tlsearch.search.latency import LATENCY_FILE, LatencyCache, latency_key, latency_needed
+from tlsearch.search.objectives import latency_needed
+from tlsearch.train.latency import LATENCY_FILE, LatencyCache, latency_key
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from tlsearch.config import load_config, resolve_space
 from tlsearch.errors import ConfigError
 from tlsearch.registry import get_plugin_manager
 from tlsearch.search import prepare
-from tlsearch.search.objective import train_settings, trial_batch_size
+from tlsearch.search.objective import trial_batch_size
 from tlsearch.search.sampling import sample_choices
 from tlsearch.space import Categorical, Fixed
 from tlsearch.testing import decoded_images, synthetic_images, tiny_transfer_model
@@ -57,7 +57,7 @@ def test_listed_settings_are_searched_and_reach_the_trial_settings(write_study) 
     seen: dict[str, set] = {key: set() for key in ("optimizer", "batch_size", "augment", "ema")}
     for trial, choices in _trials(space):
         assert {"train.optimizer", "train.batch_size", "train.augment", "train.ema"} <= set(trial.params)
-        settings = train_settings(
+        settings = TrainSettings.for_trial(
             config, batch_size=trial_batch_size(config, trial), lr=choices["train.lr"], choices=choices
         )
         assert settings.optimizer == choices["train.optimizer"]
@@ -82,7 +82,7 @@ def test_fixed_settings_are_not_searched_and_keep_todays_defaults(write_study) -
     (trial, choices), *_ = _trials(space, 1)
     assert not any(k.startswith("train.") and k != "train.lr" for k in trial.params)
     assert space.optimizer == Fixed("adamw") and space.augment == Fixed("crop_flip")
-    settings = train_settings(config, batch_size=16, lr=1e-3, choices=choices)
+    settings = TrainSettings.for_trial(config, batch_size=16, lr=1e-3, choices=choices)
     assert (settings.optimizer, settings.augment, settings.ema, settings.random_erasing) == (
         "adamw",
         "crop_flip",

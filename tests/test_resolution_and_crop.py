@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-import tlsearch.search.latency as latency_module
+import tlsearch.train.latency as latency_module
 from tlsearch.config import load_config, resolve_space
 from tlsearch.errors import ConfigError
 from tlsearch.preprocessing import DataConfig, resize_center_crop

@@ -8,12 +8,12 @@ import optuna
 import pytest
 import yaml
 
-from tlsearch.config import TrainingSettings, load_config, resolve_space
+from tlsearch.config import Range, TrainingSettings, load_config, resolve_space
 from tlsearch.errors import ConfigError
 from tlsearch.registry import get_plugin_manager
 from tlsearch.search import prepare, run_study
-from tlsearch.search.objective import train_settings
 from tlsearch.search.sampling import sample_choices
+from tlsearch.train import TrainSettings
 
 
 @pytest.mark.slow
@@ -74,7 +74,7 @@ def test_warmup_and_clip_are_searched_like_lr_and_reach_the_trial_settings(write
     choices = sample_choices(trial, space)
     assert 0.01 <= choices["train.warmup"] <= 0.2 and 0.5 <= choices["train.clip_grad_norm"] <= 5.0
     assert {"train.warmup", "train.clip_grad_norm"} <= set(trial.params)  # Optuna searches them
-    settings = train_settings(config, batch_size=8, lr=1e-3, choices=choices)
+    settings = TrainSettings.for_trial(config, batch_size=8, lr=1e-3, choices=choices)
     assert (settings.warmup, settings.clip_grad_norm) == (
         choices["train.warmup"],
         choices["train.clip_grad_norm"],
@@ -87,7 +87,7 @@ def test_fixed_warmup_and_clip_are_not_searched(write_study) -> None:
         optuna.create_study().ask(), resolve_space(config, get_plugin_manager().registry)
     )
     assert "train.warmup" not in choices and "train.clip_grad_norm" not in choices
-    settings = train_settings(config, batch_size=8, lr=1e-3, choices=choices)
+    settings = TrainSettings.for_trial(config, batch_size=8, lr=1e-3, choices=choices)
     assert (settings.warmup, settings.clip_grad_norm) == (0.1, 1.0)
 
 
@@ -100,3 +100,21 @@ def test_default_lr_ranges_suit_fine_tuning(write_study) -> None:
         assert (training.lr.low, training.lr.high, training.lr.log) == (low, high, True)  # type: ignore[union-attr]
     assert (training.warmup, training.clip_grad_norm) == (0.05, None)
     assert TrainingSettings.model_validate({"optimizer": "sgd", "lr": 0.5}).lr == 0.5
+
+
+def test_the_trial_settings_defaults_are_the_study_files(write_study) -> None:
+    """Bug caught: a default changed in ``config.TrainingSettings`` but not in the loop's settings (the
+    two definitions drifting apart): a study that sets nothing trains with the same values as a bare
+    ``TrainSettings()``, and every study setting of the same name reaches the trial's settings."""
+    study_defaults = TrainingSettings()
+    bare = TrainSettings()
+    shared = [name for name in TrainingSettings.model_fields if hasattr(bare, name)]
+    assert len(shared) >= 15
+    for name in shared:
+        value = getattr(study_defaults, name)
+        if not isinstance(value, (Range, list)):  # a searched default (lr) has no single value
+            assert getattr(bare, name) == value, name
+    config = load_config(write_study(training={"epochs": 4, "patience": 2, "precision": "fp32"}))
+    settings = TrainSettings.for_trial(config, batch_size=8, lr=1e-3, choices={})
+    assert (settings.epochs, settings.patience, settings.precision) == (4, 2, "fp32")
+    assert settings.select_metric == config.metric

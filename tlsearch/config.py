@@ -104,7 +104,8 @@ class DataSettings(_Strict):
     @property
     def fixed_image_size(self) -> int | None:
         """The one ``image_size`` the study fixes; None when it searches a list or keeps each
-        backbone's own (the zero-cost ranking then scores at the backbone's native size)."""
+        backbone's own (the zero-cost ranking then scores at the largest listed size, or at the
+        backbone's native size: :func:`tlsearch.rank.ranking.ranking_size`)."""
         return self.image_size if isinstance(self.image_size, int) else None
 
     @field_validator("image_size")

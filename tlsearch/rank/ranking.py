@@ -26,7 +26,10 @@ from tlsearch.kinds import FreezingStrategy, ParamGroup, TransferModel
 from tlsearch.preprocessing import DataConfig
 from tlsearch.rank.candidates import Candidate, candidates
 from tlsearch.rank.scores import SCORES, transferability
+from tlsearch.space import Categorical, Fixed, Hyperparameter
 from tlsearch.train import FeatureCache, Trainer, TrainSettings, feature_key
+from tlsearch.train.features import backbone_identity
+from tlsearch.train.latency import LatencyCache, measure_latency
 
 log = logging.getLogger("tlsearch")
 
@@ -40,7 +43,7 @@ class RankedBackbone:
     """One candidate's result: its ``score`` (the study's chosen one; higher is better), every
     applicable score in ``scores``, and its cost: ``params``, ``gflops`` (when the backbone reports
     them), ``forward_ms`` (batch-1 forward time of the backbone, measured) and ``seconds`` spent
-    scoring it. ``error`` says why a candidate could not be scored (it then ranks last)."""
+    scoring it, at ``input_size``. ``error`` says why a candidate could not be scored (it then ranks last)."""
 
     label: str
     plugin: str
@@ -53,6 +56,8 @@ class RankedBackbone:
     forward_ms: float | None = None
     seconds: float = 0.0
     images: int = 0
+    #: the input size it was scored at (:func:`ranking_size`)
+    input_size: int | None = None
     feature_dim: int | None = None
     error: str | None = None
     expanded: dict[str, Any] = field(default_factory=dict)
@@ -82,25 +87,6 @@ class _FrozenBackbone(FreezingStrategy):
     def setup(self, model: TransferModel) -> list[ParamGroup]:
         model.requires_grad_(False)
         return []
-
-
-def backbone_identity(
-    plugin: str, params: Mapping[str, Any], options: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The backbone's part of the feature cache key: plugin name, hyperparameters, build options."""
-    return {"backbone": plugin, "params": dict(sorted(params.items())), "options": dict(options or {})}
-
-
-def choices_identity(choices: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """:func:`backbone_identity` of a trial's backbone, from its choices (see ``search/sampling.py``)."""
-    name = choices["backbone"]
-    prefix = f"backbone.{name}."
-    params = {
-        k[len(prefix) :]: v
-        for k, v in choices.items()
-        if k.startswith(prefix) and "." not in k[len(prefix) :]
-    }
-    return backbone_identity(name, params, options)
 
 
 def _subset(images: DecodedImages, n: int, seed: int) -> DecodedImages:
@@ -171,9 +157,6 @@ def score_candidate(
 ) -> RankedBackbone:
     """Build ``candidate``, run it once over the training split and score its features (by
     ``score``; with ``all_scores`` every score that fits the task is in ``scores`` too)."""
-    from tlsearch.search.latency import LatencyCache
-    from tlsearch.search.objectives import measure_latency
-
     started = time.perf_counter()
     plugin = registry.get("backbone", candidate.plugin).cls(**candidate.params)
     torch.manual_seed(seed)  # random-weight candidates: the same weights, score and cache entry every time
@@ -221,6 +204,7 @@ def score_candidate(
         forward_ms=forward_ms,
         seconds=time.perf_counter() - started,
         images=len(train),
+        input_size=size,
         feature_dim=int(features.shape[1]),
         expanded=dict(candidate.expanded),
     )
@@ -232,6 +216,25 @@ def _describe(plugin: Any) -> dict[str, Any]:
     except Exception as exc:  # describe() is optional and advisory: a failure must not stop a ranking
         log.debug("describe() of %s failed: %s", plugin.name, exc)
         return {}
+
+
+def _largest(sizes: Hyperparameter | None) -> int | None:
+    values = (
+        sizes.choices if isinstance(sizes, Categorical) else [sizes.value] if isinstance(sizes, Fixed) else []
+    )
+    listed = [int(v) for v in values if v is not None]
+    return max(listed) if listed else None
+
+
+def ranking_size(space: ResolvedSpace, candidate: Candidate, image_size: int | None = None) -> int | None:
+    """The input size a candidate is scored at: the largest of its backbone's own
+    ``image_size`` list when it has one, else ``image_size`` when given, else the largest size
+    the study lists (``data.image_size``); None (the backbone's native size) when the study sets
+    none. One size per backbone keeps the ranking one forward pass per candidate; the largest
+    because a searched size is there to be tried, and features at the largest size are what the
+    backbone can give at best."""
+    own = next((c.image_size for c in space.backbone if c.name == candidate.plugin), None)
+    return _largest(own) or image_size or _largest(space.image_size)
 
 
 def rank_backbones(
@@ -252,7 +255,9 @@ def rank_backbones(
 ) -> list[RankedBackbone]:
     """Every backbone candidate of ``space`` scored, best first (ties: fewer parameters first).
 
-    A candidate that fails (e.g. its weights cannot be found) is kept with ``error`` and ranks last,
+    Each candidate is scored at :func:`ranking_size` (``image_size``, else the study's largest
+    listed size, else its own). A candidate that fails (e.g. its weights cannot be found) is kept
+    with ``error`` and ranks last,
     so one broken entry does not hide the others."""
     if score not in SCORES:
         raise ValueError(f"unknown transferability score {score!r}; valid choices: {', '.join(SCORES)}")
@@ -268,7 +273,7 @@ def rank_backbones(
                 data=data,
                 task=task,
                 score=score,
-                image_size=image_size,
+                image_size=ranking_size(space, candidate, image_size),
                 device=device,
                 cache_dir=cache_dir,
                 max_images=max_images,

@@ -14,13 +14,16 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from tlsearch.config import StudyConfig
 from tlsearch.errors import TlsearchError
 from tlsearch.files import writing
 from tlsearch.kinds import TransferModel
 from tlsearch.preprocessing import DataConfig
 from tlsearch.registry import Registry
-from tlsearch.search.sampling import build_model, instantiate
+from tlsearch.search.sampling import build_model, describe_choices, instantiate
+from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import write_json_atomic
+from tlsearch.train.loop import FitResult
 from tlsearch.train.targets import TargetScale
 
 WEIGHTS_FILE = "model.safetensors"
@@ -48,6 +51,41 @@ class TrialRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     target_scale: dict[str, list[float]] | None = None
+
+    @classmethod
+    def of_trial(
+        cls,
+        number: int,
+        config: StudyConfig,
+        choices: dict[str, Any],
+        *,
+        model: TransferModel,
+        data: StudyData,
+        result: FitResult,
+        info: dict[str, Any],
+    ) -> TrialRecord:
+        """The record of trial ``number`` that trained to its end: its kept epoch's metrics
+        (``result``), the backbone's facts and the trial's ``info`` (params, latency …)."""
+        return cls(
+            number=number,
+            study=config.name,
+            task=config.task,
+            choices=choices,
+            data_config=model.data_config.to_dict(),
+            num_outputs=data.num_outputs,
+            labels=data.labels,
+            metric=config.metric,
+            value=float(result.metrics[config.metric]),
+            metrics=result.metrics,
+            info={
+                **model.info,
+                **info,
+                "summary": describe_choices(choices),
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+            },
+            target_scale=None if data.target_scale is None else data.target_scale.to_dict(),
+        )
 
     @property
     def preprocessing(self) -> DataConfig:

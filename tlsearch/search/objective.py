@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from tlsearch.config import METRICS, Range, ResolvedSpace, StudyConfig
+from tlsearch.config import ResolvedSpace, StudyConfig
 from tlsearch.errors import TlsearchError, WriteError, disk_full_error
-from tlsearch.rank.ranking import choices_identity
 from tlsearch.registry import PluginManager
 from tlsearch.search.budget import FINISHED, SKIPPED_ATTR, BudgetReached, study_deadline, wait_for_slot
 from tlsearch.search.checkpoint import TrialRecord, save_checkpoint
@@ -28,8 +27,7 @@ from tlsearch.search.failures import (
     short_traceback,
     study_wide,
 )
-from tlsearch.search.latency import LatencyCache, latency_needed
-from tlsearch.search.objectives import LATENCY_ATTR, objective_values, record_constraints
+from tlsearch.search.objectives import LATENCY_ATTR, latency_needed, objective_values, record_constraints
 from tlsearch.search.pruning import WORK_ATTR
 from tlsearch.search.recovery import (
     MAX_RETRIES,
@@ -45,7 +43,6 @@ from tlsearch.search.sampling import (
     backbone_model,
     build_model,
     data_choices,
-    describe_choices,
     sample_choices,
 )
 from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
@@ -53,6 +50,8 @@ from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.trial_writes import PROGRESS_INTERVAL, TrialWriter
 from tlsearch.train import NonFiniteError, StopTraining, Trainer, TrainSettings, merge_options, resolve_device
+from tlsearch.train.features import trial_backbone_identity
+from tlsearch.train.latency import LatencyCache
 from tlsearch.train.work import epoch_work
 
 log = logging.getLogger("tlsearch")
@@ -66,51 +65,6 @@ def wall_clock() -> float:
 class TrialFailed(TlsearchError):
     """Ends a failed trial after its reason was recorded (raised without the original traceback,
     so nothing of the failed step stays referenced)."""
-
-
-def train_settings(
-    config: StudyConfig, *, batch_size: int, lr: float, choices: Mapping[str, Any] | None = None
-) -> TrainSettings:
-    """What the training loop needs of the study's ``training`` section, for one trial (its sampled
-    ``train.warmup`` / ``train.clip_grad_norm`` from ``choices`` when the study searches them)."""
-    t = config.training
-    choices = choices or {}
-    # a searched setting (a range) is in choices; a trial made without it takes the loop's default
-    warmup = choices.get("train.warmup", t.warmup if isinstance(t.warmup, float) else TrainSettings.warmup)
-    clip = choices.get(
-        "train.clip_grad_norm", t.clip_grad_norm if not isinstance(t.clip_grad_norm, Range) else None
-    )
-    magnitude = t.randaugment_magnitude
-    erasing = t.random_erasing
-    return TrainSettings(
-        warmup=float(warmup),
-        clip_grad_norm=None if clip is None else float(clip),
-        epochs=t.epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=choices.get("train.optimizer", _fixed(t.optimizer)),
-        scheduler=t.scheduler,
-        augment=choices.get("train.augment", _fixed(t.augment)),
-        randaugment_magnitude=int(
-            choices.get("train.randaugment_magnitude", magnitude if isinstance(magnitude, int) else 9)
-        ),
-        random_erasing=float(
-            choices.get("train.random_erasing", erasing if isinstance(erasing, float) else 0)
-        ),
-        ema=choices.get("train.ema", _fixed(t.ema)),
-        metric=config.metric,
-        loss=t.loss,
-        eval_batch_size=t.eval_batch_size,
-        precision=t.precision,
-        data_placement=t.data_placement,
-        loader_workers=t.loader_workers,
-        compile=t.compile,
-        feature_cache=t.feature_cache,
-        augment_frozen=t.augment_frozen,
-        # the kept epoch is the best by the study's metric (a cost objective cannot pick it)
-        select_metric=config.metric if config.metric in METRICS[config.task] else None,
-        patience=t.patience,
-    )
 
 
 def _fixed(value: Any) -> Any:
@@ -133,7 +87,7 @@ class Objective:
     count of the whole model), ``trainable_params``, ``backbone`` (the backbone's facts: model,
     weights, cost), ``gflops``, ``feature_cache``, ``speed`` (data placement, compile decision,
     feature-cache hit, per-epoch timing), ``latency_ms`` (only when an objective or constraint reads
-    it, :mod:`tlsearch.search.latency`), ``ema`` (with ``training.ema``: whether
+    it, :mod:`tlsearch.train.latency`), ``ema`` (with ``training.ema``: whether
     the checkpoint holds the weights' moving average), ``worker`` (who ran it), ``work`` (GFLOP of the epochs so far and their count,
     :mod:`tlsearch.train.work`), ``best_epoch``
     (the epoch whose weights and metrics the trial keeps, 0-based), ``epochs_run``, ``stopped``
@@ -417,11 +371,13 @@ class Objective:
             regularizers=plugins.regularizers,
             task=config.task,
             num_outputs=self.data.num_outputs,
-            settings=train_settings(config, batch_size=batch_size, lr=choices["train.lr"], choices=choices),
+            settings=TrainSettings.for_trial(
+                config, batch_size=batch_size, lr=choices["train.lr"], choices=choices
+            ),
             device=self.device,
             seed=seed,
             feature_cache_dir=self.study_dir.cache,
-            backbone_identity=choices_identity(
+            backbone_identity=trial_backbone_identity(
                 choices, merge_options(plugins.regularizers, "backbone_options")
             ),
             target_scale=target_scale,
@@ -474,25 +430,8 @@ class Objective:
             backbone=model.info,
             info=info,
         )
-        record = TrialRecord(
-            number=trial.number,
-            study=config.name,
-            task=config.task,
-            choices=choices,
-            data_config=model.data_config.to_dict(),
-            num_outputs=self.data.num_outputs,
-            labels=self.data.labels,
-            metric=metric,
-            value=value,
-            metrics=result.metrics,
-            info={
-                **model.info,
-                **info,
-                "summary": describe_choices(choices),
-                "best_epoch": result.best_epoch,
-                "epochs_run": len(result.history),
-            },
-            target_scale=None if target_scale is None else target_scale.to_dict(),
+        record = TrialRecord.of_trial(
+            trial.number, config, choices, model=model, data=self.data, result=result, info=info
         )
         save_checkpoint(self.study_dir.trial_dir(trial.number), model, record)
         if self.device.type == "cuda":

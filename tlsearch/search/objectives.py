@@ -8,7 +8,7 @@ cost limits (``docs/smarter-search.md``)::
 
 Costs are ``latency_ms`` (the trained model's batch-1 forward time on the trial's device: the
 minimum of timed runs after warm-up, :func:`measure_latency`, measured once per architecture × input
-size × device and only when an objective or constraint needs it, :mod:`tlsearch.search.latency`),
+size × device and only when an objective or constraint needs it, :mod:`tlsearch.train.latency`),
 ``params`` and ``gflops``; a trial of a study that reads latency records ``latency_ms`` as a user
 attribute. A constrained trial stores ``constraints`` (value − limit per
 constraint; ≤ 0 is feasible) for Optuna (``Trial.set_constraint``, or ``constraints_func`` on older Optuna).
@@ -23,58 +23,26 @@ constraints, only feasible trials count. The leaderboard orders trials the same 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import optuna
-import torch
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tlsearch.config import COST_OBJECTIVES, StudyConfig
 from tlsearch.errors import TlsearchError
+from tlsearch.train.latency import measure_latency as measure_latency  # the docs' examples import it here
 
 LATENCY_ATTR = "latency_ms"
 CONSTRAINTS_ATTR = "constraints"
-LATENCY_WARMUP = 2
-LATENCY_RUNS = 7
 
 T = TypeVar("T")
 
 
-@torch.inference_mode()
-def measure_latency(
-    model: torch.nn.Module,
-    *,
-    input_size: int,
-    device: torch.device | str = "cpu",
-    runs: int = LATENCY_RUNS,
-    warmup: int = LATENCY_WARMUP,
-) -> float:
-    """Batch-1 forward time of ``model`` in milliseconds (eval mode, fp32): the minimum of ``runs``
-    timed calls after ``warmup`` untimed ones, synchronising the GPU around each call. The minimum,
-    not the median: other load on the machine only ever adds time, so the fastest run is the
-    closest to the model's own cost."""
-    if runs < 1:
-        raise ValueError(f"runs must be >= 1 but got {runs}")
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    x = torch.zeros(1, 3, input_size, input_size, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    try:
-        for i in range(warmup + runs):
-            sync()
-            started = time.perf_counter()
-            model(x)
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - started)
-    finally:
-        model.train(was_training)
-    return min(times) * 1000.0
+def latency_needed(config: StudyConfig) -> bool:
+    """Whether the study reads ``latency_ms``: as an objective or as a constraint."""
+    return LATENCY_ATTR in config.objectives or LATENCY_ATTR in config.search.constraints
 
 
 def cost_value(name: str, attrs: dict[str, Any]) -> float:

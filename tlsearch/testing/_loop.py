@@ -21,7 +21,8 @@ from tlsearch.data.cache import DecodedImages
 from tlsearch.data.sources import ImageList
 from tlsearch.kinds import FreezingStrategy, Regularizer, TransferModel
 from tlsearch.preprocessing import DataConfig
-from tlsearch.train.loop import Trainer, TrainSettings
+from tlsearch.train.loop import Trainer
+from tlsearch.train.settings import TrainSettings
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,10 +10,17 @@ from tlsearch.train.device import (
     resolve_precision,
     use_channels_last,
 )
-from tlsearch.train.features import FeatureCache, feature_key, weights_fingerprint
-from tlsearch.train.loop import FitResult, NonFiniteError, Trainer, TrainSettings
+from tlsearch.train.features import (
+    FeatureCache,
+    backbone_identity,
+    feature_key,
+    trial_backbone_identity,
+    weights_fingerprint,
+)
+from tlsearch.train.loop import FitResult, NonFiniteError, Trainer
 from tlsearch.train.metrics import evaluate_outputs
 from tlsearch.train.optim import apply_lr, build_optimizer, merge_options, schedule_factor
+from tlsearch.train.settings import TrainSettings
 from tlsearch.train.targets import TargetScale
 
 __all__ = [
@@ -28,6 +35,7 @@ __all__ = [
     "TrainSettings",
     "Trainer",
     "apply_lr",
+    "backbone_identity",
     "build_optimizer",
     "configure_backends",
     "decide_compile",
@@ -38,6 +46,7 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "schedule_factor",
+    "trial_backbone_identity",
     "use_channels_last",
     "weights_fingerprint",
 ]

@@ -3,8 +3,8 @@
 A trial whose backbone never trains and whose inputs are not randomly augmented trains only its
 head, on the backbone's features of the (fixed) decoded images. Those features depend on:
 
-* the backbone: its plugin name and all its hyperparameters and build options (``identity``, from
-  the objective), its module structure (``repr``: pooling type, feature width …) and the exact
+* the backbone: its plugin name and all its hyperparameters and build options (``identity``,
+  :func:`trial_backbone_identity`), its module structure (``repr``: pooling type, feature width …) and the exact
   values of its weights and buffers (a fingerprint: random or re-downloaded weights never match);
 * the data: the decoded-image cache key of the train and validation sets (which covers the files,
   their contents' sizes and mtimes, and the input size and eval geometry) and the normalisation;
@@ -54,6 +54,32 @@ def data_key(data: DecodedImages) -> str:
     h = hashlib.sha256(str(data.images.shape).encode())
     h.update(np.ascontiguousarray(data.images).tobytes())
     return "content-" + h.hexdigest()[:24]
+
+
+def backbone_identity(
+    plugin: str, params: Mapping[str, Any], options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The backbone's part of the feature cache key: plugin name, hyperparameters (``weights``
+    among them), build options. The image size and crop are not in it: they are in the key's
+    ``data_config`` and decoded-image keys (:func:`feature_key`)."""
+    return {"backbone": plugin, "params": dict(sorted(params.items())), "options": dict(options or {})}
+
+
+def trial_backbone_identity(
+    choices: Mapping[str, Any], options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """:func:`backbone_identity` of a trial's backbone, from its sampled choices (``backbone`` and
+    its ``backbone.<name>.<param>`` entries, see ``search/sampling.py``) and the build options its
+    regularizers add: trials that differ only in head, freezing or recipe share it, so a ranking's
+    or an earlier trial's cached features serve them."""
+    name = choices["backbone"]
+    prefix = f"backbone.{name}."
+    params = {
+        k[len(prefix) :]: v
+        for k, v in choices.items()
+        if k.startswith(prefix) and "." not in k[len(prefix) :]
+    }
+    return backbone_identity(name, params, options)
 
 
 def feature_key(

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from tlsearch.config import METRICS
 from tlsearch.data.augment import Normalizer, batch_indices, draw_crop_params, random_resized_crop_flip
 from tlsearch.data.batches import (
-    DEFAULT_BUDGET_FRACTION,
     Placement,
     TensorBatches,
     batch_source,
@@ -45,10 +44,8 @@ from tlsearch.data.batches import (
 )
 from tlsearch.data.cache import DecodedImages
 from tlsearch.data.policies import (
-    AugmentPolicy,
     apply_operations,
     draw_erase_params,
-    policy_name,
     random_erase,
 )
 from tlsearch.errors import ConfigError, TlsearchError
@@ -69,6 +66,7 @@ from tlsearch.train.optim import (
     warmup_steps,
 )
 from tlsearch.train.probe import ProbeSolver, solvable_linear
+from tlsearch.train.settings import TrainSettings
 from tlsearch.train.targets import TargetScale
 from tlsearch.train.timing import DataTimer
 from tlsearch.validate import check_trainer_options
@@ -117,61 +115,6 @@ class BatchDraws:
 
 class NonFiniteError(TlsearchError):
     """The loss or a metric became NaN or infinite."""
-
-
-@dataclass
-class TrainSettings:
-    """What the loop needs of a study's ``training`` section, plus the sampled learning rate.
-
-    Speed settings (defaults are right for searches): ``data_placement`` ``auto | resident |
-    stream``; ``loader_workers`` for streaming (None: cores − 1, at most 8); ``compile`` ``auto |
-    always | never``; ``feature_cache`` lets frozen-backbone trials train on cached features;
-    ``augment_frozen`` randomly augments frozen-backbone trials (which then cannot use the cache);
-    ``data_budget_fraction`` of free GPU memory the images may take to stay resident.
-
-    ``warmup``: the fraction of all steps over which the learning rate ramps up linearly before
-    the schedule; ``clip_grad_norm``: clip the gradients' global norm to this value (None: no clip).
-    ``solve_probe``: solve a linear head on cached features when the strategy asks (``probe_l2``,
-    see :mod:`tlsearch.train.probe`); False trains it by epochs as any head.
-
-    ``augment``: the policy (:mod:`tlsearch.data.policies`: ``none``, ``crop_flip``, ``trivial``,
-    ``randaugment``; ``True`` / ``False`` mean ``crop_flip`` / ``none``), with
-    ``randaugment_magnitude`` and ``random_erasing``. ``ema``: the decay of a moving average of the
-    weights, evaluated beside them each epoch (None: off; see :mod:`tlsearch.train.ema`).
-    ``select_metric``: the validation metric that picks the epoch whose weights the trial keeps
-    (None: the task's first, accuracy or r2; its direction is the metric's own), see
-    :mod:`tlsearch.train.best`; ``patience``: stop after this many epochs without improving on the
-    best one (None: off).
-    """
-
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    scheduler: str = "cosine"
-    augment: bool | str = True
-    loss: str = "auto"
-    eval_batch_size: int | None = None
-    precision: str = "auto"
-    data_placement: str = "auto"
-    loader_workers: int | None = None
-    compile: str = "auto"
-    feature_cache: bool = True
-    augment_frozen: bool = False
-    data_budget_fraction: float = DEFAULT_BUDGET_FRACTION
-    warmup: float = 0.05
-    clip_grad_norm: float | None = None
-    solve_probe: bool = True
-    randaugment_magnitude: int = 9
-    random_erasing: float = 0.0
-    ema: float | None = None
-    metric: str | None = None  # what the EMA copy must beat the raw weights on (None: the task's first)
-
-    def augment_policy(self) -> AugmentPolicy:
-        return AugmentPolicy(policy_name(self.augment), self.randaugment_magnitude, self.random_erasing)
-
-    select_metric: str | None = None
-    patience: int | None = None
 
 
 @dataclass

@@ -2,12 +2,12 @@
 
 Timing a forward pass on a busy CPU takes seconds per call and says more about the machine's load
 than about the model, so a study measures it only when something reads it (a ``latency_ms``
-objective or constraint, :func:`latency_needed`) and at most once per distinct architecture:
+objective or constraint, :func:`tlsearch.search.objectives.latency_needed`) and at most once per distinct architecture:
 :class:`LatencyCache` keys the figure on the model's structure (its module tree and parameter
 shapes, not its weights, which do not change the time), the input size and the device, and keeps
 it in ``<study>/cache/latency.json``. Trials that differ only in learning rate, regularizer
 strength or weights share one measurement. The figure is the minimum of the timed repeats
-(:func:`~tlsearch.search.objectives.measure_latency`): load only ever adds time.
+(:func:`measure_latency`): load only ever adds time.
 """
 
 from __future__ import annotations
@@ -18,21 +18,52 @@ import logging
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 
 import torch
-
-from tlsearch.config import StudyConfig
-from tlsearch.search.objectives import LATENCY_ATTR, measure_latency
 
 log = logging.getLogger("tlsearch")
 
 LATENCY_FILE = "latency.json"
 
 
-def latency_needed(config: StudyConfig) -> bool:
-    """Whether the study reads ``latency_ms``: as an objective or as a constraint."""
-    return LATENCY_ATTR in config.objectives or LATENCY_ATTR in config.search.constraints
+LATENCY_WARMUP = 2
+LATENCY_RUNS = 7
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: torch.nn.Module,
+    *,
+    input_size: int,
+    device: torch.device | str = "cpu",
+    runs: int = LATENCY_RUNS,
+    warmup: int = LATENCY_WARMUP,
+) -> float:
+    """Batch-1 forward time of ``model`` in milliseconds (eval mode, fp32): the minimum of ``runs``
+    timed calls after ``warmup`` untimed ones, synchronising the GPU around each call. The minimum,
+    not the median: other load on the machine only ever adds time, so the fastest run is the
+    closest to the model's own cost."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1 but got {runs}")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, 3, input_size, input_size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    try:
+        for i in range(warmup + runs):
+            sync()
+            started = time.perf_counter()
+            model(x)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
+    finally:
+        model.train(was_training)
+    return min(times) * 1000.0
 
 
 def _device_name(device: torch.device) -> str:
