@@ -52,7 +52,9 @@ def proxy(postgres_url: str) -> Iterator[str]:  # noqa: F811
     )
     url = f"grpc://127.0.0.1:{port}"
     try:
-        make_storage(url)  # waits until it answers
+        storage_module.grpc_proxy(
+            url, timeout=120
+        )  # waits until it answers (it starts slowly on a busy machine)
         yield url
     finally:
         server.terminate()
@@ -76,8 +78,8 @@ def _connections(database_url: str) -> int:
 def test_workers_through_the_proxy_finish_exactly_the_budget_on_few_connections(
     write_study,
     proxy: str,
-    postgres_url: str,
-    tmp_path: Path,  # noqa: F811
+    postgres_url: str,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     budget, workers = 3, 3
     study = write_study(training={"epochs": 1}, search={"n_trials": budget, "warm_start": True})
