@@ -99,6 +99,7 @@ def train_settings(
         ),
         ema=choices.get("train.ema", _fixed(t.ema)),
         metric=config.metric,
+        top_k=config.search.top_k,
         loss=t.loss,
         eval_batch_size=t.eval_batch_size,
         precision=t.precision,

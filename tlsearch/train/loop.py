@@ -59,7 +59,7 @@ from tlsearch.train.device import Precision, configure_backends, resolve_precisi
 from tlsearch.train.ema import WeightAverage
 from tlsearch.train.features import FeatureCache, feature_key
 from tlsearch.train.head_init import init_head_from_data
-from tlsearch.train.metrics import evaluate_outputs
+from tlsearch.train.metrics import DEFAULT_TOP_K, evaluate_outputs
 from tlsearch.train.optim import (
     apply_lr,
     build_optimizer,
@@ -166,6 +166,7 @@ class TrainSettings:
     random_erasing: float = 0.0
     ema: float | None = None
     metric: str | None = None  # what the EMA copy must beat the raw weights on (None: the task's first)
+    top_k: int = DEFAULT_TOP_K  # k of the top_k_accuracy metric (capped at the class count)
 
     def augment_policy(self) -> AugmentPolicy:
         return AugmentPolicy(policy_name(self.augment), self.randaugment_magnitude, self.random_erasing)
@@ -366,7 +367,7 @@ class Trainer:
         out, target = torch.cat(outputs), torch.cat(targets)
         scale = self.target_scale
         if scale is None:
-            metrics = evaluate_outputs(out, target, task=self.task)
+            metrics = evaluate_outputs(out, target, task=self.task, top_k=self.settings.top_k)
         else:  # the user's units
             restored = scale.restore(target.float().view_as(out))
             metrics = evaluate_outputs(scale.restore(out), restored, task=self.task)
