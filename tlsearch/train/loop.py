@@ -59,6 +59,7 @@ from tlsearch.train.device import Precision, configure_backends, resolve_precisi
 from tlsearch.train.ema import WeightAverage
 from tlsearch.train.features import FeatureCache, feature_key
 from tlsearch.train.head_init import init_head_from_data
+from tlsearch.train.losses import class_counts, classification_loss
 from tlsearch.train.metrics import DEFAULT_TOP_K, evaluate_outputs
 from tlsearch.train.optim import (
     apply_lr,
@@ -262,19 +263,23 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None  # the real optimizer while fit runs
         self.ema: WeightAverage | None = None  # the weights' moving average while fit runs
         self._warmup = 0  # warm-up steps, known once fit counts the steps
+        self.class_counts: torch.Tensor | None = None  # training images per class, set by fit
+        self._sample_weights: torch.Tensor | None = None  # per training image, when a sampler asks
 
     # --- the pieces ---------------------------------------------------------------------------
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, *, train: bool = True) -> torch.Tensor:
-        """The task loss; in training (``train``) with the regularizers' loss options (label smoothing).
+        """The task loss; in training (``train``) with the regularizers' loss options (label smoothing,
+        class weights, focal loss, logit adjustment: :mod:`tlsearch.train.losses`).
 
         Validation loss is the plain task loss, so ``metric: val_loss`` and pruning on it compare
         trials with and without label smoothing on the same scale.
         """
         outputs = outputs.float()
         if self.task == "classification":
-            smoothing = float(self.loss_options.get("label_smoothing", 0.0)) if train else 0.0
-            return F.cross_entropy(outputs, targets, label_smoothing=smoothing)
+            if not train or not self.loss_options:
+                return F.cross_entropy(outputs, targets)
+            return classification_loss(outputs, targets, options=self.loss_options, counts=self.class_counts)
         kind = self.settings.loss if self.settings.loss != "auto" else "mse"
         if kind == "huber":
             return F.huber_loss(outputs, targets.float())
@@ -471,6 +476,14 @@ class Trainer:
         if self.target_scale is not None:  # same images arrays (device copies stay cached)
             train = replace(train, targets=self.target_scale.standardise(train.targets))
             val = replace(val, targets=self.target_scale.standardise(val.targets))
+        self._sample_weights = None
+        if self.task == "classification":
+            self.class_counts = class_counts(train.targets, num_classes=self.num_outputs)
+            for reg in self.regularizers:
+                per_class = reg.class_sampling_weights(self.class_counts)
+                if per_class is not None:  # the first that asks decides (see Regularizer)
+                    self._sample_weights = per_class[torch.as_tensor(train.targets).long()].double()
+                    break
         torch.manual_seed(self.seed)
         configure_backends(self.device)
         model = self.model.to(self.device)
@@ -700,7 +713,7 @@ class Trainer:
         total_steps: int,
         epoch: int,
     ) -> tuple[float, int, dict[str, float]]:
-        batches = training_batches(len(source), self.settings.batch_size, generator=generator)
+        batches = self._epoch_batches(len(source), generator=generator)
         draws = self._epoch_draws(batches, generator) if not cached and self.augments() else None
         running = torch.zeros((), device=self.device)
         seen = 0
@@ -738,6 +751,18 @@ class Trainer:
         if self.profile:
             timing["data_seconds"] = timer.total()
         return train_loss, step, timing
+
+    def _epoch_batches(self, n: int, *, generator: torch.Generator) -> list[torch.Tensor]:
+        """The epoch's batches: shuffled, or drawn with replacement by a regularizer's
+        ``class_sampling_weights`` (the class-balanced sampler)."""
+        weights = self._sample_weights
+        if weights is None:
+            return training_batches(n, self.settings.batch_size, generator=generator)
+        order = torch.multinomial(weights, n, replacement=True, generator=generator)
+        batches = list(order.split(self.settings.batch_size))
+        if len(batches) > 1 and len(batches[-1]) == 1:  # as training_batches: BatchNorm needs two
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches
 
     def _epoch_draws(self, batches: Sequence[torch.Tensor], generator: torch.Generator) -> list[BatchDraws]:
         """The epoch's random draws, made on the CPU (crop/flip and erasing moved to the device in
