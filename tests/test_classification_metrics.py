@@ -102,3 +102,27 @@ def test_a_metric_of_another_task_is_a_config_error_naming_the_choices() -> None
     assert "'r2'" in message
     for name in METRICS["classification"]:
         assert name in message
+
+
+def test_the_trainer_records_the_kept_epochs_per_class_counts() -> None:
+    """Bugs caught: counts of the training set instead of validation; counts of the last epoch when
+    an earlier one is kept; a class left out of the table."""
+    from tlsearch.testing import TrainEverything, synthetic_images, tiny_transfer_model
+    from tlsearch.testing._loop import decoded_images
+    from tlsearch.train.loop import Trainer, TrainSettings
+
+    images, targets = synthetic_images(24, num_classes=3, size=16)
+    model = tiny_transfer_model(num_outputs=3)
+    train = decoded_images(images[:18], targets[:18], model.data_config)
+    val_targets = torch.tensor([0, 0, 0, 0, 1, 2])
+    val = decoded_images(images[18:], val_targets, model.data_config)
+    settings = TrainSettings(epochs=3, batch_size=6, compile="never", feature_cache=False, precision="fp32")
+    trainer = Trainer(model, strategy=TrainEverything(), num_outputs=3, settings=settings)
+    result = trainer.fit(train, val)
+    counts = torch.tensor(result.extras["per_class_counts"])
+    assert counts[:, 1].tolist() == [4, 1, 1]  # support: the validation labels
+    assert int(counts[:, 2].sum()) == 6  # every validation image predicted once
+    kept = result.metrics
+    assert float(counts[:, 0].sum()) / 6 == pytest.approx(kept["accuracy"])
+    rows = per_class_table(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), classes=["a"])
+    assert rows == [{"class": "a", "support": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}]

@@ -60,7 +60,7 @@ from tlsearch.train.ema import WeightAverage
 from tlsearch.train.features import FeatureCache, feature_key
 from tlsearch.train.head_init import init_head_from_data
 from tlsearch.train.losses import class_counts, classification_loss
-from tlsearch.train.metrics import DEFAULT_TOP_K, evaluate_outputs
+from tlsearch.train.metrics import DEFAULT_TOP_K, evaluate_outputs, per_class_counts
 from tlsearch.train.optim import (
     apply_lr,
     build_optimizer,
@@ -265,6 +265,7 @@ class Trainer:
         self._warmup = 0  # warm-up steps, known once fit counts the steps
         self.class_counts: torch.Tensor | None = None  # training images per class, set by fit
         self._sample_weights: torch.Tensor | None = None  # per training image, when a sampler asks
+        self._last_counts: torch.Tensor | None = None  # the last evaluation's per-class counts
 
     # --- the pieces ---------------------------------------------------------------------------
 
@@ -373,6 +374,8 @@ class Trainer:
         scale = self.target_scale
         if scale is None:
             metrics = evaluate_outputs(out, target, task=self.task, top_k=self.settings.top_k)
+            if self.task == "classification":  # the kept epoch's go to FitResult.extras["per_class"]
+                self._last_counts = per_class_counts(out.argmax(dim=1), target.long(), classes=out.shape[1])
         else:  # the user's units
             restored = scale.restore(target.float().view_as(out))
             metrics = evaluate_outputs(scale.restore(out), restored, task=self.task)
@@ -542,6 +545,7 @@ class Trainer:
         step = 0
         history: list[dict[str, float]] = []
         best = self._best_epoch()
+        kept_counts: torch.Tensor | None = None
         stopped: str | None = None
         try:
             for epoch in range(self.settings.epochs):
@@ -567,19 +571,25 @@ class Trainer:
                     )
                 extras["epochs"].append(timing)
                 metrics = self._evaluate(val_src, cached=cached)
+                counts = self._last_counts
                 if ema is not None:
                     metrics = self._with_ema(
                         metrics, self._evaluate(val_src, cached=cached, model=ema.module)
                     )
+                    counts = self._last_counts if metrics["ema_used"] else counts
                 metrics["train_loss"] = train_loss
                 metrics["epoch_seconds"] = time.perf_counter() - epoch_start
                 bad = [k for k, v in metrics.items() if not math.isfinite(v)]
                 if bad:
                     raise NonFiniteError(f"metric(s) {bad} became non-finite at epoch {epoch}: {metrics}")
                 history.append(metrics)
-                best.offer(
-                    epoch, metrics, partial(self.evaluated_state, model, cached=cached, metrics=metrics)
-                )
+                if (
+                    best.offer(
+                        epoch, metrics, partial(self.evaluated_state, model, cached=cached, metrics=metrics)
+                    )
+                    or not best.metrics
+                ):
+                    kept_counts = counts
                 if on_epoch_end is not None:
                     try:
                         on_epoch_end(epoch, metrics)
@@ -604,6 +614,8 @@ class Trainer:
             if decision.compile:
                 model.backbone._compiled_call_impl = None  # back to eager for export and checkpoints
         extras["best_epoch"] = best.epoch
+        if kept_counts is not None:  # per class of the kept epoch: true positives, support, predicted
+            extras["per_class_counts"] = kept_counts.int().tolist()
         if stopped is not None:
             extras["stopped"] = {"reason": stopped, "after_epoch": len(history) - 1}
         return FitResult(

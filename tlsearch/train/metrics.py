@@ -77,8 +77,13 @@ def per_class_table(
     """One row per class: ``class``, ``support``, ``precision``, ``recall``, ``f1`` (0 where undefined,
     as scikit-learn's ``classification_report`` with ``zero_division=0``)."""
     counts = per_class_counts(predicted.long(), targets.long(), classes=len(classes))
+    return per_class_rows(counts.tolist(), classes=classes)
+
+
+def per_class_rows(counts: list[list[float]], *, classes: list[str]) -> list[dict[str, float | str]]:
+    """:func:`per_class_table`'s rows from :func:`per_class_counts` (as lists, e.g. recorded)."""
     rows: list[dict[str, float | str]] = []
-    for name, (tp, support, count) in zip(classes, counts.tolist(), strict=True):
+    for name, (tp, support, count) in zip(classes, counts, strict=True):
         precision = tp / count if count else 0.0
         recall = tp / support if support else 0.0
         f1 = 2 * tp / (support + count) if support + count else 0.0
