@@ -481,9 +481,10 @@ class Trainer:
             val = replace(val, targets=self.target_scale.standardise(val.targets))
         self._sample_weights = None
         if self.task == "classification":
-            self.class_counts = class_counts(train.targets, num_classes=self.num_outputs)
+            train_counts = class_counts(train.targets, num_classes=self.num_outputs)
+            self.class_counts = train_counts.to(self.device)  # the loss reads them every step
             for reg in self.regularizers:
-                per_class = reg.class_sampling_weights(self.class_counts)
+                per_class = reg.class_sampling_weights(train_counts)
                 if per_class is not None:  # the first that asks decides (see Regularizer)
                     self._sample_weights = per_class[torch.as_tensor(train.targets).long()].double()
                     break

@@ -33,15 +33,16 @@ def class_counts(targets: Any, *, num_classes: int) -> torch.Tensor:
 
 
 def class_weights(counts: torch.Tensor, *, scheme: str, beta: float = 0.999) -> torch.Tensor:
-    """Per-class loss weights from ``counts`` by ``scheme`` (:data:`CLASS_WEIGHTINGS`)."""
+    """Per-class loss weights from ``counts`` by ``scheme`` (:data:`CLASS_WEIGHTINGS`), on
+    ``counts``' device without a host synchronisation (the trainer calls this every step)."""
     present = counts > 0
     if scheme == "inverse":
-        weights = counts.sum() / (int(present.sum()) * counts.clamp_min(1))
+        weights = counts.sum() / (present.sum() * counts.clamp_min(1))
     elif scheme == "effective":
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"class_weighting_beta must be in [0, 1) but got {beta}")
         weights = (1.0 - beta) / (1.0 - beta ** counts.clamp_min(1))
-        weights = weights * int(present.sum()) / weights[present].sum()
+        weights = weights * present.sum() / torch.where(present, weights, 0.0).sum()
     else:
         raise ValueError(f"unknown class_weighting {scheme!r}; valid: {', '.join(CLASS_WEIGHTINGS)}")
     return torch.where(present, weights, torch.zeros_like(weights))
