@@ -355,6 +355,7 @@ class SearchSettings(_Strict):
     pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
     seed: int | None = 0
     metric: str | None = None
+    top_k: int = Field(5, ge=1, description="k of the top_k_accuracy metric (capped at the class count)")
     rank: RankSettings | None = None
     warm_start: bool = False
     objectives: list[str] | None = Field(None, min_length=1)
@@ -444,7 +445,14 @@ class SpaceSettings(_Strict):
 
 TASKS = ("classification", "regression")
 METRICS = {
-    "classification": {"accuracy": "maximize", "val_loss": "minimize"},
+    "classification": {
+        "accuracy": "maximize",
+        "balanced_accuracy": "maximize",
+        "macro_f1": "maximize",
+        "top_k_accuracy": "maximize",
+        "log_loss": "minimize",
+        "val_loss": "minimize",
+    },
     "regression": {"r2": "maximize", "mae": "minimize", "rmse": "minimize", "val_loss": "minimize"},
 }
 

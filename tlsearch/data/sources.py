@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,7 +309,33 @@ def load_all_splits(data: DataSettings, *, task: str, seed: int, resolve: Callab
             val = scan_folder(resolve(data.val), classes=train.classes)
     if data.test is not None:
         test = scan_folder(resolve(data.test), classes=train.classes)
+    warn_small_validation_classes(val)
     return _checked(Splits(train, val, test))
+
+
+#: fewer validation images than this in a class draws a warning: its per-class scores are noise
+MIN_VAL_IMAGES_PER_CLASS = 5
+
+
+def warn_small_validation_classes(val: ImageList, *, minimum: int = MIN_VAL_IMAGES_PER_CLASS) -> list[str]:
+    """Warn (once, naming them) about the classes with fewer than ``minimum`` validation images,
+    whose recall moves in steps of 1/n and so makes balanced accuracy and macro-F1 noisy; returns
+    those classes' names. The split is stratified (:func:`split`), so a small class in validation
+    is a small class in the data."""
+    if val.classes is None:
+        return []
+    counts = [0] * len(val.classes)
+    for t in val.targets:
+        counts[int(t)] += 1  # type: ignore[arg-type]
+    small = [f"{name!r} ({n})" for name, n in zip(val.classes, counts, strict=True) if n < minimum]
+    if small:
+        warnings.warn(
+            f"{len(small)} class(es) have fewer than {minimum} validation images: {', '.join(small[:10])}"
+            f"{', …' if len(small) > 10 else ''}; their per-class scores (and balanced accuracy, "
+            "macro-F1) are noisy: add images or raise data.val_fraction",
+            stacklevel=3,
+        )
+    return [name for name, n in zip(val.classes, counts, strict=True) if n < minimum]
 
 
 def _checked(splits: Splits) -> Splits:

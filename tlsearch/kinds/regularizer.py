@@ -17,7 +17,13 @@ if TYPE_CHECKING:
 #: the keys :meth:`Regularizer.optimizer_options` may return (the trainer reads these and no others)
 OPTIMIZER_OPTIONS = ("weight_decay",)
 #: the keys :meth:`Regularizer.loss_options` may return
-LOSS_OPTIONS = ("label_smoothing",)
+LOSS_OPTIONS = (
+    "label_smoothing",
+    "class_weighting",
+    "class_weighting_beta",
+    "focal_gamma",
+    "logit_adjustment_tau",
+)
 
 
 class Regularizer(Plugin):
@@ -67,12 +73,23 @@ class Regularizer(Plugin):
         return {}
 
     def loss_options(self) -> dict[str, Any]:
-        """Options for the classification loss (e.g. ``{"label_smoothing": 0.1}``).
+        """Options for the classification loss (e.g. ``{"label_smoothing": 0.1}``), read by
+        :func:`tlsearch.train.losses.classification_loss` (what each key means).
 
         Valid keys: :data:`LOSS_OPTIONS`; a regularizer that returns some declares
         ``tasks = ("classification",)``, since the regression losses take none.
         """
         return {}
+
+    def class_sampling_weights(self, counts: torch.Tensor) -> torch.Tensor | None:
+        """Classification: per-class weights ``(C,)`` to sample training images by, given the
+        training images per class ``counts``; None (the default) keeps plain shuffled epochs.
+
+        When a regularizer returns weights, each epoch draws ``len(train)`` images with replacement,
+        image ``i`` with probability ∝ ``weights[target_i]`` (the ``balanced_sampler`` built-in).
+        The first regularizer that returns weights decides. A head solved by L-BFGS ignores it.
+        """
+        return None
 
     def replaces_weight_decay(self, model: TransferModel) -> Iterable[nn.Parameter]:
         """Parameters this regularizer regularizes instead of plain weight decay, which then skips them.

@@ -186,7 +186,29 @@ def _best(study: optuna.Study) -> dict[str, Any] | None:
         **{k: v for k, v in rows[0].items() if k != "rank"},
         "choices": trial.user_attrs.get("choices") or {},
         "optuna_params": trial.params,
+        "per_class": trial.user_attrs.get("per_class") or [],
     }
+
+
+#: ``tlsearch status`` lists every class up to this many, else the worst by F1
+PER_CLASS_ROWS = 20
+
+
+def format_per_class(rows: list[dict[str, Any]], *, limit: int = PER_CLASS_ROWS) -> list[str]:
+    """The best trial's per-class table (support, precision, recall, F1 on validation); with more
+    than ``limit`` classes, the ``limit`` with the lowest F1."""
+    if not rows:
+        return []
+    shown = rows if len(rows) <= limit else sorted(rows, key=lambda r: r["f1"])[:limit]
+    width = max(5, *(len(str(r["class"])) for r in shown))
+    title = "per class (validation)" if shown is rows else f"per class, the {limit} lowest F1 of {len(rows)}"
+    lines = [f"      {title}:", f"        {'class':<{width}}  support  precision  recall     f1"]
+    for r in shown:
+        lines.append(
+            f"        {str(r['class']):<{width}}  {int(r['support']):>7}  {r['precision']:>9.3f}"
+            f"  {r['recall']:>6.3f}  {r['f1']:>5.3f}"
+        )
+    return lines
 
 
 def tuned_params(best: dict[str, Any]) -> dict[str, Any]:
@@ -264,6 +286,7 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(
                 f"      model: {best['params'] / 1e6:.2f}M parameters, trained in {format_duration(best['seconds'])}"
             )
+        lines += format_per_class(best.get("per_class") or [])
         if status.get("warning"):
             lines.append(f"  {status['warning']}")
     else:

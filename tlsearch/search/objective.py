@@ -52,6 +52,7 @@ from tlsearch.search.trial_writes import PROGRESS_INTERVAL, TrialWriter
 from tlsearch.train import NonFiniteError, StopTraining, Trainer, TrainSettings, merge_options, resolve_device
 from tlsearch.train.features import trial_backbone_identity
 from tlsearch.train.latency import LatencyCache
+from tlsearch.train.metrics import per_class_rows
 from tlsearch.train.work import epoch_work
 
 log = logging.getLogger("tlsearch")
@@ -417,6 +418,9 @@ class Objective:
         }
         if "ema" in result.extras:  # which weights the checkpoint holds: the average's or the last step's
             info["ema"] = result.extras["ema"]
+        counts = result.extras.get("per_class_counts")
+        if counts is not None and self.data.labels:  # support, precision, recall, F1 per class
+            info["per_class"] = per_class_rows(counts, classes=list(self.data.labels))
         if latency_needed(config):  # measured once per architecture × input size × device
             info[LATENCY_ATTR] = LatencyCache(self.study_dir.cache).measure(
                 model, input_size=model.data_config.input_size, device=self.device

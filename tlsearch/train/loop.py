@@ -56,7 +56,8 @@ from tlsearch.train.device import Precision, configure_backends, resolve_precisi
 from tlsearch.train.ema import WeightAverage
 from tlsearch.train.features import FeatureCache, feature_key
 from tlsearch.train.head_init import init_head_from_data
-from tlsearch.train.metrics import evaluate_outputs
+from tlsearch.train.losses import class_counts, classification_loss
+from tlsearch.train.metrics import evaluate_outputs, per_class_counts
 from tlsearch.train.optim import (
     apply_lr,
     build_optimizer,
@@ -204,19 +205,24 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None  # the real optimizer while fit runs
         self.ema: WeightAverage | None = None  # the weights' moving average while fit runs
         self._warmup = 0  # warm-up steps, known once fit counts the steps
+        self.class_counts: torch.Tensor | None = None  # training images per class, set by fit
+        self._sample_weights: torch.Tensor | None = None  # per training image, when a sampler asks
+        self._last_counts: torch.Tensor | None = None  # the last evaluation's per-class counts
 
     # --- the pieces ---------------------------------------------------------------------------
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, *, train: bool = True) -> torch.Tensor:
-        """The task loss; in training (``train``) with the regularizers' loss options (label smoothing).
+        """The task loss; in training (``train``) with the regularizers' loss options (label smoothing,
+        class weights, focal loss, logit adjustment: :mod:`tlsearch.train.losses`).
 
         Validation loss is the plain task loss, so ``metric: val_loss`` and pruning on it compare
         trials with and without label smoothing on the same scale.
         """
         outputs = outputs.float()
         if self.task == "classification":
-            smoothing = float(self.loss_options.get("label_smoothing", 0.0)) if train else 0.0
-            return F.cross_entropy(outputs, targets, label_smoothing=smoothing)
+            if not train or not self.loss_options:
+                return F.cross_entropy(outputs, targets)
+            return classification_loss(outputs, targets, options=self.loss_options, counts=self.class_counts)
         kind = self.settings.loss if self.settings.loss != "auto" else "mse"
         if kind == "huber":
             return F.huber_loss(outputs, targets.float())
@@ -309,7 +315,9 @@ class Trainer:
         out, target = torch.cat(outputs), torch.cat(targets)
         scale = self.target_scale
         if scale is None:
-            metrics = evaluate_outputs(out, target, task=self.task)
+            metrics = evaluate_outputs(out, target, task=self.task, top_k=self.settings.top_k)
+            if self.task == "classification":  # the kept epoch's go to FitResult.extras["per_class"]
+                self._last_counts = per_class_counts(out.argmax(dim=1), target.long(), classes=out.shape[1])
         else:  # the user's units
             restored = scale.restore(target.float().view_as(out))
             metrics = evaluate_outputs(scale.restore(out), restored, task=self.task)
@@ -413,6 +421,15 @@ class Trainer:
         if self.target_scale is not None:  # same images arrays (device copies stay cached)
             train = replace(train, targets=self.target_scale.standardise(train.targets))
             val = replace(val, targets=self.target_scale.standardise(val.targets))
+        self._sample_weights = None
+        if self.task == "classification":
+            train_counts = class_counts(train.targets, num_classes=self.num_outputs)
+            self.class_counts = train_counts.to(self.device)  # the loss reads them every step
+            for reg in self.regularizers:
+                per_class = reg.class_sampling_weights(train_counts)
+                if per_class is not None:  # the first that asks decides (see Regularizer)
+                    self._sample_weights = per_class[torch.as_tensor(train.targets).long()].double()
+                    break
         torch.manual_seed(self.seed)
         configure_backends(self.device)
         model = self.model.to(self.device)
@@ -471,6 +488,7 @@ class Trainer:
         step = 0
         history: list[dict[str, float]] = []
         best = self._best_epoch()
+        kept_counts: torch.Tensor | None = None
         stopped: str | None = None
         try:
             for epoch in range(self.settings.epochs):
@@ -496,19 +514,25 @@ class Trainer:
                     )
                 extras["epochs"].append(timing)
                 metrics = self._evaluate(val_src, cached=cached)
+                counts = self._last_counts
                 if ema is not None:
                     metrics = self._with_ema(
                         metrics, self._evaluate(val_src, cached=cached, model=ema.module)
                     )
+                    counts = self._last_counts if metrics["ema_used"] else counts
                 metrics["train_loss"] = train_loss
                 metrics["epoch_seconds"] = time.perf_counter() - epoch_start
                 bad = [k for k, v in metrics.items() if not math.isfinite(v)]
                 if bad:
                     raise NonFiniteError(f"metric(s) {bad} became non-finite at epoch {epoch}: {metrics}")
                 history.append(metrics)
-                best.offer(
-                    epoch, metrics, partial(self.evaluated_state, model, cached=cached, metrics=metrics)
-                )
+                if (
+                    best.offer(
+                        epoch, metrics, partial(self.evaluated_state, model, cached=cached, metrics=metrics)
+                    )
+                    or not best.metrics
+                ):
+                    kept_counts = counts
                 if on_epoch_end is not None:
                     try:
                         on_epoch_end(epoch, metrics)
@@ -533,6 +557,8 @@ class Trainer:
             if decision.compile:
                 model.backbone._compiled_call_impl = None  # back to eager for export and checkpoints
         extras["best_epoch"] = best.epoch
+        if kept_counts is not None:  # per class of the kept epoch: true positives, support, predicted
+            extras["per_class_counts"] = kept_counts.int().tolist()
         if stopped is not None:
             extras["stopped"] = {"reason": stopped, "after_epoch": len(history) - 1}
         return FitResult(
@@ -642,7 +668,7 @@ class Trainer:
         total_steps: int,
         epoch: int,
     ) -> tuple[float, int, dict[str, float]]:
-        batches = training_batches(len(source), self.settings.batch_size, generator=generator)
+        batches = self._epoch_batches(len(source), generator=generator)
         draws = self._epoch_draws(batches, generator) if not cached and self.augments() else None
         running = torch.zeros((), device=self.device)
         seen = 0
@@ -680,6 +706,18 @@ class Trainer:
         if self.profile:
             timing["data_seconds"] = timer.total()
         return train_loss, step, timing
+
+    def _epoch_batches(self, n: int, *, generator: torch.Generator) -> list[torch.Tensor]:
+        """The epoch's batches: shuffled, or drawn with replacement by a regularizer's
+        ``class_sampling_weights`` (the class-balanced sampler)."""
+        weights = self._sample_weights
+        if weights is None:
+            return training_batches(n, self.settings.batch_size, generator=generator)
+        order = torch.multinomial(weights, n, replacement=True, generator=generator)
+        batches = list(order.split(self.settings.batch_size))
+        if len(batches) > 1 and len(batches[-1]) == 1:  # as training_batches: BatchNorm needs two
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches
 
     def _epoch_draws(self, batches: Sequence[torch.Tensor], generator: torch.Generator) -> list[BatchDraws]:
         """The epoch's random draws, made on the CPU (crop/flip and erasing moved to the device in

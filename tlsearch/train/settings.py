@@ -17,6 +17,7 @@ from typing import Any
 from tlsearch.config import METRICS, Range, StudyConfig, TrainingSettings
 from tlsearch.data.batches import DEFAULT_BUDGET_FRACTION
 from tlsearch.data.policies import AugmentPolicy, policy_name
+from tlsearch.train.metrics import DEFAULT_TOP_K
 
 __all__ = ["TrainSettings"]
 
@@ -68,6 +69,7 @@ class TrainSettings:
     random_erasing: float = _default("random_erasing")
     ema: float | None = _default("ema")
     metric: str | None = None
+    top_k: int = DEFAULT_TOP_K  # k of the top_k_accuracy metric (capped at the class count)
     select_metric: str | None = None
     patience: int | None = _default("patience")
 
@@ -118,6 +120,7 @@ class TrainSettings:
             random_erasing=float(chosen("random_erasing")),
             ema=chosen("ema"),
             metric=config.metric,
+            top_k=config.search.top_k,
             # the kept epoch is the best by the study's metric (a cost objective cannot pick it)
             select_metric=config.metric if config.metric in METRICS[config.task] else None,
             patience=t.patience,

@@ -1,0 +1,188 @@
+"""Class-imbalance tools: the losses against their papers' definitions and torch's, the plugins'
+contracts, and the class-balanced sampler and the loss options driven through the real trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tlsearch_builtins.regularizers import (
+    REGULARIZERS,
+    BalancedSampler,
+    ClassWeightedLoss,
+    FocalLoss,
+    LogitAdjustment,
+)
+
+from tlsearch.kinds import Regularizer
+from tlsearch.registry import get_plugin_manager
+from tlsearch.testing import (
+    RegularizerContract,
+    TrainEverything,
+    synthetic_images,
+    tiny_transfer_model,
+    train_and_record,
+)
+from tlsearch.train.losses import class_counts, class_weights, classification_loss, focal_loss
+
+
+class TestClassWeightedLoss(RegularizerContract):
+    plugin = ClassWeightedLoss
+
+
+class TestFocalLoss(RegularizerContract):
+    plugin = FocalLoss
+
+
+class TestLogitAdjustment(RegularizerContract):
+    plugin = LogitAdjustment
+
+
+class TestBalancedSampler(RegularizerContract):
+    plugin = BalancedSampler
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(12, 4, generator=g) * 2, torch.randint(0, 4, (12,), generator=g)
+
+
+def test_the_imbalance_plugins_are_registered_builtins() -> None:
+    names = {cls.name for cls in REGULARIZERS}
+    assert {"class_weights", "focal_loss", "logit_adjustment", "balanced_sampler"} <= names
+    registered = get_plugin_manager().registry.names("regularizer")
+    assert {"class_weights", "focal_loss", "logit_adjustment", "balanced_sampler"} <= set(registered)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_focal_loss_at_gamma_zero_is_cross_entropy_with_and_without_weights(smoothing: float) -> None:
+    """Bugs caught: focal loss averaged differently from cross-entropy (so γ is not the only change),
+    class weights normalised by N instead of the true classes' weights."""
+    outputs, targets = _batch()
+    weight = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    assert focal_loss(outputs, targets, gamma=0.0, label_smoothing=smoothing) == pytest.approx(
+        float(F.cross_entropy(outputs, targets, label_smoothing=smoothing)), rel=1e-5
+    )
+    assert focal_loss(outputs, targets, gamma=0.0, weight=weight, label_smoothing=smoothing) == pytest.approx(
+        float(F.cross_entropy(outputs, targets, weight=weight, label_smoothing=smoothing)), rel=1e-5
+    )
+
+
+def test_focal_loss_down_weights_easy_examples_more_than_hard_ones() -> None:
+    """Bug caught: the modulating factor (1 - p)^γ on the wrong probability (p instead of 1 - p)."""
+    easy = torch.tensor([[4.0, 0.0, 0.0]])  # p_true ≈ 0.96
+    hard = torch.tensor([[0.0, 2.0, 0.0]])  # p_true ≈ 0.11
+    label = torch.tensor([0])
+    ratio_easy = focal_loss(easy, label, gamma=2.0) / F.cross_entropy(easy, label)
+    ratio_hard = focal_loss(hard, label, gamma=2.0) / F.cross_entropy(hard, label)
+    p_easy = torch.softmax(easy, 1)[0, 0]
+    assert float(ratio_easy) == pytest.approx(float((1 - p_easy) ** 2), rel=1e-5)
+    assert ratio_easy < 0.01 < 0.5 < ratio_hard
+
+
+def test_inverse_class_weights_are_scikit_learns_balanced_and_match_torch_weight() -> None:
+    """Bugs caught: weights ∝ frequency instead of its inverse; the weight not reaching the loss."""
+    targets = torch.tensor([0] * 10 + [1] * 3 + [2] * 1)
+    counts = class_counts(targets.numpy(), num_classes=3)
+    weights = class_weights(counts, scheme="inverse")
+    assert weights.tolist() == pytest.approx([14 / (3 * 10), 14 / (3 * 3), 14 / 3])
+    outputs = torch.randn(14, 3, generator=torch.Generator().manual_seed(1))
+    loss = classification_loss(outputs, targets, options={"class_weighting": "inverse"}, counts=counts)
+    assert float(loss) == pytest.approx(float(F.cross_entropy(outputs, targets, weight=weights)))
+
+
+def test_effective_number_weights_follow_cui_et_al() -> None:
+    """Bugs caught: β^n instead of 1 - β^n; weights not rescaled to sum to the class count; a class
+    with no image weighted instead of 0."""
+    counts = torch.tensor([1000.0, 10.0, 0.0])
+    beta = 0.99
+    weights = class_weights(counts, scheme="effective", beta=beta)
+    raw = torch.tensor([(1 - beta) / (1 - beta**1000), (1 - beta) / (1 - beta**10)])
+    assert weights[:2].tolist() == pytest.approx((raw * 2 / raw.sum()).tolist(), rel=1e-5)
+    assert weights[2] == 0.0
+    assert float(weights[1] / weights[0]) == pytest.approx(float(raw[1] / raw[0]), rel=1e-5)
+    with pytest.raises(ValueError, match="1.5"):
+        class_weights(counts, scheme="effective", beta=1.5)
+    with pytest.raises(ValueError, match="inverse, effective"):
+        class_weights(counts, scheme="square")
+
+
+def test_logit_adjustment_adds_tau_log_prior_to_the_logits() -> None:
+    """Bug caught: the prior subtracted (which favours the frequent classes even more)."""
+    outputs, targets = _batch(2)
+    counts = torch.tensor([40.0, 10.0, 5.0, 1.0])
+    loss = classification_loss(outputs, targets, options={"logit_adjustment_tau": 1.5}, counts=counts)
+    shifted = outputs + 1.5 * (counts / counts.sum()).log()
+    assert float(loss) == pytest.approx(float(F.cross_entropy(shifted, targets)))
+
+
+class _SeenTargets(Regularizer):
+    """Records the targets of every training batch (a transform that changes nothing)."""
+
+    name = "seen_targets"
+    uses_inputs = True
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.seen: list[torch.Tensor] = []
+
+    def transform_batch(
+        self, images: torch.Tensor, targets: torch.Tensor, *, num_outputs: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.seen.append(targets.clone())
+        return images, targets
+
+
+def _ten_to_one(steps: int = 8) -> dict[str, Any]:
+    images, _ = synthetic_images(11, num_classes=2, size=16)
+    targets = torch.tensor([0] * 10 + [1])
+    return {"images": images, "targets": targets, "steps_per_epoch": steps, "batch_size": 11}
+
+
+def test_the_balanced_sampler_balances_a_ten_to_one_set_in_the_real_trainer() -> None:
+    """Bugs caught: the sampler's weights ignored by the trainer; weights per class used as
+    probabilities per image without indexing by the target (which keeps the 10:1 ratio)."""
+    spy = _SeenTargets()
+    train_and_record(
+        tiny_transfer_model(num_outputs=2),
+        TrainEverything(),
+        regularizers=[BalancedSampler(power=1.0), spy],
+        epochs=2,
+        **_ten_to_one(),
+    )
+    seen = torch.cat(spy.seen)
+    assert len(seen) == 2 * 8 * 11  # every epoch still draws as many images as the set has
+    assert 0.4 < float(seen.float().mean()) < 0.6  # the rare class in about half the draws
+
+
+def test_without_the_sampler_the_trainer_sees_the_natural_ratio() -> None:
+    spy = _SeenTargets()
+    train_and_record(
+        tiny_transfer_model(num_outputs=2), TrainEverything(), regularizers=[spy], **_ten_to_one(2)
+    )
+    assert float(torch.cat(spy.seen).float().mean()) == pytest.approx(1 / 11)
+
+
+def test_the_trainer_trains_with_the_loss_options_and_validates_with_plain_cross_entropy() -> None:
+    """Bugs caught: the imbalance options dropped by the trainer; validation loss changed by them
+    (so ``val_loss`` would not compare trials)."""
+    from tlsearch.train.loop import Trainer, TrainSettings
+
+    model = tiny_transfer_model(num_outputs=2)
+    trainer = Trainer(
+        model,
+        strategy=TrainEverything(),
+        regularizers=[FocalLoss(gamma=2.0), ClassWeightedLoss(scheme="inverse", beta=0.999)],
+        num_outputs=2,
+        settings=TrainSettings(compile="never", feature_cache=False),
+    )
+    trainer.class_counts = torch.tensor([10.0, 1.0])
+    outputs, targets = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+    weight = class_weights(trainer.class_counts, scheme="inverse")
+    expected = focal_loss(outputs, targets, gamma=2.0, weight=weight)
+    assert float(trainer.loss(outputs, targets)) == pytest.approx(float(expected))
+    assert float(trainer.loss(outputs, targets, train=False)) == pytest.approx(
+        float(F.cross_entropy(outputs, targets))
+    )

@@ -1,0 +1,101 @@
+"""The classification training loss and the class-imbalance options regularizers may set.
+
+Loss options (:data:`tlsearch.kinds.regularizer.LOSS_OPTIONS`), all off by default:
+
+- ``label_smoothing`` ε: targets (1 - ε) on the true class, ε spread evenly.
+- ``class_weighting``: ``"inverse"`` (weight ``N / (C · n_c)``, scikit-learn's "balanced") or
+  ``"effective"`` (Cui et al., *Class-Balanced Loss Based on Effective Number of Samples*, CVPR
+  2019: ``(1 - β) / (1 - β^n_c)``, scaled to sum to C) with ``class_weighting_beta`` β.
+- ``focal_gamma`` γ: focal loss (Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017),
+  each term scaled by ``(1 - p)^γ``; γ = 0 is cross-entropy.
+- ``logit_adjustment_tau`` τ: logit-adjusted loss (Menon et al., *Long-Tail Learning via Logit
+  Adjustment*, ICLR 2021): the loss sees ``logits + τ · log(prior)``, the model predicts with the
+  plain logits, so rare classes get a larger margin.
+
+Class counts come from the training targets (:func:`class_counts`); a class with no training image
+gets weight 0. Validation loss stays the plain cross-entropy (see ``Trainer.loss``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+CLASS_WEIGHTINGS = ("inverse", "effective")
+
+
+def class_counts(targets: Any, *, num_classes: int) -> torch.Tensor:
+    """Training images per class, ``(C,)`` float, of class-index ``targets`` (array or tensor)."""
+    return torch.bincount(torch.as_tensor(targets).long().view(-1), minlength=num_classes).float()
+
+
+def class_weights(counts: torch.Tensor, *, scheme: str, beta: float = 0.999) -> torch.Tensor:
+    """Per-class loss weights from ``counts`` by ``scheme`` (:data:`CLASS_WEIGHTINGS`), on
+    ``counts``' device without a host synchronisation (the trainer calls this every step)."""
+    present = counts > 0
+    if scheme == "inverse":
+        weights = counts.sum() / (present.sum() * counts.clamp_min(1))
+    elif scheme == "effective":
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"class_weighting_beta must be in [0, 1) but got {beta}")
+        weights = (1.0 - beta) / (1.0 - beta ** counts.clamp_min(1))
+        weights = weights * present.sum() / torch.where(present, weights, 0.0).sum()
+    else:
+        raise ValueError(f"unknown class_weighting {scheme!r}; valid: {', '.join(CLASS_WEIGHTINGS)}")
+    return torch.where(present, weights, torch.zeros_like(weights))
+
+
+def classification_loss(
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    options: Mapping[str, Any],
+    counts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The training loss of logits ``outputs`` against class indices ``(N,)`` or soft targets
+    ``(N, C)`` (mixup), with the loss ``options`` (module doc); ``counts``: the training images per
+    class, needed by ``class_weighting`` and ``logit_adjustment_tau``."""
+    smoothing = float(options.get("label_smoothing", 0.0))
+    gamma = float(options.get("focal_gamma", 0.0))
+    tau = float(options.get("logit_adjustment_tau", 0.0))
+    scheme = options.get("class_weighting")
+    if (scheme is not None or tau) and counts is None:
+        raise ValueError("class_weighting and logit_adjustment_tau need the training class counts")
+    weight = None
+    if scheme is not None:
+        assert counts is not None
+        beta = float(options.get("class_weighting_beta", 0.999))
+        weight = class_weights(counts, scheme=str(scheme), beta=beta).to(outputs.device)
+    if tau:
+        assert counts is not None
+        prior = (counts / counts.sum()).clamp_min(1e-12).to(outputs.device)
+        outputs = outputs + tau * prior.log()
+    if gamma == 0.0:
+        return F.cross_entropy(outputs, targets, weight=weight, label_smoothing=smoothing)
+    return focal_loss(outputs, targets, gamma=gamma, weight=weight, label_smoothing=smoothing)
+
+
+def focal_loss(
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    gamma: float,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Focal loss ``-Σ_c y_c (1 - p_c)^γ log p_c``, averaged as ``F.cross_entropy`` averages
+    (by the summed target weights when ``weight`` is given), so γ = 0 is exactly cross-entropy."""
+    classes = outputs.shape[1]
+    soft = F.one_hot(targets, classes).float() if targets.ndim == 1 else targets.float()
+    if label_smoothing:
+        soft = soft * (1.0 - label_smoothing) + label_smoothing / classes
+    log_p = torch.log_softmax(outputs, dim=1)
+    terms = -soft * (1.0 - log_p.exp()).pow(gamma) * log_p
+    if weight is None:
+        return terms.sum() / len(outputs)
+    if targets.ndim == 1:  # as cross_entropy: normalised by the weights of the true classes
+        return (terms * weight).sum() / weight[targets].sum()
+    return (terms * weight).sum() / len(outputs)
