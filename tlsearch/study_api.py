@@ -258,7 +258,8 @@ class Study:
         )
 
     def quantize(self, *, model: str | Path | None = None, on_drop: str | None = None) -> Any:
-        """Write and measure an INT8 copy of the exported ``model`` (see :func:`tlsearch.search.quantize_study`)."""
+        """Write and measure an INT8 copy of the exported ``model`` (default: the study's); see
+        :func:`tlsearch.search.quantize_study` for ``on_drop``."""
         from tlsearch.search import quantize_study
 
         return quantize_study(self.root, model=model, on_drop=on_drop)

@@ -1,6 +1,7 @@
 """Running a study: config → plugins → Optuna study in its storage → trials → (export).
 
-``run_study`` is what ``tlsearch run`` calls. Running it again on the same folder resumes: the
+``run_study`` is what :meth:`tlsearch.Study.run` (and so ``tlsearch run``) and
+:meth:`tlsearch.Worker.run` call. Running it again on the same folder resumes: the
 study is loaded from its storage and only the trials still missing from the budget run.
 """
 
@@ -246,12 +247,13 @@ def run_study(
     the work before and between trials (decoding images, ranking backbones); with it, decoding
     shows no tqdm bar of its own.
 
-    ``settings`` (:class:`~tlsearch.worker_settings.WorkerSettings`) says how this process
-    takes part. ``settings.workers`` > 1 starts that many local worker processes (one per visible GPU, or CPU
-    processes; see :mod:`tlsearch.search.workers`) and waits for them; ``on_event`` then receives
-    their progress, read from the study, and their output goes to ``logs/`` in the study folder. ``settings.join`` is what
-    ``tlsearch worker`` does: take part in a study someone else may be running, without resetting
-    the study's deadline (``timeout`` then limits this worker only).
+    ``settings`` (:class:`~tlsearch.worker_settings.WorkerSettings`) says how this process takes
+    part. ``settings.workers`` > 1 starts that many local worker processes (one per visible GPU,
+    or CPU processes; see :mod:`tlsearch.search.workers`) and waits for them; ``on_event`` then
+    receives their progress, read from the study, and their output goes to ``logs/`` in the study
+    folder. ``settings.join`` is what ``tlsearch worker`` does: take part in a study someone else
+    may be running, without resetting the study's deadline (``timeout`` then limits this worker
+    only).
     """
     settings = settings or WorkerSettings()
     heartbeat_interval, grace_period = settings.heartbeat_interval, settings.grace_period
