@@ -149,3 +149,40 @@ def test_worker_settings_refuse_bad_values() -> None:
         tlsearch.WorkerSettings(heartbeat_interval=0)
     with pytest.raises(ValueError, match="max_failures_in_a_row must be >= 1 or None but got 0"):
         tlsearch.WorkerSettings(max_failures_in_a_row=0)
+
+
+def test_the_api_loads_without_torch_or_optuna() -> None:
+    """``tlsearch.Study`` is importable where the search is not needed yet (``import tlsearch`` stays
+    light): torch and optuna load when a method needs them."""
+    import subprocess
+    import sys
+
+    probe = "import sys, tlsearch; tlsearch.Study, tlsearch.Worker, tlsearch.WorkerSettings; "
+    probe += "print(sorted(m for m in ('torch', 'optuna', 'timm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_local_workers_start_without_the_cli_on_path(
+    ran: dict[str, Path], monkeypatch, tmp_path: Path
+) -> None:
+    """``Study.run(workers=2)`` starts ``python -m tlsearch.search.worker_process``: no ``tlsearch``
+    script is looked up, so an empty ``PATH`` does not matter."""
+    from tlsearch.search.workers import worker_command
+
+    settings = tlsearch.WorkerSettings(
+        workers=2, heartbeat_interval=5, grace_period=20, max_failures_in_a_row=None
+    )
+    cmd = worker_command(tmp_path, storage="s.journal", out_dir=tmp_path, settings=settings)
+    assert cmd[1:3] == ["-m", "tlsearch.search.worker_process"]
+    assert cmd[cmd.index("--heartbeat-interval") + 1] == "5" and cmd[cmd.index("--grace-period") + 1] == "20"
+    assert cmd[cmd.index("--max-failures-in-a-row") + 1] == "none"
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    study = tlsearch.Study.from_yaml(ran["yaml"], out=tmp_path / "out")
+    result = study.run(workers=2, n_trials=2, export=False, progress=False)
+    assert result.problem() is None
+    trials = result.study.get_trials(deepcopy=False)
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+    logs = [(tmp_path / "out" / "logs" / f"worker-{rank}.log") for rank in range(2)]
+    assert not any(path.exists() for path in logs)  # without on_event the workers print here

@@ -19,6 +19,7 @@ from tlsearch.cli import main
 from tlsearch.cli.console import Console, console_option
 from tlsearch.cli.noise import quiet_noise, verbose_option
 from tlsearch.cli.options import plugin_option, threads_option
+from tlsearch.study_api import Study  # light: it imports the search when a method runs
 
 
 def best_trial_warning(study: Any) -> str | None:
@@ -86,7 +87,6 @@ def run(
     """Search the STUDY file's space with Optuna; every trial fine-tunes a model for real."""
     import optuna
 
-    from tlsearch import Study
     from tlsearch.search import finished_trials
     from tlsearch.search.signals import exit_code, stop_on_sigterm
 
@@ -135,7 +135,7 @@ def run(
         _export(api, result, console, force=force_export)
 
 
-def _export(api: Any, result: Any, console: Console, *, force: bool) -> None:
+def _export(api: Study, result: Any, console: Console, *, force: bool) -> None:
     """What :meth:`tlsearch.Study.export_best` does, one step at a time with the console's lines."""
     current = None if force else api.exported_best()
     if current is not None:
