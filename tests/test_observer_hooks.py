@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from tlsearch.search import run_study
+from tlsearch.worker_settings import WorkerSettings
 
 COMPLETE, FAIL, PRUNED = (
     optuna.trial.TrialState.COMPLETE,
@@ -92,7 +93,10 @@ def test_raising_trial_start_observer_does_not_fail_the_trial(observed_study, tm
 
 def test_fail_trial_from_trial_end_fails_it_with_the_plugins_reason(observed_study, tmp_path):
     result = run_study(
-        observed_study("fail"), out_dir=tmp_path / "out", progress=False, max_failures_in_a_row=1
+        observed_study("fail"),
+        out_dir=tmp_path / "out",
+        progress=False,
+        settings=WorkerSettings(max_failures_in_a_row=1),
     )
     trial = _trials(result)[0]
     assert trial.state == FAIL
@@ -104,7 +108,10 @@ def test_fail_trial_from_trial_end_fails_it_with_the_plugins_reason(observed_stu
 
 def test_fail_trial_from_epoch_end_fails_it(observed_study, tmp_path):
     result = run_study(
-        observed_study("epoch_fail"), out_dir=tmp_path / "out", progress=False, max_failures_in_a_row=1
+        observed_study("epoch_fail"),
+        out_dir=tmp_path / "out",
+        progress=False,
+        settings=WorkerSettings(max_failures_in_a_row=1),
     )
     trial = _trials(result)[0]
     assert trial.state == FAIL and "loss curve looks wrong" in trial.user_attrs["failure"]

@@ -57,10 +57,11 @@ def export(
     on_accuracy_drop: str | None,
 ) -> None:
     """Export a trial of the study in STUDY_DIR to ONNX, checked against PyTorch with onnxruntime."""
+    from tlsearch import Study
     from tlsearch.cli.console import Console
-    from tlsearch.search import StudyDir, export_study, quantize_study
 
-    if int8 and (StudyDir(study_dir).load_config().export.raw_input if raw_input is None else raw_input):
+    study = Study.from_dir(study_dir, storage=storage)
+    if int8 and (study.config.export.raw_input if raw_input is None else raw_input):
         # refused before the export, not after it: INT8 quantises the plain (normalised-input) model
         raise click.UsageError(
             "--int8 quantises the plain model (normalised input); a raw-input model cannot be: "
@@ -70,9 +71,9 @@ def export(
     console = Console()  # a spinner on a terminal, one line otherwise: an export takes a while
     what = "the best trial" if trial is None else f"trial {trial}"
     with console.working(f"exporting {what} to ONNX (with its parity check)"):
-        report = export_study(study_dir, trial=trial, path=out_path, storage=storage, raw_input=raw_input)
+        report = study.export(trial=trial, path=out_path, raw_input=raw_input)
     click.echo(f"exported {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")
     if int8:
         with console.working("quantising the model to INT8 (and measuring its accuracy)"):
-            quantized = quantize_study(study_dir, model=report.path, on_drop=on_accuracy_drop)
+            quantized = study.quantize(model=report.path, on_drop=on_accuracy_drop)
         click.echo(describe_quantization(quantized))

@@ -41,41 +41,18 @@ def rank(
     One forward pass per backbone over the training split (features are kept in the study's
     cache, so a run afterwards reuses them). Scores order and prune candidates; they never decide
     alone: no score is reliable on every dataset (see docs/smarter-search.md)."""
-    from tlsearch.data import load_splits
-    from tlsearch.rank import rank_backbones
-    from tlsearch.search import StudyData, prepare
-    from tlsearch.train import resolve_device
+    from tlsearch import Study
 
-    config, pm, space, study_dir = prepare(study, out_dir=out_dir, plugin_files=plugin_files)
-    settings = config.search.rank
-    score = score or (settings.score if settings else "logme")
-    if max_images is None and settings is not None:
-        max_images = settings.max_images
-    train, val = load_splits(
-        config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
-    )
-    data = StudyData(
-        train, val, cache_dir=study_dir.cache, on_bad_image=config.data.on_bad_image, progress=False
-    )
-    ranking = rank_backbones(
-        space,
-        registry=pm.registry,
-        data=data,
-        task=config.task,
+    ranked = Study.from_yaml(study, out=out_dir, plugin_files=plugin_files).rank(
         score=score,
-        image_size=config.data.fixed_image_size,
-        device=resolve_device(config.training.device),
-        cache_dir=study_dir.cache,
         max_images=max_images,
-        seed=config.search.seed or 0,
-        precision=config.training.precision,
-        all_scores=True,
         on_candidate=None
         if as_json
         else lambda r: click.echo(f"  scored {r.label} in {r.seconds:.1f} s", err=True),
     )
+    score, ranking = ranked.score, ranked.results
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in ranking], indent=2, default=str))
+        click.echo(json.dumps(ranked.to_dicts(), indent=2, default=str))
         return
     click.echo(f"{'#':>2}  {'backbone':<32} {score:>9}  {'params':>8}  {'GFLOPs':>7}  {'fwd ms':>7}  images")
     for i, r in enumerate(ranking, 1):

@@ -26,9 +26,9 @@ def report(
     """Write the report of the study in SOURCE (a study folder, or an Optuna storage URL): optimisation
     history, learning curves, plugins compared, importances, accuracy vs cost, leaderboard, exported model.
     The HTML needs no network: plots are inline SVG."""
-    from tlsearch.report import write_report
+    from tlsearch import Study
 
-    files = write_report(source, out=out_path, png=png, study_name=study_name, storage=storage)
+    files = Study.open(source, study_name=study_name, storage=storage).report(out=out_path, png=png)
     click.echo(f"wrote {files.html}")
     for plot in files.plots:
         if plot.figure is None:

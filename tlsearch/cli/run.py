@@ -19,6 +19,7 @@ from tlsearch.cli import main
 from tlsearch.cli.console import Console, console_option
 from tlsearch.cli.noise import quiet_noise, verbose_option
 from tlsearch.cli.options import plugin_option, threads_option
+from tlsearch.study_api import Study  # light: it imports the search when a method runs
 
 
 def best_trial_warning(study: Any) -> str | None:
@@ -87,29 +88,25 @@ def run(
     """Search the STUDY file's space with Optuna; every trial fine-tunes a model for real."""
     import optuna
 
-    from tlsearch.config import load_config
-    from tlsearch.search import export_study, finished_trials, run_study
-    from tlsearch.search.best import exported_from_best
+    from tlsearch.search import finished_trials
     from tlsearch.search.signals import exit_code, stop_on_sigterm
 
     # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
     click.get_current_context().call_on_close(stop_on_sigterm())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_noise(verbose=verbose)  # the console prints its own lines
-    config = load_config(study, overrides={"training.threads": threads} if threads else None)
-    budget = n_trials if n_trials is not None else config.search.n_trials
+    overrides = {"training.threads": threads} if threads else None
+    api = Study.from_yaml(study, out=out_dir, storage=storage, plugin_files=plugin_files, overrides=overrides)
+    budget = n_trials if n_trials is not None else api.config.search.n_trials
     try:
-        with Console(total=budget, epochs=config.training.epochs, mode=console_mode) as console:
-            result = run_study(
-                config,
-                out_dir=out_dir,
+        with Console(total=budget, epochs=api.config.training.epochs, mode=console_mode) as console:
+            result = api.run(
+                workers=workers,
                 n_trials=n_trials,
                 timeout=timeout,
-                storage=storage,
-                plugin_files=plugin_files,
                 progress=False,
                 on_event=console.event,
-                workers=workers,
+                export=False,  # below, with the console's spinners
             )
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (tlsearch.search.signals.Terminated)
         code = exit_code(exc)
@@ -146,27 +143,28 @@ def run(
             f"the budget of {budget} finished trials is done ({finished} finished); nothing more to run"
         )
     if result.config.export.enabled and not no_export:
-        wants_int8 = result.config.export.int8 and result.config.task == "classification"
-        current = None if force_export else exported_from_best(result.study_dir.root, storage=storage)
-        if current is not None and not (
-            wants_int8 and not current.with_name(f"{current.stem}.int8.onnx").is_file()
-        ):
-            click.echo(
-                f"{current} is already the best trial's model; not exported again "
-                "(--force, or `tlsearch export`, exports anyway)"
-            )
-            return
-        with console.working("exporting the best trial to ONNX (with its parity check)"):
-            report: Any = export_study(result.study_dir.root, storage=storage, pm=result.pm)
-        console.exported(report)
-        from tlsearch.report._status import export_lines  # the test score and the soup, if any
+        _export(api, result, console, force=force_export)
 
-        for line in export_lines(result.study.user_attrs.get("export"), metric=result.config.metric):
-            click.echo(line)
-        if wants_int8:
-            from tlsearch.cli.export import describe_quantization
-            from tlsearch.search import quantize_study
 
-            with console.working("quantising the model to INT8 (and measuring its accuracy)"):
-                quantized = quantize_study(result.study_dir.root, model=report.path)
-            click.echo(describe_quantization(quantized))
+def _export(api: Study, result: Any, console: Console, *, force: bool) -> None:
+    """What :meth:`tlsearch.Study.export_best` does, one step at a time with the console's lines."""
+    current = None if force else api.exported_best()
+    if current is not None:
+        click.echo(
+            f"{current} is already the best trial's model; not exported again "
+            "(--force, or `tlsearch export`, exports anyway)"
+        )
+        return
+    with console.working("exporting the best trial to ONNX (with its parity check)"):
+        report = api.export(pm=result.pm)
+    console.exported(report)
+    from tlsearch.report._status import export_lines  # the test score and the soup, if any
+
+    for line in export_lines(result.study.user_attrs.get("export"), metric=result.config.metric):
+        click.echo(line)
+    if api.wants_int8:
+        from tlsearch.cli.export import describe_quantization
+
+        with console.working("quantising the model to INT8 (and measuring its accuracy)"):
+            quantized = api.quantize(model=report.path)
+        click.echo(describe_quantization(quantized))

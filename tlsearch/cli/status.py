@@ -53,16 +53,16 @@ def status(
     With --watch, follow it from any machine that reaches its storage: the trials of every worker
     as they start, train and end, and the leaderboard; then the summary.
     """
-    from tlsearch.report import format_status, open_source, study_status
+    from tlsearch import Study
+    from tlsearch.report import format_status
 
-    src = open_source(source, study_name=study_name, storage=storage, out_dir=out_dir)
+    opened = Study.open(source, study_name=study_name, storage=storage, out=out_dir)
+    src = opened.load()
     if watch:
         if as_json:
             raise click.UsageError("--watch and --json do not go together; use --json alone for scripts")
-        from tlsearch.search.watch import follow
-
         with Console(total=src.budget, mode=console_mode) as console, suppress(KeyboardInterrupt):
-            follow(src.study, console.event, budget=src.budget)  # Ctrl-C stops the watch, nothing else
+            opened.watch(console.event, source=src)  # Ctrl-C stops the watch, nothing else
         click.echo("")
-    summary = study_status(src, top=top)
+    summary = opened.status(top=top, source=src)
     click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_status(summary))

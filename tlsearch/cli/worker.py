@@ -5,34 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from tlsearch.cli import main
 from tlsearch.cli.noise import quiet_noise, verbose_option
 from tlsearch.cli.options import plugin_option, threads_option
-
-
-def _echo_event(prefix: str) -> Any:
-    def event(name: str, **kw: Any) -> None:
-        if name == "progress":  # work outside trials (decoding, ranking): a line when it starts and ends
-            if kw["done"] == 0 or kw["done"] >= kw["total"]:
-                state = "started" if kw["done"] == 0 else "done"
-                click.echo(f"{prefix}{kw['task']}: {state} ({kw['total']})")
-            return
-        trial = kw["trial"]
-        if name == "trial_start":
-            from tlsearch.search.sampling import describe_choices
-
-            click.echo(f"{prefix}trial {trial.number}: {describe_choices(kw['choices'])}")
-        elif name == "trial_end":
-            detail = (
-                f"value {kw['value']:.4g}" if kw["value"] is not None else kw["metrics"].get("failure", "")
-            )
-            click.echo(f"{prefix}trial {trial.number} {kw['state'].lower()} {detail}".rstrip())
-
-    return event
+from tlsearch.worker_settings import GRACE_PERIOD, HEARTBEAT_INTERVAL, WorkerSettings
 
 
 @main.command()
@@ -58,14 +37,14 @@ def _echo_event(prefix: str) -> Any:
 @click.option(
     "--heartbeat-interval",
     type=click.IntRange(min=1),
-    default=30,
+    default=HEARTBEAT_INTERVAL,
     show_default=True,
     help="seconds between a running trial's heartbeats",
 )
 @click.option(
     "--grace-period",
     type=click.IntRange(min=1),
-    default=120,
+    default=GRACE_PERIOD,
     show_default=True,
     help="seconds without a heartbeat after which another machine's trial counts as lost",
 )
@@ -90,9 +69,9 @@ def worker(
     """
     import optuna
 
-    from tlsearch.config import load_config
-    from tlsearch.search import StudyDir, run_study
+    from tlsearch import Study, Worker
     from tlsearch.search.signals import exit_code, stop_on_sigterm
+    from tlsearch.search.worker_process import event_printer
 
     # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
     click.get_current_context().call_on_close(stop_on_sigterm())
@@ -100,28 +79,23 @@ def worker(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_noise(verbose=verbose)
     if study.is_dir():
-        config = StudyDir(study).load_config()
-        out_dir = out_dir or study
+        opened = Study.from_dir(study, out=out_dir, storage=storage, plugin_files=plugin_files)
+        if threads:  # the folder's config, with this machine's threads
+            training = opened.config.training.model_copy(update={"threads": threads})
+            config = opened.config.model_copy(update={"training": training})
+            opened = Study(study, config=config, out=opened.out, storage=storage, plugin_files=plugin_files)
     else:
-        config = load_config(study)
-    if threads:
-        config = config.model_copy(
-            update={"training": config.training.model_copy(update={"threads": threads})}
+        overrides = {"training.threads": threads} if threads else None
+        opened = Study.from_yaml(
+            study, out=out_dir, storage=storage, plugin_files=plugin_files, overrides=overrides
         )
+    settings = WorkerSettings(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     rank = os.environ.get("TLSEARCH_WORKER_RANK")
     try:
-        result = run_study(
-            config,
-            out_dir=out_dir,
+        result = Worker(opened, settings=settings).run(
             n_trials=n_trials,
             timeout=timeout,
-            storage=storage,
-            plugin_files=plugin_files,
-            progress=False,
-            on_event=_echo_event(f"[worker {rank or os.getpid()}] "),
-            join=True,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
+            on_event=event_printer(f"[worker {rank or os.getpid()}] ", echo=click.echo),
         )
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (tlsearch.search.signals.Terminated)
         code = exit_code(exc)

@@ -1,9 +1,14 @@
-"""The live terminal view of a running study (used by :class:`tlsearch.cli.console.Console`), drawn with rich's ``Live``."""
+"""The live terminal view of a running study, drawn with rich's ``Live``.
+
+It reads what it draws from a :class:`LiveState` (the CLI's :class:`tlsearch.cli.console.Console`
+is one): this module knows nothing of the CLI.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import IO, Any, Protocol
 
 from rich.console import Console as RichConsole
 from rich.console import Group
@@ -12,8 +17,44 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-if TYPE_CHECKING:
-    from tlsearch.cli.console import Console
+
+class WorkProgress(Protocol):
+    """Work outside trials in progress (decoding images, ranking backbones)."""
+
+    done: int
+    total: int
+
+
+class LeaderRow(Protocol):
+    """One of the top trials so far."""
+
+    number: int
+    value: float
+    summary: str
+
+
+class LiveState(Protocol):
+    """What the live view reads, four times a second, from whoever receives the search's events."""
+
+    metric: str
+
+    @property
+    def total(self) -> int | None: ...  # the budget of finished trials (None: unknown)
+
+    @property
+    def finished(self) -> int: ...
+
+    @property
+    def current(
+        self,
+    ) -> Mapping[int, Mapping[str, Any]]: ...  # running trials: epoch, epochs, metrics, summary
+
+    @property
+    def work(self) -> Mapping[str, WorkProgress]: ...
+
+    def eta(self) -> float | None: ...
+
+    def leaders(self) -> Sequence[LeaderRow]: ...
 
 
 class LiveView:
@@ -24,7 +65,7 @@ class LiveView:
     and on every event. Output others print meanwhile goes above the view.
     """
 
-    def __init__(self, console: Console, *, stream: IO[str] | None = None) -> None:
+    def __init__(self, console: LiveState, *, stream: IO[str] | None = None) -> None:
         self.console = console
         self.rich = RichConsole(file=stream) if stream is not None else RichConsole()
         self.trials = Progress(

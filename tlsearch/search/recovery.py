@@ -32,7 +32,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from tlsearch.search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, has_heartbeat
+from tlsearch.search.storage import has_heartbeat
+from tlsearch.worker_settings import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 WORKER_ATTR = "worker"
 HEARTBEAT_ATTR = "heartbeat"

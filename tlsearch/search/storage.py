@@ -45,11 +45,10 @@ from optuna.trial import FrozenTrial
 
 from tlsearch.errors import ConfigError
 from tlsearch.search.journal import DurableJournalFileBackend
+from tlsearch.worker_settings import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 JOURNAL_SUFFIXES = (".journal", ".log")
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "oracle", "mssql")
-HEARTBEAT_INTERVAL = 30
-GRACE_PERIOD = 120
 _CONNECT_ATTEMPTS = 6
 
 

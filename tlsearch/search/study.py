@@ -1,6 +1,7 @@
 """Running a study: config → plugins → Optuna study in its storage → trials → (export).
 
-``run_study`` is what ``tlsearch run`` calls. Running it again on the same folder resumes: the
+``run_study`` is what :meth:`tlsearch.Study.run` (and so ``tlsearch run``) and
+:meth:`tlsearch.Worker.run` call. Running it again on the same folder resumes: the
 study is loaded from its storage and only the trials still missing from the budget run.
 """
 
@@ -31,18 +32,13 @@ from tlsearch.search.objectives import sampler_constraints_func
 from tlsearch.search.portfolio import warm_start
 from tlsearch.search.pruning import CostAwarePruner
 from tlsearch.search.recovery import requeue_after_heartbeat, sweep_stale_trials
-from tlsearch.search.storage import (
-    GRACE_PERIOD,
-    HEARTBEAT_INTERVAL,
-    check_concurrency,
-    make_storage,
-    storage_kind,
-)
+from tlsearch.search.storage import check_concurrency, make_storage, storage_kind
 from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.workers import RANK_ENV, run_workers
 from tlsearch.train import resolve_device, resolve_precision
 from tlsearch.train.threads import apply_threads
+from tlsearch.worker_settings import GRACE_PERIOD, HEARTBEAT_INTERVAL, WorkerSettings
 
 log = logging.getLogger("tlsearch")
 
@@ -165,6 +161,7 @@ class RunResult:
     pm: PluginManager
     data: StudyData
     stopped: str | None = None  # why the failure policy stopped this worker (None: it did not)
+    exported: Any = None  # what :meth:`tlsearch.Study.run` exported afterwards (a BestExport), if anything
 
     def problem(self) -> str | None:
         """One line saying why this run did not succeed, or None when it did: the failure policy
@@ -234,12 +231,7 @@ def run_study(
     plugin_files: Sequence[str | Path] = (),
     progress: bool = True,
     on_event: Callable[..., None] | None = None,
-    workers: int = 1,
-    join: bool = False,
-    worker_rank: int | None = None,
-    heartbeat_interval: int = HEARTBEAT_INTERVAL,
-    grace_period: int = GRACE_PERIOD,
-    max_failures_in_a_row: int | None = 10,
+    settings: WorkerSettings | None = None,
 ) -> RunResult:
     """Run (or resume) a study until its budget of finished trials is reached.
 
@@ -247,32 +239,36 @@ def run_study(
     and workers: exactly that many finish (see :mod:`tlsearch.search.budget`), and a rerun after a
     crash runs only the missing ones, after failing and requeueing the trials of dead workers
     (:mod:`tlsearch.search.recovery`). Failed trials are recorded and the study goes on; a worker
-    stops at the first failure every trial would meet, or after ``max_failures_in_a_row`` failures
-    in a row (:class:`~tlsearch.search.failures.FailurePolicy`; ``RunResult.stopped`` says which).
+    stops at the first failure every trial would meet, or after ``settings.max_failures_in_a_row``
+    failures in a row (:class:`~tlsearch.search.failures.FailurePolicy`; ``RunResult.stopped`` says which).
 
     ``on_event(name, **kw)`` receives the search's events: ``trial_start``, ``epoch_end`` and
     ``trial_end`` (each with its ``trial``), and ``progress`` (``task``, ``done``, ``total``) for
     the work before and between trials (decoding images, ranking backbones); with it, decoding
     shows no tqdm bar of its own.
 
-    ``workers=0`` only prepares the study: it validates it, checks its images, creates it in the
-    storage with its deadline, ranking and warm start, and runs no trial; ``tlsearch worker``
-    processes started afterwards (anywhere the storage reaches) do the trials. It is the creator
-    step of a cluster launch (``docs/distributed.md``): workers join a study, so without it the
-    warm start and the study's deadline would not be set. ``workers`` > 1 starts that many local worker processes (one per visible GPU, or CPU
-    processes; see :mod:`tlsearch.search.workers`) and waits for them; ``on_event`` then receives
-    their progress, read from the study, and their output goes to ``logs/`` in the study folder. ``join=True`` is what
-    ``tlsearch worker`` does: take part in a study someone else may be running, without resetting
-    the study's deadline (``timeout`` then limits this worker only).
+    ``settings`` (:class:`~tlsearch.worker_settings.WorkerSettings`) says how this process takes
+    part. ``settings.workers == 0`` only prepares the study: it validates it, checks its images,
+    creates it in the storage with its deadline, ranking and warm start, and runs no trial;
+    ``tlsearch worker`` processes started afterwards (anywhere the storage reaches) do the trials.
+    It is the creator step of a cluster launch (``docs/distributed.md``): workers join a study, so
+    without it the warm start and the study's deadline would not be set. ``settings.workers`` > 1
+    starts that many local worker processes (one per visible GPU, or CPU processes; see
+    :mod:`tlsearch.search.workers`) and waits for them; ``on_event`` then receives their progress,
+    read from the study, and their output goes to ``logs/`` in the study folder.
+    ``settings.join`` is what ``tlsearch worker`` does: take part in a study someone else may be
+    running, without resetting the study's deadline (``timeout`` then limits this worker only).
     """
+    settings = settings or WorkerSettings()
+    heartbeat_interval, grace_period = settings.heartbeat_interval, settings.grace_period
     config, pm, space, study_dir = prepare(config_or_path, out_dir=out_dir, plugin_files=plugin_files)
     spec = study_dir.storage(config, storage)
-    check_concurrency(spec, workers)
+    check_concurrency(spec, settings.workers)
     check_available(config, space, pm.registry)  # hub weights offline: one message, not 10 trials' retries
     threads = apply_threads(config.training.threads)  # from the cores free now, before decoding
     if threads is not None:
         log.info("%s", threads.describe())
-    rank = worker_rank if worker_rank is not None else int(os.environ.get(RANK_ENV, "0"))
+    rank = settings.rank if settings.rank is not None else int(os.environ.get(RANK_ENV, "0"))
     # A database server is reached before any image is read, so that one that does not answer
     # leaves nothing behind (not even the image check's cache); a file storage (the journal, by
     # default inside the study folder, or SQLite) is created only once the images passed their
@@ -306,7 +302,7 @@ def run_study(
     _describe_study(study, config, data)
     budget = n_trials if n_trials is not None else config.search.n_trials
     timeout = timeout if timeout is not None else config.search.timeout
-    if not join:
+    if not settings.join:
         deadline = None if timeout is None else time.time() + timeout
         if study.user_attrs.get(DEADLINE_ATTR) != deadline:
             study.set_user_attr(DEADLINE_ATTR, deadline)
@@ -323,22 +319,14 @@ def run_study(
         device=resolve_device(config.training.device),
         on_progress=report,
     )
-    if not join:
+    if not settings.join:
         warm_start(study, config=config, space=space, ranking=ranking)
     result = RunResult(study, study_dir, config, pm, data)
-    if workers == 0:
+    if settings.workers == 0:
         return result
-    if workers > 1:
+    if settings.workers > 1:
         try:
-            run_workers(
-                result,
-                storage=spec,
-                workers=workers,
-                n_trials=n_trials,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                on_event=on_event,
-            )
+            run_workers(result, storage=spec, settings=settings, n_trials=n_trials, on_event=on_event)
         finally:  # a worker killed after the stop deadline left its trial RUNNING: fail and requeue it now
             sweep_stale_trials(study, grace_period=grace_period)
         return result
@@ -355,7 +343,7 @@ def run_study(
         grace_period=grace_period,
         deadline=None if timeout is None else time.time() + timeout,  # this worker's (join: its own)
     )
-    policy = FailurePolicy(max_failures_in_a_row)
+    policy = FailurePolicy(settings.max_failures_in_a_row)
     pm.notify("tlsearch_study_start", study=study, config=config, out_dir=str(study_dir.root))
     try:
         if not should_stop(study, budget):

@@ -1,4 +1,5 @@
-"""Local workers: ``tlsearch run --workers N`` starts N ``tlsearch worker`` processes on this machine.
+"""Local workers: ``tlsearch run --workers N`` (``Study.run(workers=N)``) starts N worker processes
+on this machine, each ``python -m tlsearch.search.worker_process`` (no ``tlsearch`` on ``PATH`` needed).
 
 Each worker is an ordinary process that joins the study through its storage, exactly like a
 worker started by hand on another machine; the storage (Optuna's) is the only coordination. The
@@ -27,6 +28,7 @@ from typing import IO, Any
 from tlsearch.errors import TlsearchError
 from tlsearch.search.watch import StudyWatcher
 from tlsearch.train.threads import THREADS_ENV, available_cores, free_cores, load_average
+from tlsearch.worker_settings import WorkerSettings
 
 log = logging.getLogger("tlsearch")
 
@@ -76,15 +78,14 @@ def worker_command(
     out_dir: str | Path,
     n_trials: int | None = None,
     plugin_files: Sequence[str | Path] = (),
-    heartbeat_interval: int | None = None,
-    grace_period: int | None = None,
+    settings: WorkerSettings | None = None,
 ) -> list[str]:
-    """The ``tlsearch worker`` command line that joins ``study`` (a YAML file or a study folder)."""
+    """The command line of a worker process that joins ``study`` (a YAML file or a study folder):
+    :mod:`tlsearch.search.worker_process` under this Python, whatever is on ``PATH``."""
     cmd = [
         sys.executable,
         "-m",
-        "tlsearch",
-        "worker",
+        "tlsearch.search.worker_process",
         str(study),
         "--storage",
         storage,
@@ -95,10 +96,11 @@ def worker_command(
         cmd += ["--n-trials", str(n_trials)]
     for path in plugin_files:
         cmd += ["--plugin", str(path)]
-    if heartbeat_interval is not None:
-        cmd += ["--heartbeat-interval", str(heartbeat_interval)]
-    if grace_period is not None:
-        cmd += ["--grace-period", str(grace_period)]
+    if settings is not None:
+        cmd += ["--heartbeat-interval", str(settings.heartbeat_interval)]
+        cmd += ["--grace-period", str(settings.grace_period)]
+        failures = settings.max_failures_in_a_row
+        cmd += ["--max-failures-in-a-row", str(failures) if failures is not None else "none"]
     return cmd
 
 
@@ -106,15 +108,13 @@ def run_workers(
     result: Any,
     *,
     storage: str,
-    workers: int,
+    settings: WorkerSettings,
     n_trials: int | None = None,
     plugin_files: Sequence[str | Path] = (),
-    heartbeat_interval: int | None = None,
-    grace_period: int | None = None,
     on_event: Callable[..., None] | None = None,
     poll_interval: float = WATCH_INTERVAL,
 ) -> None:
-    """Start ``workers`` local worker processes on the (already created) study and wait for them.
+    """Start ``settings.workers`` local worker processes on the (already created) study and wait for them.
 
     Without ``on_event`` the workers print to this process's output. With it (what ``tlsearch
     run`` does), each worker writes to ``logs/worker-<rank>.log`` in the study folder and their
@@ -127,8 +127,7 @@ def run_workers(
     (its trial is swept right after, see :func:`~tlsearch.search.study.run_study`).
     Raises :class:`TlsearchError` naming the workers that exited with an error (and their logs).
     """
-    if workers < 1:
-        raise TlsearchError(f"workers must be >= 1 but got {workers}")
+    workers = settings.workers
     root = result.study_dir.root
     gpus = visible_gpus()
     cmd = worker_command(
@@ -137,8 +136,7 @@ def run_workers(
         out_dir=root,
         n_trials=n_trials,
         plugin_files=plugin_files,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
+        settings=settings,
     )
     logs = [worker_log(root, rank) for rank in range(workers)] if on_event is not None else []
     with ExitStack() as stack:
