@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tlsearch import hookspec
+from tlsearch.registration import Register
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # kept lazy: importing the hook reference must not import optuna
     import optuna
 
     from tlsearch.config import StudyConfig
-    from tlsearch.registry import Register
 
 
 # --- Phase 1: registration (once, when the plugin manager loads) -------------------------------
