@@ -250,7 +250,10 @@ class PluginManager(pluggy.PluginManager):
         first, ``trylast`` last), with a caller through pluggy's relay that runs that one
         implementation inside every wrapper (so tracing and wrappers apply to each call)."""
         hook = getattr(self.hook, hook_name)
-        plain = [impl for impl in hook.get_hookimpls() if not (impl.wrapper or impl.hookwrapper)]
+        impls = hook.get_hookimpls()
+        plain = [impl for impl in impls if not (impl.wrapper or impl.hookwrapper)]
+        if impls and not plain:  # wrappers only: they still run, around nothing, as in pluggy
+            yield impls[-1], hook
         for impl in reversed(plain):
             others = [other.plugin for other in plain if other is not impl]
             yield impl, self.subset_hook_caller(hook_name, remove_plugins=others)
