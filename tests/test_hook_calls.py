@@ -51,6 +51,8 @@ def test_trace_output_appears_from_the_cli(tmp_path: Path) -> None:
     assert "traced_head" in result.stdout
     for hook_name in ("tlsearch_register_heads", "tlsearch_register_backbones"):
         assert re.search(rf"{hook_name} \[hook\]", result.stderr), result.stderr[-2000:]
+    # one call per implementation, each showing whose register it is
+    assert re.search(r"register: Register\(kind='head', provider='[^']*traced\.py", result.stderr)
 
 
 def test_a_wrapper_runs_around_the_other_implementations() -> None:

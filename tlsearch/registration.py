@@ -94,6 +94,9 @@ class Register:
         self.kind = kind
         self._provider = provider
 
+    def __repr__(self) -> str:  # what TLSEARCH_TRACE_HOOKS shows: which kind, for which plugin
+        return f"Register(kind={self.kind!r}, provider={str(self._provider)!r})"
+
     def add(self, cls: type[Plugin]) -> type[Plugin]:
         """Register ``cls``; returns it, so it also works as a class decorator."""
         self._registry._add(self.kind, cls, self._provider)
