@@ -286,6 +286,9 @@ class PluginManager(pluggy.PluginManager):
         import optuna
 
         hook = getattr(self.hook, hook_name)
+        spec_args = set(hook.spec.argnames if hook.spec else ())
+        if set(kwargs) != spec_args:  # tlsearch's own mistake: not to be logged as the plugins'
+            raise TypeError(f"{hook_name} takes {sorted(spec_args)}, called with {sorted(kwargs)}")
         for impl, call in self._each_implementation(hook_name):
             try:
                 call(**kwargs)
