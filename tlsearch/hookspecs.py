@@ -2,8 +2,17 @@
 
 Implement a hook with a function of the same name decorated with :data:`tlsearch.hookimpl`, in a
 module that an entry point of the ``tlsearch`` group names (or a file given with ``--plugin``).
-Hooks are always called with keyword arguments, and an implementation may accept fewer arguments
-than the spec lists, so specs can grow without breaking plugins.
+Hooks are always called through pluggy's hook relay with keyword arguments, and an implementation
+may accept fewer arguments than the spec lists, so specs can grow without breaking plugins; an
+argument the spec does not list is a plugin error naming the plugin, the hook and the valid names.
+
+pluggy's features hold for every hook: ``@hookimpl(tryfirst=True)`` / ``trylast=True`` order the
+implementations; ``@hookimpl(wrapper=True)`` (new-style; old-style ``hookwrapper=True`` too) runs
+around them; ``unregister`` removes a plugin's hooks and the classes it registered;
+``TLSEARCH_TRACE_HOOKS=1`` traces every call. tlsearch calls a hook once per non-wrapper
+implementation, with every wrapper around each call, so that each registered class is recorded
+with its provider and a raising observer is named while the others still run; a wrapper of a
+register hook therefore runs once per providing plugin.
 
 These docstrings are the reference documentation of the hooks (``tlsearch plugins hooks`` prints them).
 """
@@ -13,12 +22,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tlsearch import hookspec
+from tlsearch.registration import Register
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # kept lazy: importing the hook reference must not import optuna
     import optuna
 
     from tlsearch.config import StudyConfig
-    from tlsearch.registry import Register
 
 
 # --- Phase 1: registration (once, when the plugin manager loads) -------------------------------
@@ -29,7 +38,13 @@ def tlsearch_register_backbones(register: Register) -> None:
     """Add :class:`tlsearch.kinds.Backbone` subclasses with ``register.add(cls)``.
 
     ``register`` refuses a class that is not a backbone, has an invalid name or declares invalid
-    hyperparameters; a name another plugin already registered is an error naming both providers.
+    hyperparameters; a name another plugin already registered is an error naming both providers
+    and how to resolve it (uninstall, ``TLSEARCH_BLOCK_PLUGINS=<entry point>``, or drop the file).
+
+    Called once per implementation with a ``register`` of its own (so each class is recorded with
+    the plugin that added it, for ``tlsearch plugins list`` and the exported model's provenance).
+    An implementation that raises skips its installed plugin with a warning, or is an error for a
+    built-in or a plugin file; a wrapper that raises is reported under its own plugin.
     """
 
 
@@ -61,6 +76,9 @@ def tlsearch_register_regularizers(register: Register) -> None:
 #   the trial ends ``PRUNED``.
 #
 # Raised from any other hook, or after the trial ended otherwise, both are logged and ignored.
+#
+# A wrapper (``@hookimpl(wrapper=True)``) of an observer hook runs around each implementation; what
+# the wrapper itself raises follows the same rules, under the wrapper's plugin name.
 
 
 @hookspec

@@ -9,7 +9,16 @@ Environment:
 
 * ``TLSEARCH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only tlsearch's own built-ins from the entry
   points (plugin files named explicitly still load).
+* ``TLSEARCH_BLOCK_PLUGINS=name,…`` leaves out the entry points of those names (pluggy's
+  ``set_blocked``), e.g. one whose class clashes with a built-in's name.
 * ``TLSEARCH_TRACE_HOOKS=1`` prints every hook call and its result to stderr.
+
+Every hook is called through pluggy's relay, so tracing, ``wrapper=True`` (and old-style
+``hookwrapper=True``) implementations, ``tryfirst``/``trylast`` and ``unregister`` work as pluggy
+documents. tlsearch calls a hook once per (non-wrapper) implementation, through
+``subset_hook_caller``, with every wrapper around it: that is how a registered class is recorded
+with the plugin that provided it, and how an observer that raises is named while the others
+still run.
 """
 
 from __future__ import annotations
@@ -21,19 +30,37 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, TracebackType
 from typing import Any
 
 import pluggy
 
 from tlsearch import PROJECT_NAME, hookspecs
-from tlsearch.errors import FailTrial, PluginError, format_choices
-from tlsearch.kinds import KINDS, Plugin
-from tlsearch.kinds._base import NAME_PATTERN, RESERVED_PARAMS, TASKS
-from tlsearch.space import Categorical, Fixed, Float, Int, Required
+from tlsearch.errors import FailTrial, PluginError
+from tlsearch.registration import (
+    BLOCK_ENV,
+    DuplicatePlugin,
+    LoadFailure,
+    PluginInfo,
+    Provider,
+    Register,
+    Registry,
+)
+
+__all__ = [
+    "AUTOLOAD_ENV",
+    "BLOCK_ENV",
+    "TRACE_ENV",
+    "LoadFailure",
+    "PluginInfo",
+    "PluginManager",
+    "Provider",
+    "Register",
+    "Registry",
+    "get_plugin_manager",
+]
 
 ENTRY_POINT_GROUP = PROJECT_NAME
 AUTOLOAD_ENV = "TLSEARCH_DISABLE_PLUGIN_AUTOLOAD"
@@ -49,165 +76,12 @@ REGISTER_HOOKS = {
 }
 
 
-@dataclass(frozen=True)
-class Provider:
-    """Where a plugin came from: its pluggy plugin name and, when installed, its distribution."""
-
-    plugin: str
-    package: str | None = None
-    version: str | None = None
-
-    def __str__(self) -> str:
-        if self.package:
-            return f"{self.package} {self.version}"
-        return self.plugin
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """One registered plugin class and its provider."""
-
-    kind: str
-    name: str
-    cls: type[Plugin]
-    provider: Provider
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "provider": self.provider.package or self.provider.plugin,
-            "version": self.provider.version,
-            "summary": self.cls.summary(),
-            "hyperparameters": {k: hp.describe() for k, hp in self.cls.hyperparameters.items()},
-        }
-
-
-@dataclass(frozen=True)
-class LoadFailure:
-    """A third-party plugin that is broken (fails to import, exits, raises in a register hook, or
-    implements a hook wrongly): skipped with a warning, shown by ``tlsearch plugins list``, and
-    an error naming it and the reason if a study asks for one of its plugins.
-
-    ``names`` holds the ``(kind, name)`` pairs it registered before it broke (often none)."""
-
-    source: str
-    error: str
-    plugin: str | None = None
-    names: tuple[tuple[str, str], ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.plugin,  # the entry point's name; which kinds it provides is unknown
-            "kind": None,
-            "plugin": self.plugin,
-            "source": self.source,
-            "status": "broken",
-            "reason": self.error,
-            "names": [f"{kind}:{name}" for kind, name in self.names],
-        }
-
-
-class _DuplicatePlugin(PluginError):
-    """Two plugins register the same name: an error between two packages, not one broken plugin."""
-
-
 class _BrokenPlugin(Exception):
     """Raised while building the registry when a third-party plugin's register hook fails."""
 
     def __init__(self, plugin: str, error: str, names: tuple[tuple[str, str], ...]) -> None:
         super().__init__(error)
         self.plugin, self.error, self.names = plugin, error, names
-
-
-class Register:
-    """What a ``tlsearch_register_*`` hook receives: ``register.add(cls)`` checks and records a plugin."""
-
-    def __init__(self, registry: Registry, kind: str, provider: Provider) -> None:
-        self._registry = registry
-        self.kind = kind
-        self._provider = provider
-
-    def add(self, cls: type[Plugin]) -> type[Plugin]:
-        """Register ``cls``; returns it, so it also works as a class decorator."""
-        self._registry._add(self.kind, cls, self._provider)
-        return cls
-
-
-def _check_plugin_class(kind: str, cls: Any, provider: Provider) -> None:
-    base = KINDS[kind]
-    where = f"{kind} plugin {getattr(cls, '__name__', cls)!r} from {provider}"
-    if not (inspect.isclass(cls) and issubclass(cls, base)):
-        raise PluginError(f"{where}: expected a subclass of tlsearch.kinds.{base.__name__}, got {cls!r}")
-    if inspect.isabstract(cls):
-        missing = sorted(getattr(cls, "__abstractmethods__", ()))
-        raise PluginError(f"{where}: does not implement {', '.join(missing)}")
-    if not isinstance(cls.name, str) or not NAME_PATTERN.match(cls.name):
-        raise PluginError(f"{where}: name {cls.name!r} must match {NAME_PATTERN.pattern}")
-    if not isinstance(cls.hyperparameters, Mapping):
-        raise PluginError(f"{where}: hyperparameters must be a mapping of name → Float/Int/Categorical/Fixed")
-    for pname, hp in cls.hyperparameters.items():
-        if not isinstance(hp, (Float, Int, Categorical, Fixed, Required)):
-            raise PluginError(
-                f"{where}: hyperparameter {pname!r} must be Float/Int/Categorical/Fixed/Required, got {hp!r}"
-            )
-        if pname in RESERVED_PARAMS or not NAME_PATTERN.match(pname):
-            raise PluginError(f"{where}: hyperparameter name {pname!r} is reserved or invalid")
-        problem = hp.default_problem()
-        if problem:
-            raise PluginError(f"{where}: hyperparameter {pname!r}: {problem}")
-    if not cls.tasks or not set(cls.tasks) <= set(TASKS):
-        raise PluginError(f"{where}: tasks {cls.tasks!r} must be a non-empty tuple of {', '.join(TASKS)}")
-
-
-@dataclass
-class Registry:
-    """All registered plugins by kind, and the plugins that failed to load."""
-
-    plugins: dict[str, dict[str, PluginInfo]] = field(default_factory=lambda: {k: {} for k in KINDS})
-    failures: list[LoadFailure] = field(default_factory=list)
-
-    def _add(self, kind: str, cls: type[Plugin], provider: Provider) -> None:
-        _check_plugin_class(kind, cls, provider)
-        existing = self.plugins[kind].get(cls.name)
-        if existing is not None and existing.cls is not cls:
-            raise _DuplicatePlugin(
-                f"{kind} {cls.name!r} is provided twice: by {existing.provider} ({existing.cls.__module__}) "
-                f"and by {provider} ({cls.__module__}); uninstall one, or set {AUTOLOAD_ENV}=1"
-            )
-        self.plugins[kind][cls.name] = PluginInfo(kind, cls.name, cls, provider)
-
-    def names(self, kind: str) -> list[str]:
-        return sorted(self.plugins[kind])
-
-    def get(self, kind: str, name: str, *, where: str = "") -> PluginInfo:
-        """The plugin ``name`` of ``kind``, or a :class:`PluginError` listing the valid choices
-        (and, when some plugin failed to import, why)."""
-        try:
-            return self.plugins[kind][name]
-        except KeyError:
-            pass
-        prefix = f"{where}: " if where else ""
-        for failure in self.failures:
-            if (kind, name) in failure.names:
-                raise PluginError(
-                    f"{prefix}{kind} {name!r} comes from a broken plugin, skipped: {failure.source}: "
-                    f"{failure.error} (fix or uninstall it; see `tlsearch plugins list`)"
-                )
-        message = (
-            f"{prefix}unknown {kind} {name!r}; available: {format_choices(self.plugins[kind])} "
-            "(see `tlsearch plugins list`)"
-        )
-        related = [f for f in self.failures if name in f.source] or self.failures
-        if related:
-            message += "; plugins that failed to load: " + "; ".join(
-                f"{f.source}: {f.error}" for f in related
-            )
-        raise PluginError(message)
-
-    def __iter__(self) -> Iterator[PluginInfo]:
-        for kind in KINDS:
-            yield from (self.plugins[kind][n] for n in sorted(self.plugins[kind]))
 
 
 class PluginManager(pluggy.PluginManager):
@@ -244,6 +118,12 @@ class PluginManager(pluggy.PluginManager):
             if self.get_plugin(name) is not None:
                 self.unregister(name=name)  # pluggy leaves a half-registered plugin behind
             raise PluginError(f"{where}: {_describe_validation_error(module, exc)}") from None
+        for hook_like in _unmarked_hooks(module):
+            warnings.warn(
+                f"tlsearch: {where}: {hook_like} looks like a hook implementation but has no "
+                "@tlsearch.hookimpl, so it is never called; decorate it (or rename it)",
+                stacklevel=3,
+            )
 
     def _skip(self, name: str, source: str, error: str, names: tuple[tuple[str, str], ...] = ()) -> None:
         """Drop a broken third-party plugin: unregister it, record why, and warn (conda's rule)."""
@@ -318,7 +198,7 @@ class PluginManager(pluggy.PluginManager):
         if name in self._distributions:
             return Provider(name, *self._distributions[name])
         if isinstance(plugin, ModuleType) and getattr(plugin, "__file__", None):
-            return Provider(f"{name} ({plugin.__file__})")
+            return Provider(f"{name} ({plugin.__file__})", path=plugin.__file__)
         return Provider(name)
 
     @property
@@ -338,17 +218,17 @@ class PluginManager(pluggy.PluginManager):
     def _build_registry(self) -> Registry:
         registry = Registry(failures=list(self.failures))
         for kind, hook_name in REGISTER_HOOKS.items():
-            hook = getattr(self.hook, hook_name)
-            # Call each implementation alone so that every class is recorded with its provider.
-            for impl in reversed(hook.get_hookimpls()):
+            # One call per implementation, so that every class is recorded with its provider.
+            for impl, call in self._each_implementation(hook_name):
                 provider = self.provider_of(impl.plugin)
-                register = Register(registry, kind, provider)
                 try:
-                    impl.function(**{a: register for a in impl.argnames})
-                except _DuplicatePlugin:
+                    call(register=Register(registry, kind, provider))
+                except DuplicatePlugin:
                     raise
                 except (Exception, SystemExit) as exc:
-                    name = self.get_name(impl.plugin)
+                    culprit = _culprit(exc, getattr(self.hook, hook_name), impl)
+                    name = self.get_name(culprit)
+                    provider = self.provider_of(culprit)
                     if isinstance(exc, PluginError):
                         error = f"{hook_name}: {exc}"
                     else:
@@ -364,6 +244,19 @@ class PluginManager(pluggy.PluginManager):
                         f"{hook_name} of plugin {provider} raised {_describe_exception(exc)}"
                     ) from exc
         return registry
+
+    def _each_implementation(self, hook_name: str) -> Iterator[tuple[pluggy.HookImpl, Callable[..., Any]]]:
+        """Each non-wrapper implementation of ``hook_name`` in pluggy's call order (``tryfirst``
+        first, ``trylast`` last), with a caller through pluggy's relay that runs that one
+        implementation inside every wrapper (so tracing and wrappers apply to each call)."""
+        hook = getattr(self.hook, hook_name)
+        impls = hook.get_hookimpls()
+        plain = [impl for impl in impls if not (impl.wrapper or impl.hookwrapper)]
+        if impls and not plain:  # wrappers only: they still run, around nothing, as in pluggy
+            yield impls[-1], hook
+        for impl in reversed(plain):
+            others = [other.plugin for other in plain if other is not impl]
+            yield impl, self.subset_hook_caller(hook_name, remove_plugins=others)
 
     def check_hooks(self) -> None:
         """pluggy's ``check_pending``: a hook implementation no spec knows (a misspelt hook name) is
@@ -393,25 +286,27 @@ class PluginManager(pluggy.PluginManager):
         import optuna
 
         hook = getattr(self.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):
+        spec_args = set(hook.spec.argnames if hook.spec else ())
+        if set(kwargs) != spec_args:  # tlsearch's own mistake: not to be logged as the plugins'
+            raise TypeError(f"{hook_name} takes {sorted(spec_args)}, called with {sorted(kwargs)}")
+        for impl, call in self._each_implementation(hook_name):
             try:
-                impl.function(**{a: kwargs[a] for a in impl.argnames if a in kwargs})
-            except optuna.TrialPruned:
+                call(**kwargs)
+            except optuna.TrialPruned as exc:
                 if may_end_trial:
                     raise
                 self._observer_failed(
-                    impl.plugin, hook_name, "TrialPruned (only tlsearch_epoch_end can prune)"
+                    _culprit(exc, hook, impl), hook_name, "TrialPruned (only tlsearch_epoch_end can prune)"
                 )
             except FailTrial as exc:
+                culprit = _culprit(exc, hook, impl)
                 if may_end_trial:
                     raise FailTrial(
-                        f"plugin {self.provider_of(impl.plugin)} failed the trial in {hook_name}: {exc}"
+                        f"plugin {self.provider_of(culprit)} failed the trial in {hook_name}: {exc}"
                     ) from None
-                self._observer_failed(
-                    impl.plugin, hook_name, f"FailTrial: {exc} (too late to fail the trial)"
-                )
+                self._observer_failed(culprit, hook_name, f"FailTrial: {exc} (too late to fail the trial)")
             except Exception as exc:
-                self._observer_failed(impl.plugin, hook_name, f"{type(exc).__name__}: {exc}")
+                self._observer_failed(_culprit(exc, hook, impl), hook_name, f"{type(exc).__name__}: {exc}")
 
     def _observer_failed(self, plugin: object, hook_name: str, error: str) -> None:
         """Log an observer hook's error: a warning the first time for this plugin and hook, then debug."""
@@ -426,6 +321,41 @@ class PluginManager(pluggy.PluginManager):
             hook_name,
             error,
         )
+
+
+def _culprit(exc: BaseException, hook: pluggy.HookCaller, impl: pluggy.HookImpl) -> object:
+    """The plugin whose implementation (or wrapper) of ``hook`` raised ``exc``: the innermost
+    traceback frame that runs one of the hook's functions; ``impl``'s plugin if none does."""
+    plugins = {
+        code: other.plugin
+        for other in hook.get_hookimpls()
+        if (code := getattr(other.function, "__code__", None)) is not None
+    }
+    culprit = impl.plugin
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None:
+        culprit = plugins.get(tb.tb_frame.f_code, culprit)
+        tb = tb.tb_next
+    return culprit
+
+
+def _unmarked_hooks(plugin: object) -> list[str]:
+    """Hook-like functions (``tlsearch_…``) of ``plugin``, or of a class its module defines, that
+    lack ``@hookimpl``: pluggy ignores them without a word."""
+    owners: list[tuple[object, str]] = [(plugin, "")]
+    if isinstance(plugin, ModuleType):
+        owners += [
+            (obj, f"{obj.__name__}.")
+            for obj in vars(plugin).values()
+            if inspect.isclass(obj) and obj.__module__ == plugin.__name__
+        ]
+    found = []
+    for owner, prefix in owners:
+        for attr in dir(owner):
+            value = getattr(owner, attr, None) if attr.startswith(f"{PROJECT_NAME}_") else None
+            if callable(value) and getattr(value, f"{PROJECT_NAME}_impl", None) is None:
+                found.append(prefix + attr)
+    return found
 
 
 def _describe_exception(exc: BaseException) -> str:
@@ -474,11 +404,14 @@ def get_plugin_manager(
 ) -> PluginManager:
     """A plugin manager with the entry-point plugins and ``plugin_files`` loaded and checked.
 
-    ``autoload`` defaults to the environment (``TLSEARCH_DISABLE_PLUGIN_AUTOLOAD``).
+    ``autoload`` defaults to the environment (``TLSEARCH_DISABLE_PLUGIN_AUTOLOAD``); the entry
+    points ``TLSEARCH_BLOCK_PLUGINS`` names (comma-separated) are left out.
     """
     if autoload is None:
         autoload = os.environ.get(AUTOLOAD_ENV, "").lower() not in {"1", "true", "yes"}
     pm = PluginManager()
+    for blocked in filter(None, (n.strip() for n in os.environ.get(BLOCK_ENV, "").split(","))):
+        pm.set_blocked(blocked)
     pm.load_entry_points(autoload=autoload)
     for path in plugin_files:
         pm.load_file(path)
