@@ -105,7 +105,7 @@ def test_the_default_space_is_what_plugins_declare_default(write_study, plugin_f
     pm = get_plugin_manager(config.plugins)
     space = resolve_space(config, pm.registry)
     assert [c.name for c in space.head] == ["linear", "wide_head"]
-    assert [c.name for c in space.freezing] == ["full_finetune", "linear_probe"]
+    assert [c.name for c in space.freezing] == ["full_finetune", "layer_decay", "linear_probe"]
 
 
 def test_no_default_plugin_is_a_config_error_naming_the_choices(write_study) -> None:
@@ -124,7 +124,7 @@ def test_no_default_plugin_is_a_config_error_naming_the_choices(write_study) -> 
 
 def test_the_default_study_starts_with_the_solved_probe_then_fine_tunes(write_study) -> None:
     config = _without(write_study(search={"n_trials": 10}), "head", "freezing", "regularizers")
-    assert config.search.warm_start
+    assert config.search.warm_start and config.search.pruner == "successive_halving"
     space = resolve_space(config, get_plugin_manager().registry)
     study = optuna.create_study(direction="maximize")
     names = warm_start(study, config=config, space=space)
@@ -132,7 +132,7 @@ def test_the_default_study_starts_with_the_solved_probe_then_fine_tunes(write_st
         "linear_probe",
         "linear_probe_l2_strong",
         "linear_probe_l2_medium",
-        "finetune_full_finetune",
+        "finetune_layer_decay",
     ]
     first = study.get_trials(deepcopy=False)[0].system_attrs["fixed_params"]
     assert first["freezing"] == "linear_probe" and first["freezing.linear_probe.l2"] == 1e-4

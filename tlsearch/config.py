@@ -351,7 +351,7 @@ class SearchSettings(_Strict):
     n_trials: int | None = Field(10, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds")
     sampler: Literal["tpe", "random"] = "tpe"
-    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "successive_halving"
     seed: int | None = 0
     metric: str | None = None
     rank: RankSettings | None = None

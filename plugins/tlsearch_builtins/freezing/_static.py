@@ -158,6 +158,7 @@ class LayerDecay(FreezingStrategy):
     """
 
     name = "layer_decay"
+    default = True
     #: the warm start's fine-tune: BEiT's recipe, before a plain fine-tune (same slot)
     portfolio = (
         PortfolioEntry(
