@@ -32,6 +32,7 @@ resumed study never enqueues again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +80,7 @@ def _plugin(
     key: str,
     choice: PluginChoice,
     n_choices: int,
-    overrides: Any = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> None:
     """Pick ``choice`` for ``key`` (backbone/head/freezing) with its defaults, ``overrides`` clipped in."""
     if n_choices > 1:
