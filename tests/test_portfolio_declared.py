@@ -67,6 +67,8 @@ def _without(path, *sections: str, **extra):
     raw = yaml.safe_load(path.read_text())
     for section in sections:
         raw["space"].pop(section)
+    for setting in ("pruner", "warm_start"):  # the tiny study's own choices: the defaults here
+        raw["search"].pop(setting)
     raw.update(extra)
     path.write_text(yaml.safe_dump(raw))
     return load_config(path)
@@ -85,7 +87,7 @@ def test_a_third_party_strategys_entry_joins_the_warm_start_and_runs(
     path = write_study(
         plugins=[str(plugin_file)],
         space={"freezing": ["linear_probe", "full_finetune", "frozen_scaled"]},
-        search={"n_trials": 4, "pruner": "none"},
+        search={"n_trials": 4, "pruner": "none", "warm_start": True},
     )
     study = run_study(path, out_dir=tmp_path / "out", progress=False).study
     # by priority: the probe (0), the third party's cheap entry (5); both cheap, so in that order
