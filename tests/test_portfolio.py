@@ -1,5 +1,6 @@
 """Warm start: the portfolio's trials come first, use the sampler's names, only plugins of the space,
-and are never enqueued again on resume."""
+are composed from what the plugins declare (a third-party strategy's entry joins), and are never
+enqueued again on resume."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from tlsearch.rank.candidates import candidates
 from tlsearch.rank.ranking import RankedBackbone
 from tlsearch.registry import get_plugin_manager
 from tlsearch.search import run_study
-from tlsearch.search.portfolio import PORTFOLIO_ATTR, WARM_START_ATTR, cheapest_first, portfolio, warm_start
+from tlsearch.search.portfolio import (
+    PORTFOLIO_ATTR,
+    WARM_START_ATTR,
+    Planned,
+    cheapest_first,
+    portfolio,
+    warm_start,
+)
 
 TWO_MODELS = {"backbone": {"timm": {"model": ["test_efficientnet", "test_resnet"], "weights": "random"}}}
 
@@ -26,8 +34,13 @@ def test_portfolio_uses_only_plugins_of_the_space_with_values_in_range(write_stu
         freezing=["linear_probe", "layer_decay", "full_finetune"],
         regularizers={"label_smoothing": {}, "mixup": {}},
     )
-    entries = dict(portfolio(space))
-    assert list(entries) == ["linear_probe", "finetune_layer_decay_label_smoothing"]
+    entries = _named(portfolio(space))
+    assert list(entries) == [
+        "linear_probe",
+        "finetune_layer_decay_label_smoothing",
+        "linear_probe_l2_strong",
+        "linear_probe_l2_medium",
+    ]
     probe, tune = entries["linear_probe"], entries["finetune_layer_decay_label_smoothing"]
     assert probe["freezing"] == "linear_probe" and probe["regularizer.label_smoothing"] is False
     assert probe["regularizer.mixup"] is False
@@ -36,16 +49,16 @@ def test_portfolio_uses_only_plugins_of_the_space_with_values_in_range(write_stu
     assert tune["regularizer.label_smoothing"] is True and tune["regularizer.label_smoothing.epsilon"] == 0.1
     assert tune["train.lr"] == 1e-3 and tune["regularizer.mixup"] is False
 
-    no_probe = dict(portfolio(_space(write_study, freezing=["full_finetune", "bitfit"])))
+    no_probe = _named(portfolio(_space(write_study, freezing=["full_finetune", "bitfit"])))
     assert list(no_probe) == ["finetune_full_finetune_label_smoothing"]
     assert no_probe["finetune_full_finetune_label_smoothing"]["freezing"] == "full_finetune"
 
 
 def test_portfolio_respects_a_regularizer_the_study_forces_on(write_study) -> None:
     space = _space(write_study, regularizers={"mixup": {"enabled": True}})
-    assert [name for name, _ in portfolio(space)] == []  # neither entry is possible without mixup
+    assert [e.name for e in portfolio(space)] == []  # no entry is possible without mixup
     space = _space(write_study, regularizers={"label_smoothing": {"enabled": True}})
-    assert [name for name, _ in portfolio(space)] == ["finetune_full_finetune_label_smoothing"]
+    assert [e.name for e in portfolio(space)] == ["finetune_full_finetune_label_smoothing"]
 
 
 def test_warm_start_trials_run_first_and_are_not_enqueued_again_on_resume(write_study, tmp_path) -> None:
@@ -68,6 +81,10 @@ def test_warm_start_trials_run_first_and_are_not_enqueued_again_on_resume(write_
     assert sum(1 for t in resumed.trials if t.user_attrs.get(PORTFOLIO_ATTR)) == 2
 
 
+def _named(entries: list[Planned]) -> dict[str, dict]:
+    return {e.name: e.params for e in entries}
+
+
 def _ranking(space) -> list[RankedBackbone]:
     return [
         RankedBackbone(c.label, c.plugin, dict(c.params), -float(i), "logme", expanded=dict(c.expanded))
@@ -75,44 +92,44 @@ def _ranking(space) -> list[RankedBackbone]:
     ]
 
 
-def test_probe_lrs_add_linear_probes_at_further_learning_rates_clipped_and_deduplicated(write_study) -> None:
+def test_further_probes_come_last_and_a_duplicate_after_clipping_is_skipped(write_study) -> None:
     space = _space(write_study, freezing=["linear_probe", "full_finetune"])
-    entries = portfolio(space, probe_lrs=(3e-2, 3e-3, 2e-3))
-    names = [name for name, _ in entries]
-    # 3e-2 clips to the range's 1e-2, which the first probe already has: skipped
-    assert names == [
+    entries = portfolio(space)
+    assert [e.name for e in entries] == [
         "linear_probe",
         "finetune_full_finetune_label_smoothing",
-        "linear_probe_lr0.003",
-        "linear_probe_lr0.002",
+        "linear_probe_l2_strong",
+        "linear_probe_l2_medium",
     ]
-    assert [p["train.lr"] for n, p in entries if n.startswith("linear_probe")] == [1e-2, 3e-3, 2e-3]
-    assert all(p["freezing"] == "linear_probe" for n, p in entries if n.startswith("linear_probe"))
+    assert [p.params["freezing.linear_probe.l2"] for p in entries if p.order == 0] == [1e-4, 1e-2, 1e-3]
+    # a study that fixes l2 makes the three probes one: the copies are skipped
+    fixed = _space(write_study, freezing={"linear_probe": {"l2": 1e-3}, "full_finetune": {}})
+    assert [e.name for e in portfolio(fixed)] == ["linear_probe", "finetune_full_finetune_label_smoothing"]
 
 
 def test_ranked_probes_give_each_further_backbone_a_linear_probe(write_study) -> None:
     space = _space(write_study, **TWO_MODELS, freezing=["linear_probe", "full_finetune"])
     ranking = _ranking(space)
-    probes = dict(portfolio(space, ranking=ranking, order_first=True, ranked_probes=True))
+    probes = _named(portfolio(space, ranking=ranking, order_first=True, ranked_probes=True))
     second = f"ranked:{ranking[1].label}:linear_probe"
     assert second in probes
     assert probes[second]["backbone.timm.model"] == ranking[1].params["model"]
     assert probes[second]["freezing"] == "linear_probe" and probes[second]["train.lr"] == 1e-2
-    plain = dict(portfolio(space, ranking=ranking, order_first=True))
+    plain = _named(portfolio(space, ranking=ranking, order_first=True))
     assert plain[f"ranked:{ranking[1].label}"] == {"backbone.timm.model": ranking[1].params["model"]}
 
 
-def test_cheapest_first_runs_every_linear_probe_before_any_other_entry() -> None:
+def test_cheapest_first_runs_every_cheap_entry_before_any_other_entry() -> None:
     entries = [
-        ("linear_probe", {"freezing": "linear_probe"}),
-        ("finetune_layer_decay", {"freezing": "layer_decay"}),
-        ("ranked:b", {"backbone": "b"}),
-        ("ranked:c:linear_probe", {"backbone": "c", "freezing": "linear_probe"}),
-        ("linear_probe_lr0.03", {"freezing": "linear_probe"}),
+        Planned("linear_probe", {"freezing": "linear_probe"}, 0),
+        Planned("finetune_layer_decay", {"freezing": "layer_decay"}, 2),
+        Planned("ranked:b", {"backbone": "b"}, 2),
+        Planned("ranked:c:linear_probe", {"backbone": "c", "freezing": "linear_probe"}, 1),
+        Planned("linear_probe_l2_strong", {"freezing": "linear_probe"}, 0),
     ]
-    assert [n for n, _ in cheapest_first(entries)] == [
+    assert [e.name for e in cheapest_first(entries)] == [
         "linear_probe",
-        "linear_probe_lr0.03",
+        "linear_probe_l2_strong",
         "ranked:c:linear_probe",
         "finetune_layer_decay",
         "ranked:b",
@@ -128,10 +145,10 @@ def test_warm_start_picks_by_priority_within_half_the_budget_and_enqueues_cheape
     ranking = _ranking(space)
     study = optuna.create_study(direction="maximize")
     names = warm_start(study, config=config, space=space, ranking=ranking)
-    # priority: probe, fine-tune, the second backbone's probe, the probe at 3e-3 (3e-2 clips to 1e-2)
+    # priority: probe, fine-tune, the second backbone's probe, the probe at a stronger L2
     assert names == [
         "linear_probe",
-        "linear_probe_lr0.003",
+        "linear_probe_l2_strong",
         f"ranked:{ranking[1].label}:linear_probe",
         "finetune_full_finetune_label_smoothing",
     ]

@@ -5,6 +5,7 @@ reproduces the validation accuracy)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from tlsearch_builtins.freezing._static import LinearProbe
@@ -57,7 +58,7 @@ def test_solved_probe_reaches_the_optimum_the_epoch_probe_does_not() -> None:
     epoch, epoch_model, epoch_fit, _, _ = _fit(solve=False)
     assert solved.solves_probe() and not epoch.solves_probe()
     assert solved_fit.used_feature_cache
-    assert len(solved_fit.history) == 2  # one entry per epoch: pruners and curves work as before
+    assert len(epoch_fit.history) == 2 and epoch_fit.stopped is None
     solved_loss, solved_grad = _objective(solved, solved_model, train)
     epoch_loss, _ = _objective(epoch, epoch_model, train)
     assert solved_grad < 1e-3, solved_fit.extras["probe_solver"]
@@ -81,3 +82,25 @@ def test_heads_that_are_not_one_linear_layer_train_by_epochs() -> None:
     assert solvable_linear(nn.Sequential(nn.Dropout(0.2), nn.Linear(4, 2))) is not None
     assert solvable_linear(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))) is None
     assert solvable_linear(nn.Linear(4, 2, bias=False)) is None
+
+
+def test_a_converged_probe_ends_the_trial_instead_of_repeating_its_epochs() -> None:
+    """The solver spreads its iterations over the epochs; once it has converged the later epochs
+    would report the same metrics, so the trial ends there (``stopped: converged``), with a
+    per-epoch history up to that point for pruners and curves."""
+    trainer, _, fit, _, _ = _fit(solve=True, epochs=10)
+    assert fit.extras["probe_solver"]["converged"]
+    assert fit.stopped == "converged"
+    assert 1 <= len(fit.history) < 10
+    assert fit.extras["stopped"] == {"reason": "converged", "after_epoch": len(fit.history) - 1}
+    assert fit.best_epoch <= len(fit.history) - 1
+
+
+def test_an_unconverged_probe_runs_every_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Far from convergence (one L-BFGS iteration per epoch) every epoch still runs."""
+    from tlsearch.train.probe import ProbeSolver
+
+    monkeypatch.setitem(ProbeSolver.__init__.__kwdefaults__, "max_iter", 3)
+    _, _, fit, _, _ = _fit(solve=True, epochs=3)
+    assert not fit.extras["probe_solver"]["converged"]
+    assert fit.stopped is None and len(fit.history) == 3

@@ -121,7 +121,9 @@ def test_study_keeps_the_top_ranked_backbone_and_does_not_rank_again_on_resume(
 
 
 def test_order_first_enqueues_the_backbones_best_first(write_study, tmp_path) -> None:
-    path = write_study(space=TWO_MODELS, search={"n_trials": 4, "rank": {"order_first": True}})
+    path = write_study(
+        space=TWO_MODELS, search={"n_trials": 4, "rank": {"order_first": True}, "warm_start": False}
+    )
     study = run_study(path, out_dir=tmp_path / "out", progress=False).study
     ranked = [r["params"]["model"] for r in study.user_attrs[RANK_ATTR]]
     first = [

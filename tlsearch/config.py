@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -352,12 +352,12 @@ class SearchSettings(_Strict):
     n_trials: int | None = Field(10, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds")
     sampler: Literal["tpe", "random"] = "tpe"
-    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "successive_halving"
     seed: int | None = 0
     metric: str | None = None
     top_k: int = Field(5, ge=1, description="k of the top_k_accuracy metric (capped at the class count)")
     rank: RankSettings | None = None
-    warm_start: bool = False
+    warm_start: bool = True
     objectives: list[str] | None = Field(None, min_length=1)
     constraints: dict[str, float] = Field(default_factory=dict)
     tie_tolerance: float = Field(0.0, ge=0)
@@ -420,16 +420,18 @@ def escapes_the_folder(path: str) -> bool:
     return not os.path.isabs(path) and os.path.normpath(path).split(os.sep)[0] in {"..", "."}
 
 
-class SpaceSettings(_Strict):
-    """Which plugins the search may use, each mapped to its hyperparameter overrides."""
+_Choices = Annotated[dict[str, dict[str, Any]], Field(min_length=1)]
 
-    backbone: dict[str, dict[str, Any]] = Field(min_length=1)
-    head: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"linear": dict[str, Any]()}, min_length=1
-    )
-    freezing: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"full_finetune": dict[str, Any]()}, min_length=1
-    )
+
+class SpaceSettings(_Strict):
+    """Which plugins the search may use, each mapped to its hyperparameter overrides.
+
+    ``head`` and ``freezing`` left out (None): the installed plugins of that kind that declare
+    ``default = True`` (:attr:`tlsearch.kinds.Plugin.default`), filled in by :func:`resolve_space`."""
+
+    backbone: _Choices
+    head: _Choices | None = None
+    freezing: _Choices | None = None
     regularizers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("backbone", "head", "freezing", "regularizers", mode="before")
@@ -763,12 +765,26 @@ def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
         raise ConfigError(_cap(message)) from None
 
 
+def _defaults(registry: Any, section: str) -> dict[str, dict[str, Any]]:
+    """The space's ``section`` when the study leaves it out: every installed plugin of that kind
+    that declares ``default = True``, in name order."""
+    kind = SPACE_KINDS[section]
+    names = [n for n in registry.names(kind) if registry.get(kind, n).cls.default]
+    if not names:
+        raise ConfigError(
+            f"space.{section} is not given and no installed {kind} declares default = True; "
+            f"name one: {', '.join(registry.names(kind)) or '(none installed)'}"
+        )
+    return {n: {} for n in names}
+
+
 def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
     source = str(config.source or "<study>")
     resolved: dict[str, tuple[PluginChoice, ...]] = {}
     for section, kind in SPACE_KINDS.items():
         choices = []
-        for name, overrides in getattr(config.space, section).items():
+        given = getattr(config.space, section)
+        for name, overrides in (given if given is not None else _defaults(registry, section)).items():
             where = f"{source}: space.{section}.{short_repr(name)[1:-1]}"
             try:
                 info = registry.get(kind, name, where=f"{source}: space.{section}")

@@ -178,10 +178,17 @@ def check_regularizers_apply(space: ResolvedSpace, registry: Any, *, source: str
             continue
         if not any(cls.applies_to(strategy) for strategy in strategies):
             names = ", ".join(c.name for c in space.freezing)
+            kind = space.freezing[0].kind
+            training = [
+                n
+                for n in registry.names(kind)
+                if not getattr(registry.get(kind, n).cls, "backbone_frozen", False)
+            ]
             raise ConfigError(
                 f"{source}: space.regularizers.{reg.name}: switched on, but it has no effect with a "
                 f"frozen backbone, and every freezing strategy of the study keeps it frozen ({names}); "
-                "add one that trains the backbone (e.g. full_finetune) or drop the regularizer"
+                f"add one that trains the backbone ({', '.join(training) or 'none installed'}) or drop "
+                "the regularizer"
             )
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlsearch import hookimpl
-from tlsearch.kinds import Head
+from tlsearch.kinds import Head, PortfolioEntry
 from tlsearch.space import Categorical, Float, Int
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -28,6 +28,9 @@ class LinearHead(Head):
     """
 
     name = "linear"
+    default = True
+    #: the warm start's head: the one a frozen backbone's probe is solved with
+    portfolio = (PortfolioEntry(name="linear", priority=0),)
     hyperparameters = {"dropout": Float(0.0, 0.5, default=0.0, help="dropout on the features")}
     dropout: float
 

@@ -5,6 +5,7 @@ from tlsearch.kinds.backbone import Backbone
 from tlsearch.kinds.freezing import FreezingStrategy, ParamGroup
 from tlsearch.kinds.head import Head
 from tlsearch.kinds.model import BuiltBackbone, TransferModel
+from tlsearch.kinds.portfolio import PortfolioEntry
 from tlsearch.kinds.regularizer import Regularizer
 
 KINDS: dict[str, type[Plugin]] = {
@@ -22,6 +23,7 @@ __all__ = [
     "Head",
     "ParamGroup",
     "Plugin",
+    "PortfolioEntry",
     "Regularizer",
     "TransferModel",
 ]

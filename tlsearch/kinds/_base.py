@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tlsearch.space import Hyperparameter
+
+if TYPE_CHECKING:
+    from tlsearch.kinds.portfolio import PortfolioEntry
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 RESERVED_PARAMS = frozenset({"enabled"})
@@ -37,6 +40,17 @@ class Plugin:
     #: the study tasks the plugin fits; a study of another task that lists it is a config error
     #: (e.g. label smoothing does nothing for regression, so it declares ``("classification",)``)
     tasks: ClassVar[tuple[str, ...]] = TASKS
+    #: in the study's space when the study's file leaves that section (``head``, ``freezing``) out
+    default: ClassVar[bool] = False
+    #: the configurations the plugin recommends as a study's first trials (the warm start); what an
+    #: entry means for each kind: :mod:`tlsearch.kinds.portfolio`
+    portfolio: ClassVar[tuple[PortfolioEntry, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from tlsearch.kinds.portfolio import check_portfolio
+
+        check_portfolio(cls)
 
     def __init__(self, **params: Any) -> None:
         declared = type(self).hyperparameters

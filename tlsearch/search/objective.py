@@ -56,6 +56,11 @@ from tlsearch.train.metrics import per_class_rows
 from tlsearch.train.work import epoch_work
 
 log = logging.getLogger("tlsearch")
+STOP_REASONS = {
+    "timeout": "cut by the timeout",
+    "patience": "no improvement: patience",
+    "converged": "the solved probe converged",
+}
 
 
 def wall_clock() -> float:
@@ -92,7 +97,7 @@ class Objective:
     the checkpoint holds the weights' moving average), ``worker`` (who ran it), ``work`` (GFLOP of the epochs so far and their count,
     :mod:`tlsearch.train.work`), ``best_epoch``
     (the epoch whose weights and metrics the trial keeps, 0-based), ``epochs_run``, ``stopped``
-    (``patience`` or ``timeout`` when training ended early, the trial still complete), and, when it
+    (``patience``, ``converged`` or ``timeout`` when training ended early, the trial still complete), and, when it
     fails, ``failure`` (the reason) and ``failure_kind`` (see :mod:`tlsearch.search.failures`).
 
     ``deadline`` (a ``time.time()`` value; the study's ``deadline`` user attribute too, when set):
@@ -400,7 +405,7 @@ class Objective:
                 "trial %d stopped after epoch %d (%s); kept epoch %d",
                 trial.number,
                 len(result.history) - 1,
-                "cut by the timeout" if result.stopped == "timeout" else f"no improvement: {result.stopped}",
+                STOP_REASONS.get(result.stopped, result.stopped),
                 result.best_epoch,
             )
         value = float(result.metrics[metric])

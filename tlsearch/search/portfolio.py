@@ -1,52 +1,65 @@
 """Warm start: a new study's first trials come from a small portfolio of configurations known to be
 strong, then the sampler takes over.
 
-The portfolio (only plugins the study's space has; values clipped into the study's ranges), in
-order of priority:
+The core names no plugin: each plugin of the study's space declares what it recommends
+(``portfolio``, a tuple of :class:`~tlsearch.kinds.PortfolioEntry`; what an entry means for each
+kind: :mod:`tlsearch.kinds.portfolio`), and :func:`portfolio` composes the trials from those
+declarations, values clipped into the study's ranges:
 
-1. ``linear_probe`` — the top-ranked backbone frozen, a linear head, lr 1e-2: cheap (cached
-   features) and, with a good backbone, often already competitive (Kornblith et al., *Do Better
-   ImageNet Models Transfer Better?*, CVPR 2019).
-2. ``finetune`` — the same backbone fine-tuned with layer-wise lr decay 0.75 (else full fine-tuning)
-   and label smoothing 0.1, lr 1e-3: the recipe of strong fine-tuning baselines (e.g. BEiT,
-   Bao et al. 2022; Müller et al., *When does label smoothing help?*, 2019).
-3. With ``search.rank.order_first``: one trial per further ranked backbone (best first). With
-   ``warm_start`` and a linear probe in the space it is that backbone's linear probe (the same
-   cheap, comparable measurement as entry 1); otherwise only the backbone is fixed and the sampler
-   fills in the rest.
-4. ``linear_probe_lr…`` — the top backbone's linear probe at further learning rates
-   (:data:`PROBE_LRS`): a probe costs seconds on cached features, and its score depends on the lr
-   more than on anything else it has.
+1. every entry of the study's freezing strategies, on the top-ranked backbone (the space's first
+   without a ranking) with the warm-start head and the regularizers whose entries share the
+   entry's cost, in order of ``priority``; of entries sharing a ``slot`` only the best-priority
+   one joins;
+2. with ``search.rank.order_first``: one trial per further ranked backbone, best first, at
+   :data:`RANKED_PRIORITY`. With ``warm_start`` it is that backbone's best cheap entry (the same
+   cheap, comparable measurement the top backbone got); otherwise only the backbone is fixed and
+   the sampler fills in the rest.
+
+What the built-ins declare (see docs/smarter-search.md, "Where the defaults come from"): the solved
+linear probe first (cheap: cached features, solved to convergence; Kornblith et al., CVPR 2019),
+then one fine-tune (layer-wise lr decay 0.75 where the study has it, else full fine-tuning, with
+label smoothing 0.1, lr 1e-3; BEiT, Bao et al. 2022; Müller et al. 2019), then the probe at
+further L2 strengths when the budget has room.
 
 :func:`warm_start` enqueues the first ``n_trials // 2`` entries by priority and runs them
-**cheapest first** (Quick-Tune's cost-aware argument, Arango et al., ICLR 2024): every linear probe
+**cheapest first** (Quick-Tune's cost-aware argument, Arango et al., ICLR 2024): every cheap entry
 before any fine-tune, so the study has a strong, cheap result after seconds and the expensive
 trials are compared against it. Other hyperparameters of the chosen plugins take their declared
-defaults; regularizers not named are off. Trials are enqueued with ``study.enqueue_trial`` under the
-sampler's namespaced names, once: the study records ``warm_start`` and a resumed study never
-enqueues again.
+defaults; regularizers without an entry of that cost are off. Trials are enqueued with
+``study.enqueue_trial`` under the sampler's names, once: the study records ``warm_start`` and a
+resumed study never enqueues again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from tlsearch.config import PluginChoice, ResolvedSpace, StudyConfig
+from tlsearch.kinds.portfolio import PortfolioEntry
 from tlsearch.rank.candidates import Candidate, candidate_params, candidates, default_value, is_suggested
 from tlsearch.rank.ranking import RankedBackbone
 from tlsearch.space import Fixed, Float, Hyperparameter, Int
 
 WARM_START_ATTR = "warm_start"
 PORTFOLIO_ATTR = "portfolio"
-LINEAR_PROBE_LR = 1e-2
-PROBE_LRS = (3e-2, 3e-3)
-"""The further learning rates of the top backbone's linear probe (half a decade either side of
-:data:`LINEAR_PROBE_LR`), enqueued when the budget has room."""
-FINETUNE_LR = 1e-3
-LAYER_DECAY = 0.75
-LABEL_SMOOTHING = 0.1
+RANKED_PRIORITY = 50
+"""Where the further ranked backbones' trials stand among the declared entries' priorities: after
+a study's first probe and fine-tune (the built-ins declare 0 and 10–11), before further variants."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One warm-start trial: its recorded ``name``, the sampler's ``params``, and its ``order`` for
+    :func:`cheapest_first` (0: a cheap entry on the top backbone, 1: a further ranked backbone's
+    cheap entry, 2: the rest)."""
+
+    name: str
+    params: dict[str, Any]
+    order: int = 2
 
 
 def _clip(hp: Hyperparameter, value: float) -> Any:
@@ -58,12 +71,16 @@ def _clip(hp: Hyperparameter, value: float) -> Any:
     return value
 
 
+def _entries(choice: PluginChoice) -> tuple[PortfolioEntry, ...]:
+    return tuple(getattr(choice.plugin, "portfolio", ()))
+
+
 def _plugin(
     params: dict[str, Any],
     key: str,
     choice: PluginChoice,
     n_choices: int,
-    overrides: dict[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> None:
     """Pick ``choice`` for ``key`` (backbone/head/freezing) with its defaults, ``overrides`` clipped in."""
     if n_choices > 1:
@@ -74,45 +91,25 @@ def _plugin(
             params[f"{key}.{choice.name}.{name}"] = _clip(hp, value)
 
 
-def _find(options: tuple[PluginChoice, ...], *names: str) -> PluginChoice | None:
-    by_name = {c.name: c for c in options}
-    return next((by_name[n] for n in names if n in by_name), None)
-
-
-def _regularizers(params: dict[str, Any], space: ResolvedSpace, on: dict[str, dict[str, Any]]) -> bool:
-    """Switch the regularizers in ``on`` on (with their overrides) and every other one off; False when
-    the study's space forbids it (a regularizer it forces on, or one in ``on`` it forces off)."""
+def _regularizers(params: dict[str, Any], space: ResolvedSpace, cost: str) -> list[str] | None:
+    """Switch on each regularizer with an entry of ``cost`` (its params) and every other one off.
+    Returns the names of the entries switched on; None when the study's space forbids it (a
+    regularizer it forces on, or one with an entry it forces off)."""
+    used: list[str] = []
     for reg in space.regularizers:
+        entry = next((e for e in _entries(reg) if e.cost == cost), None)
         prefix = f"regularizer.{reg.name}"
-        wanted = reg.name in on
+        wanted = entry is not None
         if is_suggested(reg.enabled):
             params[prefix] = wanted
         elif bool(default_value(reg.enabled)) != wanted:
-            return False
-        if wanted:
+            return None
+        if entry is not None:
+            used.append(entry.name)
             for name, hp in reg.space.params.items():
                 if is_suggested(hp):
-                    params[f"{prefix}.{name}"] = _clip(hp, on[reg.name].get(name, default_value(hp)))
-    return True
-
-
-def _lr(params: dict[str, Any], space: ResolvedSpace, lr: float) -> None:
-    if is_suggested(space.lr):
-        params["train.lr"] = _clip(space.lr, lr)
-
-
-def _probe(
-    candidate: Candidate, space: ResolvedSpace, head: PluginChoice, probe: PluginChoice, lr: float
-) -> dict[str, Any] | None:
-    """The sampler's parameters of ``candidate``'s linear probe at ``lr``; None when the space
-    forbids it (a regularizer it forces on)."""
-    params = _backbone(candidate, space)
-    _plugin(params, "head", head, len(space.head))
-    _plugin(params, "freezing", probe, len(space.freezing))
-    if not _regularizers(params, space, {}):
-        return None
-    _lr(params, space, lr)
-    return params
+                    params[f"{prefix}.{name}"] = _clip(hp, entry.params.get(name, default_value(hp)))
+    return used
 
 
 def _backbone(candidate: Candidate, space: ResolvedSpace) -> dict[str, Any]:
@@ -127,84 +124,94 @@ def _backbone(candidate: Candidate, space: ResolvedSpace) -> dict[str, Any]:
     return base
 
 
+def _head(space: ResolvedSpace) -> tuple[PluginChoice, PortfolioEntry | None]:
+    """The warm-start head: the study's head with the best-priority entry, else its first."""
+    declared = [(e.priority, i, c, e) for i, c in enumerate(space.head) for e in _entries(c)]
+    if not declared:
+        return space.head[0], None
+    _, _, choice, entry = min(declared, key=lambda d: (d[0], d[1]))
+    return choice, entry
+
+
+def _strategy_entries(space: ResolvedSpace) -> list[tuple[PluginChoice, PortfolioEntry]]:
+    """The study's freezing strategies' entries by priority (stable), one per ``slot``."""
+    declared = [(c, e) for c in space.freezing for e in _entries(c)]
+    declared.sort(key=lambda d: d[1].priority)
+    out, slots = [], set()
+    for choice, entry in declared:
+        if entry.slot is not None:
+            if entry.slot in slots:
+                continue
+            slots.add(entry.slot)
+        out.append((choice, entry))
+    return out
+
+
+def _trial(
+    candidate: Candidate, space: ResolvedSpace, strategy: PluginChoice, entry: PortfolioEntry
+) -> tuple[str, dict[str, Any]] | None:
+    """The name and the sampler's parameters of ``entry`` on ``candidate``; None when the space
+    forbids it."""
+    head, head_entry = _head(space)
+    params = _backbone(candidate, space)
+    _plugin(params, "head", head, len(space.head), head_entry.params if head_entry else None)
+    _plugin(params, "freezing", strategy, len(space.freezing), entry.params)
+    regularizers = _regularizers(params, space, entry.cost)
+    if regularizers is None:
+        return None
+    if entry.lr is not None and is_suggested(space.lr):
+        params["train.lr"] = _clip(space.lr, entry.lr)
+    return "_".join([entry.name, *regularizers]), params
+
+
 def portfolio(
     space: ResolvedSpace,
     *,
     ranking: list[RankedBackbone] | None = None,
     order_first: bool = False,
-    probe_lrs: tuple[float, ...] = (),
     ranked_probes: bool = False,
-) -> list[tuple[str, dict[str, Any]]]:
-    """The warm-start trials for ``space`` in order of priority: ``(name, params)`` pairs, params under
-    the sampler's names.
+) -> list[Planned]:
+    """The warm-start trials for ``space`` in order of priority (see the module doc).
 
     ``ranking`` (best first) picks the backbone; without it, the space's first candidate.
-    ``probe_lrs``: further learning rates for the top backbone's linear probe (last; an lr that
-    clips to one already probed is skipped). ``ranked_probes``: with ``order_first``, each further
-    ranked backbone gets a linear probe instead of a trial with only its backbone fixed."""
+    ``ranked_probes``: with ``order_first``, each further ranked backbone gets the study's
+    best-priority cheap entry instead of a trial with only its backbone fixed. An entry whose
+    parameters (after clipping) equal an earlier one's is skipped."""
     ranked: list[Candidate] = [r.candidate for r in ranking] if ranking else candidates(space)[:1]
     if not ranked:
         return []
     top = ranked[0]
-    out: list[tuple[str, dict[str, Any]]] = []
-    head = _find(space.head, "linear") or space.head[0]
-    probe = _find(space.freezing, "linear_probe")
-
-    if probe is not None:
-        params = _probe(top, space, head, probe, LINEAR_PROBE_LR)
-        if params is not None:
-            out.append(("linear_probe", params))
-
-    tune = _find(space.freezing, "layer_decay", "full_finetune")
-    if tune is not None:
-        params = _backbone(top, space)
-        _plugin(params, "head", head, len(space.head))
-        _plugin(params, "freezing", tune, len(space.freezing), {"decay": LAYER_DECAY})
-        smoothing = (
-            {"label_smoothing": {"epsilon": LABEL_SMOOTHING}}
-            if _find(space.regularizers, "label_smoothing")
-            else {}
-        )
-        if _regularizers(params, space, smoothing):
-            _lr(params, space, FINETUNE_LR)
-            out.append((f"finetune_{tune.name}" + ("_label_smoothing" if smoothing else ""), params))
+    scheduled: list[tuple[int, Planned]] = []
+    strategies = _strategy_entries(space)
+    for strategy, entry in strategies:
+        made = _trial(top, space, strategy, entry)
+        if made is not None:
+            order = 0 if entry.cost == "cheap" else 2
+            scheduled.append((entry.priority, Planned(made[0], made[1], order)))
 
     if order_first:
+        cheap = next(((c, e) for c, e in strategies if e.cost == "cheap"), None)
         for candidate in ranked[1:]:
-            entry = (
-                _probe(candidate, space, head, probe, LINEAR_PROBE_LR) if ranked_probes and probe else None
-            )
-            if entry is not None:
-                out.append((f"ranked:{candidate.label}:linear_probe", entry))
+            made = _trial(candidate, space, *cheap) if ranked_probes and cheap else None
+            if made is not None:
+                planned = Planned(f"ranked:{candidate.label}:{made[0]}", made[1], 1)
             else:
-                out.append((f"ranked:{candidate.label}", candidate_params(candidate, space)))
+                planned = Planned(f"ranked:{candidate.label}", candidate_params(candidate, space))
+            scheduled.append((RANKED_PRIORITY, planned))
 
-    if probe is not None:
-        seen = {p.get("train.lr") for n, p in out if n == "linear_probe"}
-        for lr in probe_lrs:
-            params = _probe(top, space, head, probe, lr)
-            if params is not None and params.get("train.lr") not in seen:
-                seen.add(params.get("train.lr"))
-                out.append((f"linear_probe_lr{lr:g}", params))
+    scheduled.sort(key=lambda s: s[0])
+    out: list[Planned] = []
+    for _, planned in scheduled:
+        if all(planned.params != p.params for p in out):
+            out.append(planned)
     return out
 
 
-def cheapest_first(entries: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    """``entries`` with every linear probe (trains a head on cached features: seconds) before every
-    other entry (fine-tunes, or ranked entries whose freezing the sampler picks); the top backbone's
-    probes first, stable otherwise."""
-
-    def cost(entry: tuple[str, dict[str, Any]]) -> int:
-        name, params = entry
-        if params.get("freezing", "linear_probe") != "linear_probe" or not _is_probe(name):
-            return 2
-        return 1 if name.startswith("ranked:") else 0
-
-    return sorted(entries, key=cost)
-
-
-def _is_probe(name: str) -> bool:
-    return name.startswith("linear_probe") or name.endswith(":linear_probe")
+def cheapest_first(entries: list[Planned]) -> list[Planned]:
+    """``entries`` with every cheap entry (a frozen backbone on cached features: seconds) before
+    every other one (fine-tunes, or ranked entries whose freezing the sampler picks); the top
+    backbone's first, stable otherwise."""
+    return sorted(entries, key=lambda e: e.order)
 
 
 def warm_start(
@@ -224,21 +231,18 @@ def warm_start(
     if WARM_START_ATTR in study.user_attrs or study.get_trials(deepcopy=False):
         return []
     entries = portfolio(
-        space,
-        ranking=ranking,
-        order_first=order_first,
-        probe_lrs=PROBE_LRS if config.search.warm_start else (),
-        ranked_probes=config.search.warm_start,
+        space, ranking=ranking, order_first=order_first, ranked_probes=config.search.warm_start
     )
     if not config.search.warm_start:
-        entries = [(n, p) for n, p in entries if n.startswith("ranked:")]
+        entries = [e for e in entries if e.name.startswith("ranked:")]
         if ranking:  # order_first alone: the top-ranked backbone first too
-            entries.insert(0, (f"ranked:{ranking[0].label}", candidate_params(ranking[0].candidate, space)))
+            top = ranking[0]
+            entries.insert(0, Planned(f"ranked:{top.label}", candidate_params(top.candidate, space)))
     if config.search.n_trials is not None:
         entries = entries[: max(1, config.search.n_trials // 2)]
     if config.search.warm_start:
         entries = cheapest_first(entries)
-    study.set_user_attr(WARM_START_ATTR, [name for name, _ in entries])
-    for name, params in entries:
-        study.enqueue_trial(params, user_attrs={PORTFOLIO_ATTR: name})
-    return [name for name, _ in entries]
+    study.set_user_attr(WARM_START_ATTR, [e.name for e in entries])
+    for entry in entries:
+        study.enqueue_trial(entry.params, user_attrs={PORTFOLIO_ATTR: entry.name})
+    return [e.name for e in entries]

@@ -121,9 +121,10 @@ class NonFiniteError(TlsearchError):
 @dataclass
 class FitResult:
     """Per-epoch metrics (``history``), the kept (best) epoch's ``metrics`` and index
-    (``best_epoch``), why training ended before ``settings.epochs`` (``stopped``: ``"patience"``, or
-    the reason of a :class:`~tlsearch.train.best.StopTraining` such as ``"timeout"``; None when it
-    ran all its epochs), and how the trial ran. The model holds the best epoch's weights.
+    (``best_epoch``), why training ended before ``settings.epochs`` (``stopped``: ``"patience"``,
+    ``"converged"`` for a solved probe whose solver converged, or the reason of a
+    :class:`~tlsearch.train.best.StopTraining` such as ``"timeout"``; None when it ran all its
+    epochs), and how the trial ran. The model holds the best epoch's weights.
 
     ``extras``: ``data_placement`` (+ ``_reason``), ``channels_last``, ``compile`` (+ ``_reason``),
     ``feature_cache`` (key, hit, seconds) for cached trials, ``epochs``: per epoch
@@ -541,6 +542,11 @@ class Trainer:
                         break
                 if best.exhausted(epoch) and epoch + 1 < self.settings.epochs:
                     stopped = "patience"
+                    break
+                if solver is not None and extras["probe_solver"]["converged"]:
+                    # the optimum is reached: a later epoch would repeat this one's metrics
+                    if epoch + 1 < self.settings.epochs:
+                        stopped = "converged"
                     break
             best.restore(model)  # before the regularizers' teardown: the state has their names too
             if ema is not None and history:

@@ -13,8 +13,9 @@ checkpoint and its export are unchanged in form. The bias is not penalised. Labe
 the regularizers applies (it is part of the loss); optimizer weight decay is replaced by ``l2``.
 
 The solver's iterations are spread over the trial's epochs (``PROBE_MAX_ITER / epochs`` each,
-continuing the same L-BFGS state), so each epoch reports genuine metrics for pruners and curves; a
-converged solver makes later epochs return at once.
+continuing the same L-BFGS state), so each epoch reports genuine metrics for pruners and curves;
+once the solver has converged the trial ends (``stopped: converged``, the epochs run recorded as
+``epochs_run``) instead of repeating the same metrics for its remaining epochs.
 """
 
 from __future__ import annotations

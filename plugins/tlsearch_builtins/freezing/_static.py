@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tlsearch.kinds import FreezingStrategy, ParamGroup, TransferModel
+from tlsearch.kinds import FreezingStrategy, ParamGroup, PortfolioEntry, TransferModel
 from tlsearch.kinds.freezing import (
     NORM_TYPES,
     backbone_group_params,
@@ -23,6 +23,9 @@ class FullFinetune(FreezingStrategy):
     """
 
     name = "full_finetune"
+    default = True
+    #: the plain fine-tune of the warm start, where the study has no layer_decay (same slot)
+    portfolio = (PortfolioEntry(name="finetune_full_finetune", lr=1e-3, priority=11, slot="finetune"),)
     hyperparameters = {
         "backbone_lr_scale": Float(0.1, 1.0, log=True, default=1.0, help="backbone lr / head lr"),
     }
@@ -49,6 +52,18 @@ class LinearProbe(FreezingStrategy):
 
     name = "linear_probe"
     backbone_frozen = True
+    default = True
+    #: the solved probe first (what won the real-data benchmark), then two stronger L2 strengths
+    #: when the budget has room (a solved probe's lr does not matter; its L2 strength does)
+    portfolio = (
+        PortfolioEntry(name="linear_probe", lr=1e-2, cost="cheap", priority=0),
+        PortfolioEntry(
+            name="linear_probe_l2_strong", params={"l2": 1e-2}, lr=1e-2, cost="cheap", priority=80
+        ),
+        PortfolioEntry(
+            name="linear_probe_l2_medium", params={"l2": 1e-3}, lr=1e-2, cost="cheap", priority=81
+        ),
+    )
     hyperparameters = {
         "l2": Float(
             1e-6, 1e-1, log=True, default=1e-4, help="L2 strength of a solved linear head (cached features)"
@@ -143,6 +158,13 @@ class LayerDecay(FreezingStrategy):
     """
 
     name = "layer_decay"
+    default = True
+    #: the warm start's fine-tune: BEiT's recipe, before a plain fine-tune (same slot)
+    portfolio = (
+        PortfolioEntry(
+            name="finetune_layer_decay", params={"decay": 0.75}, lr=1e-3, priority=10, slot="finetune"
+        ),
+    )
     hyperparameters = {
         "decay": Float(
             0.5,

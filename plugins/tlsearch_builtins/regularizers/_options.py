@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tlsearch.kinds import Regularizer
+from tlsearch.kinds import PortfolioEntry, Regularizer
 from tlsearch.space import Float
 
 
@@ -28,6 +28,8 @@ class LabelSmoothing(Regularizer):
     name = "label_smoothing"
     tasks = ("classification",)  # it changes the cross-entropy; regression losses have no labels to smooth
     hyperparameters = {"epsilon": Float(0.0, 0.3, default=0.1)}
+    #: on, at 0.1, in the warm start's fine-tunes (Müller et al., *When does label smoothing help?*)
+    portfolio = (PortfolioEntry(name="label_smoothing", params={"epsilon": 0.1}, cost="full"),)
     epsilon: float
 
     def loss_options(self) -> dict[str, Any]:

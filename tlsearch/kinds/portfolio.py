@@ -1,0 +1,84 @@
+"""What a plugin recommends: the configurations a new study tries first (the warm start).
+
+Every plugin class may declare ``portfolio``, a tuple of :class:`PortfolioEntry`, and ``default``
+(whether it is in a study's space when the study leaves that section out). The core composes the
+warm start from what the study's plugins declare and names none of them
+(:mod:`tlsearch.search.portfolio`). What an entry means depends on the kind:
+
+* **freezing strategy** — one warm-start trial: the top-ranked backbone (or the space's first),
+  the warm-start head, this strategy with ``params``, the learning rate ``lr``. ``cost="cheap"``
+  says the backbone stays frozen (cached features: seconds), so the entry runs before every
+  ``"full"`` one, and the best-priority cheap entry is also the trial each further ranked
+  backbone gets (with ``search.rank.order_first``).
+* **head** — the warm-start trials use the study's head with the best-priority entry (with its
+  ``params``); a study whose heads declare none uses its first head.
+* **regularizer** — switched on, with ``params``, in every warm-start trial of the same ``cost``
+  (and off in the others); ``lr`` and ``priority`` are not used.
+* **backbone** — not used: the ranking (or the space's order) picks the backbone.
+
+Entries of the freezing strategies run in order of ``priority`` (lower first) within the budget
+(the first ``n_trials // 2``), then cheapest first. Entries that share a ``slot`` are alternatives:
+only the best-priority one whose plugin is in the study joins (a layer-decay fine-tune stands in
+for a plain one). Values are clipped into the study's ranges; an entry whose trial the study
+forbids (a regularizer it forces on) is skipped.
+
+Example, a third-party freezing strategy that recommends itself as a cheap first trial::
+
+    class TopBlocks(FreezingStrategy):
+        name = "top_blocks"
+        hyperparameters = {"blocks": Int(1, 4, default=1)}
+        portfolio = (PortfolioEntry(name="top_blocks_1", params={"blocks": 1}, lr=3e-3, priority=20),)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tlsearch.kinds._base import NAME_PATTERN
+
+COSTS = ("cheap", "full")
+
+
+@dataclass(frozen=True)
+class PortfolioEntry:
+    """One recommended configuration of a plugin (see the module doc for what each kind's means).
+
+    ``name``: how the study records the trial (``portfolio`` user attribute); ``params``: the
+    plugin's own hyperparameters (others take their declared defaults); ``lr``: the trial's
+    learning rate (None: the study's default); ``cost``: ``"cheap"`` (frozen backbone, cached
+    features) or ``"full"`` (the backbone trains); ``priority``: lower runs sooner; ``slot``:
+    entries sharing it are alternatives, the best-priority one present joins."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    lr: float | None = None
+    cost: str = "full"
+    priority: int = 100
+    slot: str | None = None
+
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.match(self.name):
+            raise ValueError(
+                f"portfolio entry name {self.name!r} must be lower-case letters, digits and underscores"
+            )
+        if self.cost not in COSTS:
+            raise ValueError(f"portfolio entry {self.name!r}: cost {self.cost!r} is not one of {COSTS}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"portfolio entry {self.name!r}: lr must be > 0 but got {self.lr}")
+
+
+def check_portfolio(cls: type) -> None:
+    """Refuse, when a plugin class is defined, entries whose ``params`` name no hyperparameter of it."""
+    entries = getattr(cls, "portfolio", ())
+    declared = getattr(cls, "hyperparameters", {})
+    if not isinstance(entries, tuple) or not all(isinstance(e, PortfolioEntry) for e in entries):
+        raise TypeError(f"{cls.__name__}.portfolio must be a tuple of PortfolioEntry, got {entries!r}")
+    for entry in entries:
+        unknown = sorted(set(entry.params) - set(declared))
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.portfolio entry {entry.name!r} sets unknown hyperparameter(s) "
+                f"{unknown}; declared: {sorted(declared) or '(none)'}"
+            )
