@@ -4,6 +4,7 @@ rerun, plugins hear the trial end, and the KeyboardInterrupt still reaches the c
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def test_ctrl_c_records_the_trial_as_interrupted_and_requeues_its_parameters(
     assert [t.state for t in trials] == [FAIL, WAITING]
     failed, requeued = trials
     assert failed.user_attrs["failure_kind"] == "interrupted"
+    assert failed.user_attrs["worker"]["pid"] == os.getpid()  # who ran it, for other workers' sweeps
     assert "interrupt" in failed.user_attrs["failure"].lower()
     assert requeued.params == {} and requeued.system_attrs["fixed_params"] == failed.params
     assert requeued.user_attrs["retry_of"] == 0 and requeued.user_attrs["retry_reason"] == "interrupted"
