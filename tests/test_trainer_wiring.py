@@ -397,3 +397,17 @@ def test_fit_tears_its_regularizers_down_and_reports_each_epochs_duration() -> N
     assert reg.teardowns == 1
     epochs = result.extras["epochs"]
     assert len(epochs) == 2 and all(0 <= e["train_seconds"] <= wall for e in epochs)
+
+
+def test_without_a_weight_decay_regularizer_no_parameter_is_decayed() -> None:
+    """Bug caught: the Trainer's default weight decay (none asked for) set to anything but 0."""
+    model = tiny_transfer_model(TinyBackbone())
+    trainer = _trainer(model, FullFinetune(), [LabelSmoothing(epsilon=0.1)])
+    decays: set[float] = set()
+
+    def read_groups(epoch: int) -> None:
+        assert trainer.optimizer is not None
+        decays.update(pg["weight_decay"] for pg in trainer.optimizer.param_groups)
+
+    _fit(trainer, on_epoch_start=read_groups)
+    assert decays == {0.0}

@@ -12,6 +12,7 @@ from tlsearch.config import Range, TrainingSettings, load_config, resolve_space
 from tlsearch.errors import ConfigError
 from tlsearch.registry import get_plugin_manager
 from tlsearch.search import prepare, run_study
+from tlsearch.search.objective import trial_batch_size
 from tlsearch.search.sampling import sample_choices
 from tlsearch.train import TrainSettings
 
@@ -118,3 +119,27 @@ def test_the_trial_settings_defaults_are_the_study_files(write_study) -> None:
     settings = TrainSettings.for_trial(config, batch_size=8, lr=1e-3, choices={})
     assert (settings.epochs, settings.patience, settings.precision) == (4, 2, "fp32")
     assert settings.select_metric == config.metric
+
+
+def test_a_trial_without_a_searched_setting_takes_its_default(write_study) -> None:
+    """Bugs caught: the defaults a trial made without the searched magnitude / erasing / augment
+    takes (RandAugment's 9, no erasing, the list's first) changed; the kept epoch not chosen by
+    the study's metric; a retry's recorded choices ignored for its batch size."""
+    config = load_config(
+        write_study(
+            training={
+                "randaugment_magnitude": {"low": 5, "high": 15},
+                "random_erasing": {"low": 0.1, "high": 0.5},
+                "augment": ["randaugment", "none"],
+                "batch_size": [16, 4],
+            }
+        )
+    )
+    settings = TrainSettings.for_trial(config, batch_size=8, lr=1e-3, choices={})
+    assert (settings.randaugment_magnitude, settings.random_erasing) == (9, 0.0)
+    assert settings.augment == "randaugment"
+    assert settings.select_metric == config.metric is not None
+    trial = optuna.create_study().ask()
+    assert trial_batch_size(config, trial) == 16  # nothing sampled: the list's first
+    trial.set_user_attr("choices", {"train.batch_size": 4})  # e.g. enqueued for a rerun
+    assert trial_batch_size(config, trial) == 4
