@@ -38,6 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "kinds/regularizer.py": {"weight_decay", "label_smoothing"},
     "train/loop.py": {"weight_decay", "label_smoothing"},
     "train/optim.py": {"weight_decay"},
+    "train/losses.py": {"label_smoothing"},  # the loss option key, as in kinds/regularizer.py
     "export/_preprocessing.py": {"linear"},
     "deploy/_provenance.py": {"timm", "torchvision"},
     "config.py": {"timm", "torchvision"},
