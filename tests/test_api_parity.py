@@ -166,7 +166,7 @@ def test_the_api_loads_without_torch_or_optuna() -> None:
 def test_local_workers_start_without_the_cli_on_path(
     ran: dict[str, Path], monkeypatch, tmp_path: Path
 ) -> None:
-    """``Study.run(workers=2)`` starts ``python -m tlsearch.search.worker_process``: no ``tlsearch``
+    """``Study.run(workers=2)`` starts ``python -m tlsearch.worker_process``: no ``tlsearch``
     script is looked up, so an empty ``PATH`` does not matter."""
     from tlsearch.search.workers import worker_command
 
@@ -174,7 +174,7 @@ def test_local_workers_start_without_the_cli_on_path(
         workers=2, heartbeat_interval=5, grace_period=20, max_failures_in_a_row=None
     )
     cmd = worker_command(tmp_path, storage="s.journal", out_dir=tmp_path, settings=settings)
-    assert cmd[1:3] == ["-m", "tlsearch.search.worker_process"]
+    assert cmd[1:3] == ["-m", "tlsearch.worker_process"]
     assert cmd[cmd.index("--heartbeat-interval") + 1] == "5" and cmd[cmd.index("--grace-period") + 1] == "20"
     assert cmd[cmd.index("--max-failures-in-a-row") + 1] == "none"
 

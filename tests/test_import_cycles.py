@@ -15,11 +15,9 @@ import tlsearch
 
 ROOT = Path(tlsearch.__file__).parent
 
-#: cycles other work is removing now; the integrator empties this at merge (each: the modules in it)
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"tlsearch.cli.console", "tlsearch.report._live"}),  # h-S removes it (late + TYPE_CHECKING)
-    frozenset({"tlsearch.hookspecs", "tlsearch.registry"}),  # h-H removes it (module level)
-}
+#: module-level cycles being removed (each: the modules in it); empty since cli.console ↔ report._live
+#: and hookspecs ↔ registry were broken
+KNOWN_CYCLES: set[frozenset[str]] = set()
 #: circles closed only by an import inside a function (each a deliberate lazy import, harmless at
 #: import time); a new one is a design question, so it fails too
 KNOWN_LATE_CYCLES: set[frozenset[str]] = {
@@ -66,6 +64,22 @@ def _imports(node: ast.AST, in_function: bool = False) -> list[tuple[ast.Import 
     return found
 
 
+def lazy_reexports(tree: ast.Module) -> set[int]:
+    """The root package's lazy re-exports (PEP 562): the imports inside its module ``__getattr__``
+    and the ``if TYPE_CHECKING:`` block that mirrors them for type checkers. They load
+    ``tlsearch.Study`` and the like only when someone asks for the name, never while another module
+    is importing, so they are not edges: without this rule every module that imports
+    ``tlsearch.hookimpl`` or ``__version__`` from the root would be "in a cycle" with the API."""
+    skip: set[int] = set()
+    for node in tree.body:
+        lazy = (isinstance(node, ast.FunctionDef) and node.name == "__getattr__") or (
+            isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        )
+        if lazy:
+            skip |= {id(n) for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return skip
+
+
 def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """(module-level edges, function-level edges) between the package's modules."""
     files = {module_name(p): p for p in ROOT.rglob("*.py")}
@@ -76,7 +90,10 @@ def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
         tree = ast.parse(path.read_text(), filename=str(path))
         is_package = path.name == "__init__.py"
 
+        facade = lazy_reexports(tree) if name == "tlsearch" else set()
         for node, in_function in _imports(tree):
+            if id(node) in facade:
+                continue
             (late if in_function else top)[name] |= _targets(node, name, is_package, modules)
     return top, late
 

@@ -10,7 +10,7 @@ lines around the one line the console prints itself. Without ``--verbose``, :fun
 * prints each warning as one line, ``warning: <message> (<category>)``, once per message.
 
 With ``--verbose`` both are as Optuna and Python print them. The CLI's ``--verbose`` option is in
-:mod:`tlsearch.cli.noise`; worker processes (:mod:`tlsearch.search.worker_process`) use this too.
+:mod:`tlsearch.cli.noise`; worker processes (:mod:`tlsearch.worker_process`) use this too.
 """
 
 from __future__ import annotations

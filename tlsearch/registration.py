@@ -16,7 +16,8 @@ from typing import Any
 from tlsearch import PROJECT_NAME
 from tlsearch.errors import PluginError, format_choices
 from tlsearch.kinds import KINDS, Plugin
-from tlsearch.kinds._base import NAME_PATTERN, RESERVED_PARAMS, TASKS
+from tlsearch.kinds._base import RESERVED_PARAMS, TASKS
+from tlsearch.kinds._names import NAME_PATTERN
 from tlsearch.space import Categorical, Fixed, Float, Int, Required
 
 BLOCK_ENV = "TLSEARCH_BLOCK_PLUGINS"

@@ -71,7 +71,7 @@ def worker(
 
     from tlsearch import Study, Worker
     from tlsearch.search.signals import exit_code, stop_on_sigterm
-    from tlsearch.search.worker_process import event_printer
+    from tlsearch.worker_process import event_printer
 
     # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
     click.get_current_context().call_on_close(stop_on_sigterm())

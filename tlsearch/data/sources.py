@@ -314,7 +314,7 @@ def load_all_splits(data: DataSettings, *, task: str, seed: int, resolve: Callab
 
 
 #: fewer validation images than this in a class draws a warning: its per-class scores are noise
-MIN_VAL_IMAGES_PER_CLASS = 5
+MIN_VAL_IMAGES_PER_CLASS = 3
 
 
 def warn_small_validation_classes(val: ImageList, *, minimum: int = MIN_VAL_IMAGES_PER_CLASS) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -12,7 +11,6 @@ from tlsearch.space import Hyperparameter
 if TYPE_CHECKING:
     from tlsearch.kinds.portfolio import PortfolioEntry
 
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 RESERVED_PARAMS = frozenset({"enabled"})
 TASKS = ("classification", "regression")
 

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tlsearch.kinds._base import NAME_PATTERN
+from tlsearch.kinds._names import NAME_PATTERN
 
 COSTS = ("cheap", "full")
 

@@ -225,9 +225,10 @@ def export_lines(export: dict[str, Any] | None, *, metric: str) -> list[str]:
     what = f"soup of trials {soup['ingredients']}" if soup.get("exported") else f"trial {export['trial']}"
     line = f"  exported: {what}  val {metric} {export['value']:.4g}"
     test = export.get("test")
-    if test:
-        scores = ", ".join(f"{k} {v:.4g}" for k, v in test["metrics"].items())
-        line += f"; test {scores} on {test['images']} held-out image(s)"
+    if test:  # the study's metric beside its validation score (every metric is in the model's metadata)
+        scores = test["metrics"]
+        shown = {metric: scores[metric]} if metric in scores else scores
+        line += f"; test {', '.join(f'{k} {v:.4g}' for k, v in shown.items())} on {test['images']} held-out image(s)"
     else:
         line += " (no test split: the validation score is optimistic after selection)"
     lines = [line]

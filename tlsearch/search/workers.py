@@ -1,5 +1,5 @@
 """Local workers: ``tlsearch run --workers N`` (``Study.run(workers=N)``) starts N worker processes
-on this machine, each ``python -m tlsearch.search.worker_process`` (no ``tlsearch`` on ``PATH`` needed).
+on this machine, each ``python -m tlsearch.worker_process`` (no ``tlsearch`` on ``PATH`` needed).
 
 Each worker is an ordinary process that joins the study through its storage, exactly like a
 worker started by hand on another machine; the storage (Optuna's) is the only coordination. The
@@ -81,11 +81,11 @@ def worker_command(
     settings: WorkerSettings | None = None,
 ) -> list[str]:
     """The command line of a worker process that joins ``study`` (a YAML file or a study folder):
-    :mod:`tlsearch.search.worker_process` under this Python, whatever is on ``PATH``."""
+    :mod:`tlsearch.worker_process` under this Python, whatever is on ``PATH``."""
     cmd = [
         sys.executable,
         "-m",
-        "tlsearch.search.worker_process",
+        "tlsearch.worker_process",
         str(study),
         "--storage",
         storage,

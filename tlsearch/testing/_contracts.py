@@ -30,7 +30,8 @@ from tlsearch.kinds import (
     Regularizer,
     TransferModel,
 )
-from tlsearch.kinds._base import NAME_PATTERN, RESERVED_PARAMS
+from tlsearch.kinds._base import RESERVED_PARAMS
+from tlsearch.kinds._names import NAME_PATTERN
 from tlsearch.space import Categorical, Fixed, Float, Int, Required
 from tlsearch.testing._loop import train_and_record
 from tlsearch.testing._tiny import TinyBackbone, synthetic_images, tiny_transfer_model

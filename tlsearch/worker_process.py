@@ -1,4 +1,4 @@
-"""One local worker process: ``python -m tlsearch.search.worker_process STUDY --storage S --out DIR``.
+"""One local worker process: ``python -m tlsearch.worker_process STUDY --storage S --out DIR``.
 
 What :func:`tlsearch.search.workers.run_workers` starts N of (``Study.run(workers=N)``, ``tlsearch
 run --workers N``): a :class:`tlsearch.Worker` joining the study, printing one line per trial
@@ -49,7 +49,7 @@ def _failures(value: str) -> int | None:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tlsearch.search.worker_process")
+    parser = argparse.ArgumentParser(prog="python -m tlsearch.worker_process")
     parser.add_argument("study", type=Path, help="a study YAML file or a study folder")
     parser.add_argument("--storage")
     parser.add_argument("--out", type=Path)
