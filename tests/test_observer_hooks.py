@@ -120,3 +120,24 @@ def test_fail_trial_from_epoch_end_fails_it(observed_study, tmp_path):
 def test_trial_pruned_from_epoch_end_prunes_it(observed_study, tmp_path):
     result = run_study(observed_study("prune"), out_dir=tmp_path / "out", progress=False)
     assert [t.state for t in _trials(result)] == [PRUNED]
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_worker_max_failures_in_a_row_stops_the_worker_after_that_many(observed_study, tmp_path, limit):
+    """``tlsearch worker --max-failures-in-a-row N``: a worker whose every trial fails stops after N
+    of them, with exit code 1 (bug caught: the flag not reaching WorkerSettings, or off by one)."""
+    from click.testing import CliRunner
+
+    from tlsearch.cli import main
+
+    study = observed_study("fail", n_trials=5)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["worker", str(study), "--out", str(out), "--max-failures-in-a-row", str(limit)]
+    )
+    assert result.exit_code == 1, result.output
+    from tlsearch.search.storage import make_storage
+
+    storage = make_storage(str(out / "study.journal"))
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=storage).trials]
+    assert states == [FAIL] * limit

@@ -48,6 +48,13 @@ from tlsearch.worker_settings import GRACE_PERIOD, HEARTBEAT_INTERVAL, WorkerSet
     show_default=True,
     help="seconds without a heartbeat after which another machine's trial counts as lost",
 )
+@click.option(
+    "--max-failures-in-a-row",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="stop this worker (exit 1) after this many failed trials in a row; 0: never",
+)
 def worker(
     study: Path,
     storage: str | None,
@@ -59,6 +66,7 @@ def worker(
     verbose: bool,
     heartbeat_interval: int,
     grace_period: int,
+    max_failures_in_a_row: int,
 ) -> None:
     """Join the study STUDY (a study YAML file, or a study folder) and run trials until its budget is done.
 
@@ -89,7 +97,11 @@ def worker(
         opened = Study.from_yaml(
             study, out=out_dir, storage=storage, plugin_files=plugin_files, overrides=overrides
         )
-    settings = WorkerSettings(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    settings = WorkerSettings(
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_failures_in_a_row=max_failures_in_a_row or None,
+    )
     rank = os.environ.get("TLSEARCH_WORKER_RANK")
     try:
         result = Worker(opened, settings=settings).run(
