@@ -155,7 +155,7 @@ def test_ray_launcher(cluster_study: Path, postgres_url: str) -> None:  # noqa: 
     _run(launch.creator_command(str(cluster_study), storage=postgres_url, out=out), _env())
     _check_created(cluster_study, postgres_url)
     cmd = launch.worker_command(str(cluster_study), storage=postgres_url, out=out)
-    _run_all([cmd, cmd], [_env(**{k: v for k, v in launch.worker_env(r).items()}) for r in range(2)])
+    _run_all([cmd, cmd], [_env(**launch.worker_env(r)) for r in range(2)])
     _check_finished(cluster_study, postgres_url)
     assert (
         "OptunaSearch" not in Path(launch.__file__).read_text().split('"""', 2)[2]

@@ -20,16 +20,13 @@ def storage_proxy(storage: str, host: str, port: int) -> None:
     proxy's few database connections, so a study can have hundreds of workers without hundreds of
     connections. Runs until stopped (Ctrl-C or SIGTERM).
     """
-    import importlib.util
-
     from tlsearch.errors import ConfigError
-    from tlsearch.search.storage import redact, serve_grpc_proxy, storage_kind
+    from tlsearch.search.storage import redact, require_grpc, serve_grpc_proxy, storage_kind
 
     if storage_kind(storage) not in ("rdb", "sqlite"):
         raise ConfigError(
             f"--storage {redact(storage)!r}: the proxy serves a database (postgresql://…, mysql://…)"
         )
-    if importlib.util.find_spec("grpc") is None:
-        raise ConfigError("tlsearch storage-proxy needs grpcio: pip install 'tlsearch[grpc]'")
+    require_grpc("tlsearch storage-proxy")
     click.echo(f"serving {redact(storage)} on grpc://{host}:{port} (Ctrl-C stops)", err=True)
     serve_grpc_proxy(storage, host=host, port=port)

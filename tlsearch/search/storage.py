@@ -130,6 +130,12 @@ def grpc_address(spec: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def require_grpc(what: str) -> None:
+    """A ConfigError with the install hint when grpcio (Optuna's gRPC proxy needs it) is missing."""
+    if importlib.util.find_spec("grpc") is None:
+        raise ConfigError(f"{what} needs grpcio: pip install 'tlsearch[grpc]'")
+
+
 def grpc_proxy(spec: str, *, timeout: float | None = None) -> BaseStorage:
     """A client of Optuna's gRPC storage proxy at ``spec``, once it answers (waited for up to
     ``timeout`` seconds, as a database server is): one that does not is a ConfigError naming it."""
@@ -139,8 +145,7 @@ def grpc_proxy(spec: str, *, timeout: float | None = None) -> BaseStorage:
         from optuna.storages import GrpcStorageProxy
     except ImportError as exc:  # pragma: no cover - optuna 5 has it
         raise ConfigError(f"storage {spec!r} needs Optuna's gRPC proxy: {exc}") from exc
-    if importlib.util.find_spec("grpc") is None:
-        raise ConfigError(f"storage {spec!r} needs grpcio: pip install 'tlsearch[grpc]'")
+    require_grpc(f"storage {spec!r}")
     proxy = GrpcStorageProxy(host=host, port=port)
     try:
         proxy.wait_server_ready(timeout=timeout)
