@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from tests.s3_server import s3_bucket, s3_server  # noqa: F401 (fixtures: a local S3 stand-in)
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 T = TypeVar("T")

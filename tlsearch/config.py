@@ -473,6 +473,11 @@ class StudyConfig(_Strict):
         None,
         description="a database URL, or a journal file: a relative one lives in the study folder",
     )
+    artifacts: str | None = Field(
+        None,
+        description="where checkpoints, study.json, the trail and the exported model are shared: "
+        "s3://bucket/prefix, gs://bucket/prefix or a folder (default: the study folder)",
+    )
     plugins: list[Path] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)
 
@@ -485,6 +490,18 @@ class StudyConfig(_Strict):
                 "a relative journal file must stay inside the study folder (e.g. study.journal); "
                 "give an absolute path, or a database URL, to keep the study elsewhere"
             )
+        return v
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifact_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            from tlsearch.artifacts import parse_artifacts
+
+            try:
+                parse_artifacts(v, base=Path("/"), where="artifacts")
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("artifacts: ")) from None
         return v
 
     @model_validator(mode="after")

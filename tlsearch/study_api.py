@@ -64,6 +64,11 @@ class Study:
     that ran) or :meth:`open` (whatever ``tlsearch status`` takes: a folder, a study file or a
     storage URL). Methods that only read the study (:meth:`status`, :meth:`report`, :meth:`watch`)
     work on a bare storage URL too; the others need the config.
+
+    ``artifacts`` (an artefact store URL: ``s3://bucket/prefix``, ``gs://…``, a folder; see
+    :mod:`tlsearch.artifacts`) overrides the study's ``artifacts:``: where checkpoints,
+    ``study.json``, the trail and the exported model are shared. With it (and the storage URL), a
+    study folder on this machine may start empty: what it needs is fetched from the store.
     """
 
     def __init__(
@@ -75,8 +80,10 @@ class Study:
         storage: str | None = None,
         study_name: str | None = None,
         plugin_files: Sequence[str | Path] = (),
+        artifacts: str | None = None,
     ) -> None:
         self.source = str(source)
+        self.artifacts = artifacts
         self._config = config
         self.out = Path(out) if out is not None else None
         self.storage = storage
@@ -92,6 +99,7 @@ class Study:
         storage: str | None = None,
         plugin_files: Sequence[str | Path] = (),
         overrides: dict[str, Any] | None = None,
+        artifacts: str | None = None,
     ) -> Study:
         """The study defined in the YAML file ``path``, kept in ``out`` (default: ``runs/<name>``).
 
@@ -101,7 +109,9 @@ class Study:
         from tlsearch.config import load_config
 
         config = load_config(path, overrides=overrides)
-        return cls(path, config=config, out=out, storage=storage, plugin_files=plugin_files)
+        return cls(
+            path, config=config, out=out, storage=storage, plugin_files=plugin_files, artifacts=artifacts
+        )
 
     @classmethod
     def from_dir(
@@ -111,15 +121,18 @@ class Study:
         out: str | Path | None = None,
         storage: str | None = None,
         plugin_files: Sequence[str | Path] = (),
+        artifacts: str | None = None,
     ) -> Study:
         """The study in the folder ``path`` that ``run`` made (its config is the folder's
-        ``study.json``); ``out``: another folder for this machine's checkpoints and caches."""
+        ``study.json``); ``out``: another folder for this machine's checkpoints and caches.
+        With ``artifacts``, ``path`` may be empty or missing: ``study.json`` comes from the store."""
         folder = Path(path)
         return cls(
             folder,
             out=out if out is not None else folder,
             storage=storage,
             plugin_files=plugin_files,
+            artifacts=artifacts,
         )
 
     @classmethod
@@ -130,10 +143,12 @@ class Study:
         study_name: str | None = None,
         storage: str | None = None,
         out: str | Path | None = None,
+        artifacts: str | None = None,
     ) -> Study:
         """A study to read: a study folder, the study file it ran from (with ``out``, the folder it
-        ran in), or a storage URL/journal file (with ``study_name`` when it holds several)."""
-        return cls(source, out=out, storage=storage, study_name=study_name)
+        ran in), or a storage URL/journal file (with ``study_name`` when it holds several); with
+        ``artifacts``, a folder to fetch the study into from that store (see :class:`Study`)."""
+        return cls(source, out=out, storage=storage, study_name=study_name, artifacts=artifacts)
 
     # -- what it is -----------------------------------------------------------------------------
 
@@ -143,13 +158,13 @@ class Study:
         if self._config is None:
             from tlsearch.config import load_config
             from tlsearch.report._source import STUDY_FILE_SUFFIXES
-            from tlsearch.search import StudyDir
+            from tlsearch.search.study_dir import open_folder
 
             path = Path(self.source)
-            if path.is_dir():
-                self._config = StudyDir(path).load_config()
-            elif path.is_file() and path.suffix.lower() in STUDY_FILE_SUFFIXES:
+            if path.is_file() and path.suffix.lower() in STUDY_FILE_SUFFIXES:
                 self._config = load_config(path)
+            elif path.is_dir() or (self.artifacts is not None and "://" not in self.source):
+                self._config = open_folder(path, self.artifacts)[1]  # fetched from the store if need be
             else:
                 raise ConfigError(
                     f"{self.source!r} is a storage, not a study file or folder: it has no config "
@@ -162,6 +177,8 @@ class Study:
         """The study folder: ``out``, a folder it was opened from, or ``runs/<name>``."""
         if self.out is not None:
             return self.out
+        if self.artifacts is not None:
+            self.config  # noqa: B018 (with an artefact store, this fetches study.json into the folder)
         if Path(self.source).is_dir():
             return Path(self.source)
         return Path("runs") / self.config.name
@@ -208,6 +225,7 @@ class Study:
             progress=progress,
             on_event=on_event,
             settings=settings,
+            artifacts=self.artifacts,
         )
         self._config = result.config  # with the plugin files prepare() added
         if settings.workers == 0:
@@ -234,7 +252,7 @@ class Study:
         study wants one); None when exporting again is worth it."""
         from tlsearch.search.best import exported_from_best
 
-        current = exported_from_best(self.root, storage=self.storage)
+        current = exported_from_best(self.root, storage=self.storage, artifacts=self.artifacts)
         if current is None or (
             self.wants_int8 and not current.with_name(f"{current.stem}.int8.onnx").is_file()
         ):
@@ -264,7 +282,13 @@ class Study:
         from tlsearch.search import export_study
 
         return export_study(
-            self.root, trial=trial, path=path, storage=self.storage, pm=pm, raw_input=raw_input
+            self.root,
+            trial=trial,
+            path=path,
+            storage=self.storage,
+            pm=pm,
+            raw_input=raw_input,
+            artifacts=self.artifacts,
         )
 
     def quantize(self, *, model: str | Path | None = None, on_drop: str | None = None) -> Any:
@@ -323,7 +347,13 @@ class Study:
         """The Optuna study with what its folder says about it (budget, metric)."""
         from tlsearch.report import open_source
 
-        return open_source(self.source, study_name=self.study_name, storage=self.storage, out_dir=self.out)
+        return open_source(
+            self.source,
+            study_name=self.study_name,
+            storage=self.storage,
+            out_dir=self.out,
+            artifacts=self.artifacts,
+        )
 
     def status(self, *, top: int = 5, source: StudySource | None = None) -> dict[str, Any]:
         """Where the study stands: what ``tlsearch status --json`` prints (``top``: trials in its
@@ -380,4 +410,5 @@ class Worker:
             progress=progress,
             on_event=on_event,
             settings=self.settings,
+            artifacts=study.artifacts,
         )

@@ -53,6 +53,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("study", type=Path, help="a study YAML file or a study folder")
     parser.add_argument("--storage")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--artifacts")
     parser.add_argument("--n-trials", type=int)
     parser.add_argument("--timeout", type=float)
     parser.add_argument("--plugin", action="append", default=[], type=Path)
@@ -78,9 +79,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = os.environ.get("TLSEARCH_WORKER_RANK")
     try:
         if args.study.is_dir():
-            study = Study.from_dir(args.study, out=args.out, storage=args.storage, plugin_files=args.plugin)
+            study = Study.from_dir(
+                args.study,
+                out=args.out,
+                storage=args.storage,
+                plugin_files=args.plugin,
+                artifacts=args.artifacts,
+            )
         else:
-            study = Study.from_yaml(args.study, out=args.out, storage=args.storage, plugin_files=args.plugin)
+            study = Study.from_yaml(
+                args.study,
+                out=args.out,
+                storage=args.storage,
+                plugin_files=args.plugin,
+                artifacts=args.artifacts,
+            )
         settings = WorkerSettings(
             heartbeat_interval=args.heartbeat_interval,
             grace_period=args.grace_period,

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from tlsearch.cli import main
+from tlsearch.cli.options import artifacts_option
 
 
 def describe_quantization(report: Any) -> str:
@@ -21,7 +22,7 @@ def describe_quantization(report: Any) -> str:
 
 
 @main.command()
-@click.argument("study_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("study_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--out",
     "out_path",
@@ -34,6 +35,7 @@ def describe_quantization(report: Any) -> str:
 @click.option(
     "--storage", help="Optuna storage URL, when the study is not in the folder's own storage (study.journal)"
 )
+@artifacts_option
 @click.option(
     "--raw-input/--normalized-input",
     default=None,
@@ -52,15 +54,25 @@ def export(
     out_path: Path | None,
     trial: int | None,
     storage: str | None,
+    artifacts: str | None,
     raw_input: bool | None,
     int8: bool,
     on_accuracy_drop: str | None,
 ) -> None:
-    """Export a trial of the study in STUDY_DIR to ONNX, checked against PyTorch with onnxruntime."""
+    """Export a trial of the study in STUDY_DIR to ONNX, checked against PyTorch with onnxruntime.
+
+    From another machine: `tlsearch export DIR --storage URL --artifacts URL` with DIR empty or
+    missing fetches the study and the trial's checkpoint from the artefact store, and uploads the model."""
     from tlsearch import Study
     from tlsearch.cli.console import Console
 
-    study = Study.from_dir(study_dir, storage=storage)
+    if not study_dir.is_dir() and artifacts is None:
+        raise click.BadParameter(
+            f"directory {str(study_dir)!r} does not exist (it may be missing only with --artifacts, "
+            "which the study is then fetched from)",
+            param_hint="'STUDY_DIR'",
+        )
+    study = Study.from_dir(study_dir, storage=storage, artifacts=artifacts)
     if int8 and (study.config.export.raw_input if raw_input is None else raw_input):
         # refused before the export, not after it: INT8 quantises the plain (normalised-input) model
         raise click.UsageError(

@@ -24,3 +24,10 @@ threads_option = click.option(
     help="PyTorch CPU threads per process (overrides training.threads; default: the cores free "
     "when the study starts, from the load average and the CPU time used just now)",
 )
+
+artifacts_option = click.option(
+    "--artifacts",
+    help="artefact store for checkpoints, study.json, the trail and the exported model: s3://bucket/prefix, "
+    "gs://bucket/prefix or a folder (overrides the study's artifacts:; default: the study folder); "
+    "with it and --storage, a study folder on this machine may start empty",
+)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tlsearch.cli import main
+from tlsearch.cli.options import artifacts_option
 
 
 @main.command()
@@ -20,15 +21,22 @@ from tlsearch.cli import main
 @click.option("--png", is_flag=True, help="also save every plot as PNG in <report>_plots/ beside the report")
 @click.option("--study", "study_name", help="study name, for a storage URL holding several studies")
 @click.option("--storage", help="Optuna storage URL overriding the study folder's own")
+@artifacts_option
 def report(
-    source: str, out_path: Path | None, png: bool, study_name: str | None, storage: str | None
+    source: str,
+    out_path: Path | None,
+    png: bool,
+    study_name: str | None,
+    storage: str | None,
+    artifacts: str | None,
 ) -> None:
     """Write the report of the study in SOURCE (a study folder, or an Optuna storage URL): optimisation
     history, learning curves, plugins compared, importances, accuracy vs cost, leaderboard, exported model.
     The HTML needs no network: plots are inline SVG."""
     from tlsearch import Study
 
-    files = Study.open(source, study_name=study_name, storage=storage).report(out=out_path, png=png)
+    opened = Study.open(source, study_name=study_name, storage=storage, artifacts=artifacts)
+    files = opened.report(out=out_path, png=png)
     click.echo(f"wrote {files.html}")
     for plot in files.plots:
         if plot.figure is None:

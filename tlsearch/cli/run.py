@@ -18,7 +18,7 @@ import click
 from tlsearch.cli import main
 from tlsearch.cli.console import Console, console_option
 from tlsearch.cli.noise import quiet_noise, verbose_option
-from tlsearch.cli.options import plugin_option, threads_option
+from tlsearch.cli.options import artifacts_option, plugin_option, threads_option
 from tlsearch.study_api import Study  # light: it imports the search when a method runs
 
 
@@ -60,6 +60,7 @@ def best_trial_warning(study: Any) -> str | None:
     help="local worker processes: one per visible GPU (pinned with CUDA_VISIBLE_DEVICES), or CPU processes; "
     "0 creates the study (checked, ranked, warm start queued) and runs no trial, for `tlsearch worker`s to join",
 )
+@artifacts_option
 @plugin_option
 @threads_option
 @verbose_option
@@ -78,6 +79,7 @@ def run(
     timeout: float | None,
     storage: str | None,
     workers: int,
+    artifacts: str | None,
     plugin_files: tuple[Path, ...],
     threads: int | None,
     verbose: bool,
@@ -96,7 +98,14 @@ def run(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_noise(verbose=verbose)  # the console prints its own lines
     overrides = {"training.threads": threads} if threads else None
-    api = Study.from_yaml(study, out=out_dir, storage=storage, plugin_files=plugin_files, overrides=overrides)
+    api = Study.from_yaml(
+        study,
+        out=out_dir,
+        storage=storage,
+        plugin_files=plugin_files,
+        overrides=overrides,
+        artifacts=artifacts,
+    )
     budget = n_trials if n_trials is not None else api.config.search.n_trials
     try:
         with Console(total=budget, epochs=api.config.training.epochs, mode=console_mode) as console:

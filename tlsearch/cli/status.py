@@ -10,6 +10,7 @@ import click
 
 from tlsearch.cli import main
 from tlsearch.cli.console import Console, console_option
+from tlsearch.cli.options import artifacts_option
 
 
 @main.command()
@@ -29,6 +30,7 @@ from tlsearch.cli.console import Console, console_option
     show_default=True,
     help="trials in the leaderboard",
 )
+@artifacts_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option(
     "--watch",
@@ -42,6 +44,7 @@ def status(
     storage: str | None,
     out_dir: Path | None,
     top: int,
+    artifacts: str | None,
     as_json: bool,
     watch: bool,
     console_mode: str,
@@ -56,7 +59,7 @@ def status(
     from tlsearch import Study
     from tlsearch.report import format_status
 
-    opened = Study.open(source, study_name=study_name, storage=storage, out=out_dir)
+    opened = Study.open(source, study_name=study_name, storage=storage, out=out_dir, artifacts=artifacts)
     src = opened.load()
     if watch:
         if as_json:

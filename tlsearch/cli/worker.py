@@ -10,12 +10,12 @@ import click
 
 from tlsearch.cli import main
 from tlsearch.cli.noise import quiet_noise, verbose_option
-from tlsearch.cli.options import plugin_option, threads_option
+from tlsearch.cli.options import artifacts_option, plugin_option, threads_option
 from tlsearch.worker_settings import GRACE_PERIOD, HEARTBEAT_INTERVAL, WorkerSettings
 
 
 @main.command()
-@click.argument("study", type=click.Path(exists=True, path_type=Path))
+@click.argument("study", type=click.Path(path_type=Path))
 @click.option(
     "--storage",
     help="the study's Optuna storage URL (e.g. postgresql://user@host/db); "
@@ -31,6 +31,7 @@ from tlsearch.worker_settings import GRACE_PERIOD, HEARTBEAT_INTERVAL, WorkerSet
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds this worker runs at most"
 )
+@artifacts_option
 @plugin_option
 @threads_option
 @verbose_option
@@ -61,6 +62,7 @@ def worker(
     out_dir: Path | None,
     n_trials: int | None,
     timeout: float | None,
+    artifacts: str | None,
     plugin_files: tuple[Path, ...],
     threads: int | None,
     verbose: bool,
@@ -86,16 +88,36 @@ def worker(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_noise(verbose=verbose)
-    if study.is_dir():
-        opened = Study.from_dir(study, out=out_dir, storage=storage, plugin_files=plugin_files)
+    if not study.exists() and artifacts is None:
+        raise click.BadParameter(
+            f"{str(study)!r} does not exist (a study folder may be missing only with --artifacts, "
+            "which it is then fetched from)",
+            param_hint="'STUDY'",
+        )
+    if study.is_dir() or not study.exists():
+        opened = Study.from_dir(
+            study, out=out_dir, storage=storage, plugin_files=plugin_files, artifacts=artifacts
+        )
         if threads:  # the folder's config, with this machine's threads
             training = opened.config.training.model_copy(update={"threads": threads})
             config = opened.config.model_copy(update={"training": training})
-            opened = Study(study, config=config, out=opened.out, storage=storage, plugin_files=plugin_files)
+            opened = Study(
+                study,
+                config=config,
+                out=opened.out,
+                storage=storage,
+                plugin_files=plugin_files,
+                artifacts=artifacts,
+            )
     else:
         overrides = {"training.threads": threads} if threads else None
         opened = Study.from_yaml(
-            study, out=out_dir, storage=storage, plugin_files=plugin_files, overrides=overrides
+            study,
+            out=out_dir,
+            storage=storage,
+            plugin_files=plugin_files,
+            overrides=overrides,
+            artifacts=artifacts,
         )
     settings = WorkerSettings(
         heartbeat_interval=heartbeat_interval,

@@ -41,6 +41,7 @@ def open_source(
     study_name: str | None = None,
     storage: str | None = None,
     out_dir: str | Path | None = None,
+    artifacts: str | None = None,
 ) -> StudySource:
     """Load the study in ``source``: a study folder, a study file (``study.yaml``: its folder is
     ``out_dir``, default ``runs/<name>``, as ``tlsearch run`` makes it), or a storage (a database URL such as
@@ -48,9 +49,12 @@ def open_source(
     ``study_name`` picks the study, and may be left out when the storage holds exactly one.
 
     ``storage`` overrides the folder's storage (a study folder whose trials live in PostgreSQL).
+    With ``artifacts`` (an artefact store URL, ``--artifacts``) the folder may be empty or missing:
+    its ``study.json`` is fetched from the store first (the study seen from another machine).
     """
-    from tlsearch.search import StudyDir, open_study
+    from tlsearch.search import open_study
     from tlsearch.search.storage import make_storage, redact
+    from tlsearch.search.study_dir import open_folder
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = Path(source)
@@ -58,7 +62,13 @@ def open_source(
         folder = study_folder(folder, out_dir=out_dir)
     elif out_dir is not None:
         raise ConfigError(f"--out is for a study file (STUDY.yaml), not for {str(source)!r}")
-    if not folder.is_dir():
+    if artifacts is not None and not folder.is_dir():
+        if "://" in str(source) or str(source).endswith((".journal", ".log")):
+            raise ConfigError(
+                f"with --artifacts, the source is the folder on this machine to fetch the study into "
+                f"(e.g. runs/NAME, made if missing) and --storage the study's storage, not {redact(str(source))!r}"
+            )
+    elif not folder.is_dir():
         spec = str(source)
         try:
             backend = make_storage(spec, heartbeat_interval=None, grace_period=None)
@@ -76,8 +86,7 @@ def open_source(
         metric = str(study.user_attrs.get("metric") or (study.metric_names or ["value"])[0])
         return StudySource(study, redact(spec), None, None, metric)
 
-    study_dir = StudyDir(folder)
-    config = study_dir.load_config()
+    study_dir, config = open_folder(folder, artifacts)
     spec = study_dir.storage(config, storage)
     if study_name is not None and study_name != config.name:
         raise ConfigError(f"study folder {str(folder)!r} holds study {config.name!r}, not {study_name!r}")

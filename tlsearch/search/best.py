@@ -24,7 +24,7 @@ from tlsearch.search.objectives import select_best
 from tlsearch.search.sampling import backbone_model
 from tlsearch.search.soup import Ingredient, greedy_soup, start_of, validation_metrics
 from tlsearch.search.study import open_study
-from tlsearch.search.study_dir import StudyDir
+from tlsearch.search.study_dir import StudyDir, open_folder
 from tlsearch.train import resolve_device
 
 MAX_PARITY_IMAGES = 64
@@ -74,12 +74,13 @@ def trial_fingerprint(trial: optuna.trial.FrozenTrial, *, raw_input: bool) -> st
     return hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def exported_from_best(out_dir: str | Path, *, storage: str | None = None) -> Path | None:
+def exported_from_best(
+    out_dir: str | Path, *, storage: str | None = None, artifacts: str | None = None
+) -> Path | None:
     """The study's exported model (``export.path``) when it is already the best trial's (same
     :func:`trial_fingerprint`, as ``tlsearch run`` would export it now); None when there is none,
     it is from another trial or it cannot be read: then exporting again is worth it."""
-    study_dir = StudyDir(Path(out_dir))
-    config = study_dir.load_config()
+    study_dir, config = open_folder(Path(out_dir), artifacts)
     model = study_dir.root / config.export.path
     try:
         metadata = json.loads(model.with_suffix(".json").read_text())["metadata"]
@@ -108,6 +109,7 @@ def export_study(
     storage: str | None = None,
     pm: PluginManager | None = None,
     raw_input: bool | None = None,
+    artifacts: str | None = None,
 ) -> Any:
     """Export trial number ``trial`` (Optuna's number, a complete trial: :func:`complete_trial`;
     the best one by default) of the study in ``out_dir`` to ONNX.
@@ -118,13 +120,18 @@ def export_study(
     uint8 HWC images of any size. The metadata's ``trial_hash`` (:func:`trial_fingerprint`) says
     which trial it is from, so a rerun can keep it (:func:`exported_from_best`). A regression model outputs the targets' original units (the
     study's target scale is applied in the graph). Returns the export report.
+
+    ``artifacts`` (``--artifacts``; default: the study's ``artifacts:``): the artefact store to
+    fetch ``study.json`` and the checkpoints from when ``out_dir`` does not have them (another
+    machine), and to upload the exported model to (``model.onnx``, then ``model.json``).
     """
     from tlsearch.export import export_onnx
     from tlsearch.export._metadata import update_metadata
     from tlsearch.export._provenance import provenance
 
-    study_dir = StudyDir(Path(out_dir))
-    config = study_dir.load_config()
+    study_dir, config = open_folder(Path(out_dir), artifacts)
+    if study_dir.shares:  # it will be written to: a store that does not take writes fails now
+        study_dir.probe_artifacts()
     pm = pm or get_plugin_manager([config.resolve_path(p) for p in config.plugins])
     study = open_study(config, study_dir.storage(config, storage), create=False)
     chosen = (
@@ -133,7 +140,7 @@ def export_study(
         else complete_trial(study, trial)
     )
     model, record = load_checkpoint(
-        study_dir.trial_dir(chosen.number),
+        study_dir.checkpoint(chosen.number),
         pm.registry,
         number=chosen.number,
         choices=chosen.user_attrs.get("choices"),
@@ -210,6 +217,7 @@ def export_study(
             "soup": soup,
         },
     )
+    study_dir.share_export(report.path)  # the model, then its .json: the sign it is whole
     pm.notify("tlsearch_export_done", path=str(target), metadata=metadata)
     return report
 
@@ -262,7 +270,7 @@ def _soup(
             continue
         try:
             loaded, their_record = load_checkpoint(
-                study_dir.trial_dir(other.number),
+                study_dir.checkpoint(other.number),
                 pm.registry,
                 number=other.number,
                 choices=other.user_attrs.get("choices"),

@@ -443,6 +443,7 @@ class Objective:
             trial.number, config, choices, model=model, data=self.data, result=result, info=info
         )
         save_checkpoint(self.study_dir.trial_dir(trial.number), model, record)
+        self.study_dir.share_checkpoint(trial.number)  # weights, then trial.json (an artefact store)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return objective_values(config, value=value, attrs=info)

@@ -184,6 +184,7 @@ def prepare(
     out_dir: str | Path | None = None,
     plugin_files: Sequence[str | Path] = (),
     overrides: dict[str, Any] | None = None,
+    artifacts: str | None = None,
 ) -> tuple[StudyConfig, PluginManager, Any, StudyDir]:
     """Validate everything a run needs — config, plugins, search space — before any work starts."""
     config = (
@@ -202,7 +203,8 @@ def prepare(
         config = config.model_copy(update={"plugins": files})
     pm = get_plugin_manager(files)
     space = resolve_space(config, pm.registry)
-    study_dir = StudyDir(Path(out_dir) if out_dir is not None else Path("runs") / config.name)
+    root = Path(out_dir) if out_dir is not None else Path("runs") / config.name
+    study_dir = StudyDir.of(root, config, artifacts)  # ``artifacts`` (--artifacts) over the study's own
     return config, pm, space, study_dir
 
 
@@ -232,6 +234,7 @@ def run_study(
     progress: bool = True,
     on_event: Callable[..., None] | None = None,
     settings: WorkerSettings | None = None,
+    artifacts: str | None = None,
 ) -> RunResult:
     """Run (or resume) a study until its budget of finished trials is reached.
 
@@ -258,10 +261,16 @@ def run_study(
     read from the study, and their output goes to ``logs/`` in the study folder.
     ``settings.join`` is what ``tlsearch worker`` does: take part in a study someone else may be
     running, without resetting the study's deadline (``timeout`` then limits this worker only).
+
+    ``artifacts`` (default: the study's ``artifacts:``, else the study folder) is the artefact
+    store the checkpoints, ``study.json``, the trail and the exported model are shared through
+    (:mod:`tlsearch.artifacts`); it is probed before any image is read.
     """
     settings = settings or WorkerSettings()
     heartbeat_interval, grace_period = settings.heartbeat_interval, settings.grace_period
-    config, pm, space, study_dir = prepare(config_or_path, out_dir=out_dir, plugin_files=plugin_files)
+    config, pm, space, study_dir = prepare(
+        config_or_path, out_dir=out_dir, plugin_files=plugin_files, artifacts=artifacts
+    )
     spec = study_dir.storage(config, storage)
     check_concurrency(spec, settings.workers)
     check_available(config, space, pm.registry)  # hub weights offline: one message, not 10 trials' retries
@@ -281,6 +290,7 @@ def run_study(
             grace_period=grace_period,
             on_stale=requeue_after_heartbeat,
         )
+    study_dir.probe_artifacts()  # an artefact store that does not answer or take writes: exit 2 now
     train, val = load_splits(
         config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
     )
@@ -326,7 +336,14 @@ def run_study(
         return result
     if settings.workers > 1:
         try:
-            run_workers(result, storage=spec, settings=settings, n_trials=n_trials, on_event=on_event)
+            run_workers(
+                result,
+                storage=spec,
+                settings=settings,
+                n_trials=n_trials,
+                on_event=on_event,
+                artifacts=artifacts,
+            )
         finally:  # a worker killed after the stop deadline left its trial RUNNING: fail and requeue it now
             sweep_stale_trials(study, grace_period=grace_period)
         return result
@@ -359,5 +376,6 @@ def run_study(
                 raise objective.disk_full
     finally:
         pm.notify("tlsearch_study_end", study=study, out_dir=str(study_dir.root))
+        study_dir.share_trail()
     result.stopped = policy.stopped
     return result

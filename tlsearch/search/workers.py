@@ -79,6 +79,7 @@ def worker_command(
     n_trials: int | None = None,
     plugin_files: Sequence[str | Path] = (),
     settings: WorkerSettings | None = None,
+    artifacts: str | None = None,
 ) -> list[str]:
     """The command line of a worker process that joins ``study`` (a YAML file or a study folder):
     :mod:`tlsearch.worker_process` under this Python, whatever is on ``PATH``."""
@@ -94,6 +95,8 @@ def worker_command(
     ]
     if n_trials is not None:
         cmd += ["--n-trials", str(n_trials)]
+    if artifacts is not None:
+        cmd += ["--artifacts", artifacts]
     for path in plugin_files:
         cmd += ["--plugin", str(path)]
     if settings is not None:
@@ -113,6 +116,7 @@ def run_workers(
     plugin_files: Sequence[str | Path] = (),
     on_event: Callable[..., None] | None = None,
     poll_interval: float = WATCH_INTERVAL,
+    artifacts: str | None = None,
 ) -> None:
     """Start ``settings.workers`` local worker processes on the (already created) study and wait for them.
 
@@ -137,6 +141,7 @@ def run_workers(
         n_trials=n_trials,
         plugin_files=plugin_files,
         settings=settings,
+        artifacts=artifacts,
     )
     logs = [worker_log(root, rank) for rank in range(workers)] if on_event is not None else []
     with ExitStack() as stack:

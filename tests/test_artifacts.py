@@ -1,0 +1,329 @@
+"""The artefact store (tlsearch.artifacts): URLs, streaming, the probe, redaction, and a writer killed
+mid-upload, against a real folder and a local S3-compatible server (moto, see tests/s3_server.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import wait_for_marker
+from tests.s3_server import Bucket, free_port
+from tlsearch.artifacts import FolderStore, open_artifacts, parse_artifacts, redact_url
+from tlsearch.errors import ConfigError, TlsearchError, WriteError
+from tlsearch.search.study_dir import StudyDir
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1024 * 1024
+
+
+# -- URLs -------------------------------------------------------------------------------------------
+
+
+def test_each_valid_form_parses(tmp_path: Path) -> None:
+    s3 = parse_artifacts("s3://bucket/some/prefix/")
+    assert (s3.scheme, s3.bucket, s3.prefix) == ("s3", "bucket", "some/prefix")
+    gs = parse_artifacts("gs://bucket")
+    assert (gs.scheme, gs.bucket, gs.prefix) == ("gs", "bucket", "")
+    assert parse_artifacts("/abs/store").path == Path("/abs/store")
+    assert parse_artifacts("file:///abs/store").path == Path("/abs/store")
+    assert parse_artifacts("shared", base=tmp_path).path == tmp_path / "shared"  # from the study file
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("ftp://host/x", "unknown scheme 'ftp'"),
+        ("file://relative", "absolute path"),
+        ("s3://", "names no bucket"),
+        ("", "is empty"),
+    ],
+)
+def test_a_bad_url_names_itself_where_it_came_from_and_the_valid_forms(spec: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_artifacts(spec, where="study.yaml: artifacts")
+    message = str(err.value)
+    assert message.startswith("study.yaml: artifacts:") and fragment in message
+    assert "s3://bucket/prefix" in message or "credentials" in message
+
+
+def test_credentials_in_the_url_are_refused_and_never_shown() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_artifacts("s3://AKIAKEY:sup3rsecret@bucket/prefix")
+    assert "sup3rsecret" not in str(err.value) and "AKIAKEY" not in str(err.value)
+    assert "s3://***@bucket/prefix" in str(err.value)
+    assert redact_url("s3://bucket/p?X-Amz-Signature=abc") == "s3://bucket/p?***"
+    assert redact_url("gs://user:pw@bucket/p") == "gs://***@bucket/p"
+
+
+def test_the_study_file_refuses_a_bad_store_before_any_work(write_study, tmp_path: Path) -> None:
+    from tests.conftest import assert_refused_before_work
+
+    study = write_study(artifacts="ftp://host/x")
+    assert_refused_before_work(study, tmp_path / "out", ["artifacts", "ftp"])
+
+
+# -- the folder store -------------------------------------------------------------------------------
+
+
+def test_folder_store_round_trip_and_missing_names(tmp_path: Path) -> None:
+    store = open_artifacts(str(tmp_path / "store"))
+    source = tmp_path / "weights.bin"
+    source.write_bytes(os.urandom(3 * MB + 17))
+    store.upload("trials/0001/model.safetensors", source)
+    assert (tmp_path / "store/trials/0001/model.safetensors").read_bytes() == source.read_bytes()
+    assert store.exists("trials/0001/model.safetensors") and not store.exists("trials/0002/x")
+    target = tmp_path / "machine2/trials/0001/model.safetensors"
+    assert store.download("trials/0001/model.safetensors", target)
+    assert target.read_bytes() == source.read_bytes()
+    assert store.download("trials/0002/model.safetensors", tmp_path / "none") is False
+    assert not (tmp_path / "none").exists()
+    store.remove("trials/0001/model.safetensors")
+    assert not store.exists("trials/0001/model.safetensors")
+
+
+def test_a_failed_folder_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    class Breaks(io.RawIOBase):
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+            if self.sent >= 2 * MB:
+                raise OSError("connection reset")
+            n = min(len(buffer), MB)
+            buffer[:n] = b"x" * n
+            self.sent += n
+            return n
+
+    store = FolderStore(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"previous")
+    with pytest.raises(WriteError, match="model.onnx: connection reset"):
+        store.write("model.onnx", io.BufferedReader(Breaks()))  # type: ignore[arg-type]
+    assert (tmp_path / "model.onnx").read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_a_key_cannot_leave_the_folder(tmp_path: Path) -> None:
+    store = open_artifacts(str(tmp_path / "store"))
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(TlsearchError, match="Invalid artifact_id"):
+        store.upload("../outside", tmp_path / "f")
+    assert not (tmp_path / "outside").exists()
+
+
+# -- S3 (moto) -------------------------------------------------------------------------------------
+
+
+def test_s3_round_trip_under_the_prefix(s3_bucket: Bucket, tmp_path: Path) -> None:
+    store = open_artifacts(f"{s3_bucket.url}/team/flowers")
+    source = tmp_path / "model.onnx"
+    source.write_bytes(os.urandom(MB + 3))
+    store.upload("model.onnx", source)
+    assert s3_bucket.keys() == ["team/flowers/model.onnx"]
+    assert store.exists("model.onnx") and not store.exists("model.json")
+    assert store.download("model.onnx", tmp_path / "back.onnx")
+    assert (tmp_path / "back.onnx").read_bytes() == source.read_bytes()
+    assert store.download("model.json", tmp_path / "missing.json") is False
+    store.remove("model.onnx")
+    assert s3_bucket.keys() == []
+
+
+STREAM_CHILD = textwrap.dedent(
+    """
+    import resource, sys
+    from pathlib import Path
+    from tlsearch.artifacts import open_artifacts
+
+    def peak_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    store = open_artifacts(sys.argv[1])
+    store.probe()  # boto3 and its client loaded before the baseline
+    base = peak_mb()
+    store.upload("big.bin", Path(sys.argv[2]))
+    up = peak_mb()
+    store.download("big.bin", Path(sys.argv[3]))
+    down = peak_mb()
+    print(f"{up - base:.1f} {down - base:.1f}")
+    """
+)
+
+
+def test_s3_upload_and_download_stream_without_the_whole_file_in_memory(
+    s3_bucket: Bucket, tmp_path: Path
+) -> None:
+    size = 96 * MB
+    source = tmp_path / "big.bin"
+    with open(source, "wb") as f:
+        for i in range(size // MB):
+            f.write(bytes([i % 251]) * MB)
+    out = subprocess.run(
+        [sys.executable, "-c", STREAM_CHILD, f"{s3_bucket.url}/p", str(source), str(tmp_path / "back.bin")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}"},
+    )
+    assert out.returncode == 0, out.stderr
+    grew_up, grew_down = map(float, out.stdout.split())
+    # a copy of the file in memory would add ≥ 96 MB; streaming holds a few 8 MB parts
+    assert grew_up < 60, f"upload grew the peak memory by {grew_up} MB"
+    assert grew_down < 60, f"download grew the peak memory by {grew_down} MB"
+    assert (tmp_path / "back.bin").stat().st_size == size
+    with open(tmp_path / "back.bin", "rb") as f:
+        f.seek(50 * MB)
+        assert f.read(4) == bytes([50]) * 4
+
+
+# -- the probe -------------------------------------------------------------------------------------
+
+
+def test_probe_of_a_working_store_leaves_nothing(s3_bucket: Bucket, tmp_path: Path) -> None:
+    open_artifacts(f"{s3_bucket.url}/p").probe()
+    assert s3_bucket.keys() == []
+    open_artifacts(str(tmp_path / "store")).probe()
+    assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_probe_of_an_unreachable_s3_endpoint_names_it_without_credentials(
+    s3_bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        open_artifacts(f"{s3_bucket.url}/p").probe(where="--artifacts")
+    message = str(err.value)
+    assert message.startswith(f"--artifacts: artifact store {s3_bucket.url}/p is not usable")
+    assert "cannot write" in message and "reachable and writable" in message
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in message
+    assert time.monotonic() - started < 60
+
+
+def test_probe_of_a_missing_bucket_names_it(s3_bucket: Bucket) -> None:
+    with pytest.raises(ConfigError, match="s3://no-such-bucket-tlsearch/p is not usable.*NoSuchBucket"):
+        open_artifacts("s3://no-such-bucket-tlsearch/p").probe()
+
+
+def test_probe_of_an_unwritable_folder_names_it(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="a-file/store is not usable: cannot write"):
+        open_artifacts(str(tmp_path / "a-file" / "store")).probe()
+
+
+def test_run_with_an_unusable_store_exits_2_before_reading_an_image(
+    s3_bucket: Bucket, write_study, tmp_path: Path
+) -> None:
+    from tlsearch.cli import main
+
+    study = write_study()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["run", str(study), "--out", str(out), "--artifacts", "s3://no-such-bucket-tlsearch/runs"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "s3://no-such-bucket-tlsearch/runs" in result.output
+    assert not out.exists()  # not even the image check's cache
+
+
+# -- a writer killed mid-upload ---------------------------------------------------------------------
+
+SHARE_CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from tlsearch.artifacts import open_artifacts
+    from tlsearch.search.study_dir import StudyDir
+
+    StudyDir(Path(sys.argv[1]), open_artifacts(sys.argv[2])).share_checkpoint(7)
+    """
+)
+
+
+def _checkpoint(root: Path, weights_mb: int) -> None:
+    folder = StudyDir(root).trial_dir(7)
+    folder.mkdir(parents=True)
+    with open(folder / "model.safetensors", "wb") as f:
+        for _ in range(weights_mb):
+            f.write(os.urandom(MB))
+    (folder / "trial.json").write_text(json.dumps({"number": 7}))
+
+
+def _start_share(root: Path, url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", SHARE_CHILD, str(root), url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}"},
+    )
+
+
+def _reader_sees_no_checkpoint(tmp_path: Path, url: str) -> None:
+    from tlsearch.search.checkpoint import CheckpointError, load_record
+
+    reader = StudyDir(tmp_path / "reader", open_artifacts(url))
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_record(reader.checkpoint(7))
+    assert not (reader.trial_dir(7) / "model.safetensors").exists()
+
+
+def test_a_writer_killed_mid_upload_to_s3_leaves_nothing_a_reader_takes(
+    s3_bucket: Bucket, tmp_path: Path
+) -> None:
+    _checkpoint(tmp_path / "writer", 96)
+    url = f"{s3_bucket.url}/runs"
+    proc = _start_share(tmp_path / "writer", url)
+
+    def uploading() -> bool:
+        return bool(s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads"))
+
+    wait_for_marker(uploading, proc, timeout=120, what="the multipart upload of the weights")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert s3_bucket.keys() == []  # neither the weights nor the record
+    _reader_sees_no_checkpoint(tmp_path, url)
+
+
+def test_a_writer_killed_mid_write_to_a_folder_leaves_nothing_a_reader_takes(tmp_path: Path) -> None:
+    writer, store = tmp_path / "writer", tmp_path / "store"
+    _checkpoint(writer, 1)
+    weights = StudyDir(writer).trial_dir(7) / "model.safetensors"
+    weights.unlink()
+    os.mkfifo(weights)  # the weights arrive as slowly as this test feeds them
+    proc = _start_share(writer, str(store))
+    with open(weights, "wb") as feed:
+        feed.write(os.urandom(MB))
+        feed.flush()
+
+        def temporary() -> list[Path]:
+            return list((store / "trials/0007").glob("*.tmp")) if (store / "trials/0007").is_dir() else []
+
+        wait_for_marker(temporary, proc, timeout=60, what="the temporary file of the weights")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    leftovers = sorted(p.name for p in (store / "trials/0007").iterdir())
+    assert len(leftovers) == 1 and leftovers[0].endswith(".safetensors.tmp")  # a name no reader takes
+    _reader_sees_no_checkpoint(tmp_path, str(store))
+
+
+def test_a_reader_takes_a_complete_checkpoint(s3_bucket: Bucket, tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "writer", 2)
+    url = f"{s3_bucket.url}/runs"
+    StudyDir(tmp_path / "writer", open_artifacts(url)).share_checkpoint(7)
+    assert s3_bucket.keys() == ["runs/trials/0007/model.safetensors", "runs/trials/0007/trial.json"]
+    reader = StudyDir(tmp_path / "reader", open_artifacts(url))
+    folder = reader.checkpoint(7)
+    for name in ("model.safetensors", "trial.json"):
+        assert (folder / name).read_bytes() == (tmp_path / "writer/trials/0007" / name).read_bytes()
