@@ -91,6 +91,9 @@ def test_a_study_shares_through_s3_and_another_machine_exports_it(
         _cli("status", "elsewhere", "--storage", storage, "--artifacts", url, "--json")
     )  # yet another empty folder on machine 2
     assert status["finished"] == TRIALS and status["best"]["trial"] == best
+    api = tlsearch.Study.open("elsewhere-api", storage=str(storage), artifacts=url).status()
+    assert api.pop("folder") == "elsewhere-api" and status.pop("folder") == "elsewhere"
+    assert json.loads(json.dumps(api, default=str)) == status  # the CLI is thin over the API
 
 
 def test_a_study_shares_through_a_separate_folder_and_the_api_exports_it_elsewhere(

@@ -219,9 +219,12 @@ class Artifacts:
     :meth:`upload` and :meth:`download` stream through file objects (no whole file in memory);
     a download lands in a temporary file renamed into place."""
 
-    def __init__(self, location: ArtifactLocation, store: OptunaStore | None = None) -> None:
+    def __init__(
+        self, location: ArtifactLocation, store: OptunaStore | None = None, *, source: str = "artifacts"
+    ) -> None:
         self.location = location
         self._store = store
+        self.source = source  # where the URL came from ("--artifacts", "study.yaml: artifacts"), for messages
 
     @property
     def url(self) -> str:
@@ -327,10 +330,11 @@ class Artifacts:
         except Exception as exc:
             raise self._error("remove", name, exc) from None
 
-    def probe(self, *, where: str = "artifacts") -> None:
+    def probe(self, *, where: str | None = None) -> None:
         """Write, read back and remove a small object, before any work: a store that does not
         answer, refuses the credentials or is read-only is a :class:`ConfigError` (exit 2) naming
         it, redacted, and ``where`` it came from."""
+        where = where or self.source
         name = f"{PROBE_PREFIX}/{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         payload = b"tlsearch artefact store probe\n"
         try:
@@ -378,4 +382,4 @@ def _redact_text(text: str, location: ArtifactLocation) -> str:
 
 def open_artifacts(spec: str, *, base: Path | None = None, where: str = "artifacts") -> Artifacts:
     """The store of the artefact URL ``spec`` (see :func:`parse_artifacts`), not yet contacted."""
-    return Artifacts(parse_artifacts(spec, base=base, where=where))
+    return Artifacts(parse_artifacts(spec, base=base, where=where), source=where)

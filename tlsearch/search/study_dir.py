@@ -67,7 +67,7 @@ class StudyDir:
     def probe_artifacts(self) -> None:
         """Check that the store answers and takes writes, before any work (exit 2 naming it)."""
         if self.artifacts is not None:
-            self.artifacts.probe(where="artifacts")
+            self.artifacts.probe()
 
     def share(self, *names: str) -> None:
         """Upload the folder's files ``names`` (paths relative to it), in this order."""
@@ -86,7 +86,9 @@ class StudyDir:
 
     def fetch_config(self) -> None:
         """A machine with an empty folder gets ``study.json`` from the store (when there is one)."""
-        if not self.config_file.is_file() and self.fetch(self.config_file.name) is False and self.shares:
+        if self.config_file.is_file() or not self.shares:
+            return
+        if not self.fetch(self.config_file.name):
             assert self.artifacts is not None
             raise ConfigError(
                 f"artifact store {self.artifacts.url} has no study.json ({self.artifacts.where('study.json')}): "
