@@ -282,7 +282,7 @@ def _reader_sees_no_checkpoint(tmp_path: Path, url: str) -> None:
 def test_a_writer_killed_mid_upload_to_s3_leaves_nothing_a_reader_takes(
     s3_bucket: Bucket, tmp_path: Path
 ) -> None:
-    _checkpoint(tmp_path / "writer", 96)
+    _checkpoint(tmp_path / "writer", 40)  # five 8 MB parts
     url = f"{s3_bucket.url}/runs"
     proc = _start_share(tmp_path / "writer", url)
 
