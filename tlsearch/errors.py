@@ -111,6 +111,26 @@ def _first_line(exc: BaseException) -> str:
     return short_repr(lines[0], 160).strip("'\"") if lines else type(exc).__name__
 
 
+class StorageUnavailable(TlsearchError):
+    """The study's storage (the gRPC storage proxy) stopped answering and did not come back within
+    the retry window (``TLSEARCH_PROXY_RETRY_SECONDS``). The running trial fails and the worker
+    stops (exit 1); completed trials are kept, and a worker started once the storage is back
+    resumes the study (the interrupted trial is failed and requeued by its stale-trial sweep)."""
+
+
+def storage_unavailable(exc: BaseException) -> StorageUnavailable | None:
+    """The :class:`StorageUnavailable` anywhere in ``exc``'s chain (Optuna may raise another error
+    while handling it), else None."""
+    seen: BaseException | None = exc
+    for _ in range(32):  # a chain is short; a cycle must not hang the error path
+        if seen is None:
+            return None
+        if isinstance(seen, StorageUnavailable):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class ExportError(TlsearchError):
     """The exported model failed a check (onnx.checker, or parity with PyTorch)."""
 

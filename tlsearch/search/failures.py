@@ -51,8 +51,10 @@ from tlsearch.errors import (
     DataError,
     PluginCallError,
     PluginError,
+    StorageUnavailable,
     TlsearchError,
     WriteError,
+    storage_unavailable,
 )
 from tlsearch.kinds import Backbone, FreezingStrategy, Head, Regularizer
 from tlsearch.registry import Registry
@@ -75,7 +77,17 @@ PLUGIN_METHODS: dict[str, tuple[str, ...]] = {
         "teardown",
     ),
 }
-FAILURE_KINDS = ("oom", "non_finite", "plugin", "data", "interrupted", "worker_lost", "error", "skipped")
+FAILURE_KINDS = (
+    "oom",
+    "non_finite",
+    "plugin",
+    "data",
+    "interrupted",
+    "worker_lost",
+    "error",
+    "skipped",
+    "storage",
+)
 #: user attributes of a failed trial
 TRACEBACK_ATTR = "failure_traceback"
 SCOPE_ATTR = "failure_scope"  # "study" when every trial would fail the same way
@@ -100,6 +112,7 @@ _PASS_THROUGH: tuple[type[BaseException], ...] = (
     torch.cuda.OutOfMemoryError,
     MemoryError,
     PluginCallError,
+    StorageUnavailable,  # the storage proxy went away: not the plugin's fault
 )
 
 
@@ -244,6 +257,9 @@ def is_oom(exc: BaseException) -> bool:
 def classify(exc: BaseException) -> tuple[str, str]:
     """(``failure_kind``, reason) for an exception that ended a trial."""
     first_line = (str(exc).strip().splitlines() or [""])[0]
+    lost = storage_unavailable(exc)
+    if lost is not None:
+        return "storage", f"storage unavailable: {lost}"
     if isinstance(exc, Terminated):
         return "interrupted", f"interrupted by {exc}; rerun the command to resume"
     if isinstance(exc, KeyboardInterrupt):

@@ -13,7 +13,13 @@ import torch
 from optuna.trial import TrialState
 
 from tlsearch.config import ResolvedSpace, StudyConfig
-from tlsearch.errors import TlsearchError, WriteError, disk_full_error
+from tlsearch.errors import (
+    StorageUnavailable,
+    TlsearchError,
+    WriteError,
+    disk_full_error,
+    storage_unavailable,
+)
 from tlsearch.registry import PluginManager
 from tlsearch.search.budget import FINISHED, SKIPPED_ATTR, BudgetReached, study_deadline, wait_for_slot
 from tlsearch.search.checkpoint import TrialRecord, save_checkpoint
@@ -150,13 +156,18 @@ class Objective:
         #: set when a write to the storage met a full disk (the database server's, most often):
         #: the study is stopped and ``run_study`` raises it, instead of failing trial after trial
         self.disk_full: WriteError | None = None
+        #: set when the storage (the gRPC proxy) stayed away past its retry window: the trial failed
+        #: (recorded if the storage answered that last write), the study is stopped, and
+        #: ``run_study`` raises it (exit 1); a worker started once it is back resumes the study
+        self.storage_lost: StorageUnavailable | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         try:
             return self._call(trial)
         except Exception as exc:  # a storage write that met a full disk: no later trial can be recorded
             self.disk_full = disk_full_error(exc)
-            if self.disk_full is not None:
+            self.storage_lost = storage_unavailable(exc)
+            if self.disk_full is not None or self.storage_lost is not None:
                 trial.study.stop()
             raise
 

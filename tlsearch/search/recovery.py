@@ -32,6 +32,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from tlsearch.errors import StorageUnavailable
 from tlsearch.search.storage import has_heartbeat
 from tlsearch.worker_settings import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
@@ -222,7 +223,9 @@ def requeue_after_heartbeat(study: optuna.Study, trial: FrozenTrial) -> None:
 
 class TrialHeartbeat:
     """Refresh the trial's ``heartbeat`` user attribute from a thread, for storages without Optuna's
-    heartbeats (the journal file). A no-op where Optuna beats already."""
+    heartbeats (the journal file, the gRPC proxy). A no-op where Optuna beats already. An outage
+    of the storage (:class:`~tlsearch.errors.StorageUnavailable`) does not end the thread: it
+    beats again at the next interval, so a trial that outlives a proxy restart stays alive."""
 
     def __init__(self, study: optuna.Study, trial_id: int, *, interval: float = HEARTBEAT_INTERVAL) -> None:
         self.storage = study._storage
@@ -241,6 +244,8 @@ class TrialHeartbeat:
         while not self._stop.wait(self.interval):
             try:
                 self.storage.set_trial_user_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+            except StorageUnavailable:
+                continue  # the proxy is away: beat again when it is back (the worker decides to stop)
             except Exception:
                 return  # the trial finished (or was swept); nothing left to keep alive
 

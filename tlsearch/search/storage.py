@@ -77,11 +77,13 @@ def make_storage(
     heartbeat_interval: int | None = HEARTBEAT_INTERVAL,
     grace_period: int | None = GRACE_PERIOD,
     on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    pool: int | None = None,
 ) -> BaseStorage:
     """The Optuna storage for ``spec`` (see the module docstring for the accepted forms).
 
     Databases get Optuna's heartbeats (``heartbeat_interval`` seconds, stale after
-    ``grace_period``, then ``on_stale(study, trial)`` runs); ``None`` switches them off. Connecting is retried a few times with jitter:
+    ``grace_period``, then ``on_stale(study, trial)`` runs); ``None`` switches them off. ``pool``:
+    a fixed number of database connections (SQLAlchemy's pool, no overflow; the proxy's). Connecting is retried a few times with jitter:
     many workers starting at once on a fresh database race to create Optuna's tables.
     """
     kind = storage_kind(spec)
@@ -92,7 +94,11 @@ def make_storage(
     if kind == "grpc":
         return grpc_proxy(spec)
     spec = with_available_driver(spec)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {"pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = (
+        {"connect_args": {"timeout": 60}} if kind == "sqlite" else {"pool_pre_ping": True}
+    )
+    if pool is not None and kind != "sqlite":
+        engine_kwargs.update(pool_size=pool, max_overflow=0, pool_timeout=120)
     last: Exception | None = None
     for attempt in range(_CONNECT_ATTEMPTS):
         try:
@@ -142,11 +148,14 @@ def grpc_proxy(spec: str, *, timeout: float | None = None) -> BaseStorage:
     host, port = grpc_address(spec)
     timeout = PROXY_READY_TIMEOUT if timeout is None else timeout
     try:
-        from optuna.storages import GrpcStorageProxy
+        from optuna.storages import GrpcStorageProxy  # noqa: F401 - tlsearch's client extends it
     except ImportError as exc:  # pragma: no cover - optuna 5 has it
         raise ConfigError(f"storage {spec!r} needs Optuna's gRPC proxy: {exc}") from exc
     require_grpc(f"storage {spec!r}")
-    proxy = GrpcStorageProxy(host=host, port=port)
+    from tlsearch.search.grpc_storage import TlsearchGrpcStorage, retry_seconds
+
+    retry = retry_seconds()  # a bad TLSEARCH_PROXY_RETRY_SECONDS fails here, before any work
+    proxy = TlsearchGrpcStorage(host=host, port=port, retry=retry)
     try:
         proxy.wait_server_ready(timeout=timeout)
     except Exception as exc:
@@ -158,16 +167,22 @@ def grpc_proxy(spec: str, *, timeout: float | None = None) -> BaseStorage:
     return proxy
 
 
-def serve_grpc_proxy(spec: str, *, host: str, port: int) -> None:
-    """Run Optuna's gRPC storage proxy over the database ``spec`` until stopped. The database is
-    opened without Optuna's heartbeats (its clients, through the proxy, cannot send any; they
-    keep tlsearch's own) and behind Optuna's in-process cache, as Optuna's documentation asks."""
-    from optuna.storages import run_grpc_proxy_server
+def serve_grpc_proxy(spec: str, *, host: str, port: int, pool: int | None = None) -> None:
+    """Run Optuna's gRPC storage proxy over the database ``spec`` until stopped, with tlsearch's
+    grouped trial writes beside Optuna's service (:mod:`tlsearch.search.grpc_storage`). The
+    database is opened without Optuna's heartbeats (its clients, through the proxy, cannot send
+    any; they keep tlsearch's own), behind Optuna's in-process cache, as Optuna's documentation
+    asks, on a fixed pool of ``pool`` connections (default ``PROXY_POOL``, no overflow): the
+    database sees that many connections at most, however many workers there are."""
     from optuna.storages._cached_storage import _CachedStorage
 
-    database = make_storage(spec, heartbeat_interval=None, grace_period=None)
+    from tlsearch.search.grpc_storage import PROXY_POOL, make_proxy_server
+
+    database = make_storage(spec, heartbeat_interval=None, grace_period=None, pool=pool or PROXY_POOL)
     assert isinstance(database, RDBStorage)
-    run_grpc_proxy_server(_CachedStorage(database), host=host, port=port)
+    server = make_proxy_server(_CachedStorage(database), host=host, port=port)
+    server.start()
+    server.wait_for_termination()
 
 
 def _write_ahead_log(storage: RDBStorage) -> None:

@@ -21,7 +21,7 @@ from optuna.storages import BaseStorage
 
 from tlsearch.config import StudyConfig, load_config, resolve_space
 from tlsearch.data import load_splits
-from tlsearch.errors import ConfigError, PluginError, TlsearchError
+from tlsearch.errors import ConfigError, PluginError, TlsearchError, storage_unavailable
 from tlsearch.rank.study import ranked_space
 from tlsearch.registry import PluginManager, get_plugin_manager
 from tlsearch.search.baseline import MAJORITY_ATTR, majority_class
@@ -363,17 +363,25 @@ def run_study(
     policy = FailurePolicy(settings.max_failures_in_a_row)
     pm.notify("tlsearch_study_start", study=study, config=config, out_dir=str(study_dir.root))
     try:
-        if not should_stop(study, budget):
-            study.optimize(
-                objective,
-                timeout=timeout,
-                catch=(Exception,),
-                callbacks=[BudgetCallback(budget), policy],
-                gc_after_trial=True,
-                show_progress_bar=False,
-            )
-            if objective.disk_full is not None:  # one clear line, not "N failed trials in a row"
-                raise objective.disk_full
+        try:
+            if not should_stop(study, budget):
+                study.optimize(
+                    objective,
+                    timeout=timeout,
+                    catch=(Exception,),
+                    callbacks=[BudgetCallback(budget), policy],
+                    gc_after_trial=True,
+                    show_progress_bar=False,
+                )
+        except Exception as exc:  # the storage proxy gone: Optuna's own writes after the trial fail too
+            lost = objective.storage_lost or storage_unavailable(exc)
+            if lost is not None:
+                raise lost from None
+            raise
+        if objective.storage_lost is not None:  # the worker stops, exit 1, with the reason
+            raise objective.storage_lost
+        if objective.disk_full is not None:  # one clear line, not "N failed trials in a row"
+            raise objective.disk_full
     finally:
         pm.notify("tlsearch_study_end", study=study, out_dir=str(study_dir.root))
         study_dir.share_trail()

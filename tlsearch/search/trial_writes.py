@@ -243,8 +243,9 @@ def commit_trial_writes(
 ) -> None:
     """Write parameters (internal representation), intermediate values, user and system attributes of the
     RUNNING trial ``trial_id`` in one transaction: one database commit (``RDBStorage``), one
-    journal append with one fsync (``JournalStorage``); any other storage gets Optuna's writes one
-    by one. The same checks as Optuna's own writes apply (a finished trial raises)."""
+    journal append with one fsync (``JournalStorage``), one call and one commit on the proxy
+    through tlsearch's gRPC client (:mod:`tlsearch.search.grpc_storage`); any other storage (Optuna's
+    plain proxy too) gets Optuna's writes one by one. The same checks as Optuna's own writes apply (a finished trial raises)."""
     steps, attrs, system_attrs = steps or {}, attrs or {}, system_attrs or {}
     backend = getattr(storage, "_backend", storage)
     if isinstance(backend, RDBStorage) and hasattr(backend, "scoped_session"):
@@ -278,6 +279,11 @@ def commit_trial_writes(
                 [{"op_code": op, "worker_id": worker, "trial_id": trial_id, **fields} for op, fields in logs]
             )
             storage._sync_with_backend()
+        return
+    grouped = getattr(storage, "commit_trial_writes", None)  # tlsearch's gRPC proxy client
+    if grouped is not None and grouped(
+        trial_id, params=list(params), steps=steps, attrs=attrs, system_attrs=system_attrs
+    ):
         return
     for name, value, distribution in params:
         storage.set_trial_param(trial_id, name, value, distribution)

@@ -1,0 +1,195 @@
+"""A storage proxy that goes away: a real ``tlsearch storage-proxy`` on loopback in front of a real
+PostgreSQL, killed (SIGKILL) and started again on the same port. Calls retry ``UNAVAILABLE``
+for the window, then raise StorageUnavailable; the heartbeat thread outlives the outage; real
+workers fail clearly (exit 1) and a worker started once the proxy is back finishes the budget."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+pytest.importorskip("grpc", reason="the gRPC proxy needs grpcio (tlsearch[grpc])")
+
+from tests.grpc_helpers import Proxy  # noqa: E402
+from tests.postgres import postgres_url  # noqa: E402, F401 - fixture
+from tlsearch.cli import main  # noqa: E402
+from tlsearch.errors import StorageUnavailable  # noqa: E402
+from tlsearch.search.budget import FINISHED  # noqa: E402
+from tlsearch.search.grpc_storage import RETRY_ENV, TlsearchGrpcStorage, retry_seconds  # noqa: E402
+from tlsearch.search.recovery import HEARTBEAT_ATTR, RETRY_OF_ATTR, WORKER_ATTR, TrialHeartbeat  # noqa: E402
+from tlsearch.search.storage import grpc_address, make_storage  # noqa: E402
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+# Epochs that last long enough for the proxy to be killed while trials run.
+SLOW_EPOCHS = textwrap.dedent("""
+    import time
+    from tlsearch import hookimpl
+
+    @hookimpl
+    def tlsearch_epoch_end(trial, epoch, metrics, out_dir):
+        time.sleep(0.7)
+""")
+
+
+def _client(url: str, retry: float) -> TlsearchGrpcStorage:
+    host, port = grpc_address(url)
+    client = TlsearchGrpcStorage(host=host, port=port, retry=retry)
+    client.wait_server_ready(timeout=30)
+    return client
+
+
+def _wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_an_outage_is_retried_then_raised_and_the_heartbeat_outlives_it(postgres_url: str) -> None:  # noqa: F811
+    proxy = Proxy(postgres_url).start()
+    database = make_storage(postgres_url, heartbeat_interval=None)  # reads the database itself
+    try:
+        short = _client(proxy.url, retry=1.0)
+        patient = _client(proxy.url, retry=60.0)
+        study = optuna.create_study(storage=short, study_name="outage")
+        trial_id = short.create_new_trial(study._study_id)
+        with TrialHeartbeat(study, trial_id, interval=0.2) as beat:
+            proxy.kill()
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable, match=f"{proxy.url}.*{RETRY_ENV}=1 s"):
+                short.set_trial_user_attr(trial_id, "lost", True)
+            assert 0.9 <= time.monotonic() - started < 6, "the window is 1 s of retries"
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable):  # the window is spent: one try, at once
+                short.set_trial_user_attr(trial_id, "lost", True)
+            assert time.monotonic() - started < 1.0
+
+            # A call within its window waits through the outage and lands once the proxy is back.
+            landed: list[BaseException | None] = []
+
+            def write() -> None:
+                try:
+                    patient.set_trial_user_attr(trial_id, "through_the_outage", True)
+                    landed.append(None)
+                except BaseException as exc:  # reported by the assertion below
+                    landed.append(exc)
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            time.sleep(1.0)  # the heartbeat thread meets StorageUnavailable meanwhile, several times
+            assert writer.is_alive() and not landed
+            proxy.start()
+            back = time.time()
+            writer.join(timeout=30)
+            assert landed == [None]
+            _wait_until(
+                lambda: database.get_trial(trial_id).user_attrs.get(HEARTBEAT_ATTR, 0) > back,
+                timeout=20,
+                what="a heartbeat after the proxy came back",
+            )
+            assert beat._thread is not None and beat._thread.is_alive()
+        attrs = database.get_trial(trial_id).user_attrs
+        assert attrs["through_the_outage"] is True and "lost" not in attrs
+        short.set_trial_user_attr(trial_id, "again", 1)  # the outage is over for the short client too
+        assert database.get_trial(trial_id).user_attrs["again"] == 1
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("bad", ["soon", "-1", "nan", "inf"])
+def test_a_bad_retry_window_names_the_variable(bad: str) -> None:
+    with pytest.raises(Exception, match=f"{RETRY_ENV}='{bad}'.*number ≥ 0"):
+        retry_seconds({RETRY_ENV: bad})
+    assert retry_seconds({}) == 60.0 and retry_seconds({RETRY_ENV: "2.5"}) == 2.5
+
+
+def test_workers_fail_clearly_when_the_proxy_dies_and_the_study_completes_once_it_is_back(
+    write_study,
+    postgres_url: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    budget = 4
+    plugin = tmp_path / "slow_epochs.py"
+    plugin.write_text(SLOW_EPOCHS)
+    study = write_study(
+        plugins=[str(plugin)],
+        space={"freezing": ["linear_probe"]},
+        training={"epochs": 3},
+        search={"n_trials": budget, "pruner": "none"},
+    )
+    name = yaml.safe_load(study.read_text())["name"]
+    out = tmp_path / "run"
+    proxy = Proxy(postgres_url).start()
+    database = make_storage(postgres_url, heartbeat_interval=None)
+    try:
+        created = CliRunner().invoke(
+            main, ["run", str(study), "--storage", proxy.url, "--out", str(out), "--workers", "0"]
+        )
+        assert created.exit_code == 0, created.output
+        study_id = database.get_study_id_from_name(name)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", RETRY_ENV: "3"}
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tlsearch",
+                    "worker",
+                    str(study),
+                    "--storage",
+                    proxy.url,
+                    "--out",
+                    str(out),
+                ],
+                env={**env, "TLSEARCH_WORKER_RANK": str(rank)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for rank in range(2)
+        ]
+
+        def training() -> bool:
+            trials = database.get_all_trials(study_id, states=(TrialState.RUNNING,))
+            return any(t.user_attrs.get("choices") for t in trials)
+
+        _wait_until(training, timeout=150, what="a worker's trial to train")
+        proxy.kill()  # mid-study: a trial is training
+        for worker in workers:
+            output, _ = worker.communicate(timeout=120)
+            assert worker.returncode == 1, output
+            assert f"the storage proxy at {proxy.url} did not answer" in output, output
+            assert f"{RETRY_ENV}=3 s" in output and "Traceback" not in output, output
+        stuck = database.get_all_trials(study_id, states=(TrialState.RUNNING,))
+        assert stuck, "the proxy died while no trial ran"
+
+        proxy.start()  # the same address: a new worker resumes the study
+        monkeypatch.setenv(RETRY_ENV, "30")
+        resumed = CliRunner().invoke(main, ["worker", str(study), "--storage", proxy.url, "--out", str(out)])
+        assert resumed.exit_code == 0, resumed.output
+
+        trials = database.get_all_trials(study_id)
+        assert sum(t.state in FINISHED for t in trials) == budget, [(t.number, t.state) for t in trials]
+        assert not [t for t in trials if t.state == TrialState.RUNNING]
+        by_number = {t.number: t for t in trials}
+        for lost in stuck:  # failed with the reason, and their parameters retried
+            after = by_number[lost.number]
+            assert after.state == TrialState.FAIL and "worker died" in after.user_attrs["failure"]
+            assert str(lost.user_attrs[WORKER_ATTR]["pid"]) in after.user_attrs["failure"]
+            retries = [t for t in trials if t.user_attrs.get(RETRY_OF_ATTR) == lost.number]
+            assert len(retries) == 1 and retries[0].params == lost.params
+    finally:
+        proxy.stop()

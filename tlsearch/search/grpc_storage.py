@@ -1,0 +1,298 @@
+"""tlsearch's side of Optuna's gRPC storage proxy: grouped trial writes and outages.
+
+Two additions to Optuna's proxy, each on its own side of the wire:
+
+* **Grouped trial writes.** :mod:`tlsearch.search.trial_writes` commits a trial's staged writes
+  (its parameters, intermediate values, user and system attributes) in one transaction on a
+  database. Through Optuna's plain proxy each of those writes is one RPC and one database commit
+  (~30 per trial). The proxy that ``tlsearch storage-proxy`` runs therefore serves one more
+  method beside Optuna's service, ``/tlsearch.TrialWrites/Commit`` (a generic gRPC handler, so no
+  generated code): the group travels as one JSON document (never pickle) and is applied by the
+  same :func:`~tlsearch.search.trial_writes.commit_trial_writes` as on a database, in one
+  transaction and one commit. A client that meets a plain Optuna proxy (``UNIMPLEMENTED``) falls
+  back to one write per call, once and for all.
+* **Outages.** A proxy that goes away (restarted, its host lost) makes every call fail with
+  ``UNAVAILABLE``. The client (:class:`TlsearchGrpcStorage`) retries such calls with jittered
+  back-off for ``TLSEARCH_PROXY_RETRY_SECONDS`` (default 60) counted from the start of the outage,
+  then raises :class:`~tlsearch.errors.StorageUnavailable`. The window is shared by every call of
+  the process: once it is spent, each call tries once and raises at once, until one succeeds, so a
+  worker stops promptly and its heartbeat thread keeps trying without waiting a window per beat.
+
+The proxy's database pool is small and fixed (:data:`PROXY_POOL` connections, no overflow): that is
+the point of the proxy, however many workers connect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, GrpcStorageProxy
+from optuna.storages._grpc.auto_generated import api_pb2_grpc
+
+from tlsearch.errors import StorageUnavailable
+
+log = logging.getLogger("tlsearch")
+
+SERVICE = "tlsearch.TrialWrites"
+COMMIT_METHOD = f"/{SERVICE}/Commit"
+RETRY_ENV = "TLSEARCH_PROXY_RETRY_SECONDS"
+RETRY_SECONDS = 60.0
+#: the proxy's database connections (SQLAlchemy pool_size, no overflow): peak ≤ this, whatever N
+PROXY_POOL = 3
+#: the proxy's RPC threads: more than the pool, so that reads queue on the pool, not on gRPC
+PROXY_THREADS = 16
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 2.0
+#: the channel reconnects at least this often while the proxy is away (gRPC's default grows to 120 s,
+#: which would leave a worker failing for up to two minutes after the proxy is back)
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+def retry_seconds(environ: Mapping[str, str] | None = None) -> float:
+    """``TLSEARCH_PROXY_RETRY_SECONDS`` (default 60): how long an outage is retried. A value that is
+    not a number ≥ 0 is a ConfigError naming it."""
+    from tlsearch.errors import ConfigError
+
+    raw = (os.environ if environ is None else environ).get(RETRY_ENV)
+    if raw is None or raw.strip() == "":
+        return RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(
+            f"{RETRY_ENV}={raw!r} is not valid; give the seconds to retry an outage (a number ≥ 0)"
+        )
+    return value
+
+
+# -- the wire format -------------------------------------------------------------------------------
+
+
+def encode_group(
+    trial_id: int,
+    *,
+    params: list[tuple[str, float, BaseDistribution]],
+    steps: dict[int, float],
+    attrs: dict[str, Any],
+    system_attrs: dict[str, Any],
+) -> bytes:
+    """One JSON document for a group of writes (distributions as Optuna's own JSON; NaN and
+    infinities as Python's json writes them, both ends being Python)."""
+    group = {
+        "trial_id": int(trial_id),
+        "params": [[name, float(value), distribution_to_json(d)] for name, value, d in params],
+        "steps": [[int(step), float(value)] for step, value in steps.items()],
+        "attrs": attrs,
+        "system_attrs": system_attrs,
+    }
+    return json.dumps(group).encode()
+
+
+def decode_group(payload: bytes) -> dict[str, Any]:
+    """The arguments of :func:`~tlsearch.search.trial_writes.commit_trial_writes` from
+    :func:`encode_group`'s document; anything else is a ValueError saying what is wrong."""
+    try:
+        group = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"the group of writes is not JSON: {exc}") from None
+    if not isinstance(group, dict) or not isinstance(group.get("trial_id"), int):
+        raise ValueError("the group of writes must be a JSON object with an integer trial_id")
+    try:
+        params = [(str(n), float(v), json_to_distribution(d)) for n, v, d in group.get("params", [])]
+        steps = {int(s): float(v) for s, v in group.get("steps", [])}
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"the group of writes has a malformed parameter or step: {exc}") from None
+    attrs, system_attrs = group.get("attrs", {}), group.get("system_attrs", {})
+    if not isinstance(attrs, dict) or not isinstance(system_attrs, dict):
+        raise ValueError("attrs and system_attrs of the group of writes must be JSON objects")
+    return {
+        "trial_id": group["trial_id"],
+        "params": params,
+        "steps": steps,
+        "attrs": attrs,
+        "system_attrs": system_attrs,
+    }
+
+
+# -- the server ------------------------------------------------------------------------------------
+
+
+def trial_writes_handler(storage: BaseStorage) -> grpc.GenericRpcHandler:
+    """The ``/tlsearch.TrialWrites/Commit`` method over ``storage`` (the proxy's database): one
+    group, one transaction. Errors map to the status codes Optuna's own service uses, so that the
+    client raises what Optuna's writes raise."""
+    from tlsearch.search.trial_writes import commit_trial_writes
+
+    def commit(payload: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            group = decode_group(payload)
+            trial_id = group.pop("trial_id")
+            commit_trial_writes(storage, trial_id, **group)
+        except UpdateFinishedTrialError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except KeyError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no trial {exc}")
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return b"{}"
+
+    handler = grpc.unary_unary_rpc_method_handler(commit)  # bytes in, bytes out
+    return grpc.method_handlers_generic_handler(SERVICE, {"Commit": handler})
+
+
+def make_proxy_server(storage: BaseStorage, *, host: str, port: int) -> grpc.Server:
+    """Optuna's proxy server over ``storage`` with tlsearch's grouped-writes method beside it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from optuna.storages._grpc.server import make_server
+
+    server = make_server(storage, host, port, ThreadPoolExecutor(max_workers=PROXY_THREADS))
+    server.add_generic_rpc_handlers((trial_writes_handler(storage),))
+    return server
+
+
+# -- the client ------------------------------------------------------------------------------------
+
+
+class _Outage:
+    """When the proxy stopped answering (shared by every call of one client), and the retry loop."""
+
+    def __init__(self, where: str, seconds: float) -> None:
+        self.where = where
+        self.seconds = seconds
+        self.since: float | None = None
+        self._lock = threading.Lock()
+
+    def call(self, attempt: Callable[[], Any]) -> Any:
+        """``attempt()`` (a gRPC outcome) until it is not UNAVAILABLE or the window is spent."""
+        delay = _BACKOFF_FIRST
+        while True:
+            outcome = attempt()
+            if outcome.code() != grpc.StatusCode.UNAVAILABLE:
+                if self.since is not None:
+                    with self._lock:
+                        if self.since is not None:
+                            log.warning("the storage proxy at %s answers again", self.where)
+                        self.since = None
+                return outcome
+            now = time.monotonic()
+            with self._lock:
+                if self.since is None:
+                    self.since = now
+                    log.warning(
+                        "the storage proxy at %s is unavailable; retrying for %.0f s",
+                        self.where,
+                        self.seconds,
+                    )
+                since = self.since
+            left = since + self.seconds - now
+            if left <= 0:
+                raise StorageUnavailable(
+                    f"the storage proxy at {self.where} did not answer for {now - since:.0f} s "
+                    f"(UNAVAILABLE: {outcome.details()}); {RETRY_ENV}={self.seconds:g} s of retries are spent. "
+                    "Completed trials are kept: start the proxy again (`tlsearch storage-proxy`) and "
+                    "rerun a worker to resume the study"
+                )
+            time.sleep(min(left, delay * (0.5 + random.random())))
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+
+class _RetryInterceptor(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self, outage: _Outage) -> None:
+        self.outage = outage
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return self.outage.call(lambda: continuation(details, request))
+
+
+class TlsearchGrpcStorage(GrpcStorageProxy):
+    """Optuna's proxy client, plus grouped trial writes (:meth:`commit_trial_writes`) and retries of
+    an outage (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        retry: float | None = None,
+        interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+    ) -> None:
+        """``retry``: seconds an outage is retried (default ``TLSEARCH_PROXY_RETRY_SECONDS``);
+        ``interceptors``: more gRPC client interceptors, each seeing every attempt (to count calls)."""
+        where = f"grpc://{host}:{port}"
+        self._outage = _Outage(where, retry_seconds() if retry is None else retry)
+        self._interceptors = tuple(interceptors)
+        self._grouped = True
+        super().__init__(host=host, port=port)
+
+    def _setup(self) -> None:
+        from optuna.storages._grpc.client import GrpcClientCache
+
+        self._raw_channel = grpc.insecure_channel(f"{self._host}:{self._port}", options=_CHANNEL_OPTIONS)
+        self._channel = grpc.intercept_channel(
+            self._raw_channel, _RetryInterceptor(self._outage), *self._interceptors
+        )
+        self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+        self._cache = GrpcClientCache(self._stub)
+        self._commit = self._channel.unary_unary(COMMIT_METHOD)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        for key in ("_raw_channel", "_commit"):
+            state.pop(key, None)
+        return state
+
+    def close(self) -> None:
+        self._channel.close()
+        self._raw_channel.close()
+
+    @property
+    def retry_seconds(self) -> float:
+        return self._outage.seconds
+
+    def commit_trial_writes(
+        self,
+        trial_id: int,
+        *,
+        params: list[tuple[str, float, BaseDistribution]],
+        steps: dict[int, float],
+        attrs: dict[str, Any],
+        system_attrs: dict[str, Any],
+    ) -> bool:
+        """Apply the group in one call and one commit on the proxy; False (nothing written) when the
+        proxy is Optuna's plain one, which has no such method: write one by one then."""
+        if not self._grouped:
+            return False
+        payload = encode_group(trial_id, params=params, steps=steps, attrs=attrs, system_attrs=system_attrs)
+        try:
+            self._commit(payload)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                log.info("the storage proxy has no grouped writes (Optuna's own proxy): one write per call")
+                self._grouped = False
+                return False
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise KeyError(exc.details()) from exc
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise UpdateFinishedTrialError(exc.details()) from exc
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise ValueError(exc.details()) from exc
+            raise
+        return True
