@@ -27,7 +27,17 @@ training: {epochs: 2, batch_size: 16}
 search: {n_trials: 2, seed: 0}
 export: {enabled: false}
 """
-SECTIONS = ("summary", "history", "curves", "plugins", "importances", "cost", "leaderboard", "model")
+SECTIONS = (
+    "summary",
+    "history",
+    "curves",
+    "plugins",
+    "importances",
+    "cost",
+    "classes",
+    "leaderboard",
+    "model",
+)
 
 
 def _copy(
@@ -98,7 +108,7 @@ def test_every_section_and_plot(report) -> None:
     for anchor in SECTIONS:
         assert f'<section id="{anchor}">' in html, anchor
     assert [p.name for p in report.plots if p.figure is None] == []
-    assert html.count("<svg") == len(report.plots) == 5
+    assert html.count("<svg") == len(report.plots) + 1 == 6  # the plots and the confusion heat map
     assert "<h3>Best: trial 2</h3>" in html  # the resnet copy
     assert "RuntimeError: boom in the head" in html and "after epoch 1" in html  # epochs count from 1
     assert "timm(test_resnet)" in html and "timm(test_efficientnet)" in html
@@ -116,7 +126,9 @@ def test_no_network_resource(report) -> None:
     html = report.html.read_text()
     assert "http://" not in html and "https://" not in html
     assert "<script" not in html and "<link" not in html
-    assert not re.search(r"""\b(src|href)\s*=\s*["'](?!#)""", html), "only in-page anchors may be linked"
+    # in-page anchors, and the worst images' thumbnails embedded as data: URIs (no file, no network)
+    assert not re.search(r"""\b(src|href)\s*=\s*["'](?!#|data:image/jpeg;base64,)""", html), "a link out"
+    assert 'src="data:image/jpeg;base64,' in html
 
 
 def test_model_files_read_defensively(report) -> None:

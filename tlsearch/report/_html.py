@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tlsearch import __version__
+from tlsearch.report._classes import CSS as CLASSES_CSS
+from tlsearch.report._classes import classes_section
 from tlsearch.report._plots import ALL_PLOTS, Plot
 from tlsearch.report._source import StudySource, open_source
 from tlsearch.report._status import format_duration, leaderboard, study_status, tuned_params
@@ -213,6 +215,7 @@ def render_html(
             "cost",
             f"{metric} against model size and training time; the Pareto front joins the trials no other trial beats on both.",
         ),
+        _classes(src, status),
         '<section id="leaderboard"><h2>Leaderboard</h2>'
         + _leaderboard(src)
         + _unfinished(status)
@@ -228,6 +231,7 @@ def render_html(
             ("plugins", "Plugins"),
             ("importances", "Importances"),
             ("cost", "Cost"),
+            *((("classes", "Classes"),) if '<section id="classes">' in "".join(sections) else ()),
             ("leaderboard", "Leaderboard"),
             ("model", "Model"),
         )
@@ -236,11 +240,27 @@ def render_html(
     where = _esc(status["folder"] or status["storage"])
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>tlsearch report: {_esc(src.study.study_name)}</title><style>{CSS}</style></head><body>"
+        f"<title>tlsearch report: {_esc(src.study.study_name)}</title><style>{CSS}{CLASSES_CSS}</style></head><body>"
         f"<h1>Study {_esc(src.study.study_name)}</h1>"
         f'<p class="sub">{where} · {metric} ({status["direction"]}) · written {stamp} by tlsearch {__version__}</p>'
         f"<nav>{nav}</nav>" + "".join(sections) + "</body></html>\n"
     )
+
+
+def _classes(src: StudySource, status: dict[str, Any]) -> str:
+    """The best trial's per-class results (:mod:`tlsearch.report._classes`); its worst images are
+    read from the data root of the study folder's config (none for a bare storage)."""
+    best = status["best"]
+    if not best:
+        return ""
+    root = None
+    if src.folder is not None:
+        from tlsearch.search.class_attrs import data_root
+        from tlsearch.search.study_dir import StudyDir
+
+        root = data_root(StudyDir(src.folder).load_config())
+    attrs = src.study.trials[best["trial"]].user_attrs
+    return classes_section(attrs, trial=best["trial"], root=root)
 
 
 def _best_block(status: dict[str, Any]) -> str:

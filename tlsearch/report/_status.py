@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 
 from tlsearch.eta import time_left
+from tlsearch.report._classes import STATUS_PAIRS, confused_pairs, format_confused
 from tlsearch.report._source import StudySource, open_source, plugin_labels, trial_seconds
 
 TrialState = optuna.trial.TrialState
@@ -187,7 +188,16 @@ def _best(study: optuna.Study) -> dict[str, Any] | None:
         "choices": trial.user_attrs.get("choices") or {},
         "optuna_params": trial.params,
         "per_class": trial.user_attrs.get("per_class") or [],
+        "confused": most_confused(trial.user_attrs),
     }
+
+
+def most_confused(attrs: dict[str, Any], *, limit: int = STATUS_PAIRS) -> list[dict[str, Any]]:
+    """A trial's most confused class pairs (``true``, ``predicted``, ``count``, ``share`` of the
+    true class's validation images) from its recorded ``confusion`` and ``per_class`` labels."""
+    labels = [str(r["class"]) for r in attrs.get("per_class") or []]
+    pairs = confused_pairs(attrs.get("confusion"), labels=labels, limit=limit) if labels else []
+    return [p.to_dict() for p in pairs]
 
 
 #: ``tlsearch status`` lists every class up to this many, else the worst by F1
@@ -288,6 +298,7 @@ def format_status(status: dict[str, Any]) -> str:
                 f"      model: {best['params'] / 1e6:.2f}M parameters, trained in {format_duration(best['seconds'])}"
             )
         lines += format_per_class(best.get("per_class") or [])
+        lines += format_confused(best.get("confused") or [])
         if status.get("warning"):
             lines.append(f"  {status['warning']}")
     else:

@@ -30,8 +30,6 @@ from tlsearch.train import resolve_device
 MAX_PARITY_IMAGES = 64
 #: the study attribute that says what was exported last: trial, scores, test score, soup
 EXPORT_ATTR = "export"
-#: the metrics a soup can be chosen on (measured by :func:`tlsearch.search.soup.validation_metrics`)
-SOUP_METRICS = ("accuracy", "r2", "mae", "rmse")
 #: the soup's record names at most this many of the top trials it could not mix
 MAX_LEFT_OUT = 10
 
@@ -235,11 +233,9 @@ def _soup(
 ) -> tuple[dict[str, Any], TransferModel | None]:
     """The greedy soup of the exported trial with the next best trials that share its start
     (:mod:`tlsearch.search.soup`): its record for the metadata, and the soup's model when it beats
-    the trial alone (None otherwise)."""
+    the trial alone (None otherwise). The soup is judged on the study's own metric, whichever it is,
+    in the study's direction: :func:`~tlsearch.search.soup.validation_metrics` measures every one."""
     metric = config.metric
-    if metric not in SOUP_METRICS:
-        reason = f"no soup: it is chosen on {', '.join(SOUP_METRICS)}, the study's metric is {metric}"
-        return {"exported": False, "ingredients": [chosen.number], "reason": reason, "left_out": []}, None
     maximize = config.direction == "maximize"
     others = sorted(
         (
@@ -296,6 +292,7 @@ def _soup(
             task=config.task,
             scale=record.scale,
             device=device,
+            loss=config.training.loss,
         )
 
     soup = greedy_soup(candidates, evaluate=evaluate, metric=metric, maximize=maximize)

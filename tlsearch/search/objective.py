@@ -23,6 +23,7 @@ from tlsearch.errors import (
 from tlsearch.registry import PluginManager
 from tlsearch.search.budget import FINISHED, SKIPPED_ATTR, BudgetReached, study_deadline, wait_for_slot
 from tlsearch.search.checkpoint import TrialRecord, save_checkpoint
+from tlsearch.search.class_attrs import class_attrs
 from tlsearch.search.failures import (
     SCOPE_ATTR,
     TRACEBACK_ATTR,
@@ -437,6 +438,8 @@ class Objective:
         counts = result.extras.get("per_class_counts")
         if counts is not None and self.data.labels:  # support, precision, recall, F1 per class
             info["per_class"] = per_class_rows(counts, classes=list(self.data.labels))
+        if result.class_results is not None and self.data.labels:  # confusion, worst images
+            info.update(class_attrs(result.class_results, val=val, labels=self.data.labels, config=config))
         if latency_needed(config):  # measured once per architecture × input size × device
             info[LATENCY_ATTR] = LatencyCache(self.study_dir.cache).measure(
                 model, input_size=model.data_config.input_size, device=self.device

@@ -182,8 +182,12 @@ def validation_metrics(
     scale: TargetScale | None = None,
     device: torch.device | None = None,
     batch_size: int = 64,
+    loss: str = "auto",
 ) -> dict[str, float]:
-    """``model``'s metrics on decoded validation ``images`` (in fp32, in the targets' own units)."""
+    """``model``'s metrics on decoded validation ``images`` (in fp32, in the targets' own units):
+    every metric a study can optimise (``tlsearch.config.METRICS``), so that a soup is judged on
+    the study's own one. ``val_loss`` is the trainer's (:meth:`tlsearch.train.Trainer.loss` with
+    ``train=False``): cross-entropy, or the study's regression ``loss`` on the standardised scale."""
     device = device or torch.device("cpu")
     model = model.to(device).eval()
     outputs = []
@@ -192,7 +196,17 @@ def validation_metrics(
         outputs.append(model(x).float().cpu())
     out = torch.cat(outputs)
     targets = torch.from_numpy(np.asarray(images.targets))
-    if scale is not None:
-        out = scale.restore(out)
     model.cpu()
-    return evaluate_outputs(out, targets, task=task)
+    if task == "classification":
+        metrics = evaluate_outputs(out, targets, task=task)
+        metrics["val_loss"] = float(torch.nn.functional.cross_entropy(out, targets.long().view(-1)))
+        return metrics
+    if task != "regression":
+        return evaluate_outputs(out, targets, task=task)
+    trained = targets.float().view_as(out)  # the scale the model was trained on
+    if scale is not None:
+        trained = torch.from_numpy(scale.standardise(targets.numpy())).view_as(out)
+    regression_loss = torch.nn.functional.huber_loss if loss == "huber" else torch.nn.functional.mse_loss
+    metrics = evaluate_outputs(scale.restore(out) if scale is not None else out, targets, task=task)
+    metrics["val_loss"] = float(regression_loss(out, trained))
+    return metrics

@@ -51,13 +51,14 @@ from tlsearch.data.policies import (
 from tlsearch.errors import ConfigError, TlsearchError
 from tlsearch.kinds import FreezingStrategy, Regularizer, TransferModel
 from tlsearch.train.best import BestEpoch, StopTraining, maximizes
+from tlsearch.train.class_results import ClassResults, class_results
 from tlsearch.train.compiling import decide_compile
 from tlsearch.train.device import Precision, configure_backends, resolve_precision, use_channels_last
 from tlsearch.train.ema import WeightAverage
 from tlsearch.train.features import FeatureCache, feature_key
 from tlsearch.train.head_init import init_head_from_data
 from tlsearch.train.losses import class_counts, classification_loss
-from tlsearch.train.metrics import evaluate_outputs, per_class_counts
+from tlsearch.train.metrics import evaluate_outputs
 from tlsearch.train.optim import (
     apply_lr,
     build_optimizer,
@@ -141,6 +142,7 @@ class FitResult:
     extras: dict[str, Any] = field(default_factory=dict)
     best_epoch: int = -1
     stopped: str | None = None
+    class_results: ClassResults | None = None  # classification: the kept epoch's confusion, worst images
 
 
 Source = Any  # ResidentBatches | StreamingBatches | TensorBatches: len() and iterate(batches)
@@ -208,7 +210,7 @@ class Trainer:
         self._warmup = 0  # warm-up steps, known once fit counts the steps
         self.class_counts: torch.Tensor | None = None  # training images per class, set by fit
         self._sample_weights: torch.Tensor | None = None  # per training image, when a sampler asks
-        self._last_counts: torch.Tensor | None = None  # the last evaluation's per-class counts
+        self._last_classes: ClassResults | None = None  # the last evaluation's per-class results
 
     # --- the pieces ---------------------------------------------------------------------------
 
@@ -317,8 +319,8 @@ class Trainer:
         scale = self.target_scale
         if scale is None:
             metrics = evaluate_outputs(out, target, task=self.task, top_k=self.settings.top_k)
-            if self.task == "classification":  # the kept epoch's go to FitResult.extras["per_class"]
-                self._last_counts = per_class_counts(out.argmax(dim=1), target.long(), classes=out.shape[1])
+            if self.task == "classification":  # the kept epoch's go to FitResult.extras (per class)
+                self._last_classes = class_results(out, target)
         else:  # the user's units
             restored = scale.restore(target.float().view_as(out))
             metrics = evaluate_outputs(scale.restore(out), restored, task=self.task)
@@ -489,7 +491,7 @@ class Trainer:
         step = 0
         history: list[dict[str, float]] = []
         best = self._best_epoch()
-        kept_counts: torch.Tensor | None = None
+        kept_classes: ClassResults | None = None
         stopped: str | None = None
         try:
             for epoch in range(self.settings.epochs):
@@ -515,12 +517,12 @@ class Trainer:
                     )
                 extras["epochs"].append(timing)
                 metrics = self._evaluate(val_src, cached=cached)
-                counts = self._last_counts
+                classes = self._last_classes
                 if ema is not None:
                     metrics = self._with_ema(
                         metrics, self._evaluate(val_src, cached=cached, model=ema.module)
                     )
-                    counts = self._last_counts if metrics["ema_used"] else counts
+                    classes = self._last_classes if metrics["ema_used"] else classes
                 metrics["train_loss"] = train_loss
                 metrics["epoch_seconds"] = time.perf_counter() - epoch_start
                 bad = [k for k, v in metrics.items() if not math.isfinite(v)]
@@ -533,7 +535,7 @@ class Trainer:
                     )
                     or not best.metrics
                 ):
-                    kept_counts = counts
+                    kept_classes = classes
                 if on_epoch_end is not None:
                     try:
                         on_epoch_end(epoch, metrics)
@@ -563,8 +565,8 @@ class Trainer:
             if decision.compile:
                 model.backbone._compiled_call_impl = None  # back to eager for export and checkpoints
         extras["best_epoch"] = best.epoch
-        if kept_counts is not None:  # per class of the kept epoch: true positives, support, predicted
-            extras["per_class_counts"] = kept_counts.int().tolist()
+        if kept_classes is not None:  # per class of the kept epoch: true positives, support, predicted
+            extras["per_class_counts"] = kept_classes.counts.int().tolist()
         if stopped is not None:
             extras["stopped"] = {"reason": stopped, "after_epoch": len(history) - 1}
         return FitResult(
@@ -576,6 +578,7 @@ class Trainer:
             extras,
             best_epoch=best.epoch if best.metrics else len(history) - 1,
             stopped=stopped,
+            class_results=kept_classes,
         )
 
     def scored_module(self, metrics: Mapping[str, float]) -> torch.nn.Module:
