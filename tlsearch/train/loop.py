@@ -56,8 +56,8 @@ from tlsearch.train.device import Precision, configure_backends, resolve_precisi
 from tlsearch.train.ema import WeightAverage
 from tlsearch.train.features import FeatureCache, feature_key
 from tlsearch.train.head_init import init_head_from_data
-from tlsearch.train.losses import class_counts, classification_loss
-from tlsearch.train.metrics import evaluate_outputs, per_class_counts
+from tlsearch.train.losses import class_counts, classification_loss, multilabel_loss
+from tlsearch.train.metrics import evaluate_outputs, multilabel_evaluation, per_class_counts
 from tlsearch.train.optim import (
     apply_lr,
     build_optimizer,
@@ -220,6 +220,8 @@ class Trainer:
         trials with and without label smoothing on the same scale.
         """
         outputs = outputs.float()
+        if self.task == "multilabel":  # training and validation alike: BCE-with-logits per label
+            return multilabel_loss(outputs, targets)
         if self.task == "classification":
             if not train or not self.loss_options:
                 return F.cross_entropy(outputs, targets)
@@ -315,7 +317,9 @@ class Trainer:
             targets.append(batch_targets)
         out, target = torch.cat(outputs), torch.cat(targets)
         scale = self.target_scale
-        if scale is None:
+        if self.task == "multilabel":  # per label: counts at the tuned thresholds, AP, threshold
+            metrics, self._last_counts = multilabel_evaluation(out, target)
+        elif scale is None:
             metrics = evaluate_outputs(out, target, task=self.task, top_k=self.settings.top_k)
             if self.task == "classification":  # the kept epoch's go to FitResult.extras["per_class"]
                 self._last_counts = per_class_counts(out.argmax(dim=1), target.long(), classes=out.shape[1])
@@ -564,7 +568,9 @@ class Trainer:
                 model.backbone._compiled_call_impl = None  # back to eager for export and checkpoints
         extras["best_epoch"] = best.epoch
         if kept_counts is not None:  # per class of the kept epoch: true positives, support, predicted
-            extras["per_class_counts"] = kept_counts.int().tolist()
+            # (multilabel: and each label's AP and tuned threshold, see metrics.multilabel_evaluation)
+            counts_out = kept_counts if self.task == "multilabel" else kept_counts.int()
+            extras["per_class_counts"] = counts_out.tolist()
         if stopped is not None:
             extras["stopped"] = {"reason": stopped, "after_epoch": len(history) - 1}
         return FitResult(
@@ -599,7 +605,7 @@ class Trainer:
         }
 
     def _best_epoch(self) -> BestEpoch:
-        metric = self.settings.select_metric or ("accuracy" if self.task == "classification" else "r2")
+        metric = self.settings.select_metric or next(iter(METRICS[self.task]))  # accuracy, r2, map
         return BestEpoch(metric, maximize=maximizes(metric), patience=self.settings.patience)
 
     def evaluated_state(
