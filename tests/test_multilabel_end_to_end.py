@@ -5,6 +5,7 @@ outputs, verified → Predictor and ``tlsearch predict`` returning label sets wi
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -23,13 +24,14 @@ pytestmark = pytest.mark.slow
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("multilabel")
     csv = make_multilabel_shapes(tmp / "data", n=60, size=32, seed=0)
+    test_csv = make_multilabel_shapes(tmp / "test", n=12, size=32, seed=1)
     study = tmp / "study.yaml"
     study.write_text(
         yaml.safe_dump(
             {
                 "name": "ml",
                 "task": "multilabel",
-                "data": {"csv": str(csv), "val_fraction": 0.3, "image_size": 32},
+                "data": {"csv": str(csv), "val_fraction": 0.3, "image_size": 32, "test": str(test_csv)},
                 "space": {
                     "backbone": {"timm": {"model": "test_resnet", "weights": "random"}},
                     "head": ["linear"],
@@ -127,3 +129,59 @@ def test_predictor_and_cli_return_label_sets_at_the_thresholds(exported: dict) -
     assert lines[0] == "path,label,index,probability,error"
     predicted_rows = sum(max(1, len(r.labels or [])) for r in results[:3])
     assert len(lines) - 1 == predicted_rows
+
+
+def test_the_int8_gate_measures_map_on_the_validation_labels(exported: dict) -> None:
+    import onnxruntime as ort
+    from sklearn.metrics import average_precision_score
+
+    from tlsearch.data import decode_images, load_splits
+    from tlsearch.preprocessing import DataConfig, normalize
+    from tlsearch.search import quantize_study
+    from tlsearch.search.study_dir import StudyDir
+
+    out = exported["tmp"] / "out"
+    with warnings.catch_warnings():  # a tiny random model may lose more than 1 pp: warned, kept
+        warnings.simplefilter("ignore")
+        report = quantize_study(out, on_drop="warn")
+    assert report.metric == "map" and report.labels_used
+    config = StudyDir(out).load_config()
+    _, val = load_splits(config.data, task="multilabel", seed=0, resolve=config.resolve_path)
+    meta = json.loads(exported["report"].model_json.read_text())["metadata"]
+    preprocessing = DataConfig.from_dict(meta["data_config"])
+    decoded = decode_images(val, preprocessing, progress=False)
+    x = normalize(decoded.images, preprocessing)
+    for path, value in ((exported["report"].path, report.accuracy_fp32), (report.path, report.accuracy_int8)):
+        scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[
+            0
+        ]
+        y = decoded.targets
+        expected = np.mean(
+            [average_precision_score(y[:, j], scores[:, j]) for j in range(y.shape[1]) if y[:, j].any()]
+        )
+        assert value == pytest.approx(expected, abs=1e-6)
+    assert report.accuracy_drop == pytest.approx(report.accuracy_fp32 - report.accuracy_int8)
+
+
+def test_the_held_out_test_split_is_scored_at_the_exported_thresholds(exported: dict) -> None:
+    from tlsearch.data.multilabel import read_multilabel_csv
+    from tlsearch.deploy import Predictor
+    from tlsearch.train.metrics import multilabel_metrics
+
+    meta = json.loads(exported["report"].model_json.read_text())["metadata"]
+    test = read_multilabel_csv(exported["tmp"] / "test" / "labels.csv", training=meta["labels"])
+    predictor = Predictor(exported["report"].path)
+    results = predictor.predict(list(test.paths), top_k=len(meta["labels"]))
+    scores = np.zeros((len(results), len(meta["labels"])), dtype=np.float32)
+    for row, result in enumerate(results):
+        for _, index, p in result.top_k:
+            scores[row, index] = p
+    targets = torch.tensor(test.targets, dtype=torch.float32)
+    expected = multilabel_metrics(
+        torch.from_numpy(scores), targets, thresholds=torch.tensor(meta["thresholds"], dtype=torch.float32)
+    )
+    assert meta["test"]["images"] == 12
+    for name, value in expected.items():
+        assert meta["test"]["metrics"][name] == pytest.approx(value, abs=1e-6)
+    retuned = multilabel_metrics(torch.from_numpy(scores), targets)  # what tuning on test would give
+    assert retuned["macro_f1"] >= meta["test"]["metrics"]["macro_f1"]

@@ -324,7 +324,7 @@ def quantize_study(
     """Write an INT8 copy (``<stem>.int8.onnx``) of the study's exported model and measure it.
 
     Calibration uses up to ``export.calibration_images`` images of the training split; the accuracy
-    of INT8 against fp32 is measured on the whole validation split with its labels. A drop above
+    of INT8 against fp32 (mAP for a multi-label model) is measured on the whole validation split with its labels. A drop above
     ``export.max_accuracy_drop`` is an error (nothing written) or, with ``on_drop="warn"`` (default:
     ``export.on_accuracy_drop``), a warning. Returns the quantisation report.
     """
