@@ -100,6 +100,20 @@ class DataSettings(_Strict):
         None, description="eval resize: center (keep the aspect ratio) or squash (timm's crop_mode)"
     )
     on_bad_image: Literal["error", "skip"] = "error"
+    # multilabel (tlsearch.data.multilabel): the label vocabulary (default: the training CSV's
+    # labels, sorted) and what separates the labels of a `path,labels` CSV's cell
+    labels: list[str] | None = None
+    label_delimiter: str = Field("|", min_length=1, max_length=4)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v or any(not isinstance(x, str) or not x.strip() for x in v):
+                raise ValueError("labels must be a non-empty list of label names")
+            if len(set(v)) != len(v):
+                raise ValueError(f"labels names a label twice: {short_repr(v)}")
+        return v
 
     @property
     def fixed_image_size(self) -> int | None:
@@ -222,7 +236,7 @@ class TrainingSettings(_Strict):
     ema: float | list[float | None] | None = None
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    loss: Literal["auto", "cross_entropy", "mse", "huber"] = "auto"
+    loss: Literal["auto", "cross_entropy", "mse", "huber", "bce"] = "auto"
     compile: Literal["auto", "always", "never"] = "auto"
     data_placement: Literal["auto", "resident", "stream"] = "auto"
     loader_workers: int | None = Field(None, ge=0, le=64)
@@ -389,6 +403,19 @@ class ExportSettings(_Strict):
         description="greedy soup: average the weights of top trials sharing a start when validation improves",
     )
     soup_size: int = Field(5, ge=2, le=100, description="the soup tries at most this many top trials")
+    # binary classification (tlsearch.search.decision): a decision threshold on the positive
+    # class's probability, tuned on validation for a target precision or recall
+    target_precision: float | None = Field(None, gt=0, le=1)
+    target_recall: float | None = Field(None, gt=0, le=1)
+    positive_label: str | None = Field(None, description="binary: the positive class (default: the second)")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ExportSettings:
+        if self.target_precision is not None and self.target_recall is not None:
+            raise ValueError("give at most one of target_precision, target_recall")
+        if self.positive_label is not None and self.target_precision is None and self.target_recall is None:
+            raise ValueError("positive_label is only used with target_precision or target_recall")
+        return self
 
     @model_validator(mode="after")
     def _int8_of_the_plain_model(self) -> ExportSettings:
@@ -445,7 +472,7 @@ class SpaceSettings(_Strict):
         return v
 
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "multilabel")
 METRICS = {
     "classification": {
         "accuracy": "maximize",
@@ -456,6 +483,15 @@ METRICS = {
         "val_loss": "minimize",
     },
     "regression": {"r2": "maximize", "mae": "minimize", "rmse": "minimize", "val_loss": "minimize"},
+    # multi-label (tlsearch.train.metrics.multilabel_metrics): mAP first, the default; the F1s are
+    # at per-label thresholds tuned on the same validation scores (tlsearch.train.thresholds)
+    "multilabel": {
+        "map": "maximize",
+        "micro_f1": "maximize",
+        "macro_f1": "maximize",
+        "log_loss": "minimize",
+        "val_loss": "minimize",
+    },
 }
 
 
@@ -463,7 +499,7 @@ class StudyConfig(_Strict):
     """A whole study file. ``source`` is the YAML path (relative paths inside it resolve from its folder)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal["classification", "regression", "multilabel"] = "classification"
     data: DataSettings
     space: SpaceSettings
     training: TrainingSettings = TrainingSettings()
@@ -538,6 +574,16 @@ class StudyConfig(_Strict):
                 )
             if limit <= 0:
                 raise ValueError(f"search.constraints.{name} must be > 0 but got {limit}")
+        return self
+
+    @model_validator(mode="after")
+    def _binary_threshold_task(self) -> StudyConfig:
+        targets = [n for n in ("target_precision", "target_recall") if getattr(self.export, n) is not None]
+        if targets and self.task != "classification":
+            raise ValueError(
+                f"export.{targets[0]} is for binary classification, not task {self.task!r}"
+                + (" (multilabel thresholds are tuned per label for F1)" if self.task == "multilabel" else "")
+            )
         return self
 
     @property
@@ -695,8 +741,8 @@ def _check_paths(config: StudyConfig, source: str) -> None:
             raise ConfigError(
                 f"{source}: data.{field}: folder {short_repr(str(config.resolve_path(value)))} does not exist"
             )
-    if d.test is not None:  # a CSV for regression, a class folder for classification
-        folder = config.task != "regression"
+    if d.test is not None:  # a CSV for regression and multilabel, a class folder for classification
+        folder = config.task == "classification"
         if not _exists(config.resolve_path(d.test), folder=folder):
             raise ConfigError(
                 f"{source}: data.test: {'folder' if folder else 'file'} "

@@ -33,7 +33,11 @@ if TYPE_CHECKING:
     from tlsearch.config import PluginChoice, ResolvedSpace, StudyConfig
 
 #: the values of ``training.loss`` each task accepts (``auto``: cross-entropy, or mse for regression)
-LOSSES = {"classification": ("auto", "cross_entropy"), "regression": ("auto", "mse", "huber")}
+LOSSES = {
+    "classification": ("auto", "cross_entropy"),
+    "regression": ("auto", "mse", "huber"),
+    "multilabel": ("auto", "bce"),  # auto: BCE-with-logits, one sigmoid per label
+}
 
 
 def check_loss(task: str, loss: str, *, where: str = "training.loss") -> None:

@@ -17,16 +17,21 @@ from tlsearch.cli import main
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--task",
-    type=click.Choice(["classification", "regression"]),
+    type=click.Choice(["classification", "regression", "multilabel"]),
     default="classification",
     show_default=True,
-    help="regression: FOLDER/labels.csv with each shape's size as target",
+    help="regression: FOLDER/labels.csv with each shape's size as target; multilabel: "
+    "FOLDER/labels.csv (path,labels) of images with several shapes each",
 )
 def demo_data(folder: Path, per_class: int, val_per_class: int, size: int, seed: int, task: str) -> None:
     """Write FOLDER/train/<class>/ and FOLDER/val/<class>/ with images of four shapes
-    (or, with --task regression, FOLDER/images/ and FOLDER/labels.csv)."""
-    from tlsearch.demo import make_shapes, make_sizes
+    (or, with --task regression or multilabel, FOLDER/images/ and FOLDER/labels.csv)."""
+    from tlsearch.demo import make_multilabel_shapes, make_shapes, make_sizes
 
+    if task == "multilabel":
+        csv = make_multilabel_shapes(folder, n=(per_class + val_per_class) * 2, size=size, seed=seed)
+        click.echo(f"wrote {csv}")
+        return
     if task == "regression":
         csv = make_sizes(folder, n=(per_class + val_per_class) * 2, size=size, seed=seed)
         click.echo(f"wrote {csv}")

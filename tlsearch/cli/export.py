@@ -15,7 +15,7 @@ def describe_quantization(report: Any) -> str:
     """One line on an INT8 copy: size, accuracy against fp32, latency."""
     return (
         f"INT8 {report.path}: {report.size_bytes / 1e6:.1f} MB (fp32 {report.fp32_size_bytes / 1e6:.1f} MB), "
-        f"accuracy {report.accuracy_int8:.2%} vs fp32 {report.accuracy_fp32:.2%} "
+        f"{getattr(report, 'metric', 'accuracy')} {report.accuracy_int8:.2%} vs fp32 {report.accuracy_fp32:.2%} "
         f"({report.accuracy_drop * 100:.2f} pp drop), batch-1 latency {report.latency_ms_int8:.2f} ms "
         f"vs {report.latency_ms_fp32:.2f} ms"
     )

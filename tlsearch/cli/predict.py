@@ -61,7 +61,10 @@ def predict(
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
     elif as_csv:
-        _write_csv(results, classification=predictor.task == "classification")
+        if predictor.task == "multilabel":
+            _write_label_sets_csv(results)
+        else:
+            _write_csv(results, classification=predictor.task == "classification")
     else:
         for r in results:
             if r.ok:
@@ -75,6 +78,8 @@ def predict(
 
 
 def _text(result: Prediction) -> str:
+    if result.labels is not None:  # multilabel: the label set at the model's thresholds
+        return ", ".join(f"{label} {p:.3f}" for label, _, p in result.labels) or "(no label)"
     if result.top_k:
         return ", ".join(f"{label} {p:.3f}" for label, _, p in result.top_k)
     return ", ".join(f"{n}={v:.6g}" for n, v in zip(result.names, result.values, strict=True))
@@ -87,6 +92,19 @@ def show_progress(requested: bool | None, *, files: int, batch_size: int, stream
         return requested
     isatty = getattr(stream, "isatty", None)
     return files > batch_size and bool(isatty and isatty())
+
+
+def _write_label_sets_csv(results: Sequence[Prediction]) -> None:
+    """Multilabel: one row per predicted label (a row with an empty label for an empty set)."""
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["path", "label", "index", "probability", "error"])
+    for r in results:
+        if not r.ok:
+            writer.writerow([r.source, "", "", "", r.error])
+        elif not r.labels:
+            writer.writerow([r.source, "", "", "", ""])
+        for label, index, p in r.labels or []:
+            writer.writerow([r.source, label, index, f"{p:.6f}", ""])
 
 
 def _write_csv(results: Sequence[Prediction], *, classification: bool) -> None:

@@ -40,7 +40,8 @@ CACHE_VERSION = 1
 
 @dataclass
 class DecodedImages:
-    """``images``: (N, S, S, 3) uint8 eval-preprocessed; ``targets``: (N,) int64 or (N, T) float32.
+    """``images``: (N, S, S, 3) uint8 eval-preprocessed; ``targets``: (N,) int64 class indices, or
+    (N, T) float32 (regression values, or multilabel 0/1 vectors).
 
     ``key`` identifies the decoded content (the cache key; empty when built by hand) and is part of
     the feature cache's key; ``path`` is the cache file (None when not cached), which streaming
@@ -72,7 +73,7 @@ def cache_key(images: ImageList, config: DataConfig) -> str:
 
 
 def _targets_array(images: ImageList, keep: list[int]) -> np.ndarray:
-    if images.classes is not None:
+    if images.task == "classification":
         return np.asarray([images.targets[i] for i in keep], dtype=np.int64)
     return np.asarray([images.targets[i] for i in keep], dtype=np.float32).reshape(len(keep), -1)
 

@@ -86,7 +86,7 @@ def check_images(
     if not keep:
         raise DataError(f"{description}: no readable image left after skipping unreadable files")
     kept = images.subset(keep)
-    if kept.classes is not None:
+    if kept.task == "classification" and kept.classes is not None:
         present = {int(t) for t in kept.targets}  # type: ignore[arg-type]
         had = {int(t) for t in images.targets}  # type: ignore[arg-type]
         gone = [name for i, name in enumerate(kept.classes) if i in had and i not in present]

@@ -23,12 +23,26 @@ IMAGE_EXTENSIONS = frozenset(
 
 @dataclass
 class ImageList:
-    """Image files with their targets: class indices (classification) or value lists (regression)."""
+    """Image files with their targets: class indices (classification), value lists (regression) or
+    0/1 label vectors over ``classes`` (multilabel, :mod:`tlsearch.data.multilabel`).
+
+    ``task`` says which, explicitly: left empty it is ``classification`` when ``classes`` is given
+    and ``regression`` otherwise (what the two original tasks always meant), so ``classes is None``
+    is never the test of the task; multilabel lists set ``task="multilabel"`` and have ``classes``
+    (the label vocabulary) too.
+    """
 
     paths: list[Path]
     targets: list[int] | list[list[float]]
-    classes: list[str] | None = None  # classification only
+    classes: list[str] | None = None  # classification: the classes; multilabel: the label vocabulary
     target_names: list[str] = field(default_factory=list)  # regression: the CSV's target columns
+    task: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            self.task = "classification" if self.classes is not None else "regression"
+        if self.task == "multilabel" and self.classes is None:
+            raise ValueError("a multilabel ImageList needs classes (its label vocabulary)")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -43,6 +57,7 @@ class ImageList:
             [self.targets[i] for i in indices],  # type: ignore[arg-type]
             self.classes,
             self.target_names,
+            self.task,
         )
 
 
@@ -215,7 +230,11 @@ def split(
     rng = random.Random(seed)
     train_idx: list[int] = []
     val_idx: list[int] = []
-    if images.classes is not None:
+    if images.task == "multilabel":
+        from tlsearch.data.multilabel import split_multilabel
+
+        train_idx, val_idx = split_multilabel(images, val_fraction=val_fraction, rng=rng)
+    elif images.task == "classification":
         by_class: dict[int, list[int]] = {}
         for i, t in enumerate(images.targets):
             by_class.setdefault(int(t), []).append(i)  # type: ignore[call-overload]
@@ -292,9 +311,12 @@ def load_all_splits(data: DataSettings, *, task: str, seed: int, resolve: Callab
                     f"data.test targets {test.target_names} differ from data.csv's {full.target_names}"
                 )
         return _checked(Splits(train, val, test))
+    if task == "multilabel":
+        return _checked(_multilabel_splits(data, carve=carve, seed=seed, resolve=resolve))
     if data.csv is not None:
         raise DataError(
-            "data.csv is for task regression; classification reads class folders (train/val or folder)"
+            "data.csv is for tasks regression and multilabel; classification reads class folders "
+            "(train/val or folder)"
         )
     if data.folder is not None:
         train, val = split(
@@ -313,6 +335,66 @@ def load_all_splits(data: DataSettings, *, task: str, seed: int, resolve: Callab
     return _checked(Splits(train, val, test))
 
 
+def _multilabel_splits(
+    data: DataSettings, *, carve: Callable[[ImageList], ImageList], seed: int, resolve: Callable[[Path], Path]
+) -> Splits:
+    """A multi-label study's splits from ``data.csv`` (+ ``val_csv`` or ``val_fraction``, + ``test``);
+    see :mod:`tlsearch.data.multilabel` for the CSV forms and what is refused."""
+    from tlsearch.data.multilabel import (
+        check_training_labels,
+        read_multilabel_csv,
+        warn_small_validation_labels,
+    )
+
+    if data.csv is None:
+        raise DataError(
+            "task multilabel needs data.csv (columns path,labels with labels separated by "
+            f"{data.label_delimiter!r}, or path,<label>,<label>… of 0/1)"
+        )
+    full = carve(
+        read_multilabel_csv(resolve(data.csv), vocabulary=data.labels, delimiter=data.label_delimiter)
+    )
+    if data.val_csv is not None:
+        train = full
+        check_training_labels(train, what="data.csv")
+        val = read_multilabel_csv(
+            resolve(data.val_csv),
+            vocabulary=data.labels,
+            training=_carried(train),
+            delimiter=data.label_delimiter,
+            what="data.val_csv",
+        )
+        val = ImageList(val.paths, _reindexed(val, train.classes or []), train.classes, task="multilabel")
+    else:
+        train, val = split(full, val_fraction=data.val_fraction, seed=seed)
+        check_training_labels(train, what="the training split of data.csv")
+    test = None
+    if data.test is not None:
+        test = read_multilabel_csv(
+            resolve(data.test),
+            vocabulary=data.labels,
+            training=_carried(train),
+            delimiter=data.label_delimiter,
+            what="data.test",
+        )
+        test = ImageList(test.paths, _reindexed(test, train.classes or []), train.classes, task="multilabel")
+    warn_small_validation_labels(val)
+    return Splits(train, val, test)
+
+
+def _carried(images: ImageList) -> list[str]:
+    """The labels at least one of ``images`` carries."""
+    classes = images.classes or []
+    return [c for j, c in enumerate(classes) if any(t[j] > 0.5 for t in images.targets)]  # type: ignore[index]
+
+
+def _reindexed(images: ImageList, classes: list[str]) -> list[list[float]]:
+    """``images``' label vectors over ``classes`` (a val/test CSV may know fewer labels)."""
+    own = images.classes or []
+    where = {name: own.index(name) for name in classes if name in own}
+    return [[t[where[c]] if c in where else 0.0 for c in classes] for t in images.targets]  # type: ignore[index]
+
+
 #: fewer validation images than this in a class draws a warning: its per-class scores are noise
 MIN_VAL_IMAGES_PER_CLASS = 3
 
@@ -322,7 +404,7 @@ def warn_small_validation_classes(val: ImageList, *, minimum: int = MIN_VAL_IMAG
     whose recall moves in steps of 1/n and so makes balanced accuracy and macro-F1 noisy; returns
     those classes' names. The split is stratified (:func:`split`), so a small class in validation
     is a small class in the data."""
-    if val.classes is None:
+    if val.task != "classification" or val.classes is None:
         return []
     counts = [0] * len(val.classes)
     for t in val.targets:

@@ -18,7 +18,7 @@ from tlsearch.preprocessing import DataConfig
 
 METADATA_KEY = "tlsearch"
 FORMAT_VERSION = 1
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "multilabel")
 # The exported model's input: a normalised NCHW float batch (the plain model), or raw RGB images
 # (uint8 NHWC, any height and width) when the preprocessing is in the graph.
 INPUT_NORMALIZED = "nchw_float32_normalized"
@@ -66,6 +66,19 @@ def validate_metadata(metadata: Mapping[str, Any], *, source: str = "metadata") 
     labels = copy.get("labels")
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise ModelFormatError(f"{source}: labels must be null or a list of strings, got {labels!r}")
+    if "thresholds" in copy:  # multilabel (or binary): the decision threshold per label
+        from tlsearch.deploy._labels import check_thresholds
+
+        binary = copy.get("task") == "classification"
+        check_thresholds(copy["thresholds"], labels=None if binary else labels, source=source)
+        if binary and (
+            len(copy["thresholds"]) != 1 or labels is None or copy.get("positive_label") not in labels
+        ):
+            raise ModelFormatError(
+                f"{source}: a classification model's thresholds hold one number, for its "
+                f"positive_label (one of the labels), got {copy['thresholds']!r} and "
+                f"{copy.get('positive_label')!r}"
+            )
     from tlsearch.deploy._provenance import Provenance  # it raises this module's error
 
     Provenance.from_metadata(copy, source=source)  # backbone_model and provenance, when present

@@ -18,6 +18,7 @@ from PIL import Image
 
 from tlsearch.deploy._checks import check_graph
 from tlsearch.deploy._format import INPUT_RAW, ModelFormatError, read_metadata
+from tlsearch.deploy._labels import label_sets, thresholds_of
 from tlsearch.deploy._provenance import Provenance
 from tlsearch.preprocessing import (
     DataConfig,
@@ -37,6 +38,11 @@ class Prediction:
 
     Classification: ``top_k`` holds ``(label, class index, probability)``, most probable first.
     Regression: ``values`` holds the model's outputs, named by ``names``.
+    Multilabel: ``labels`` holds the predicted label set, ``(label, index, probability)`` of each
+    label at or above its threshold (most probable first, possibly empty: "none of these"), and
+    ``top_k`` the ``top_k`` most probable labels whatever their thresholds. A binary classifier
+    exported with a tuned threshold (``export.target_precision``/``target_recall``) also sets
+    ``labels``: the one class decided at that threshold.
     """
 
     source: str
@@ -44,6 +50,7 @@ class Prediction:
     values: list[float] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     error: str | None = None
+    labels: list[tuple[str, int, float]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -53,6 +60,9 @@ class Prediction:
         d: dict[str, Any] = {"source": self.source, "ok": self.ok}
         if self.error is not None:
             d["error"] = self.error
+        elif self.labels is not None:
+            d["labels"] = [{"label": lab, "index": i, "probability": p} for lab, i, p in self.labels]
+            d["top_k"] = [{"label": lab, "index": i, "probability": p} for lab, i, p in self.top_k]
         elif self.top_k:
             d["top_k"] = [{"label": lab, "index": i, "probability": p} for lab, i, p in self.top_k]
         else:
@@ -93,9 +103,15 @@ class Predictor:
         self.input_name = inputs[0].name
         labels = meta.get("labels")
         if labels is None and isinstance(n, int):
-            labels = [str(i) for i in range(n)] if self.task == "classification" else self._value_names(n)
+            labels = [str(i) for i in range(n)] if self.task != "regression" else self._value_names(n)
         self.labels: list[str] = list(labels or [])
         self._unscale = _output_scale(meta)
+        #: multilabel: the per-label decision thresholds the export tuned (metadata ``thresholds``);
+        #: binary classification with a tuned threshold: one, for ``positive_label``
+        self.thresholds = thresholds_of(meta, len(self.labels)) if self.task == "multilabel" else None
+        self.positive_label: str | None = meta.get("positive_label") if meta.get("thresholds") else None
+        if self.positive_label is not None:
+            self.thresholds = thresholds_of(meta, 1)
 
     @staticmethod
     def _value_names(n: int) -> list[str]:
@@ -178,11 +194,22 @@ class Predictor:
         return out
 
     def _fill(self, result: Prediction, row: np.ndarray, top_k: int) -> None:
-        if self.task == "classification":
+        if self.task == "multilabel":  # the graph outputs sigmoid probabilities
+            assert self.thresholds is not None
+            order = np.argsort(-row, kind="stable")
+            chosen = label_sets(row[None, :], self.thresholds)[0]
+            result.labels = [(self._label(int(i)), int(i), float(row[i])) for i in order if chosen[i]]
+            result.top_k = [(self._label(int(i)), int(i), float(row[i])) for i in order[:top_k]]
+        elif self.task == "classification":
             exp = np.exp(row - row.max())
             probs = exp / exp.sum()
             order = np.argsort(-probs, kind="stable")[:top_k]
             result.top_k = [(self._label(int(i)), int(i), float(probs[i])) for i in order]
+            if self.positive_label is not None and self.thresholds is not None and len(probs) == 2:
+                # binary with a tuned threshold: the decided class, positive at or above it
+                positive = self.labels.index(self.positive_label)
+                decided = positive if probs[positive] >= self.thresholds[0] else 1 - positive
+                result.labels = [(self._label(decided), decided, float(probs[decided]))]
         else:
             result.values = [float(v) for v in row]
             result.names = self.labels if len(self.labels) == len(row) else self._value_names(len(row))

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,16 @@ from tlsearch.deploy._format import (
     validate_metadata,
 )
 from tlsearch.errors import ExportError
-from tlsearch.export._parity import Comparison, compare, cpu_session, merge, run_batched
+from tlsearch.export._parity import Comparison, cpu_session, merge, run_batched
+from tlsearch.export._parity import compare as _compare
 from tlsearch.export._preprocessing import check_preprocessing, embed_preprocessing
-from tlsearch.export._units import OriginalUnits, scale_metadata
+from tlsearch.export._units import OriginalUnits, Probabilities, scale_metadata
 from tlsearch.preprocessing import DataConfig, normalize
 from tlsearch.train.targets import TargetScale
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
+#: the graph output's name by task: a multi-label file outputs sigmoid probabilities, not logits
+OUTPUT_NAMES = {"classification": "logits", "regression": "values", "multilabel": "probabilities"}
 INPUT_NAME = "input"
 _STANDARD_DOMAINS = ("", "ai.onnx")
 _TORCHSCRIPT_OPSET = 18
@@ -134,6 +138,9 @@ def export_onnx(
             raise ExportError(f"target_scale is for task regression, not {metadata.get('task')!r}")
         model = OriginalUnits(model, target_scale).eval()
         metadata = {**metadata, "target_scale": scale_metadata(target_scale)}
+    if metadata.get("task") == "multilabel":  # the file outputs probabilities (metadata: outputs)
+        model = Probabilities(model).eval()
+        metadata = {**metadata, "outputs": "sigmoid_probabilities"}
     meta = _complete_metadata(model, metadata, embed_preprocessing=embed_preprocessing)
     config = DataConfig.from_dict(meta["data_config"])
     _check_eval_mode(model)
@@ -277,7 +284,7 @@ def _export_and_check(
 ) -> tuple[onnx.ModelProto, Comparison, list[int]]:
     # Batch 2 at least: torch.export specialises a dimension whose example size is 1.
     sample = torch.from_numpy(x[:2] if len(x) >= 2 else np.concatenate([x, x]))
-    output_name = "logits" if meta["task"] == "classification" else "values"
+    output_name = OUTPUT_NAMES[meta["task"]]
     try:
         _run_exporter(model, sample, file=file, exporter=exporter, opset=opset, output_name=output_name)
     except Exception as exc:
@@ -285,14 +292,17 @@ def _export_and_check(
     proto = _finalise(onnx.load(str(file)), meta)
     onnx.save_model(proto, str(file), save_as_external_data=False)
     _checker(file)
-    parity, batches = _parity(file, x=x, reference=reference, task=meta["task"], max_batch=max_batch)
     bound = parity_bound(tolerance, reference)
+    parity, batches = _parity(
+        file, x=x, reference=reference, task=meta["task"], max_batch=max_batch, meta=meta, margin=bound
+    )
     if parity.max_abs_diff > bound or (parity.top1_agreement is not None and parity.top1_agreement < 1.0):
         raise ExportError(
             f"onnxruntime disagrees with PyTorch on the validation images: {parity.describe()} "
             f"(allowed: {bound:.3g} = tolerance {tolerance:g} × max(1, largest |output| "
-            f"{float(np.max(np.abs(reference))) if reference.size else 0.0:.3g}); top-1 must agree on every "
-            f"image; batches {batches})"
+            f"{float(np.max(np.abs(reference))) if reference.size else 0.0:.3g}); "
+            f"{'label sets at the thresholds' if meta['task'] == 'multilabel' else 'top-1'} must agree "
+            f"on every image; batches {batches})"
         )
     return proto, parity, batches
 
@@ -369,9 +379,22 @@ def _checker(file: Path) -> None:
 
 
 def _parity(
-    file: Path, *, x: np.ndarray, reference: np.ndarray, task: str, max_batch: int
+    file: Path,
+    *,
+    x: np.ndarray,
+    reference: np.ndarray,
+    task: str,
+    max_batch: int,
+    meta: dict[str, Any] | None = None,
+    margin: float = 0.0,
 ) -> tuple[Comparison, list[int]]:
     session = cpu_session(file)
+    thresholds = None
+    if task == "multilabel":
+        from tlsearch.deploy._labels import thresholds_of
+
+        thresholds = thresholds_of(meta or {}, reference.shape[1])
+    compare = partial(_compare, thresholds=thresholds, margin=margin)
     comparisons, batches = [], set()
     for i in range(min(len(x), 2)):  # batch 1
         out = run_batched(session, x[i : i + 1], batch_size=1)

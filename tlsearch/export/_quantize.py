@@ -36,6 +36,11 @@ class QuantizationReport:
     point); without labels, accuracies are measured against the fp32 model's own top-1 (so
     ``accuracy_fp32`` is 1 and ``accuracy_int8`` is the agreement). Latencies are medians of
     batch-1 runs in onnxruntime on this machine's CPU.
+
+    ``metric`` names what the ``accuracy_*`` fields measure: ``accuracy`` for classification,
+    ``map`` for a multi-label model (the study's default metric; without labels, the fp32 model's
+    own label sets at its thresholds are the truth), whose ``top1_agreement`` is then the share of
+    images whose label sets agree.
     """
 
     path: Path
@@ -52,6 +57,7 @@ class QuantizationReport:
     calibration_images: int
     validation_images: int
     accepted: bool
+    metric: str = "accuracy"
 
     @property
     def speedup(self) -> float:
@@ -105,9 +111,10 @@ def quantize_int8(
     out = Path(out_path) if out_path is not None else source.with_name(source.stem + ".int8.onnx")
     fp32 = cpu_session(source)
     meta = read_metadata(fp32.get_modelmeta().custom_metadata_map, source=str(source))
-    if meta["task"] != "classification":
+    if meta["task"] not in ("classification", "multilabel"):
         raise ExportError(
-            f"INT8 quantisation supports classification models; {source} is a {meta['task']} model"
+            f"INT8 quantisation supports classification and multilabel models; {source} is a "
+            f"{meta['task']} model"
         )
     if meta.get("input_format") != INPUT_NORMALIZED:
         raise ExportError(
@@ -135,17 +142,15 @@ def quantize_int8(
         onnx.helper.set_model_props(proto, metadata_props({**meta, "quantization": "int8_static_qdq"}))
         onnx.save_model(proto, str(int8_file), save_as_external_data=False)
         int8 = cpu_session(int8_file)
-        top_fp32 = run_batched(fp32, validation, batch_size=32).argmax(axis=1)
-        top_int8 = run_batched(int8, validation, batch_size=32).argmax(axis=1)
+        out_fp32 = run_batched(fp32, validation, batch_size=32)
+        out_int8 = run_batched(int8, validation, batch_size=32)
         labels_used = validation_labels is not None
-        labels = np.asarray(validation_labels) if labels_used else top_fp32
-        if labels.shape != (len(validation),):
-            raise ExportError(f"validation_labels must have shape ({len(validation)},), got {labels.shape}")
-        acc_fp32, acc_int8 = float(np.mean(top_fp32 == labels)), float(np.mean(top_int8 == labels))
+        gate = _multilabel_gate if meta["task"] == "multilabel" else _accuracy_gate
+        metric, acc_fp32, acc_int8, agreement = gate(out_fp32, out_int8, validation_labels, meta)
         drop = acc_fp32 - acc_int8
         accepted = drop <= max_accuracy_drop
         message = (
-            f"INT8 accuracy {acc_int8:.2%} vs fp32 {acc_fp32:.2%} on {len(validation)} images: "
+            f"INT8 {metric} {acc_int8:.2%} vs fp32 {acc_fp32:.2%} on {len(validation)} images: "
             f"a drop of {drop * 100:.2f} pp, more than the {max_accuracy_drop * 100:.2f} pp allowed"
         )
         if not accepted and on_drop == "error":
@@ -162,13 +167,14 @@ def quantize_int8(
             accuracy_fp32=acc_fp32,
             accuracy_int8=acc_int8,
             accuracy_drop=drop,
-            top1_agreement=float(np.mean(top_fp32 == top_int8)),
+            top1_agreement=agreement,
             labels_used=labels_used,
             latency_ms_fp32=median_latency_ms(fp32, validation[:1]),
             latency_ms_int8=median_latency_ms(int8, validation[:1]),
             calibration_images=len(calibration),
             validation_images=len(validation),
             accepted=accepted,
+            metric=metric,
         )
         os.replace(int8_file, out)
         out.with_suffix(".json").write_text(json.dumps({"quantization": report.to_dict()}, indent=2) + "\n")
@@ -177,6 +183,40 @@ def quantize_int8(
         return report
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _accuracy_gate(
+    out_fp32: np.ndarray, out_int8: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any]
+) -> tuple[str, float, float, float]:
+    """Classification: top-1 accuracy of each against ``labels`` (class indices; default the fp32
+    top-1), and the share of images whose top-1 agrees."""
+    top_fp32, top_int8 = out_fp32.argmax(axis=1), out_int8.argmax(axis=1)
+    truth = np.asarray(labels) if labels is not None else top_fp32
+    if truth.shape != (len(out_fp32),):
+        raise ExportError(f"validation_labels must have shape ({len(out_fp32)},), got {truth.shape}")
+    agreement = float(np.mean(top_fp32 == top_int8))
+    return "accuracy", float(np.mean(top_fp32 == truth)), float(np.mean(top_int8 == truth)), agreement
+
+
+def _multilabel_gate(
+    out_fp32: np.ndarray, out_int8: np.ndarray, labels: np.ndarray | None, meta: dict[str, Any]
+) -> tuple[str, float, float, float]:
+    """Multilabel: mAP of each against 0/1 ``labels`` ``(N, L)`` (default: the fp32 label sets at
+    the model's thresholds), and the share of images whose label sets agree."""
+    from tlsearch.deploy._labels import label_sets, mean_average_precision, thresholds_of
+
+    thresholds = thresholds_of(meta, out_fp32.shape[1])
+    sets_fp32, sets_int8 = label_sets(out_fp32, thresholds), label_sets(out_int8, thresholds)
+    truth = np.asarray(labels, dtype=np.float64) if labels is not None else sets_fp32.astype(np.float64)
+    if truth.shape != out_fp32.shape:
+        raise ExportError(f"validation_labels must have shape {out_fp32.shape}, got {truth.shape}")
+    agreement = float(np.mean(np.all(sets_fp32 == sets_int8, axis=1)))
+    return (
+        "map",
+        mean_average_precision(out_fp32, truth),
+        mean_average_precision(out_int8, truth),
+        agreement,
+    )
 
 
 def _normalised(images: np.ndarray, config: DataConfig, *, what: str) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Regression outputs in the user's units: the target scale a study trained with, put into the graph."""
+"""Outputs in the user's terms, put into the graph: regression in the targets' units (the target
+scale a study trained with), multi-label as sigmoid probabilities."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from tlsearch.train.targets import TargetScale
 
-__all__ = ["OriginalUnits", "scale_metadata"]
+__all__ = ["OriginalUnits", "Probabilities", "scale_metadata"]
 
 
 class OriginalUnits(nn.Module):
@@ -32,3 +33,18 @@ def scale_metadata(scale: TargetScale) -> dict[str, Any]:
     """The metadata entry ``target_scale``: the training scale and that the graph already applies it
     (``in_graph``), so a reader never applies it twice."""
     return {**scale.to_dict(), "in_graph": True}
+
+
+class Probabilities(nn.Module):
+    """A multi-label model's logits as per-label sigmoid probabilities, in the graph: the file then
+    outputs what its thresholds (metadata ``thresholds``) are compared with, and a reader needs no
+    activation of its own."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        if hasattr(model, "data_config"):
+            self.data_config = model.data_config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(x))

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from tlsearch.kinds.portfolio import PortfolioEntry
 
 RESERVED_PARAMS = frozenset({"enabled"})
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "multilabel")
 
 
 class Plugin:

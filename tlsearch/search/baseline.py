@@ -23,8 +23,9 @@ MAJORITY_ATTR = "majority_class"
 
 
 def majority_class(images: ImageList) -> tuple[str, float] | None:
-    """The most frequent class of ``images`` and its share of them; None for regression images."""
-    if images.classes is None or not len(images):
+    """The most frequent class of ``images`` and its share of them; None for regression and
+    multilabel images (a multi-label image has no one class)."""
+    if images.task != "classification" or images.classes is None or not len(images):
         return None
     index, count = Counter(int(t) for t in images.targets).most_common(1)[0]  # type: ignore[arg-type]
     return images.classes[index], count / len(images)

@@ -19,6 +19,7 @@ from tlsearch.kinds import TransferModel
 from tlsearch.preprocessing import DataConfig, load_rgb
 from tlsearch.registry import PluginManager, get_plugin_manager
 from tlsearch.search.checkpoint import CheckpointError, TrialRecord, load_checkpoint
+from tlsearch.search.decision import decision_metadata
 from tlsearch.search.holdout import score_exported
 from tlsearch.search.objectives import select_best
 from tlsearch.search.sampling import backbone_model
@@ -188,6 +189,23 @@ def export_study(
         metadata["soup"] = soup
         if soup["exported"]:  # the soup's own validation score, measured on the whole val split
             metadata["value"], metadata["metrics"] = soup["value"], soup["metrics"]
+    if config.task == "multilabel" or config.export.target_precision or config.export.target_recall:
+        # tuned on the whole validation split, for the weights that ship (tlsearch.search.decision)
+        metadata.update(
+            decision_metadata(
+                model,
+                decode_images(
+                    splits.val,
+                    record.preprocessing,
+                    cache_dir=study_dir.cache,
+                    progress=False,
+                    on_bad_image=config.data.on_bad_image,
+                ),
+                config=config,
+                preprocessing=record.preprocessing,
+                labels=list(record.labels or []),
+            )
+        )
     report = export_onnx(
         model,
         path=target,
@@ -200,6 +218,7 @@ def export_study(
         target_scale=record.scale,
     )
     if splits.test is not None:  # once, on the file that ships: its score goes into its metadata
+        # (multilabel: at the exported thresholds, never tuned on the test images)
         metadata["test"] = score_exported(report.path, splits.test, task=config.task)
         digest, size = update_metadata(report.path, {"test": metadata["test"]})
         report = dataclasses.replace(report, sha256=digest, size_bytes=size)
@@ -310,7 +329,7 @@ def quantize_study(
     """Write an INT8 copy (``<stem>.int8.onnx``) of the study's exported model and measure it.
 
     Calibration uses up to ``export.calibration_images`` images of the training split; the accuracy
-    of INT8 against fp32 is measured on the whole validation split with its labels. A drop above
+    of INT8 against fp32 (mAP for a multi-label model) is measured on the whole validation split with its labels. A drop above
     ``export.max_accuracy_drop`` is an error (nothing written) or, with ``on_drop="warn"`` (default:
     ``export.on_accuracy_drop``), a warning. Returns the quantisation report.
     """

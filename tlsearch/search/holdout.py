@@ -42,6 +42,25 @@ def score_exported(path: str | Path, test: ImageList, *, task: str) -> dict[str,
         raise DataError(
             f"no test image could be read ({len(test)} tried, e.g. {skipped[:1]}): the test score needs images"
         )
+    if task == "multilabel":  # at the exported thresholds: a test image never tunes one
+        from tlsearch.train.metrics import multilabel_metrics
+
+        scores = np.zeros((len(kept), width), dtype=np.float32)
+        for row, i in enumerate(kept):
+            for _, index, probability in results[i].top_k:
+                scores[row, index] = probability
+        assert predictor.thresholds is not None
+        metrics = multilabel_metrics(
+            torch.from_numpy(scores),
+            torch.tensor([test.targets[i] for i in kept], dtype=torch.float32),
+            thresholds=torch.from_numpy(predictor.thresholds.astype(np.float32)),
+        )
+        return {
+            "images": len(kept),
+            "metrics": metrics,
+            "skipped": len(skipped),
+            "skipped_examples": skipped[:5],
+        }
     if task == "classification":
         outputs = np.zeros((len(kept), width), dtype=np.float32)
         for row, i in enumerate(kept):

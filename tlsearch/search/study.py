@@ -26,6 +26,7 @@ from tlsearch.rank.study import ranked_space
 from tlsearch.registry import PluginManager, get_plugin_manager
 from tlsearch.search.baseline import MAJORITY_ATTR, majority_class
 from tlsearch.search.budget import DEADLINE_ATTR, FINISHED, BudgetCallback, should_stop
+from tlsearch.search.decision import check_decision_settings
 from tlsearch.search.failures import FailurePolicy
 from tlsearch.search.objective import Objective
 from tlsearch.search.objectives import sampler_constraints_func
@@ -294,6 +295,7 @@ def run_study(
     train, val = load_splits(
         config.data, task=config.task, seed=config.search.seed or 0, resolve=config.resolve_path
     )
+    check_decision_settings(config, train)  # a binary threshold's target needs two classes
     report = None if on_event is None else _progress_events(on_event)
     data = StudyData(
         train,

@@ -66,8 +66,8 @@ class StudyData:
     @property
     def target_scale(self) -> TargetScale | None:
         """Regression: the mean and std of the training split's targets, which every trial of the
-        study trains with (:mod:`tlsearch.train.targets`); None for classification."""
-        if self.train.classes is not None or len(self.train) == 0:
+        study trains with (:mod:`tlsearch.train.targets`); None for the other tasks."""
+        if self.train.task != "regression" or len(self.train) == 0:
             return None
         return TargetScale.of(np.asarray(self.train.targets, dtype=np.float64))
 

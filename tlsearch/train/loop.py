@@ -57,8 +57,8 @@ from tlsearch.train.device import Precision, configure_backends, resolve_precisi
 from tlsearch.train.ema import WeightAverage
 from tlsearch.train.features import FeatureCache, feature_key
 from tlsearch.train.head_init import init_head_from_data
-from tlsearch.train.losses import class_counts, classification_loss
-from tlsearch.train.metrics import evaluate_outputs
+from tlsearch.train.losses import class_counts, classification_loss, multilabel_loss
+from tlsearch.train.metrics import evaluate_outputs, multilabel_evaluation
 from tlsearch.train.optim import (
     apply_lr,
     build_optimizer,
@@ -211,6 +211,7 @@ class Trainer:
         self.class_counts: torch.Tensor | None = None  # training images per class, set by fit
         self._sample_weights: torch.Tensor | None = None  # per training image, when a sampler asks
         self._last_classes: ClassResults | None = None  # the last evaluation's per-class results
+        self._last_counts: torch.Tensor | None = None  # multilabel: the last evaluation's per-label counts
 
     # --- the pieces ---------------------------------------------------------------------------
 
@@ -222,6 +223,8 @@ class Trainer:
         trials with and without label smoothing on the same scale.
         """
         outputs = outputs.float()
+        if self.task == "multilabel":  # training and validation alike: BCE-with-logits per label
+            return multilabel_loss(outputs, targets)
         if self.task == "classification":
             if not train or not self.loss_options:
                 return F.cross_entropy(outputs, targets)
@@ -317,7 +320,9 @@ class Trainer:
             targets.append(batch_targets)
         out, target = torch.cat(outputs), torch.cat(targets)
         scale = self.target_scale
-        if scale is None:
+        if self.task == "multilabel":  # per label: counts at the tuned thresholds, AP, threshold
+            metrics, self._last_counts = multilabel_evaluation(out, target)
+        elif scale is None:
             metrics = evaluate_outputs(out, target, task=self.task, top_k=self.settings.top_k)
             if self.task == "classification":  # the kept epoch's go to FitResult.extras (per class)
                 self._last_classes = class_results(out, target)
@@ -492,6 +497,7 @@ class Trainer:
         history: list[dict[str, float]] = []
         best = self._best_epoch()
         kept_classes: ClassResults | None = None
+        kept_counts: torch.Tensor | None = None  # multilabel
         stopped: str | None = None
         try:
             for epoch in range(self.settings.epochs):
@@ -517,12 +523,13 @@ class Trainer:
                     )
                 extras["epochs"].append(timing)
                 metrics = self._evaluate(val_src, cached=cached)
-                classes = self._last_classes
+                classes, counts = self._last_classes, self._last_counts
                 if ema is not None:
                     metrics = self._with_ema(
                         metrics, self._evaluate(val_src, cached=cached, model=ema.module)
                     )
-                    classes = self._last_classes if metrics["ema_used"] else classes
+                    if metrics["ema_used"]:
+                        classes, counts = self._last_classes, self._last_counts
                 metrics["train_loss"] = train_loss
                 metrics["epoch_seconds"] = time.perf_counter() - epoch_start
                 bad = [k for k, v in metrics.items() if not math.isfinite(v)]
@@ -535,7 +542,7 @@ class Trainer:
                     )
                     or not best.metrics
                 ):
-                    kept_classes = classes
+                    kept_classes, kept_counts = classes, counts
                 if on_epoch_end is not None:
                     try:
                         on_epoch_end(epoch, metrics)
@@ -567,6 +574,8 @@ class Trainer:
         extras["best_epoch"] = best.epoch
         if kept_classes is not None:  # per class of the kept epoch: true positives, support, predicted
             extras["per_class_counts"] = kept_classes.counts.int().tolist()
+        elif kept_counts is not None:  # multilabel: and each label's AP and tuned threshold
+            extras["per_class_counts"] = kept_counts.tolist()  # (see metrics.multilabel_evaluation)
         if stopped is not None:
             extras["stopped"] = {"reason": stopped, "after_epoch": len(history) - 1}
         return FitResult(
@@ -602,7 +611,7 @@ class Trainer:
         }
 
     def _best_epoch(self) -> BestEpoch:
-        metric = self.settings.select_metric or ("accuracy" if self.task == "classification" else "r2")
+        metric = self.settings.select_metric or next(iter(METRICS[self.task]))  # accuracy, r2, map
         return BestEpoch(metric, maximize=maximizes(metric), patience=self.settings.patience)
 
     def evaluated_state(

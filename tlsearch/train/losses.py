@@ -14,6 +14,11 @@ Loss options (:data:`tlsearch.kinds.regularizer.LOSS_OPTIONS`), all off by defau
 
 Class counts come from the training targets (:func:`class_counts`); a class with no training image
 gets weight 0. Validation loss stays the plain cross-entropy (see ``Trainer.loss``).
+
+Multi-label: :func:`multilabel_loss`, binary cross-entropy with logits averaged over labels and
+images. The loss options above are classification's and are refused for it at config time (the
+plugins that set them declare ``tasks=("classification",)``): label smoothing has no agreed
+multi-label form, and the class weights count single labels.
 """
 
 from __future__ import annotations
@@ -99,3 +104,8 @@ def focal_loss(
     if targets.ndim == 1:  # as cross_entropy: normalised by the weights of the true classes
         return (terms * weight).sum() / weight[targets].sum()
     return (terms * weight).sum() / len(outputs)
+
+
+def multilabel_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE-with-logits of ``outputs`` ``(N, L)`` against 0/1 (or mixed, soft) label vectors."""
+    return F.binary_cross_entropy_with_logits(outputs.float(), targets.float().view_as(outputs))
