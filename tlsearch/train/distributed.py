@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
 import pickle  # in-memory hand-over to our own spawned ranks only; never read from disk or a peer
 import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -64,7 +66,7 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 DEFAULT_TIMEOUT = 300.0  # seconds a collective may wait for a rank before the trial fails
 START_TIMEOUT = 300.0  # seconds the followers have to start (import torch, unpickle the trainer)
-GRACE = 5.0  # seconds rank 0 waits for followers to exit (or report why they died) before killing them
+GRACE = 10.0  # seconds rank 0 waits for followers to exit (or report why they died) before killing them
 CONTINUE, STOP, ABORT = 0, 1, 2
 _DECISION_BYTES = 512
 
@@ -303,6 +305,24 @@ def _reopen(data: DecodedImages, path: str | None) -> DecodedImages:
     return replace(data, images=np.load(path, mmap_mode="r", allow_pickle=False))
 
 
+class _Pickler(pickle.Pickler):
+    """Pickles the trainer for the followers; a function that says how it travels
+    (``_tlsearch_pickle``: the failure guards around plugin methods) is rebuilt that way."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.FunctionType):
+            how = getattr(obj, "_tlsearch_pickle", None)
+            if how is not None:
+                return how
+        return NotImplemented
+
+
+def _dumps(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
 def _local_modules() -> list[tuple[str, str]]:
     """The study's plugin files imported here (``tlsearch_local_*`` modules): a follower imports them
     under the same names before it unpickles plugin instances of their classes."""
@@ -358,10 +378,7 @@ def fit_on_devices(
     )
     train_p, train_path = _portable(train)
     val_p, val_path = _portable(val)
-    payload = pickle.dumps(
-        {"trainer": trainer, "train": (train_p, train_path), "val": (val_p, val_path)},
-        protocol=pickle.HIGHEST_PROTOCOL,
-    )
+    payload = _dumps({"trainer": trainer, "train": (train_p, train_path), "val": (val_p, val_path)})
     context = mp.start_processes(
         _follower,
         args=(payload, _local_modules(), store.port, devices, backend, timeout, threads),
@@ -489,9 +506,7 @@ def _follower(
     )
     parallel = Parallel(rank, world)
     trainer.parallel = parallel
-    try:
+    with contextlib.suppress(_Aborted):  # rank 0 ended the trial and waits for this process to exit
         trainer.fit(train, val, on_epoch_end=follower_callback(parallel))
-    except _Aborted:
-        pass
-    finally:
-        dist.destroy_process_group()
+    # after an error, no destroy: rank 0 may be gone or blocked; the process exits and reports it
+    dist.destroy_process_group()
