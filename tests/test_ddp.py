@@ -263,3 +263,27 @@ def test_devices_are_checked_before_any_work(write_study, tmp_path) -> None:
             val,
             devices=2,
         )
+
+
+def test_worker_devices_option_takes_a_count_or_gpu_indices(write_study, tmp_path, monkeypatch) -> None:
+    """``tlsearch worker --devices``: 4 is a count, 0,2 pins those GPUs (CUDA_VISIBLE_DEVICES) and
+    counts them; anything else exits 2 naming the option, and 65 devices is the config's error."""
+    import os
+
+    import click
+    from click.testing import CliRunner
+
+    from tlsearch.cli import main
+    from tlsearch.cli.worker import parse_devices
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert parse_devices("4") == 4 and "CUDA_VISIBLE_DEVICES" not in os.environ
+    assert parse_devices("0, 2") == 2 and os.environ["CUDA_VISIBLE_DEVICES"] == "0,2"
+    for bad in ("0", "-1", "1,1", "a,b", "2,"):
+        with pytest.raises(click.BadParameter, match=repr(bad)):
+            parse_devices(bad)
+    study = write_study()
+    cli = CliRunner().invoke(main, ["worker", str(study), "--out", str(tmp_path / "o"), "--devices", "x"])
+    assert cli.exit_code == 2 and "--devices" in cli.output
+    cli = CliRunner().invoke(main, ["worker", str(study), "--out", str(tmp_path / "o"), "--devices", "65"])
+    assert cli.exit_code == 2 and "devices" in cli.output and "65" in cli.output, cli.output
