@@ -117,6 +117,23 @@ def test_shards_cover_each_batch_once_and_weigh_by_their_share() -> None:
         Parallel(0, 3).shard_epoch([torch.arange(2)], None)
 
 
+def test_a_follower_out_of_memory_is_an_out_of_memory_failure() -> None:
+    """A follower's CUDA out-of-memory fails the trial as ``oom`` (retried at half the batch), any
+    other failure as ``error``. Bug caught: every follower failure an "error", so a trial too big
+    for its GPUs is never retried smaller."""
+    from tlsearch.search.failures import classify
+    from tlsearch.train.distributed import RankFailed
+
+    oom = RankFailed(
+        "rank 1 of 2 failed: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"
+    )
+    assert classify(oom)[0] == "oom"
+    assert classify(RankFailed("rank 1 of 2 (pid 7) was killed by SIGKILL")) == (
+        "error",
+        "rank 1 of 2 (pid 7) was killed by SIGKILL",
+    )
+
+
 # A regularizer that records, per rank, how many steps it saw (at teardown, which every rank runs),
 # and on demand kills or fails rank 1 in the middle of a study's first / second trial.
 RANK_PLUGIN = textwrap.dedent('''

@@ -71,8 +71,10 @@ CONTINUE, STOP, ABORT = 0, 1, 2
 _DECISION_BYTES = 512
 
 
-class RankFailed(TlsearchError):
-    """A rank of a distributed trial raised or died: the trial fails with this reason."""
+class RankFailed(TlsearchError, RuntimeError):
+    """A rank of a distributed trial raised or died: the trial fails with this reason. A runtime
+    error too, so that a follower's "CUDA out of memory" is classified (and retried at half the
+    batch) as rank 0's own would be (:func:`tlsearch.search.failures.is_oom`)."""
 
 
 class _Aborted(BaseException):
@@ -498,6 +500,8 @@ def _follower(
     train, val = _reopen(*state["train"]), _reopen(*state["val"])
     trainer.device = rank_device(trainer.device, rank)
     if backend == "nccl":
+        # a collective that times out raises here instead of NCCL's default, which ends the process
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
         torch.cuda.set_device(trainer.device)
     store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=timedelta(seconds=timeout))
     store.add("started", 1)
