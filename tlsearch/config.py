@@ -245,6 +245,28 @@ class TrainingSettings(_Strict):
     augment_frozen: bool = False
     retry_oom: bool = True
     patience: int | None = Field(None, ge=1)
+    #: processes (GPUs, or gloo processes on the CPU) that train each trial data-parallel
+    devices: int = 1
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64:
+            raise ValueError(
+                f"devices is the number of devices each trial trains on, an integer in [1, 64], "
+                f"but got {short_repr(v)}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _devices_and_device(self) -> TrainingSettings:
+        if self.devices > 1 and ":" in self.device:
+            raise ValueError(
+                f"devices: {self.devices} takes the first {self.devices} devices of its kind (cuda:0, "
+                f"cuda:1, ...) but device is {self.device!r}; use device: cuda (pin GPUs with "
+                "CUDA_VISIBLE_DEVICES or tlsearch worker --devices 0,1), or cpu"
+            )
+        return self
 
     @field_validator("optimizer", mode="before")
     @classmethod

@@ -50,6 +50,12 @@ from tlsearch.worker_settings import GRACE_PERIOD, HEARTBEAT_INTERVAL, WorkerSet
     help="seconds without a heartbeat after which another machine's trial counts as lost",
 )
 @click.option(
+    "--devices",
+    help="train each trial data-parallel on several devices: a count (4: cuda:0-3, or 4 gloo "
+    "processes with device: cpu) or GPU indices (0,1,2,3: pins them with CUDA_VISIBLE_DEVICES); "
+    "overrides training.devices",
+)
+@click.option(
     "--max-failures-in-a-row",
     type=click.IntRange(min=0),
     default=10,
@@ -69,6 +75,7 @@ def worker(
     heartbeat_interval: int,
     grace_period: int,
     max_failures_in_a_row: int,
+    devices: str | None,
 ) -> None:
     """Join the study STUDY (a study YAML file, or a study folder) and run trials until its budget is done.
 
@@ -88,6 +95,9 @@ def worker(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_noise(verbose=verbose)
+    machine: dict[str, int] = {"threads": threads} if threads else {}  # this machine's settings
+    if devices is not None:
+        machine["devices"] = parse_devices(devices)
     if not study.exists() and artifacts is None:
         raise click.BadParameter(
             f"{str(study)!r} does not exist (a study folder may be missing only with --artifacts, "
@@ -98,8 +108,8 @@ def worker(
         opened = Study.from_dir(
             study, out=out_dir, storage=storage, plugin_files=plugin_files, artifacts=artifacts
         )
-        if threads:  # the folder's config, with this machine's threads
-            training = opened.config.training.model_copy(update={"threads": threads})
+        if machine:  # the folder's config, with this machine's threads and devices
+            training = opened.config.training.model_copy(update=machine)
             config = opened.config.model_copy(update={"training": training})
             opened = Study(
                 study,
@@ -110,7 +120,7 @@ def worker(
                 artifacts=artifacts,
             )
     else:
-        overrides = {"training.threads": threads} if threads else None
+        overrides = {f"training.{key}": value for key, value in machine.items()} or None
         opened = Study.from_yaml(
             study,
             out=out_dir,
@@ -140,3 +150,19 @@ def worker(
     if problem:
         click.echo(f"error: {problem}", err=True)
         sys.exit(1)
+
+
+def parse_devices(value: str) -> int:
+    """``--devices``: a count, or comma-separated GPU indices, which then become this process's
+    ``CUDA_VISIBLE_DEVICES`` (set before torch initialises CUDA); returns the device count."""
+    text = value.strip()
+    parts = [p.strip() for p in text.split(",")]
+    if "," not in text and text.isdigit() and int(text) >= 1:
+        return int(text)
+    if len(parts) >= 1 and all(p.isdigit() for p in parts) and len(set(parts)) == len(parts) and "," in text:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(parts)
+        return len(parts)
+    raise click.BadParameter(
+        f"{value!r} is neither a device count (e.g. 4) nor distinct GPU indices (e.g. 0,1,2,3)",
+        param_hint="--devices",
+    )

@@ -170,7 +170,16 @@ def _guarded(
                 plugin._tlsearch_nonfinite = bad if previous is None else previous | bad
         return result
 
+    # a trial on several devices pickles its plugins for the follower ranks: the guard travels as
+    # "guard the class's method again" (tlsearch.train.distributed reads this attribute)
+    call._tlsearch_pickle = (_reguard, (kind, name, provider, method, plugin))  # type: ignore[attr-defined]
     return call
+
+
+def _reguard(kind: str, name: str, provider: str, method: str, plugin: Any) -> Callable[..., Any]:
+    """A guarded plugin method rebuilt in another process (see :func:`_guarded`)."""
+    bound = getattr(type(plugin), method).__get__(plugin)
+    return _guarded(bound, kind=kind, name=name, provider=provider, method=method, plugin=plugin)
 
 
 def guard_plugins(plugins: TrialPlugins, registry: Registry) -> TrialPlugins:

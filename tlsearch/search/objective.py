@@ -57,6 +57,7 @@ from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.trial_writes import PROGRESS_INTERVAL, TrialWriter
 from tlsearch.train import NonFiniteError, StopTraining, Trainer, TrainSettings, merge_options, resolve_device
+from tlsearch.train.distributed import fit_on_devices
 from tlsearch.train.features import trial_backbone_identity
 from tlsearch.train.latency import LatencyCache
 from tlsearch.train.metrics import per_class_rows
@@ -410,7 +411,14 @@ class Objective:
             work.append(epoch_work(model, train_images=len(train), val_images=len(val), cached=cached))
             writer.stage(**{WORK_ATTR: {"gflop": sum(work), "epochs": len(work)}})
 
-        result = trainer.fit(train, val, on_epoch_end=on_epoch_end, on_epoch_start=on_epoch_start)
+        result = fit_on_devices(  # training.devices > 1: data-parallel, this process is rank 0
+            trainer,
+            train,
+            val,
+            devices=config.training.devices,
+            on_epoch_end=on_epoch_end,
+            on_epoch_start=on_epoch_start,
+        )
         writer.stage(best_epoch=result.best_epoch, epochs_run=len(result.history), stopped=result.stopped)
         if result.stopped is not None:
             log.info(

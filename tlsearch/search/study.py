@@ -38,6 +38,7 @@ from tlsearch.search.study_data import StudyData
 from tlsearch.search.study_dir import StudyDir
 from tlsearch.search.workers import RANK_ENV, run_workers
 from tlsearch.train import resolve_device, resolve_precision
+from tlsearch.train.distributed import check_devices
 from tlsearch.train.threads import apply_threads
 from tlsearch.worker_settings import GRACE_PERIOD, HEARTBEAT_INTERVAL, WorkerSettings
 
@@ -194,7 +195,9 @@ def prepare(
         else load_config(config_or_path, overrides=overrides)
     )
     try:  # a device this machine lacks, or a precision it cannot run, fails now rather than in every trial
-        resolve_precision(config.training.precision, resolve_device(config.training.device))
+        device = resolve_device(config.training.device)
+        resolve_precision(config.training.precision, device)
+        check_devices(config.training.devices, device)  # training.devices this machine can give
     except ConfigError as exc:
         raise ConfigError(f"{config.source or '<study>'}: {exc}") from None
     # ``--plugin`` files join the study's own ``plugins`` (absolute paths, once each), so study.json

@@ -212,6 +212,8 @@ class Trainer:
         self._sample_weights: torch.Tensor | None = None  # per training image, when a sampler asks
         self._last_classes: ClassResults | None = None  # the last evaluation's per-class results
         self._last_counts: torch.Tensor | None = None  # multilabel: the last evaluation's per-label counts
+        #: this rank's part in a trial on several devices (:mod:`tlsearch.train.distributed`), else None
+        self.parallel: Any = None
 
     # --- the pieces ---------------------------------------------------------------------------
 
@@ -311,14 +313,20 @@ class Trainer:
         model = self.model if model is None else model
         model.eval()
         outputs, targets = [], []
-        for inputs, batch_targets in source.iterate(
+        parallel = self.parallel  # several devices: each evaluates its part, then all gather
+        batches = (
             batch_indices(len(source), self._eval_batch_size(), shuffle=False)
-        ):
+            if parallel is None
+            else parallel.eval_batches(len(source), self._eval_batch_size())
+        )
+        for inputs, batch_targets in source.iterate(batches):
             with self.precision.autocast():
                 out = model.head(inputs) if cached else model(self._inputs(inputs, train=False))
             outputs.append(out.float())
             targets.append(batch_targets)
         out, target = torch.cat(outputs), torch.cat(targets)
+        if parallel is not None:
+            out, target = parallel.gather(out, target, len(source))
         scale = self.target_scale
         if self.task == "multilabel":  # per label: counts at the tuned thresholds, AP, threshold
             metrics, self._last_counts = multilabel_evaluation(out, target)
@@ -688,6 +696,8 @@ class Trainer:
     ) -> tuple[float, int, dict[str, float]]:
         batches = self._epoch_batches(len(source), generator=generator)
         draws = self._epoch_draws(batches, generator) if not cached and self.augments() else None
+        if self.parallel is not None:  # several devices: this rank's shard of every global batch
+            batches, draws = self.parallel.shard_epoch(batches, draws)
         running = torch.zeros((), device=self.device)
         seen = 0
         timer = DataTimer(self.device, enabled=self.profile)
@@ -713,6 +723,9 @@ class Trainer:
             step += 1
             if (i + 1) % check_every == 0 and not bool(torch.isfinite(running)):
                 raise NonFiniteError(f"training loss became non-finite at epoch {epoch}, by step {step}")
+        if self.parallel is not None:  # the loss over all ranks; BatchNorm statistics averaged
+            averaged = [model] if self.ema is None else [model, self.ema.module]
+            running, seen = self.parallel.end_epoch(averaged, running, seen)
         train_loss = float(running) / max(seen, 1)  # synchronises once per epoch
         if not math.isfinite(train_loss):
             raise NonFiniteError(f"training loss became {train_loss} at epoch {epoch}")
@@ -786,6 +799,7 @@ class Trainer:
         clip = self.settings.clip_grad_norm
         if scaler is not None:
             scaler.scale(loss).backward()
+            self._reduce_gradients(optimizer)
             if clip is not None:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 self._clip(optimizer, clip)
@@ -793,10 +807,16 @@ class Trainer:
             scaler.update()
         else:
             loss.backward()
+            self._reduce_gradients(optimizer)
             if clip is not None:
                 self._clip(optimizer, clip)
             optimizer.step()
         return loss
+
+    def _reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """On several devices: the global batch's gradient on every rank (before clipping)."""
+        if self.parallel is not None:
+            self.parallel.reduce_gradients(optimizer)
 
     @staticmethod
     def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> None:

@@ -1,0 +1,306 @@
+"""One trial on several devices (``training.devices``, :mod:`tlsearch.train.distributed`), driven
+for real over gloo with 2 CPU processes: the same result as one process with the same global batch,
+pruning that stops every rank at the same epoch, and a dying rank that fails its trial (not the
+worker) without a hang. Each 2-process trial spawns a follower (a few seconds to import torch)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import assert_refused_before_work
+from tlsearch.errors import ConfigError
+from tlsearch.kinds import BuiltBackbone, TransferModel
+from tlsearch.preprocessing import DataConfig
+from tlsearch.search import run_study
+from tlsearch.testing import TrainEverything, synthetic_images
+from tlsearch.testing._loop import decoded_images
+from tlsearch.train.distributed import Parallel, fit_on_devices
+from tlsearch.train.loop import Trainer, TrainSettings
+
+FAIL, COMPLETE, PRUNED = (
+    optuna.trial.TrialState.FAIL,
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.PRUNED,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_per_rank(monkeypatch: pytest.MonkeyPatch):
+    """Two busy cores: one thread per rank, and a hang fails within a minute instead of five."""
+    monkeypatch.setenv("TLSEARCH_DDP_TIMEOUT", "60")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the launcher gives each of 2 ranks half: 1
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model() -> TransferModel:
+    """A small CNN without BatchNorm (whose training statistics are per shard, as in any DDP), from
+    torch's own modules so the follower unpickles it without this test module."""
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, 2, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    built = BuiltBackbone(
+        module=module,
+        num_features=16,
+        data_config=DataConfig(input_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+        layer_groups=[[name for name, _ in module.named_parameters()]],
+        info={},
+    )
+    return TransferModel(built, nn.Linear(16, 3))
+
+
+def test_two_processes_give_the_single_device_result_with_the_same_global_batch() -> None:
+    """45 training images in global batches of 16 (the last, 13, splits 7 + 6: unequal shards), 13
+    validation images (7 + 6), crop/flip drawn per image. Bugs caught: shards' gradients averaged
+    instead of weighted by their share (the 7 + 6 batch), a rank's gradient left out (half the
+    step), validation metrics on one rank's part only, augmentation draws not sharded with their
+    images, the train loss of one rank only."""
+    images, targets = synthetic_images(58, num_classes=3, size=16)
+    settings = TrainSettings(
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        compile="never",
+        feature_cache=False,
+        precision="fp32",
+        augment="crop_flip",
+    )
+    runs = {}
+    for devices in (1, 2):
+        model = _model()
+        train = decoded_images(images[:45], targets[:45], model.data_config)
+        val = decoded_images(images[45:], targets[45:], model.data_config)
+        trainer = Trainer(model, strategy=TrainEverything(), num_outputs=3, settings=settings, seed=3)
+        result = fit_on_devices(trainer, train, val, devices=devices)
+        runs[devices] = (result, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    (one, one_weights), (two, two_weights) = runs[1], runs[2]
+    assert two.extras["distributed"]["devices"] == 2 and two.extras["distributed"]["backend"] == "gloo"
+    assert "distributed" not in one.extras
+    assert len(two.history) == len(one.history) == 3
+    for a, b in zip(one.history, two.history, strict=True):
+        for key in ("accuracy", "val_loss", "train_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    assert sum(row[1] for row in two.extras["per_class_counts"]) == 13  # the full validation set
+    assert sum(e["train_images"] for e in two.extras["epochs"]) == 3 * 45
+    drift = max(float((one_weights[k] - two_weights[k]).abs().max()) for k in one_weights)
+    moved = max(float((one_weights[k] - _model().state_dict()[k]).abs().max()) for k in one_weights)
+    assert drift < 1e-5 < moved  # the weights trained, and the same way
+
+
+def test_shards_cover_each_batch_once_and_weigh_by_their_share() -> None:
+    """The pure part of the sharding, for 3 ranks: a one-line bug in the split or the weights shows here."""
+    batches = [torch.arange(0, 8), torch.arange(8, 13)]
+    shards = [Parallel(rank, 3).shard_epoch(batches, None)[0] for rank in range(3)]
+    for i, batch in enumerate(batches):
+        assert torch.cat([s[i] for s in shards]).tolist() == batch.tolist()
+    ranks = [Parallel(rank, 3) for rank in range(3)]
+    for p in ranks:
+        p.shard_epoch(batches, None)
+    assert [p._weights[1] for p in ranks] == [2 / 5, 2 / 5, 1 / 5]
+    assert [Parallel(r, 3).eval_batches(7, 2) for r in range(3)][2][0].tolist() == [5, 6]
+    with pytest.raises(Exception, match="2 image.*3 devices"):
+        Parallel(0, 3).shard_epoch([torch.arange(2)], None)
+
+
+def test_a_follower_out_of_memory_is_an_out_of_memory_failure() -> None:
+    """A follower's CUDA out-of-memory fails the trial as ``oom`` (retried at half the batch), any
+    other failure as ``error``. Bug caught: every follower failure an "error", so a trial too big
+    for its GPUs is never retried smaller."""
+    from tlsearch.search.failures import classify
+    from tlsearch.train.distributed import RankFailed
+
+    oom = RankFailed(
+        "rank 1 of 2 failed: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"
+    )
+    assert classify(oom)[0] == "oom"
+    assert classify(RankFailed("rank 1 of 2 (pid 7) was killed by SIGKILL")) == (
+        "error",
+        "rank 1 of 2 (pid 7) was killed by SIGKILL",
+    )
+
+
+# A regularizer that records, per rank, how many steps it saw (at teardown, which every rank runs),
+# and on demand kills or fails rank 1 in the middle of a study's first / second trial.
+RANK_PLUGIN = textwrap.dedent('''
+    import json, os, signal
+    from pathlib import Path
+    from tlsearch import hookimpl
+    from tlsearch.kinds import Regularizer
+
+    class RankProbe(Regularizer):
+        """Counts this rank's steps; TLSEARCH_TEST_DDP_FAULT=1 kills rank 1 in trial 0, raises in trial 1."""
+        name = "rank_probe"
+        hyperparameters = {}
+
+        def setup(self, model, *, num_outputs, task):
+            self.steps = 0
+
+        def penalty(self, model, *, images, features):
+            self.steps += 1
+            out = Path(os.environ["TLSEARCH_TEST_DDP_DIR"])
+            if os.environ.get("RANK") == "1" and os.environ.get("TLSEARCH_TEST_DDP_FAULT") and self.steps == 2:
+                done = sorted(out.glob("fault-*"))
+                if len(done) == 0:
+                    (out / "fault-killed").write_text("")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if len(done) == 1:
+                    (out / "fault-raised").write_text("")
+                    raise ValueError("rank one's shard exploded")
+            return None
+
+        def teardown(self, model):
+            rank = os.environ.get("RANK", "0")
+            out = Path(os.environ["TLSEARCH_TEST_DDP_DIR"])
+            with open(out / f"steps-{rank}.jsonl", "a") as f:
+                f.write(json.dumps({"pid": os.getpid(), "steps": self.steps}) + "\\n")
+
+    @hookimpl
+    def tlsearch_epoch_end(trial, epoch, metrics, out_dir):
+        if os.environ.get("TLSEARCH_TEST_DDP_PRUNE") and epoch == 1:
+            import optuna
+            raise optuna.TrialPruned("pruned by the test at epoch 1")
+
+    @hookimpl
+    def tlsearch_register_regularizers(register):
+        register.add(RankProbe)
+''')
+
+
+@pytest.fixture
+def ddp_study(write_study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    plugin = tmp_path / "rank_plugin.py"
+    plugin.write_text(RANK_PLUGIN)
+    records = tmp_path / "records"
+    records.mkdir()
+    monkeypatch.setenv("TLSEARCH_TEST_DDP_DIR", str(records))
+
+    def make(epochs: int):
+        return write_study(
+            plugins=[str(plugin)],
+            space={"freezing": ["full_finetune"], "regularizers": {"rank_probe": {"enabled": True}}},
+            training={"epochs": epochs, "devices": 2, "device": "cpu", "augment": "none", "lr": 1e-3},
+            search={"pruner": "none", "n_trials": 1},  # one complete (or pruned) trial ends the study
+        )
+
+    return make, records
+
+
+def _steps(records: Path, rank: int) -> list[int]:
+    path = records / f"steps-{rank}.jsonl"
+    return [json.loads(line)["steps"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _trials(result) -> list[optuna.trial.FrozenTrial]:
+    return sorted(result.study.get_trials(deepcopy=False), key=lambda t: t.number)
+
+
+def test_pruning_on_rank_0_stops_every_rank_at_the_same_epoch(ddp_study, tmp_path, monkeypatch) -> None:
+    """Rank 0's epoch-end hook prunes after epoch 1 of 4 (48 images, global batch 16: 3 steps an
+    epoch). Bugs caught: the decision not broadcast (rank 1 trains on, or waits forever on a rank 0
+    that moved on), broadcast one epoch late, rank 1 not ending its process."""
+    make, records = ddp_study
+    monkeypatch.setenv("TLSEARCH_TEST_DDP_PRUNE", "1")
+    result = run_study(make(epochs=4), out_dir=tmp_path / "out", progress=False)
+    (trial,) = _trials(result)
+    assert trial.state == PRUNED
+    assert len(trial.user_attrs["history"]) == 2
+    assert _steps(records, 0) == [6] and _steps(records, 1) == [6]  # both ranks: epochs 0 and 1, no more
+
+
+def test_a_dying_rank_fails_its_trial_and_the_worker_runs_the_next(ddp_study, tmp_path, monkeypatch) -> None:
+    """Trial 0: rank 1 is SIGKILLed at its second step; trial 1: rank 1 raises; trial 2 trains (the
+    budget: one complete trial).
+    Bugs caught: the worker (or the study) dying with the rank, rank 0 hanging on the lost peer
+    (the 60 s collective timeout would show), a reason that does not name the rank and its end,
+    a follower left running after its trial failed."""
+    make, records = ddp_study
+    monkeypatch.setenv("TLSEARCH_TEST_DDP_FAULT", "1")
+    started = time.monotonic()
+    result = run_study(make(epochs=2), out_dir=tmp_path / "out", progress=False)
+    elapsed = time.monotonic() - started
+    killed, raised, trained = _trials(result)
+    assert killed.state == FAIL and raised.state == FAIL and trained.state == COMPLETE
+    assert "rank 1 of 2" in killed.user_attrs["failure"] and "SIGKILL" in killed.user_attrs["failure"]
+    assert "rank 1 of 2 failed" in raised.user_attrs["failure"]
+    assert "rank one's shard exploded" in raised.user_attrs["failure"]
+    assert elapsed < 60 * 2  # no collective waited for its timeout
+    assert trained.user_attrs["speed"]["distributed"]["devices"] == 2
+    assert _steps(records, 1)[-1] == 6  # the last trial's follower trained both epochs
+    assert (tmp_path / "out" / "trials" / "0002").is_dir()  # the completed trial's checkpoint
+
+
+def test_devices_are_checked_before_any_work(write_study, tmp_path) -> None:
+    """devices < 1, a device index with several devices, CUDA devices this machine lacks: config
+    errors naming the field and the value, before the study folder exists."""
+    assert_refused_before_work(
+        write_study("a.yaml", training={"devices": 0}), tmp_path / "a", ["devices", "0"]
+    )
+    assert_refused_before_work(
+        write_study("b.yaml", training={"devices": 2, "device": "cuda:1"}),
+        tmp_path / "b",
+        ["devices: 2", "cuda:1"],
+    )
+    if not torch.cuda.is_available():
+        assert_refused_before_work(
+            write_study("c.yaml", training={"devices": 2, "device": "cuda"}), tmp_path / "c", ["cuda"]
+        )
+    else:
+        count = torch.cuda.device_count()
+        assert_refused_before_work(
+            write_study("c.yaml", training={"devices": count + 1, "device": "cuda"}),
+            tmp_path / "c",
+            [f"only {count} CUDA device"],
+        )
+    with pytest.raises(ConfigError, match="validation set has only 1"):
+        model = _model()
+        images, targets = synthetic_images(5, num_classes=3, size=16)
+        train = decoded_images(images[:4], targets[:4], model.data_config)
+        val = decoded_images(images[4:], targets[4:], model.data_config)
+        settings = TrainSettings(
+            epochs=1, batch_size=4, compile="never", feature_cache=False, precision="fp32"
+        )
+        fit_on_devices(
+            Trainer(model, strategy=TrainEverything(), num_outputs=3, settings=settings),
+            train,
+            val,
+            devices=2,
+        )
+
+
+def test_worker_devices_option_takes_a_count_or_gpu_indices(write_study, tmp_path, monkeypatch) -> None:
+    """``tlsearch worker --devices``: 4 is a count, 0,2 pins those GPUs (CUDA_VISIBLE_DEVICES) and
+    counts them; anything else exits 2 naming the option, and 65 devices is the config's error."""
+    import os
+
+    import click
+    from click.testing import CliRunner
+
+    from tlsearch.cli import main
+    from tlsearch.cli.worker import parse_devices
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert parse_devices("4") == 4 and "CUDA_VISIBLE_DEVICES" not in os.environ
+    assert parse_devices("0, 2") == 2 and os.environ["CUDA_VISIBLE_DEVICES"] == "0,2"
+    for bad in ("0", "-1", "1,1", "a,b", "2,"):
+        with pytest.raises(click.BadParameter, match=repr(bad)):
+            parse_devices(bad)
+    study = write_study()
+    cli = CliRunner().invoke(main, ["worker", str(study), "--out", str(tmp_path / "o"), "--devices", "x"])
+    assert cli.exit_code == 2 and "--devices" in cli.output
+    cli = CliRunner().invoke(main, ["worker", str(study), "--out", str(tmp_path / "o"), "--devices", "65"])
+    assert cli.exit_code == 2 and "devices" in cli.output and "65" in cli.output, cli.output
