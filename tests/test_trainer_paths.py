@@ -1,0 +1,221 @@
+"""The real Trainer's less-travelled paths, pinned (issue 12 part 3, survivors of the mutation run
+of ``tlsearch/train/loop.py``): the clip-norm check, the regression losses, the reported training
+loss, the default evaluation batch, the calibration images a regularizer is given, and where a
+non-finite loss stops the trial.
+
+Each test names the one-line bug it catches. Everything runs on tiny models and 16 px images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tlsearch_builtins.freezing import FullFinetune, LinearProbe
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from tlsearch.data.augment import Normalizer
+from tlsearch.errors import ConfigError
+from tlsearch.kinds import FreezingStrategy, Regularizer, TransferModel
+from tlsearch.testing import TinyBackbone, decoded_images, synthetic_images, tiny_transfer_model
+from tlsearch.train import NonFiniteError, Trainer, TrainSettings
+
+NUM_CLASSES = 3
+
+
+def _trainer(
+    model: TransferModel,
+    strategy: FreezingStrategy | None = None,
+    regularizers: Any = (),
+    task: str = "classification",
+    **settings: Any,
+) -> Trainer:
+    return Trainer(
+        model,
+        strategy=strategy or FullFinetune(),
+        regularizers=list(regularizers),
+        task=task,
+        num_outputs=NUM_CLASSES if task == "classification" else 1,
+        settings=TrainSettings(
+            **{
+                "epochs": 1,
+                "batch_size": 8,
+                "lr": 1e-2,
+                "compile": "never",
+                "feature_cache": False,
+                "precision": "fp32",
+                "augment": False,
+                "warmup": 0.0,
+                **settings,
+            }
+        ),
+    )
+
+
+def _decoded(model: TransferModel, n: int = 16):
+    images, labels = synthetic_images(n, size=16, num_classes=NUM_CLASSES)
+    return decoded_images(images, labels, model.data_config)
+
+
+# --- settings checked before any work -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clip", [0.0, -1.0])
+def test_a_clip_norm_that_is_not_positive_is_refused_with_its_value(clip: float) -> None:
+    """Bugs caught: the check dropped, or ``> 0`` weakened to ``>= 0`` (clip 0 zeroes every step)."""
+    with pytest.raises(ConfigError, match=rf"clip_grad_norm must be > 0 .* got {clip}"):
+        _trainer(tiny_transfer_model(TinyBackbone()), clip_grad_norm=clip)
+
+
+# --- the task loss ------------------------------------------------------------------------------
+
+
+def test_the_regression_losses_are_the_ones_named() -> None:
+    """Bugs caught: ``huber`` computing MSE (or the reverse), ``auto`` not meaning MSE, the
+    loss returned as None. Residuals of 3 make Huber (1.5 + …) and MSE (9) far apart."""
+    outputs = torch.tensor([[0.0], [1.0], [-2.0]])
+    targets = torch.tensor([[3.0], [1.5], [1.0]])
+    model = tiny_transfer_model(TinyBackbone(), num_outputs=1)
+    huber = _trainer(model, task="regression", loss="huber").loss(outputs, targets)
+    mse = _trainer(model, task="regression", loss="mse").loss(outputs, targets)
+    auto = _trainer(model, task="regression").loss(outputs, targets)
+    assert float(huber) == pytest.approx(float(F.huber_loss(outputs, targets)))
+    assert float(mse) == pytest.approx(float(F.mse_loss(outputs, targets)))
+    assert float(auto) == float(mse)
+    assert abs(float(huber) - float(mse)) > 1.0
+
+
+def test_the_classification_loss_without_loss_options_is_plain_cross_entropy() -> None:
+    """Bug caught: the training loss returned as None (or not the cross-entropy) without options."""
+    outputs = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    targets = torch.tensor([0, 2])
+    loss = _trainer(tiny_transfer_model(TinyBackbone())).loss(outputs, targets)
+    assert float(loss) == pytest.approx(float(F.cross_entropy(outputs, targets)))
+
+
+# --- what fit reports ---------------------------------------------------------------------------
+
+
+def test_train_loss_is_the_image_weighted_mean_of_the_steps_losses() -> None:
+    """Bugs caught: the running sum not weighted by the batch's images, subtracted instead of
+    added, divided the wrong way. A linear probe with lr 0 on uneven batches (8 + 8 + 4
+    images): every step's loss is the loss at the starting weights, so the mean over the 20
+    images is the cross-entropy of the starting head on all of them."""
+    model = tiny_transfer_model(TinyBackbone())
+    data = _decoded(model, n=20)
+    trainer = _trainer(model, LinearProbe(), optimizer="sgd", lr=0.0)
+    images = torch.from_numpy(data.images).permute(0, 3, 1, 2)
+    model.eval()
+    with torch.no_grad():
+        start = F.cross_entropy(
+            model(Normalizer(model.data_config, device="cpu")(images)), torch.from_numpy(data.targets)
+        )
+    result = trainer.fit(data, data)
+    assert result.extras["epochs"][0]["train_images"] == 20
+    assert result.history[0]["train_loss"] == pytest.approx(float(start), rel=1e-5)
+
+
+class RecordingHead(nn.Linear):
+    """A linear head that records the batch size of each call in eval mode."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.eval_sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            self.eval_sizes.append(len(x))
+        return super().forward(x)
+
+
+def test_evaluation_batches_default_to_four_training_batches() -> None:
+    """Bugs caught: the default evaluation batch not 4 × ``batch_size`` (÷ 4, or None)."""
+    head = RecordingHead(TinyBackbone().build().num_features, NUM_CLASSES)
+    model = tiny_transfer_model(TinyBackbone(), head=head)
+    _trainer(model, batch_size=4).fit(_decoded(model, n=40), _decoded(model, n=40))
+    assert head.eval_sizes == [16, 16, 8]
+
+
+def test_the_feature_cache_reports_how_long_it_took() -> None:
+    """Bug caught: ``seconds`` a clock reading (``now + started``) instead of a duration."""
+    import time
+
+    model = tiny_transfer_model(TinyBackbone())
+    data = _decoded(model)
+    before = time.perf_counter()
+    result = _trainer(model, LinearProbe(), feature_cache=True, solve_probe=False).fit(data, data)
+    wall = time.perf_counter() - before
+    assert result.used_feature_cache
+    assert 0 <= result.extras["feature_cache"]["seconds"] <= wall
+
+
+# --- calibration images -------------------------------------------------------------------------
+
+
+class RecordsCalibration(Regularizer):
+    """Asks for ``calibration_images`` and records what ``calibrate`` is given."""
+
+    name = "records_calibration"
+
+    def __init__(self, wanted: int, **overrides: Any) -> None:
+        super().__init__(**overrides)
+        self.calibration_images = wanted
+        self.calls: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        self.head_at_call: list[torch.Tensor] = []
+
+    def calibrate(self, model: nn.Module, *, batches: Any, num_outputs: int, task: str) -> None:
+        self.calls.append([(x.clone(), y.clone()) for x, y in batches])
+        self.head_at_call.append(model.head.weight.detach().clone())  # type: ignore[union-attr]
+
+
+def test_each_regularizer_that_asks_gets_its_calibration_images_at_the_starting_weights() -> None:
+    """Bugs caught: the calibration skipped (or given to a regularizer that asks for none, or
+    only to those asking for more than one image); the images augmented; not split into
+    training batches; given after a step. The largest request decides the count."""
+    model = tiny_transfer_model(TinyBackbone())
+    start_head = model.head.weight.detach().clone()
+    data = _decoded(model, n=16)
+    one, five, none = RecordsCalibration(1), RecordsCalibration(5), RecordsCalibration(0)
+    trainer = _trainer(model, regularizers=[one, five, none], batch_size=2, augment="crop_flip")
+    trainer.fit(data, data)
+    assert none.calls == []
+    assert len(one.calls) == 1 and len(five.calls) == 1
+    batches = five.calls[0]
+    assert [len(y) for _, y in batches] == [2, 2, 1]
+    torch.testing.assert_close(five.head_at_call[0], start_head)
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(0))[:5]
+    images = torch.from_numpy(data.images).permute(0, 3, 1, 2)[order]
+    plain = Normalizer(model.data_config, device="cpu")(images)  # un-augmented
+    torch.testing.assert_close(torch.cat([x for x, _ in batches]), plain)
+    torch.testing.assert_close(torch.cat([y for _, y in batches]), torch.from_numpy(data.targets)[order])
+
+
+# --- non-finite losses --------------------------------------------------------------------------
+
+
+class NaNPenalty(Regularizer):
+    """A penalty that is NaN from its first call (a plugin gone wrong)."""
+
+    name = "nan_penalty"
+
+    def penalty(self, model: nn.Module, *, images: Any, features: Any) -> torch.Tensor:
+        return torch.tensor(float("nan"))
+
+
+def test_a_non_finite_loss_stops_the_trial_at_the_step_it_appears() -> None:
+    """Bugs caught: the per-step check on the CPU never (or every other step) run, inverted, or
+    raising for a finite loss: the first step's NaN stops the trial after that one step, with
+    the step in the message."""
+    steps: list[int] = []
+    handle = register_optimizer_step_pre_hook(lambda *a: steps.append(1))
+    model = tiny_transfer_model(TinyBackbone())
+    data = _decoded(model, n=32)
+    try:
+        with pytest.raises(NonFiniteError, match="non-finite at epoch 0, by step 1$"):
+            _trainer(model, regularizers=[NaNPenalty()]).fit(data, data)
+    finally:
+        handle.remove()
+    assert len(steps) == 1
