@@ -37,17 +37,19 @@ def test_portfolio_uses_only_plugins_of_the_space_with_values_in_range(write_stu
     entries = _named(portfolio(space))
     assert list(entries) == [
         "linear_probe",
-        "finetune_layer_decay_label_smoothing",
+        "finetune_full_finetune_label_smoothing",  # the measured recipe wins the slot over layer_decay
         "linear_probe_l2_strong",
         "linear_probe_l2_medium",
     ]
-    probe, tune = entries["linear_probe"], entries["finetune_layer_decay_label_smoothing"]
+    probe, tune = entries["linear_probe"], entries["finetune_full_finetune_label_smoothing"]
     assert probe["freezing"] == "linear_probe" and probe["regularizer.label_smoothing"] is False
     assert probe["regularizer.mixup"] is False
     assert probe["train.lr"] == 1e-2  # the study's range is [1e-3, 1e-2]
-    assert tune["freezing"] == "layer_decay" and tune["freezing.layer_decay.decay"] == 0.75
+    assert tune["freezing"] == "full_finetune"
     assert tune["regularizer.label_smoothing"] is True and tune["regularizer.label_smoothing.epsilon"] == 0.1
-    assert tune["train.lr"] == 1e-3 and tune["regularizer.mixup"] is False
+    assert tune["train.lr"] == 2e-3 and tune["regularizer.mixup"] is False
+    without_full = _named(portfolio(_space(write_study, freezing=["linear_probe", "layer_decay"])))
+    assert without_full["finetune_layer_decay"]["freezing.layer_decay.decay"] == 0.75
 
     no_probe = _named(portfolio(_space(write_study, freezing=["full_finetune", "bitfit"])))
     assert list(no_probe) == ["finetune_full_finetune_label_smoothing"]

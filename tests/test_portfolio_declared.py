@@ -134,7 +134,7 @@ def test_the_default_study_starts_with_the_solved_probe_then_fine_tunes(write_st
         "linear_probe",
         "linear_probe_l2_strong",
         "linear_probe_l2_medium",
-        "finetune_layer_decay",
+        "finetune_full_finetune",
     ]
     first = study.get_trials(deepcopy=False)[0].system_attrs["fixed_params"]
     assert first["freezing"] == "linear_probe" and first["freezing.linear_probe.l2"] == 1e-4

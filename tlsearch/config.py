@@ -837,6 +837,9 @@ class ResolvedSpace:
     image_size: Hyperparameter = Fixed(None)
     crop_pct: Hyperparameter = Fixed(None)
     crop_mode: Hyperparameter = Fixed(None)
+    #: the training images' median shorter side (px), set once the study's images are checked: a
+    #: study that sets no image_size trains at the size derived from it (:mod:`tlsearch.data.sizes`)
+    data_short_side: int | None = None
 
 
 def resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
@@ -947,7 +950,10 @@ def _resolve_space(config: StudyConfig, registry: Any) -> ResolvedSpace:
         image_size=_choice(d.image_size),
         crop_pct=_choice(d.crop_pct),
         crop_mode=_choice(d.crop_mode),
-        **resolved,
+        backbone=resolved["backbone"],
+        head=resolved["head"],
+        freezing=resolved["freezing"],
+        regularizers=resolved["regularizers"],
     )
     from tlsearch.validate import check_study  # task × loss × plugins, and each plugin at its corners
 

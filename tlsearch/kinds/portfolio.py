@@ -39,6 +39,8 @@ from typing import Any
 from tlsearch.kinds._names import NAME_PATTERN
 
 COSTS = ("cheap", "full")
+#: the training settings a freezing strategy's entry may set for its own trial (``training``)
+TRAINING_KEYS = ("epochs", "ema", "warmup")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,13 @@ class PortfolioEntry:
     plugin's own hyperparameters (others take their declared defaults); ``lr``: the trial's
     learning rate (None: the study's default); ``cost``: ``"cheap"`` (frozen backbone, cached
     features) or ``"full"`` (the backbone trains); ``priority``: lower runs sooner; ``slot``:
-    entries sharing it are alternatives, the best-priority one present joins."""
+    entries sharing it are alternatives, the best-priority one present joins.
+
+    ``training`` (freezing strategies' entries): settings of :data:`TRAINING_KEYS` for this trial
+    only, where the study does not set them itself: ``epochs`` is a minimum (the trial trains
+    ``max(study's epochs, epochs)``; a warm-start fine-tune needs more epochs than a sampled trial
+    that the pruner compares early), ``ema`` the decay of the weights' average, ``warmup`` the
+    warm-up fraction; a study that sets ``training.ema`` or ``training.warmup`` keeps its own."""
 
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -57,8 +65,19 @@ class PortfolioEntry:
     cost: str = "full"
     priority: int = 100
     slot: str | None = None
+    training: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.training) - set(TRAINING_KEYS))
+        if unknown:
+            raise ValueError(
+                f"portfolio entry {self.name!r}: training sets {unknown}; valid: {', '.join(TRAINING_KEYS)}"
+            )
+        epochs = self.training.get("epochs")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+            raise ValueError(
+                f"portfolio entry {self.name!r}: training epochs must be an int >= 1 but got {epochs!r}"
+            )
         if not NAME_PATTERN.match(self.name):
             raise ValueError(
                 f"portfolio entry name {self.name!r} must be lower-case letters, digits and underscores"

@@ -35,6 +35,7 @@ from tlsearch.search.failures import (
     study_wide,
 )
 from tlsearch.search.objectives import LATENCY_ATTR, latency_needed, objective_values, record_constraints
+from tlsearch.search.portfolio import TRAINING_ATTR
 from tlsearch.search.pruning import WORK_ATTR
 from tlsearch.search.recovery import (
     MAX_RETRIES,
@@ -299,16 +300,22 @@ class Objective:
         self.on_event("trial_end", trial=trial, state=state, value=value, metrics=metrics)
 
     def epoch_callback(
-        self, trial: optuna.Trial, writer: TrialWriter, history: list[dict[str, float]]
+        self,
+        trial: optuna.Trial,
+        writer: TrialWriter,
+        history: list[dict[str, float]],
+        *,
+        epochs: int | None = None,
     ) -> Callable[[int, dict[str, float]], None]:
         """What happens after each epoch: record the history and report to the pruner (one commit,
         at most every ``progress_interval`` seconds), call the ``tlsearch_epoch_end`` hooks, stop
         the trial when the pruner says so, and end its training (keeping its best epoch) when the
-        study's deadline has passed."""
+        study's deadline has passed. ``epochs``: the trial's (a warm-start entry may raise the
+        study's ``training.epochs``)."""
         config = self.config
+        epochs = config.training.epochs if epochs is None else epochs
         metric = config.metric
-        deadlines = [d for d in (self.deadline, study_deadline(trial.study)) if d is not None]
-        deadline = min(deadlines, default=None)
+        deadline = self._deadline(trial)
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             history.append(metrics)
@@ -324,13 +331,32 @@ class Objective:
                 out_dir=str(self.study_dir.root),
             )
             self.on_event("epoch_end", trial=trial, epoch=epoch, metrics=metrics)
-            last = epoch + 1 >= config.training.epochs
+            last = epoch + 1 >= epochs
             if not last and not config.multi_objective and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={metrics[metric]:.4g}")
             if not last and deadline is not None and wall_clock() >= deadline:
                 raise StopTraining("timeout", f"cut by the study's timeout after epoch {epoch}")
 
         return on_epoch_end
+
+    def _deadline(self, trial: optuna.Trial) -> float | None:
+        deadlines = [d for d in (self.deadline, study_deadline(trial.study)) if d is not None]
+        return min(deadlines, default=None)
+
+    def epochs_fitter(self, trial: optuna.Trial) -> Callable[[int, float], int | None] | None:
+        """The study's budget rule for a trial's epochs (:meth:`Trainer.fit`'s ``fit_epochs``):
+        after epoch ``epoch``, the epochs in all that fit before the deadline at ``seconds`` per
+        epoch; None when the study has no deadline."""
+        deadline = self._deadline(trial)
+        if deadline is None:
+            return None
+
+        def fit_epochs(epoch: int, seconds: float) -> int | None:
+            if seconds <= 0:
+                return None
+            return epoch + 1 + int(max(0.0, deadline - wall_clock()) // seconds)
+
+        return fit_epochs
 
     def record_finished(
         self,
@@ -384,15 +410,20 @@ class Objective:
             trial.study.set_user_attr("skipped_images", {"count": skipped, "examples": examples})
         batch_size = trial_batch_size(config, trial)
         target_scale = self.data.target_scale
+        settings = TrainSettings.for_trial(
+            config,
+            batch_size=batch_size,
+            lr=choices["train.lr"],
+            choices=choices,
+            portfolio=trial.user_attrs.get(TRAINING_ATTR),
+        )
         trainer = Trainer(
             model,
             strategy=plugins.freezing,
             regularizers=plugins.regularizers,
             task=config.task,
             num_outputs=self.data.num_outputs,
-            settings=TrainSettings.for_trial(
-                config, batch_size=batch_size, lr=choices["train.lr"], choices=choices
-            ),
+            settings=settings,
             device=self.device,
             seed=seed,
             feature_cache_dir=self.study_dir.cache,
@@ -402,7 +433,7 @@ class Objective:
             target_scale=target_scale,
         )
         metric = config.metric
-        on_epoch_end = self.epoch_callback(trial, writer, history)
+        on_epoch_end = self.epoch_callback(trial, writer, history, epochs=settings.epochs)
         cached = trainer.use_feature_cache()
         work: list[float] = []
 
@@ -418,6 +449,7 @@ class Objective:
             devices=config.training.devices,
             on_epoch_end=on_epoch_end,
             on_epoch_start=on_epoch_start,
+            fit_epochs=self.epochs_fitter(trial),
         )
         writer.stage(best_epoch=result.best_epoch, epochs_run=len(result.history), stopped=result.stopped)
         if result.stopped is not None:

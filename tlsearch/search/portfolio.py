@@ -33,7 +33,7 @@ resumed study never enqueues again.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -46,6 +46,8 @@ from tlsearch.space import Fixed, Float, Hyperparameter, Int
 
 WARM_START_ATTR = "warm_start"
 PORTFOLIO_ATTR = "portfolio"
+#: a warm-start trial's own training settings (its entry's ``training``), read by the objective
+TRAINING_ATTR = "portfolio_training"
 RANKED_PRIORITY = 50
 """Where the further ranked backbones' trials stand among the declared entries' priorities: after
 a study's first probe and fine-tune (the built-ins declare 0 and 10–11), before further variants."""
@@ -55,11 +57,13 @@ a study's first probe and fine-tune (the built-ins declare 0 and 10–11), befor
 class Planned:
     """One warm-start trial: its recorded ``name``, the sampler's ``params``, and its ``order`` for
     :func:`cheapest_first` (0: a cheap entry on the top backbone, 1: a further ranked backbone's
-    cheap entry, 2: the rest)."""
+    cheap entry, 2: the rest); ``training``: its entry's own training settings
+    (:attr:`PortfolioEntry.training`)."""
 
     name: str
     params: dict[str, Any]
     order: int = 2
+    training: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _clip(hp: Hyperparameter, value: float) -> Any:
@@ -187,14 +191,19 @@ def portfolio(
         made = _trial(top, space, strategy, entry)
         if made is not None:
             order = 0 if entry.cost == "cheap" else 2
-            scheduled.append((entry.priority, Planned(made[0], made[1], order)))
+            scheduled.append((entry.priority, Planned(made[0], made[1], order, dict(entry.training))))
 
     if order_first:
         cheap = next(((c, e) for c, e in strategies if e.cost == "cheap"), None)
         for candidate in ranked[1:]:
             made = _trial(candidate, space, *cheap) if ranked_probes and cheap else None
             if made is not None:
-                planned = Planned(f"ranked:{candidate.label}:{made[0]}", made[1], 1)
+                planned = Planned(
+                    f"ranked:{candidate.label}:{made[0]}",
+                    made[1],
+                    1,
+                    dict(cheap[1].training) if cheap else {},
+                )
             else:
                 planned = Planned(f"ranked:{candidate.label}", candidate_params(candidate, space))
             scheduled.append((RANKED_PRIORITY, planned))
@@ -244,5 +253,8 @@ def warm_start(
         entries = cheapest_first(entries)
     study.set_user_attr(WARM_START_ATTR, [e.name for e in entries])
     for entry in entries:
-        study.enqueue_trial(entry.params, user_attrs={PORTFOLIO_ATTR: entry.name})
+        attrs: dict[str, Any] = {PORTFOLIO_ATTR: entry.name}
+        if entry.training:
+            attrs[TRAINING_ATTR] = dict(entry.training)
+        study.enqueue_trial(entry.params, user_attrs=attrs)
     return [e.name for e in entries]

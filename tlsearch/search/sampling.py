@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from tlsearch.config import PluginChoice, ResolvedSpace
+from tlsearch.data.sizes import default_image_size
 from tlsearch.kinds import Backbone, FreezingStrategy, Head, Regularizer, TransferModel
 from tlsearch.registry import Registry
 from tlsearch.space import Categorical, Fixed, _Trial
@@ -53,11 +54,14 @@ def _applies(reg: PluginChoice, strategy: FreezingStrategy | None) -> bool:
 DATA_KEYS = ("image_size", "crop_pct", "crop_mode")
 
 
-def _sample_data(trial: _Trial, space: ResolvedSpace, backbone: PluginChoice) -> dict[str, Any]:
+def _sample_data(
+    trial: _Trial, space: ResolvedSpace, backbone: PluginChoice, params: dict[str, Any]
+) -> dict[str, Any]:
     """The trial's input size, eval crop and resize mode as ``data.<name>`` choices: sampled when
     the study lists choices, recorded when it fixes one, absent when the backbone's own applies.
     A backbone's own ``image_size`` list is a separate Optuna parameter
-    (``data.image_size.<backbone>``): each backbone has its own choices."""
+    (``data.image_size.<backbone>``): each backbone has its own choices. A study that sets no
+    size records the data-derived one (:func:`derived_image_size`) like a fixed one."""
     out: dict[str, Any] = {}
     for name in DATA_KEYS:
         hp = getattr(space, name)
@@ -65,9 +69,29 @@ def _sample_data(trial: _Trial, space: ResolvedSpace, backbone: PluginChoice) ->
         if name == "image_size" and backbone.image_size is not None:
             hp, param = backbone.image_size, f"data.image_size.{backbone.name}"
         value = hp.suggest(trial, param)
+        if value is None and name == "image_size":
+            value = derived_image_size(space, backbone, params)
         if value is not None:
             out[f"data.{name}"] = value
     return out
+
+
+def derived_image_size(space: ResolvedSpace, backbone: PluginChoice, params: dict[str, Any]) -> int | None:
+    """The data-derived default size of ``backbone`` (with its sampled ``params``) in a study that
+    sets no ``image_size`` (:func:`tlsearch.data.sizes.default_image_size`): the native size is what
+    the backbone's ``describe()`` reports as ``input_size``; None (its native size) when the study
+    has no measured short side or the backbone reports no native size."""
+    if space.data_short_side is None or backbone.plugin is None:
+        return None
+    try:
+        plugin = backbone.plugin(**params)
+        native = (plugin.describe() or {}).get("input_size")
+        accepted = plugin.input_sizes()
+    except Exception:  # noqa: BLE001 - describe() is advisory; the trial reports a plugin that cannot build
+        return None
+    if not isinstance(native, int) or isinstance(native, bool):
+        return None
+    return default_image_size(space.data_short_side, native=native, accepted=accepted)
 
 
 def data_choices(choices: dict[str, Any], data: Any = None) -> dict[str, Any]:
@@ -97,7 +121,7 @@ def sample_choices(trial: _Trial, space: ResolvedSpace) -> dict[str, Any]:
         if key == "freezing":
             strategy = _strategy(choice, params)
         if key == "backbone":
-            choices.update(_sample_data(trial, space, choice))
+            choices.update(_sample_data(trial, space, choice, params))
     for reg in space.regularizers:
         prefix = f"regularizer.{reg.name}"
         if not _applies(reg, strategy):

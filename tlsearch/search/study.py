@@ -7,6 +7,7 @@ study is loaded from its storage and only the trials still missing from the budg
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -19,8 +20,9 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
-from tlsearch.config import StudyConfig, load_config, resolve_space
+from tlsearch.config import ResolvedSpace, StudyConfig, load_config, resolve_space
 from tlsearch.data import load_splits
+from tlsearch.data.sizes import MIN_DEFAULT_SIZE, SIZE_STEP, median_short_side
 from tlsearch.errors import ConfigError, PluginError, TlsearchError, storage_unavailable
 from tlsearch.rank.study import ranked_space
 from tlsearch.registry import PluginManager, get_plugin_manager
@@ -121,6 +123,24 @@ def open_study(
     if create:
         return optuna.create_study(directions=config.directions, load_if_exists=True, **kwargs)  # type: ignore[arg-type]
     return optuna.load_study(**kwargs)
+
+
+def with_data_size(space: ResolvedSpace, config: StudyConfig, data: StudyData) -> ResolvedSpace:
+    """``space`` with the training images' median shorter side when the study sets no
+    ``image_size`` (neither ``data.image_size`` nor a backbone's own): each trial then trains at the
+    data-derived default size (:mod:`tlsearch.data.sizes`), recorded as its ``data.image_size``."""
+    if config.data.image_size is not None or all(c.image_size is not None for c in space.backbone):
+        return space
+    side = median_short_side(data.train.paths)
+    if side is not None:
+        log.info(
+            "data.image_size not set: the training images' median shorter side is %d px, so each "
+            "backbone trains at max(%d, that rounded up to a multiple of %d) px, at most its native size",
+            side,
+            MIN_DEFAULT_SIZE,
+            SIZE_STEP,
+        )
+    return dataclasses.replace(space, data_short_side=side)
 
 
 def _describe_study(study: optuna.Study, config: StudyConfig, data: StudyData) -> None:
@@ -309,6 +329,7 @@ def run_study(
         on_progress=report,
     )
     data.check()  # every image decoded once, before any trial: a bad file stops the study once
+    space = with_data_size(space, config, data)
 
     study = open_study(
         config, opened, worker=rank, heartbeat_interval=heartbeat_interval, grace_period=grace_period

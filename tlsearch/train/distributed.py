@@ -60,7 +60,7 @@ from tlsearch.train.best import StopTraining
 
 if TYPE_CHECKING:
     from tlsearch.data.cache import DecodedImages
-    from tlsearch.train.loop import FitResult, Trainer
+    from tlsearch.train.loop import FitEpochsCallback, FitResult, Trainer
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -356,13 +356,22 @@ def fit_on_devices(
     devices: int,
     on_epoch_end: EpochCallback | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
+    fit_epochs: FitEpochsCallback | None = None,
 ) -> FitResult:
     """``trainer.fit`` on ``devices`` devices (one: just ``fit``); this process is rank 0 and alone
-    calls ``on_epoch_end``/``on_epoch_start``. Raises :class:`RankFailed` when a follower dies."""
+    calls ``on_epoch_end``/``on_epoch_start``. Raises :class:`RankFailed` when a follower dies.
+
+    ``fit_epochs`` (the budget's re-planned schedule) applies on one device only: rank 0 alone
+    would re-plan, and the ranks' schedules would part; on several devices the planned epochs
+    stand and the study's timeout still ends the trial at an epoch boundary (``on_epoch_end``)."""
     if devices <= 1:
-        return trainer.fit(train, val, on_epoch_end=on_epoch_end, on_epoch_start=on_epoch_start)
+        return trainer.fit(
+            train, val, on_epoch_end=on_epoch_end, on_epoch_start=on_epoch_start, fit_epochs=fit_epochs
+        )
     if trainer.use_feature_cache():
-        result = trainer.fit(train, val, on_epoch_end=on_epoch_end, on_epoch_start=on_epoch_start)
+        result = trainer.fit(
+            train, val, on_epoch_end=on_epoch_end, on_epoch_start=on_epoch_start, fit_epochs=fit_epochs
+        )
         result.extras["distributed"] = {
             "devices": 1,
             "reason": "trained on cached features: rank 0 alone (nothing to spread)",

@@ -88,6 +88,8 @@ __all__ = [
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 EpochStartCallback = Callable[[int], None]
+#: ``fit_epochs(epoch, seconds_per_epoch)``: how many epochs in all fit the time left after ``epoch``
+FitEpochsCallback = Callable[[int, float], int | None]
 CHECK_EVERY = 50  # steps between checks that the loss is finite on CUDA (each check synchronises)
 
 
@@ -421,6 +423,7 @@ class Trainer:
         *,
         on_epoch_end: EpochCallback | None = None,
         on_epoch_start: EpochStartCallback | None = None,
+        fit_epochs: FitEpochsCallback | None = None,
     ) -> FitResult:
         """Train for ``settings.epochs``; ``on_epoch_end(epoch, metrics)`` may raise to stop (pruning),
         or raise :class:`~tlsearch.train.best.StopTraining` to end training normally after this epoch.
@@ -432,6 +435,12 @@ class Trainer:
         ``requires_grad``), then the observer ``on_epoch_start(epoch)`` (tests and
         :mod:`tlsearch.testing` record the epoch's state there, ``self.optimizer`` included, which
         is set only while ``fit`` runs).
+
+        ``fit_epochs(epoch, seconds_per_epoch)`` (the study's time budget, when it has one): after
+        each epoch, how many epochs in all fit the time left at the mean epoch's duration so far.
+        When fewer than planned (but at least one more) fit, the schedule is re-planned to end
+        there: the cosine then decays to zero at the budget instead of being cut half-way at a
+        high learning rate (``extras["epochs_fitted"]``).
         """
         started = time.perf_counter()
         if self.target_scale is not None:  # same images arrays (device copies stay cached)
@@ -508,7 +517,11 @@ class Trainer:
         kept_counts: torch.Tensor | None = None  # multilabel
         stopped: str | None = None
         try:
+            planned = self.settings.epochs
             for epoch in range(self.settings.epochs):
+                if epoch >= planned:
+                    stopped = "timeout"  # re-planned to end at the budget (fit_epochs)
+                    break
                 epoch_start = time.perf_counter()
                 model.train()
                 self.strategy.on_epoch_start(model, epoch, groups)
@@ -557,7 +570,7 @@ class Trainer:
                     except StopTraining as stop:
                         stopped = stop.reason
                         break
-                if best.exhausted(epoch) and epoch + 1 < self.settings.epochs:
+                if best.exhausted(epoch) and epoch + 1 < planned:
                     stopped = "patience"
                     break
                 if solver is not None and extras["probe_solver"]["converged"]:
@@ -565,6 +578,13 @@ class Trainer:
                     if epoch + 1 < self.settings.epochs:
                         stopped = "converged"
                     break
+                if fit_epochs is not None and solver is None and epoch + 1 < planned:
+                    mean_seconds = sum(h["epoch_seconds"] for h in history) / len(history)
+                    fitted = fit_epochs(epoch, mean_seconds)
+                    if fitted is not None and epoch + 1 < fitted < planned:
+                        planned = fitted
+                        total_steps = steps_per_epoch * planned
+                        extras["epochs_fitted"] = planned
             best.restore(model)  # before the regularizers' teardown: the state has their names too
             if ema is not None and history:
                 kept = best.metrics or history[-1]  # the kept epoch says which copy scored it

@@ -84,23 +84,32 @@ class TrainSettings:
         batch_size: int,
         lr: float,
         choices: Mapping[str, Any] | None = None,
+        portfolio: Mapping[str, Any] | None = None,
     ) -> TrainSettings:
         """One trial's settings: the study's ``training`` section, each searched setting (a list
         or range) taken from the trial's ``choices`` (``train.<name>``); a trial made without it
         (recorded before the setting was searched) takes a list's first value, or this class's
-        default for a range."""
+        default for a range.
+
+        ``portfolio``: a warm-start trial's own settings (its entry's ``training``,
+        :class:`~tlsearch.kinds.PortfolioEntry`): ``epochs`` raises the study's to at least that
+        many; ``ema`` and ``warmup`` apply where the study file does not set them."""
         t = config.training
         choices = choices or {}
+        portfolio = portfolio or {}
+        study_sets = t.model_fields_set
 
         def chosen(name: str) -> Any:
             value = getattr(t, name)
             if f"train.{name}" in choices:
                 return choices[f"train.{name}"]
+            if name in portfolio and name not in study_sets:
+                return portfolio[name]
             return getattr(cls, name) if isinstance(value, Range) else _fixed(value)
 
         clip = chosen("clip_grad_norm")
         return cls(
-            epochs=t.epochs,
+            epochs=max(t.epochs, int(portfolio.get("epochs") or 0)),
             batch_size=batch_size,
             lr=lr,
             optimizer=chosen("optimizer"),

@@ -14,6 +14,12 @@ from tlsearch.kinds.freezing import (
 )
 from tlsearch.space import Categorical, Fixed, Float
 
+#: a warm-start fine-tune's own training (PortfolioEntry.training): enough epochs for the cosine to
+#: converge (the study's ``search.timeout`` re-plans them to end at the budget), warm-up, EMA on.
+#: Measured on the real-data benchmark's digits (Lite0, 64 px): a full fine-tune at lr 2e-3 reached
+#: 0.989 validation accuracy in 8 epochs, where the 3-epoch default stopped at 0.90.
+FINETUNE_TRAINING = {"epochs": 8, "warmup": 0.1, "ema": 0.999}
+
 
 class FullFinetune(FreezingStrategy):
     """Every parameter trains; the backbone at ``backbone_lr_scale`` × the head's learning rate.
@@ -24,8 +30,18 @@ class FullFinetune(FreezingStrategy):
 
     name = "full_finetune"
     default = True
-    #: the plain fine-tune of the warm start, where the study has no layer_decay (same slot)
-    portfolio = (PortfolioEntry(name="finetune_full_finetune", lr=1e-3, priority=11, slot="finetune"),)
+    #: the warm start's fine-tune (slot "finetune", before layer_decay's): the recipe that closed
+    #: most of the digits gap on the real-data benchmark, AdamW at 2e-3 with 10% warm-up and a
+    #: cosine decay over at least 8 epochs, the weights' EMA evaluated beside them
+    portfolio = (
+        PortfolioEntry(
+            name="finetune_full_finetune",
+            lr=2e-3,
+            priority=10,
+            slot="finetune",
+            training=FINETUNE_TRAINING,
+        ),
+    )
     hyperparameters = {
         "backbone_lr_scale": Float(0.1, 1.0, log=True, default=1.0, help="backbone lr / head lr"),
     }
@@ -159,10 +175,15 @@ class LayerDecay(FreezingStrategy):
 
     name = "layer_decay"
     default = True
-    #: the warm start's fine-tune: BEiT's recipe, before a plain fine-tune (same slot)
+    #: the warm start's fine-tune where the study has no full_finetune (same slot): BEiT's recipe
     portfolio = (
         PortfolioEntry(
-            name="finetune_layer_decay", params={"decay": 0.75}, lr=1e-3, priority=10, slot="finetune"
+            name="finetune_layer_decay",
+            params={"decay": 0.75},
+            lr=1e-3,
+            priority=11,
+            slot="finetune",
+            training=FINETUNE_TRAINING,
         ),
     )
     hyperparameters = {
