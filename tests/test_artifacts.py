@@ -327,3 +327,13 @@ def test_a_reader_takes_a_complete_checkpoint(s3_bucket: Bucket, tmp_path: Path)
     folder = reader.checkpoint(7)
     for name in ("model.safetensors", "trial.json"):
         assert (folder / name).read_bytes() == (tmp_path / "writer/trials/0007" / name).read_bytes()
+
+
+@pytest.mark.parametrize("command", ["export", "worker"])
+def test_a_missing_study_folder_without_a_store_is_refused(command: str, tmp_path: Path) -> None:
+    from tlsearch.cli import main
+
+    result = CliRunner().invoke(main, [command, str(tmp_path / "nowhere")])
+    assert result.exit_code == 2, result.output
+    assert "nowhere" in result.output and "only with --artifacts" in result.output
+    assert not (tmp_path / "nowhere").exists()
