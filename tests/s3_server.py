@@ -8,6 +8,7 @@ Its fixtures, ``s3_server`` and ``s3_bucket``, are registered by ``tests/conftes
 
 from __future__ import annotations
 
+import logging
 import socket
 import uuid
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ def s3_server() -> Iterator[str]:
     """The endpoint URL of a moto S3 server running for the whole session."""
     pytest.importorskip("boto3", reason="boto3 is needed for the S3 tests (pip install 'tlsearch[s3]')")
     server_mod = pytest.importorskip("moto.server", reason="moto[s3,server] is needed for the S3 tests")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not one INFO line per request in a failure
     port = free_port()
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -55,7 +57,7 @@ class Bucket:
     endpoint: str
     client: Any
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def listed(self, prefix: str = "") -> list[str]:
         found = self.client.list_objects_v2(Bucket=self.name, Prefix=prefix)
         return sorted(o["Key"] for o in found.get("Contents", []))
 

@@ -131,13 +131,13 @@ def test_s3_round_trip_under_the_prefix(s3_bucket: Bucket, tmp_path: Path) -> No
     source = tmp_path / "model.onnx"
     source.write_bytes(os.urandom(MB + 3))
     store.upload("model.onnx", source)
-    assert s3_bucket.keys() == ["team/flowers/model.onnx"]
+    assert s3_bucket.listed() == ["team/flowers/model.onnx"]
     assert store.exists("model.onnx") and not store.exists("model.json")
     assert store.download("model.onnx", tmp_path / "back.onnx")
     assert (tmp_path / "back.onnx").read_bytes() == source.read_bytes()
     assert store.download("model.json", tmp_path / "missing.json") is False
     store.remove("model.onnx")
-    assert s3_bucket.keys() == []
+    assert s3_bucket.listed() == []
 
 
 STREAM_CHILD = textwrap.dedent(
@@ -192,7 +192,7 @@ def test_s3_upload_and_download_stream_without_the_whole_file_in_memory(
 
 def test_probe_of_a_working_store_leaves_nothing(s3_bucket: Bucket, tmp_path: Path) -> None:
     open_artifacts(f"{s3_bucket.url}/p").probe()
-    assert s3_bucket.keys() == []
+    assert s3_bucket.listed() == []
     open_artifacts(str(tmp_path / "store")).probe()
     assert list((tmp_path / "store").iterdir()) == []
 
@@ -292,7 +292,7 @@ def test_a_writer_killed_mid_upload_to_s3_leaves_nothing_a_reader_takes(
     wait_for_marker(uploading, proc, timeout=120, what="the multipart upload of the weights")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert s3_bucket.keys() == []  # neither the weights nor the record
+    assert s3_bucket.listed() == []  # neither the weights nor the record
     _reader_sees_no_checkpoint(tmp_path, url)
 
 
@@ -322,8 +322,18 @@ def test_a_reader_takes_a_complete_checkpoint(s3_bucket: Bucket, tmp_path: Path)
     _checkpoint(tmp_path / "writer", 2)
     url = f"{s3_bucket.url}/runs"
     StudyDir(tmp_path / "writer", open_artifacts(url)).share_checkpoint(7)
-    assert s3_bucket.keys() == ["runs/trials/0007/model.safetensors", "runs/trials/0007/trial.json"]
+    assert s3_bucket.listed() == ["runs/trials/0007/model.safetensors", "runs/trials/0007/trial.json"]
     reader = StudyDir(tmp_path / "reader", open_artifacts(url))
     folder = reader.checkpoint(7)
     for name in ("model.safetensors", "trial.json"):
         assert (folder / name).read_bytes() == (tmp_path / "writer/trials/0007" / name).read_bytes()
+
+
+@pytest.mark.parametrize("command", ["export", "worker"])
+def test_a_missing_study_folder_without_a_store_is_refused(command: str, tmp_path: Path) -> None:
+    from tlsearch.cli import main
+
+    result = CliRunner().invoke(main, [command, str(tmp_path / "nowhere")])
+    assert result.exit_code == 2, result.output
+    assert "nowhere" in result.output and "only with --artifacts" in result.output
+    assert not (tmp_path / "nowhere").exists()

@@ -16,6 +16,8 @@ import tlsearch
 from tests.s3_server import Bucket
 from tlsearch.cli import main
 
+pytestmark = pytest.mark.slow
+
 TRIALS = 2
 SECTIONS: dict[str, Any] = {
     "training": {"epochs": 1},
@@ -63,7 +65,7 @@ def test_a_study_shares_through_s3_and_another_machine_exports_it(
     first = tmp_path / "machine1" / "runs"
     _cli("run", study, "--out", first, "--storage", storage, "--console", "plain")
 
-    keys = s3_bucket.keys("studies/tiny/")
+    keys = s3_bucket.listed("studies/tiny/")
     names = [k.removeprefix("studies/tiny/") for k in keys]
     trials = sorted({n.split("/")[1] for n in names if n.startswith("trials/")})
     assert len(trials) == TRIALS
@@ -85,21 +87,32 @@ def test_a_study_shares_through_s3_and_another_machine_exports_it(
     meta = json.loads((second / "here/m2.json").read_text())["metadata"]
     assert meta["trial"] == best
     np.testing.assert_allclose(_outputs(second / "here/m2.onnx"), _outputs(first / "model.onnx"), atol=1e-5)
-    assert {"studies/tiny/m2.onnx", "studies/tiny/m2.json"} <= set(s3_bucket.keys())  # uploaded
+    assert {"studies/tiny/m2.onnx", "studies/tiny/m2.json"} <= set(s3_bucket.listed())  # uploaded
+
+    # a worker on machine 2 with an empty folder: the study.json from S3, its checkpoint to S3
+    _cli("worker", "w2", "--storage", storage, "--artifacts", url, "--n-trials", TRIALS + 1)
+    added = {n.split("/")[3] for n in s3_bucket.listed("studies/tiny/trials/")} - set(trials)
+    assert len(added) == 1 and (second / "w2/study.json").is_file()
+    assert f"studies/tiny/trials/{added.pop()}/trial.json" in s3_bucket.listed()
 
     status = json.loads(
         _cli("status", "elsewhere", "--storage", storage, "--artifacts", url, "--json")
     )  # yet another empty folder on machine 2
-    assert status["finished"] == TRIALS and status["best"]["trial"] == best
+    assert status["finished"] == TRIALS + 1
     api = tlsearch.Study.open("elsewhere-api", storage=str(storage), artifacts=url).status()
     assert api.pop("folder") == "elsewhere-api" and status.pop("folder") == "elsewhere"
     assert json.loads(json.dumps(api, default=str)) == status  # the CLI is thin over the API
 
 
+@pytest.mark.filterwarnings("ignore:INT8 accuracy")  # a one-epoch model: its INT8 copy may drop, warned
 def test_a_study_shares_through_a_separate_folder_and_the_api_exports_it_elsewhere(
     write_study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sections = {**SECTIONS, "search": {**SECTIONS["search"], "n_trials": 1}}
+    sections = {
+        **SECTIONS,
+        "search": {**SECTIONS["search"], "n_trials": 1},
+        "export": {"enabled": True, "int8": True, "on_accuracy_drop": "warn"},
+    }
     study = write_study(artifacts="shared", **sections)  # relative: from the study file's folder
     storage = str(tmp_path / "db" / "study.journal")
     first = tmp_path / "machine1"
@@ -109,6 +122,7 @@ def test_a_study_shares_through_a_separate_folder_and_the_api_exports_it_elsewhe
     assert (shared / "study.json").is_file() and (shared / "model.onnx").is_file()
     assert len(list((shared / "trials").glob("*/trial.json"))) == 1
     assert not (shared / "cache").exists()
+    assert (shared / "model.int8.onnx").read_bytes() == (first / "model.int8.onnx").read_bytes()
     assert json.loads((shared / "study.json").read_text()) == json.loads((first / "study.json").read_text())
 
     monkeypatch.chdir(tmp_path / "db")

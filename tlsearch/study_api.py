@@ -296,7 +296,7 @@ class Study:
         :func:`tlsearch.search.quantize_study` for ``on_drop``."""
         from tlsearch.search import quantize_study
 
-        return quantize_study(self.root, model=model, on_drop=on_drop)
+        return quantize_study(self.root, model=model, on_drop=on_drop, artifacts=self.artifacts)
 
     # -- before and after -----------------------------------------------------------------------
 

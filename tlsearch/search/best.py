@@ -324,19 +324,23 @@ def _soup(
 
 
 def quantize_study(
-    out_dir: str | Path, *, model: str | Path | None = None, on_drop: str | None = None
+    out_dir: str | Path,
+    *,
+    model: str | Path | None = None,
+    on_drop: str | None = None,
+    artifacts: str | None = None,
 ) -> Any:
     """Write an INT8 copy (``<stem>.int8.onnx``) of the study's exported model and measure it.
 
     Calibration uses up to ``export.calibration_images`` images of the training split; the accuracy
     of INT8 against fp32 (mAP for a multi-label model) is measured on the whole validation split with its labels. A drop above
     ``export.max_accuracy_drop`` is an error (nothing written) or, with ``on_drop="warn"`` (default:
-    ``export.on_accuracy_drop``), a warning. Returns the quantisation report.
+    ``export.on_accuracy_drop``), a warning. Returns the quantisation report. With an artefact
+    store (``artifacts``, else the study's ``artifacts:``) the INT8 copy is uploaded there too.
     """
     from tlsearch.export import quantize_int8
 
-    study_dir = StudyDir(Path(out_dir))
-    config = study_dir.load_config()
+    study_dir, config = open_folder(Path(out_dir), artifacts)
     source = Path(model) if model is not None else study_dir.root / config.export.path
     if not source.is_file():
         raise TlsearchError(f"no exported model at {str(source)!r}; run `tlsearch export {out_dir}` first")
@@ -357,7 +361,7 @@ def quantize_study(
 
     calibration = decode(train.subset(_spread(len(train), config.export.calibration_images)))
     validation = decode(val)
-    return quantize_int8(
+    report = quantize_int8(
         source,
         calibration_images=calibration.images,
         validation_images=validation.images,
@@ -365,3 +369,5 @@ def quantize_study(
         max_accuracy_drop=config.export.max_accuracy_drop,
         on_drop=on_drop or config.export.on_accuracy_drop,
     )
+    study_dir.share_export(report.path)
+    return report
