@@ -334,7 +334,7 @@ class Trainer:
             metrics, self._last_counts = multilabel_evaluation(out, target)
         elif scale is None:
             metrics = evaluate_outputs(out, target, task=self.task, top_k=self.settings.top_k)
-            if self.task == "classification":  # the kept epoch's go to FitResult.extras (per class)
+            if self.task == "classification":  # the kept epoch's go to FitResult.class_results
                 self._last_classes = class_results(out, target)
         else:  # the user's units
             restored = scale.restore(target.float().view_as(out))
