@@ -99,3 +99,14 @@ def test_per_label_rows_hold_support_precision_recall_f1_ap_and_threshold() -> N
         assert row["f1"] == pytest.approx(f1_score(y[:, j], predicted[:, j], zero_division=0), abs=1e-6)
         assert row["ap"] == pytest.approx(average_precision_score(y[:, j], p[:, j]), abs=1e-5)
         assert row["threshold"] == pytest.approx(float(thresholds[j]), abs=1e-5)
+
+
+def test_logme_ranks_features_for_multilabel_targets() -> None:
+    from tlsearch.rank.scores import logme
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 4)) < 0.3).astype(np.float64)
+    informative = y @ rng.normal(size=(4, 16)) + 0.1 * rng.normal(size=(200, 16))
+    noise = rng.normal(size=(200, 16))
+    good, bad = logme(informative, y, task="multilabel"), logme(noise, y, task="multilabel")
+    assert np.isfinite(good) and np.isfinite(bad) and good > bad
