@@ -110,3 +110,30 @@ def test_logme_ranks_features_for_multilabel_targets() -> None:
     noise = rng.normal(size=(200, 16))
     good, bad = logme(informative, y, task="multilabel"), logme(noise, y, task="multilabel")
     assert np.isfinite(good) and np.isfinite(bad) and good > bad
+
+
+def test_multilabel_class_weights_are_bces_pos_weight_and_focal_zero_is_bce() -> None:
+    from tlsearch.train.losses import positive_weights
+
+    torch.manual_seed(0)
+    logits = torch.randn(40, 3)
+    targets = (torch.rand(40, 3) < torch.tensor([0.5, 0.2, 0.05])).float()
+    targets[0, 2] = 1.0
+    positives = targets.sum(dim=0)
+    inverse = positive_weights(positives, total=40, scheme="inverse")
+    torch.testing.assert_close(inverse, (40 - positives) / positives)
+    weighted = multilabel_loss(
+        logits, targets, options={"class_weighting": "inverse"}, positives=positives, total=40
+    )
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=inverse)
+    torch.testing.assert_close(weighted, expected)
+    effective = positive_weights(positives, total=40, scheme="effective", beta=0.9)
+    torch.testing.assert_close(effective, (1 - 0.9 ** (40 - positives)) / (1 - 0.9**positives))
+    assert float(effective[2]) > float(effective[0])  # the rare label's positives weigh more
+    plain = multilabel_loss(logits, targets)
+    focal0 = multilabel_loss(logits, targets, options={"focal_gamma": 0.0})
+    torch.testing.assert_close(focal0, plain)
+    # the binary focal form, written out: -(y (1-p)^γ log p + (1-y) p^γ log(1-p))
+    p = torch.sigmoid(logits)
+    by_hand = -(targets * (1 - p) ** 2 * p.log() + (1 - targets) * p**2 * (1 - p).log()).mean()
+    torch.testing.assert_close(multilabel_loss(logits, targets, options={"focal_gamma": 2.0}), by_hand)
