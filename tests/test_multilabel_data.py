@@ -164,7 +164,8 @@ def test_an_unknown_label_against_data_labels_names_the_row(tmp_path: Path) -> N
         ({"search": {"metric": "accuracy"}}, ["search.metric", "'accuracy'", "map, micro_f1, macro_f1"]),
         ({"training": {"loss": "cross_entropy"}}, ["cross_entropy", "auto, bce"]),
         ({"space": {"regularizers": {"label_smoothing": {}}}}, ["label_smoothing", "multilabel"]),
-        ({"space": {"regularizers": {"focal_loss": {}}}}, ["focal_loss", "classification"]),
+        ({"space": {"regularizers": {"logit_adjustment": {}}}}, ["logit_adjustment", "classification"]),
+        ({"space": {"regularizers": {"balanced_sampler": {}}}}, ["balanced_sampler", "classification"]),
         ({"export": {"target_precision": 0.9}}, ["target_precision", "binary classification"]),
     ],
 )

@@ -36,7 +36,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
                     "backbone": {"timm": {"model": "test_resnet", "weights": "random"}},
                     "head": ["linear"],
                     "freezing": ["full_finetune"],
-                    "regularizers": {"mixup": {"enabled": True}},
+                    "regularizers": {
+                        "mixup": {"enabled": True},
+                        "class_weights": {"enabled": True, "scheme": "inverse"},
+                        "focal_loss": {"enabled": True, "gamma": 1.0},
+                    },
                 },
                 "training": {"epochs": 2, "batch_size": 12, "lr": 3e-3},
                 "search": {"n_trials": 1, "warm_start": False},
@@ -56,6 +60,8 @@ def test_trials_score_map_and_record_every_multilabel_metric(exported: dict) -> 
     assert {"map", "micro_f1", "macro_f1", "log_loss", "val_loss"} <= set(metrics)
     assert trial.value == pytest.approx(metrics["map"])  # map is the default metric
     assert metrics["val_loss"] == pytest.approx(metrics["log_loss"], rel=1e-4)  # plain BCE
+    # the multi-label class weights and focal loss trained (mixed label vectors) alongside mixup
+    assert {"class_weights", "focal_loss", "mixup"} <= set(trial.user_attrs["plugins"]["regularizers"])
     assert exported["result"].study.direction.name == "MAXIMIZE"
     rows = trial.user_attrs["per_class"]
     assert [r["class"] for r in rows] == ["circle", "square", "star", "triangle"]

@@ -99,3 +99,41 @@ def test_per_label_rows_hold_support_precision_recall_f1_ap_and_threshold() -> N
         assert row["f1"] == pytest.approx(f1_score(y[:, j], predicted[:, j], zero_division=0), abs=1e-6)
         assert row["ap"] == pytest.approx(average_precision_score(y[:, j], p[:, j]), abs=1e-5)
         assert row["threshold"] == pytest.approx(float(thresholds[j]), abs=1e-5)
+
+
+def test_logme_ranks_features_for_multilabel_targets() -> None:
+    from tlsearch.rank.scores import logme
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 4)) < 0.3).astype(np.float64)
+    informative = y @ rng.normal(size=(4, 16)) + 0.1 * rng.normal(size=(200, 16))
+    noise = rng.normal(size=(200, 16))
+    good, bad = logme(informative, y, task="multilabel"), logme(noise, y, task="multilabel")
+    assert np.isfinite(good) and np.isfinite(bad) and good > bad
+
+
+def test_multilabel_class_weights_are_bces_pos_weight_and_focal_zero_is_bce() -> None:
+    from tlsearch.train.losses import positive_weights
+
+    torch.manual_seed(0)
+    logits = torch.randn(40, 3)
+    targets = (torch.rand(40, 3) < torch.tensor([0.5, 0.2, 0.05])).float()
+    targets[0, 2] = 1.0
+    positives = targets.sum(dim=0)
+    inverse = positive_weights(positives, total=40, scheme="inverse")
+    torch.testing.assert_close(inverse, (40 - positives) / positives)
+    weighted = multilabel_loss(
+        logits, targets, options={"class_weighting": "inverse"}, positives=positives, total=40
+    )
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=inverse)
+    torch.testing.assert_close(weighted, expected)
+    effective = positive_weights(positives, total=40, scheme="effective", beta=0.9)
+    torch.testing.assert_close(effective, (1 - 0.9 ** (40 - positives)) / (1 - 0.9**positives))
+    assert float(effective[2]) > float(effective[0])  # the rare label's positives weigh more
+    plain = multilabel_loss(logits, targets)
+    focal0 = multilabel_loss(logits, targets, options={"focal_gamma": 0.0})
+    torch.testing.assert_close(focal0, plain)
+    # the binary focal form, written out: -(y (1-p)^γ log p + (1-y) p^γ log(1-p))
+    p = torch.sigmoid(logits)
+    by_hand = -(targets * (1 - p) ** 2 * p.log() + (1 - targets) * p**2 * (1 - p).log()).mean()
+    torch.testing.assert_close(multilabel_loss(logits, targets, options={"focal_gamma": 2.0}), by_hand)

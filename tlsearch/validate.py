@@ -40,6 +40,10 @@ LOSSES = {
 }
 
 
+#: the loss options (of :data:`LOSS_OPTIONS`) a task other than classification honours
+TASK_LOSS_OPTIONS = {"multilabel": ("class_weighting", "class_weighting_beta", "focal_gamma")}
+
+
 def check_loss(task: str, loss: str, *, where: str = "training.loss") -> None:
     """Refuse a loss that does not fit ``task`` (e.g. ``cross_entropy`` for regression)."""
     valid = LOSSES.get(task, ())
@@ -59,10 +63,12 @@ def check_trainer_options(
         raise ConfigError(
             f"unknown loss option(s) {unknown} from regularizers; valid: {', '.join(LOSS_OPTIONS)}"
         )
-    if loss_options and task != "classification":
+    allowed = LOSS_OPTIONS if task == "classification" else TASK_LOSS_OPTIONS.get(task, ())
+    refused = sorted(set(loss_options) - set(allowed))
+    if refused:
         raise ConfigError(
-            f"loss option(s) {sorted(loss_options)} from regularizers only apply to classification, "
-            f"not to task {task!r}"
+            f"loss option(s) {refused} from regularizers do not apply to task {task!r}"
+            + (f"; it takes {', '.join(allowed)}" if allowed else "")
         )
     unknown = sorted(set(optimizer_options) - set(OPTIMIZER_OPTIONS))
     if unknown:

@@ -261,8 +261,8 @@ def rank_backbones(
     so one broken entry does not hide the others."""
     if score not in SCORES:
         raise ValueError(f"unknown transferability score {score!r}; valid choices: {', '.join(SCORES)}")
-    if task == "regression" and score != "logme":
-        raise ValueError(f"score {score!r} needs class labels; for regression use logme")
+    if task != "classification" and score != "logme":
+        raise ValueError(f"score {score!r} needs class labels; for {task} use logme")
     device = torch.device(device)
     results: list[RankedBackbone] = []
     for candidate in candidates(space):

@@ -35,15 +35,16 @@ them too but shifts the fixed point with the features' scale."""
 
 
 def _targets(labels: np.ndarray, *, task: str) -> np.ndarray:
-    """Target columns: one-hot for classification (labels 0…C−1), the values for regression."""
+    """Target columns: one-hot for classification (labels 0…C−1), the values for regression, the
+    0/1 label columns for multilabel (LogME then averages the evidence over the labels)."""
     labels = np.asarray(labels)
     if task == "classification":
         classes = np.unique(labels.astype(np.int64))
         return (labels.astype(np.int64)[:, None] == classes[None, :]).astype(np.float64)
-    if task == "regression":
+    if task in ("regression", "multilabel"):
         y = labels.astype(np.float64)
         return y[:, None] if y.ndim == 1 else y
-    raise ValueError(f"task {task!r} is not valid; valid choices: classification, regression")
+    raise ValueError(f"task {task!r} is not valid; valid choices: classification, regression, multilabel")
 
 
 def _check(features: np.ndarray, labels: np.ndarray) -> np.ndarray:

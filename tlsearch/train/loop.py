@@ -216,6 +216,7 @@ class Trainer:
         self._last_counts: torch.Tensor | None = None  # multilabel: the last evaluation's per-label counts
         #: this rank's part in a trial on several devices (:mod:`tlsearch.train.distributed`), else None
         self.parallel: Any = None
+        self._train_images = 0  # multilabel: the training images the per-label counts are out of
 
     # --- the pieces ---------------------------------------------------------------------------
 
@@ -227,8 +228,16 @@ class Trainer:
         trials with and without label smoothing on the same scale.
         """
         outputs = outputs.float()
-        if self.task == "multilabel":  # training and validation alike: BCE-with-logits per label
-            return multilabel_loss(outputs, targets)
+        if self.task == "multilabel":  # BCE-with-logits per label (+ class weights, focal: losses.py)
+            if not train or not self.loss_options:
+                return multilabel_loss(outputs, targets)
+            return multilabel_loss(
+                outputs,
+                targets,
+                options=self.loss_options,
+                positives=self.class_counts,
+                total=self._train_images,
+            )
         if self.task == "classification":
             if not train or not self.loss_options:
                 return F.cross_entropy(outputs, targets)
@@ -447,6 +456,8 @@ class Trainer:
             train = replace(train, targets=self.target_scale.standardise(train.targets))
             val = replace(val, targets=self.target_scale.standardise(val.targets))
         self._sample_weights = None
+        if self.task == "multilabel":  # training images per label, for the per-label class weights
+            self.class_counts, self._train_images = self._label_counts(train.targets)
         if self.task == "classification":
             train_counts = class_counts(train.targets, num_classes=self.num_outputs)
             self.class_counts = train_counts.to(self.device)  # the loss reads them every step
@@ -617,6 +628,12 @@ class Trainer:
             stopped=stopped,
             class_results=kept_classes,
         )
+
+    def _label_counts(self, targets: Any) -> tuple[torch.Tensor, int]:
+        """Multilabel: the training images carrying each label ``(L,)``, on the device, and how many
+        images there are."""
+        vectors = torch.as_tensor(targets).float()
+        return (vectors > 0.5).float().sum(dim=0).to(self.device), len(vectors)
 
     def scored_module(self, metrics: Mapping[str, float]) -> torch.nn.Module:
         """The weights that scored an epoch's ``metrics`` while ``fit`` runs: the EMA copy's when it

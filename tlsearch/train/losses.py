@@ -16,9 +16,18 @@ Class counts come from the training targets (:func:`class_counts`); a class with
 gets weight 0. Validation loss stays the plain cross-entropy (see ``Trainer.loss``).
 
 Multi-label: :func:`multilabel_loss`, binary cross-entropy with logits averaged over labels and
-images. The loss options above are classification's and are refused for it at config time (the
-plugins that set them declare ``tasks=("classification",)``): label smoothing has no agreed
-multi-label form, and the class weights count single labels.
+images, with two of the options (:data:`MULTILABEL_LOSS_OPTIONS`) in their per-label form:
+
+- ``class_weighting``: each label's positive terms weighted against its negatives (BCE's
+  ``pos_weight``): ``inverse`` ``n_neg / n_pos``, ``effective`` the ratio of the effective numbers
+  ``(1 - β^n_neg) / (1 - β^n_pos)`` (Cui et al.; → ``inverse`` as β → 1). A rare label's few
+  positives then weigh as much as its many negatives.
+- ``focal_gamma`` γ: each term scaled by ``(1 - p_t)^γ`` with ``p_t`` the probability of the true
+  0/1 value (the binary form of Lin et al.); γ = 0 is the (weighted) BCE.
+
+Label smoothing and logit adjustment stay classification's (refused for multilabel at config time:
+their multi-label forms are not standard), and so does the class-balanced sampler (an image has
+several labels, so there is no one class to balance).
 """
 
 from __future__ import annotations
@@ -29,7 +38,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tlsearch.validate import TASK_LOSS_OPTIONS
+
 CLASS_WEIGHTINGS = ("inverse", "effective")
+#: the loss options :func:`multilabel_loss` honours (:mod:`tlsearch.validate` refuses the others)
+MULTILABEL_LOSS_OPTIONS = TASK_LOSS_OPTIONS["multilabel"]
 
 
 def class_counts(targets: Any, *, num_classes: int) -> torch.Tensor:
@@ -106,6 +119,52 @@ def focal_loss(
     return (terms * weight).sum() / len(outputs)
 
 
-def multilabel_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """BCE-with-logits of ``outputs`` ``(N, L)`` against 0/1 (or mixed, soft) label vectors."""
-    return F.binary_cross_entropy_with_logits(outputs.float(), targets.float().view_as(outputs))
+def positive_weights(
+    positives: torch.Tensor, *, total: int, scheme: str, beta: float = 0.999
+) -> torch.Tensor:
+    """Per-label weights ``(L,)`` of the positive terms (module doc) from ``positives``, the
+    training images carrying each label, out of ``total``; 1 for a label without positives."""
+    negatives = (total - positives).clamp_min(0)
+    if scheme == "inverse":
+        weights = negatives / positives.clamp_min(1)
+    elif scheme == "effective":
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"class_weighting_beta must be in [0, 1) but got {beta}")
+        weights = (1.0 - beta**negatives) / (1.0 - beta ** positives.clamp_min(1))
+    else:
+        raise ValueError(f"unknown class_weighting {scheme!r}; valid: {', '.join(CLASS_WEIGHTINGS)}")
+    return torch.where(positives > 0, weights, torch.ones_like(weights))
+
+
+def multilabel_loss(
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    options: Mapping[str, Any] | None = None,
+    positives: torch.Tensor | None = None,
+    total: int = 0,
+) -> torch.Tensor:
+    """BCE-with-logits of ``outputs`` ``(N, L)`` against 0/1 (or mixed, soft) label vectors, with
+    the loss ``options`` of the module doc; ``positives`` (training images per label, out of
+    ``total``) are needed by ``class_weighting``."""
+    outputs = outputs.float()
+    targets = targets.float().view_as(outputs)
+    options = options or {}
+    gamma = float(options.get("focal_gamma", 0.0))
+    scheme = options.get("class_weighting")
+    weight = None
+    if scheme is not None:
+        if positives is None:
+            raise ValueError("class_weighting needs the training images per label")
+        beta = float(options.get("class_weighting_beta", 0.999))
+        weight = positive_weights(positives.float(), total=total, scheme=str(scheme), beta=beta).to(
+            outputs.device
+        )
+    if gamma == 0.0:
+        return F.binary_cross_entropy_with_logits(outputs, targets, pos_weight=weight)
+    log_p, log_q = F.logsigmoid(outputs), F.logsigmoid(-outputs)
+    p = log_p.exp()
+    positive = targets * (1.0 - p).pow(gamma) * log_p
+    if weight is not None:
+        positive = positive * weight
+    return -(positive + (1.0 - targets) * p.pow(gamma) * log_q).mean()

@@ -13,10 +13,13 @@ from tlsearch.space import Categorical, Float
 
 class ClassWeightedLoss(Regularizer):
     """Cross-entropy weighted per class: ``inverse`` frequency, or the ``effective`` number of
-    samples ``(1 - β^n) / (1 - β)`` (Cui et al., CVPR 2019; β is searched, β → 1 is ``inverse``)."""
+    samples ``(1 - β^n) / (1 - β)`` (Cui et al., CVPR 2019; β is searched, β → 1 is ``inverse``).
+
+    Multi-label: each label's positives weighted against its negatives by the same schemes
+    (BCE's ``pos_weight``; :mod:`tlsearch.train.losses`)."""
 
     name = "class_weights"
-    tasks = ("classification",)
+    tasks = ("classification", "multilabel")
     hyperparameters = {
         "scheme": Categorical(("inverse", "effective"), default="effective"),
         "beta": Float(0.9, 0.9999, default=0.999, help="effective scheme: β of the effective number"),
@@ -33,10 +36,11 @@ class ClassWeightedLoss(Regularizer):
 
 class FocalLoss(Regularizer):
     """Focal loss (Lin et al., ICCV 2017): each example's cross-entropy scaled by ``(1 - p_true)^γ``,
-    so well-classified (mostly majority-class) examples weigh less; γ = 0 is cross-entropy."""
+    so well-classified (mostly majority-class) examples weigh less; γ = 0 is cross-entropy.
+    Multi-label: the binary form, each label's term scaled by ``(1 - p_t)^γ``."""
 
     name = "focal_loss"
-    tasks = ("classification",)
+    tasks = ("classification", "multilabel")
     hyperparameters = {"gamma": Float(0.0, 5.0, default=2.0)}
     gamma: float
 
