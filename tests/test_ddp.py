@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from pathlib import Path
 
 import optuna
@@ -32,10 +31,13 @@ FAIL, COMPLETE, PRUNED = (
 )
 
 
+TIMEOUT = 120  # the collectives' timeout in these tests: a trial that waited for it hung
+
+
 @pytest.fixture(autouse=True)
 def _one_thread_per_rank(monkeypatch: pytest.MonkeyPatch):
-    """Two busy cores: one thread per rank, and a hang fails within a minute instead of five."""
-    monkeypatch.setenv("TLSEARCH_DDP_TIMEOUT", "60")
+    """Two busy cores: one thread per rank, and a hang ends in two minutes instead of five."""
+    monkeypatch.setenv("TLSEARCH_DDP_TIMEOUT", str(TIMEOUT))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the launcher gives each of 2 ranks half: 1
     yield
@@ -226,19 +228,18 @@ def test_a_dying_rank_fails_its_trial_and_the_worker_runs_the_next(ddp_study, tm
     """Trial 0: rank 1 is SIGKILLed at its second step; trial 1: rank 1 raises; trial 2 trains (the
     budget: one complete trial).
     Bugs caught: the worker (or the study) dying with the rank, rank 0 hanging on the lost peer
-    (the 60 s collective timeout would show), a reason that does not name the rank and its end,
+    (the collective timeout would show in its duration), a reason that does not name the rank and its end,
     a follower left running after its trial failed."""
     make, records = ddp_study
     monkeypatch.setenv("TLSEARCH_TEST_DDP_FAULT", "1")
-    started = time.monotonic()
     result = run_study(make(epochs=2), out_dir=tmp_path / "out", progress=False)
-    elapsed = time.monotonic() - started
     killed, raised, trained = _trials(result)
     assert killed.state == FAIL and raised.state == FAIL and trained.state == COMPLETE
     assert "rank 1 of 2" in killed.user_attrs["failure"] and "SIGKILL" in killed.user_attrs["failure"]
     assert "rank 1 of 2 failed" in raised.user_attrs["failure"]
     assert "rank one's shard exploded" in raised.user_attrs["failure"]
-    assert elapsed < 60 * 2  # no collective waited for its timeout
+    for failed in (killed, raised):  # rank 0 saw the lost peer at once: no collective waited for its timeout
+        assert (failed.datetime_complete - failed.datetime_start).total_seconds() < TIMEOUT
     assert trained.user_attrs["speed"]["distributed"]["devices"] == 2
     assert _steps(records, 1)[-1] == 6  # the last trial's follower trained both epochs
     assert (tmp_path / "out" / "trials" / "0002").is_dir()  # the completed trial's checkpoint

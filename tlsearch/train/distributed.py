@@ -171,6 +171,13 @@ class Parallel:
                 )
         return local, local_draws
 
+    def seed_rank(self, seed: int) -> None:
+        """Give each rank its own global random stream for the steps (dropout, drop-path, mixup),
+        so the shards' noise is independent; rank 0 keeps the single-device stream. Everything
+        before the first step (the model, the regularizers' setup) was drawn identically on all."""
+        if self.rank:
+            torch.manual_seed(seed + 7919 * self.rank)
+
     def reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """Sum the ranks' gradients, each weighted by its shard's share of the batch: the mean loss's
         gradient over the whole global batch, on every rank (so every rank takes the same step)."""
