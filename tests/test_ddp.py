@@ -211,6 +211,7 @@ def _trials(result) -> list[optuna.trial.FrozenTrial]:
     return sorted(result.study.get_trials(deepcopy=False), key=lambda t: t.number)
 
 
+@pytest.mark.slow
 def test_pruning_on_rank_0_stops_every_rank_at_the_same_epoch(ddp_study, tmp_path, monkeypatch) -> None:
     """Rank 0's epoch-end hook prunes after epoch 1 of 4 (48 images, global batch 16: 3 steps an
     epoch). Bugs caught: the decision not broadcast (rank 1 trains on, or waits forever on a rank 0
@@ -224,6 +225,7 @@ def test_pruning_on_rank_0_stops_every_rank_at_the_same_epoch(ddp_study, tmp_pat
     assert _steps(records, 0) == [6] and _steps(records, 1) == [6]  # both ranks: epochs 0 and 1, no more
 
 
+@pytest.mark.slow
 def test_a_dying_rank_fails_its_trial_and_the_worker_runs_the_next(ddp_study, tmp_path, monkeypatch) -> None:
     """Trial 0: rank 1 is SIGKILLed at its second step; trial 1: rank 1 raises; trial 2 trains (the
     budget: one complete trial).
