@@ -9,6 +9,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -117,6 +118,32 @@ def test_shards_cover_each_batch_once_and_weigh_by_their_share() -> None:
     assert [Parallel(r, 3).eval_batches(7, 2) for r in range(3)][2][0].tolist() == [5, 6]
     with pytest.raises(Exception, match="2 image.*3 devices"):
         Parallel(0, 3).shard_epoch([torch.arange(2)], None)
+
+
+def test_followers_map_the_decoded_image_cache_instead_of_receiving_a_copy(shapes_dir, tmp_path) -> None:
+    """The decoded images travel to a follower as the cache file's path, right after the decode
+    that wrote it (in memory) and on a later hit (memory-mapped), and the follower maps the same
+    pixels. Bugs caught: the images pickled by value (a copy per rank and per trial), only hits
+    shared, the wrong file mapped."""
+    import pickle
+
+    from tlsearch.data import decode_images, scan_folder
+    from tlsearch.train.distributed import _portable, _reopen
+
+    listing = scan_folder(shapes_dir / "train")
+    config = DataConfig(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    for attempt in ("miss", "hit"):
+        decoded = decode_images(listing, config, cache_dir=tmp_path, progress=False)
+        assert decoded.path is not None, attempt
+        shipped, path = _portable(decoded)
+        assert path == str(decoded.path), attempt
+        assert len(pickle.dumps(shipped)) < decoded.images.nbytes / 10, attempt
+        mapped = _reopen(shipped, path)
+        assert isinstance(mapped.images, np.memmap) and np.array_equal(mapped.images, decoded.images)
+        assert np.array_equal(mapped.targets, decoded.targets)
+    by_hand = decoded_images(*synthetic_images(4, size=16), _model().data_config)
+    shipped, path = _portable(by_hand)
+    assert shipped is by_hand and path is None  # no file: the images travel as they are
 
 
 def test_a_follower_out_of_memory_is_an_out_of_memory_failure() -> None:

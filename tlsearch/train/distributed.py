@@ -299,13 +299,19 @@ def follower_callback(parallel: Parallel) -> EpochCallback:
 
 
 def _portable(data: DecodedImages) -> tuple[DecodedImages, str | None]:
-    """``data`` for a follower: a memory-mapped cache travels as its file (the follower maps it)."""
+    """``data`` for a follower: images that are the decoded-image cache file's (memory-mapped after
+    a hit, in memory right after the decode that wrote it) travel as its path, and the follower
+    maps the same file; other images (built by hand) travel as they are."""
     images = data.images
-    if data.path is not None and isinstance(images, np.memmap) and images.filename is not None:
-        return replace(data, images=np.empty((0, *images.shape[1:]), dtype=images.dtype)), str(
-            images.filename
-        )
-    return data, None
+    if data.path is None:
+        return data, None
+    try:
+        cached = np.load(data.path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return data, None
+    if cached.shape != images.shape or cached.dtype != images.dtype:
+        return data, None
+    return replace(data, images=np.empty((0, *images.shape[1:]), dtype=images.dtype)), str(data.path)
 
 
 def _reopen(data: DecodedImages, path: str | None) -> DecodedImages:
