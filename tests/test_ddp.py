@@ -105,6 +105,58 @@ def test_two_processes_give_the_single_device_result_with_the_same_global_batch(
     assert drift < 1e-5 < moved  # the weights trained, and the same way
 
 
+def _data(model: TransferModel, n_train: int = 24, n_val: int = 8):
+    images, targets = synthetic_images(n_train + n_val, num_classes=3, size=16)
+    return (
+        decoded_images(images[:n_train], targets[:n_train], model.data_config),
+        decoded_images(images[n_train:], targets[n_train:], model.data_config),
+    )
+
+
+def test_a_trial_on_cached_features_runs_on_rank_0_alone() -> None:
+    """A frozen backbone whose features are cached (the solved linear probe here): nothing to
+    spread, so no follower is started and the result says why. Bug caught: followers spawned for a
+    probe that is solved on rank 0 (or a probe solved once per rank with diverging heads)."""
+    import multiprocessing
+
+    from tlsearch_builtins.freezing._static import LinearProbe
+
+    model = _model()
+    train, val = _data(model)
+    settings = TrainSettings(epochs=2, batch_size=8, compile="never", precision="fp32")
+    trainer = Trainer(model, strategy=LinearProbe(), num_outputs=3, settings=settings)
+    result = fit_on_devices(trainer, train, val, devices=2)
+    assert result.used_feature_cache and "probe_solver" in result.extras
+    assert result.extras["distributed"]["devices"] == 1
+    assert "cached features" in result.extras["distributed"]["reason"]
+    assert multiprocessing.active_children() == []
+
+
+def test_a_failing_rank_0_frees_its_followers_at_once() -> None:
+    """Rank 0 fails between epochs (its own epoch-start callback raises): the error is rank 0's
+    own, and the follower, blocked in the next epoch's first all-reduce, is gone well before the
+    collectives' timeout. Bug caught: a follower left waiting (a hung process per failed trial),
+    rank 0's error replaced by a follower's."""
+    import multiprocessing
+    import time
+
+    model = _model()
+    train, val = _data(model)
+    settings = TrainSettings(epochs=3, batch_size=8, compile="never", feature_cache=False, precision="fp32")
+    trainer = Trainer(model, strategy=TrainEverything(), num_outputs=3, settings=settings)
+
+    def fail_at_epoch_1(epoch: int) -> None:
+        if epoch == 1:
+            raise KeyError("rank 0 lost its way")
+
+    started = time.monotonic()
+    with pytest.raises(KeyError, match="rank 0 lost its way"):
+        fit_on_devices(trainer, train, val, devices=2, on_epoch_start=fail_at_epoch_1)
+    assert multiprocessing.active_children() == []
+    assert time.monotonic() - started < TIMEOUT
+    assert trainer.parallel is None
+
+
 def test_shards_cover_each_batch_once_and_weigh_by_their_share() -> None:
     """The pure part of the sharding, for 3 ranks: a one-line bug in the split or the weights shows here."""
     batches = [torch.arange(0, 8), torch.arange(8, 13)]
