@@ -388,12 +388,18 @@ def fit_on_devices(
     timeout = ddp_timeout()
     backend = "nccl" if trainer.device.type == "cuda" else "gloo"
     threads = max(1, torch.get_num_threads() // devices)
+    train_p, train_path = _portable(train)
+    val_p, val_path = _portable(val)
+    try:
+        payload = _dumps({"trainer": trainer, "train": (train_p, train_path), "val": (val_p, val_path)})
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise TlsearchError(
+            f"training.devices is {devices}: the trial's model and plugins must be picklable to reach "
+            f"the follower ranks, but {type(exc).__name__}: {exc}"
+        ) from None
     store = dist.TCPStore(
         "127.0.0.1", 0, devices, is_master=True, timeout=timedelta(seconds=timeout), wait_for_workers=False
     )
-    train_p, train_path = _portable(train)
-    val_p, val_path = _portable(val)
-    payload = _dumps({"trainer": trainer, "train": (train_p, train_path), "val": (val_p, val_path)})
     context = mp.start_processes(
         _follower,
         args=(payload, _local_modules(), store.port, devices, backend, timeout, threads),
