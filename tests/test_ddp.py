@@ -157,6 +157,29 @@ def test_a_failing_rank_0_frees_its_followers_at_once() -> None:
     assert trainer.parallel is None
 
 
+def test_an_unpicklable_trial_fails_before_any_follower_starts() -> None:
+    """A model the followers cannot receive (a lambda inside it) fails with a message naming the
+    cause before any process starts. Bug caught: a bare PicklingError, or followers spawned first."""
+    import multiprocessing
+
+    from tlsearch.errors import TlsearchError
+
+    model = _model()
+    model.head.act = _Lambda(lambda x: x)  # type: ignore[assignment]
+    train, val = _data(model)
+    settings = TrainSettings(epochs=1, batch_size=8, compile="never", feature_cache=False, precision="fp32")
+    trainer = Trainer(model, strategy=TrainEverything(), num_outputs=3, settings=settings)
+    with pytest.raises(TlsearchError, match="devices is 2: the trial's model and plugins must be picklable"):
+        fit_on_devices(trainer, train, val, devices=2)
+    assert multiprocessing.active_children() == []
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+
 def test_shards_cover_each_batch_once_and_weigh_by_their_share() -> None:
     """The pure part of the sharding, for 3 ranks: a one-line bug in the split or the weights shows here."""
     batches = [torch.arange(0, 8), torch.arange(8, 13)]
