@@ -171,6 +171,13 @@ class Parallel:
                 )
         return local, local_draws
 
+    def seed_rank(self, seed: int) -> None:
+        """Give each rank its own global random stream for the steps (dropout, drop-path, mixup),
+        so the shards' noise is independent; rank 0 keeps the single-device stream. Everything
+        before the first step (the model, the regularizers' setup) was drawn identically on all."""
+        if self.rank:
+            torch.manual_seed(seed + 7919 * self.rank)
+
     def reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """Sum the ranks' gradients, each weighted by its shard's share of the batch: the mean loss's
         gradient over the whole global batch, on every rank (so every rank takes the same step)."""
@@ -292,13 +299,19 @@ def follower_callback(parallel: Parallel) -> EpochCallback:
 
 
 def _portable(data: DecodedImages) -> tuple[DecodedImages, str | None]:
-    """``data`` for a follower: a memory-mapped cache travels as its file (the follower maps it)."""
+    """``data`` for a follower: images that are the decoded-image cache file's (memory-mapped after
+    a hit, in memory right after the decode that wrote it) travel as its path, and the follower
+    maps the same file; other images (built by hand) travel as they are."""
     images = data.images
-    if data.path is not None and isinstance(images, np.memmap) and images.filename is not None:
-        return replace(data, images=np.empty((0, *images.shape[1:]), dtype=images.dtype)), str(
-            images.filename
-        )
-    return data, None
+    if data.path is None:
+        return data, None
+    try:
+        cached = np.load(data.path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return data, None
+    if cached.shape != images.shape or cached.dtype != images.dtype:
+        return data, None
+    return replace(data, images=np.empty((0, *images.shape[1:]), dtype=images.dtype)), str(data.path)
 
 
 def _reopen(data: DecodedImages, path: str | None) -> DecodedImages:
@@ -384,12 +397,18 @@ def fit_on_devices(
     timeout = ddp_timeout()
     backend = "nccl" if trainer.device.type == "cuda" else "gloo"
     threads = max(1, torch.get_num_threads() // devices)
+    train_p, train_path = _portable(train)
+    val_p, val_path = _portable(val)
+    try:
+        payload = _dumps({"trainer": trainer, "train": (train_p, train_path), "val": (val_p, val_path)})
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise TlsearchError(
+            f"training.devices is {devices}: the trial's model and plugins must be picklable to reach "
+            f"the follower ranks, but {type(exc).__name__}: {exc}"
+        ) from None
     store = dist.TCPStore(
         "127.0.0.1", 0, devices, is_master=True, timeout=timedelta(seconds=timeout), wait_for_workers=False
     )
-    train_p, train_path = _portable(train)
-    val_p, val_path = _portable(val)
-    payload = _dumps({"trainer": trainer, "train": (train_p, train_path), "val": (val_p, val_path)})
     context = mp.start_processes(
         _follower,
         args=(payload, _local_modules(), store.port, devices, backend, timeout, threads),

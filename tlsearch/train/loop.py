@@ -521,6 +521,8 @@ class Trainer:
             model.backbone.compile()
 
         generator = torch.Generator().manual_seed(self.seed)
+        if self.parallel is not None:  # dropout, drop-path, mixup: independent on each rank from here
+            self.parallel.seed_rank(self.seed)
         step = 0
         history: list[dict[str, float]] = []
         best = self._best_epoch()
