@@ -219,3 +219,36 @@ def test_a_non_finite_loss_stops_the_trial_at_the_step_it_appears() -> None:
     finally:
         handle.remove()
     assert len(steps) == 1
+
+
+# --- the class-balanced sampler's batches -------------------------------------------------------
+
+
+class SamplesOnlyClassZero(Regularizer):
+    """A sampler that draws only class-0 images, recording each training batch's targets."""
+
+    name = "samples_only_class_zero"
+
+    def __init__(self, **overrides: Any) -> None:
+        super().__init__(**overrides)
+        self.batches: list[torch.Tensor] = []
+
+    def class_sampling_weights(self, counts: torch.Tensor) -> torch.Tensor:
+        weights = torch.zeros(len(counts))
+        weights[0] = 1.0
+        return weights
+
+    def transform_batch(self, images: torch.Tensor, targets: torch.Tensor, *, num_outputs: int):
+        self.batches.append(targets.clone())
+        return images, targets
+
+
+@pytest.mark.parametrize(("n", "sizes"), [(17, [8, 9]), (20, [8, 8, 4]), (16, [8, 8])])
+def test_the_sampler_draws_by_its_weights_and_merges_a_last_batch_of_one(n: int, sizes: list[int]) -> None:
+    """Bugs caught: the sampler's weights ignored; a final batch of one image kept (BatchNorm
+    cannot train on it) or a longer final batch merged; the batches returned as None."""
+    model = tiny_transfer_model(TinyBackbone())
+    sampler = SamplesOnlyClassZero()
+    _trainer(model, regularizers=[sampler]).fit(_decoded(model, n=n), _decoded(model, n=6))
+    assert [len(b) for b in sampler.batches] == sizes
+    assert all(int(t) == 0 for t in torch.cat(sampler.batches))
