@@ -252,3 +252,66 @@ def test_the_sampler_draws_by_its_weights_and_merges_a_last_batch_of_one(n: int,
     _trainer(model, regularizers=[sampler]).fit(_decoded(model, n=n), _decoded(model, n=6))
     assert [len(b) for b in sampler.batches] == sizes
     assert all(int(t) == 0 for t in torch.cat(sampler.batches))
+
+
+# --- when the head is solved rather than trained ------------------------------------------------
+
+
+class EpochProbe(LinearProbe):
+    """A frozen backbone whose strategy gives no ``probe_l2``: the head trains by epochs."""
+
+    name = "epoch_probe"
+
+    @property
+    def probe_l2(self) -> float | None:
+        return None
+
+
+class HeadPenalty(Regularizer):
+    """A penalty on the head's weights (which the L-BFGS solver would leave out)."""
+
+    name = "head_penalty"
+
+    def penalty(self, model: nn.Module, *, images: Any, features: Any) -> torch.Tensor:
+        return 1e-3 * model.head.weight.pow(2).sum()  # type: ignore[union-attr, operator]
+
+
+class LossOptionOnly(Regularizer):
+    """A regularizer with a loss option and no penalty: the solver includes it."""
+
+    name = "loss_option_only"
+
+    def loss_options(self) -> dict[str, Any]:
+        return {"label_smoothing": 0.1}
+
+
+def test_the_probe_is_solved_only_when_every_condition_holds() -> None:
+    """Bugs caught in ``solves_probe``: a regression head, a strategy without ``probe_l2``, a
+    penalty the solver would drop, or an uncached trial solved anyway (an ``and`` turned ``or``,
+    an ``is not`` turned ``is``); and a solved epoch's ``train_seconds`` not a duration."""
+
+    def solves(strategy: FreezingStrategy, regs: Any = (), task: str = "classification", **kw: Any) -> bool:
+        model = tiny_transfer_model(
+            TinyBackbone(), num_outputs=NUM_CLASSES if task == "classification" else 1
+        )
+        settings = {"feature_cache": True, **kw}
+        return _trainer(model, strategy, regs, task=task, **settings).solves_probe()
+
+    assert solves(LinearProbe())
+    assert solves(LinearProbe(), [LossOptionOnly()])
+    assert not solves(LinearProbe(), [HeadPenalty()])
+    assert not solves(LinearProbe(), task="regression")
+    assert not solves(EpochProbe())
+    assert not solves(LinearProbe(), feature_cache=False)
+    assert not solves(LinearProbe(), solve_probe=False)
+    assert not solves(FullFinetune())
+
+    import time
+
+    model = tiny_transfer_model(TinyBackbone())
+    data = _decoded(model)
+    before = time.perf_counter()
+    result = _trainer(model, LinearProbe(), feature_cache=True).fit(data, data)
+    wall = time.perf_counter() - before
+    assert "probe_solver" in result.extras
+    assert 0 <= result.extras["epochs"][0]["train_seconds"] <= wall
