@@ -60,6 +60,19 @@ def _decoded(model: TransferModel, n: int = 16):
     return decoded_images(images, labels, model.data_config)
 
 
+class LossOptionOnly(Regularizer):
+    """Label smoothing ``epsilon`` as a loss option, and no penalty (the solver includes it)."""
+
+    name = "loss_option_only"
+
+    def __init__(self, epsilon: float = 0.1, **overrides: Any) -> None:
+        super().__init__(**overrides)
+        self.epsilon = epsilon
+
+    def loss_options(self) -> dict[str, Any]:
+        return {"label_smoothing": self.epsilon}
+
+
 # --- settings checked before any work -------------------------------------------------------------
 
 
@@ -116,6 +129,29 @@ def test_train_loss_is_the_image_weighted_mean_of_the_steps_losses() -> None:
     result = trainer.fit(data, data)
     assert result.extras["epochs"][0]["train_images"] == 20
     assert result.history[0]["train_loss"] == pytest.approx(float(start), rel=1e-5)
+    assert "data_seconds" not in result.extras["epochs"][0]  # measured only when profiling
+
+
+def test_the_training_loss_has_the_loss_options_and_val_loss_does_not() -> None:
+    """Bug caught: the step's loss computed without the regularizers' loss options (``train``
+    defaulting to False): with lr 0 the reported train loss is the smoothed cross-entropy at the
+    starting weights, the val loss the plain one."""
+    model = tiny_transfer_model(TinyBackbone())
+    with torch.no_grad():  # confident logits, where smoothing moves the loss
+        model.head.weight.mul_(50.0)  # type: ignore[operator]
+    data = _decoded(model, n=16)
+    images = torch.from_numpy(data.images).permute(0, 3, 1, 2)
+    model.eval()
+    with torch.no_grad():
+        outputs = model(Normalizer(model.data_config, device="cpu")(images))
+    targets = torch.from_numpy(data.targets)
+    smoothed = float(F.cross_entropy(outputs, targets, label_smoothing=0.3))
+    plain = float(F.cross_entropy(outputs, targets))
+    trainer = _trainer(model, LinearProbe(), [LossOptionOnly(epsilon=0.3)], optimizer="sgd", lr=0.0)
+    result = trainer.fit(data, data)
+    assert abs(smoothed - plain) > 1e-2
+    assert result.history[0]["train_loss"] == pytest.approx(smoothed, rel=1e-5)
+    assert result.history[0]["val_loss"] == pytest.approx(plain, rel=1e-5)
 
 
 class RecordingHead(nn.Linear):
@@ -150,6 +186,9 @@ def test_the_feature_cache_reports_how_long_it_took() -> None:
     wall = time.perf_counter() - before
     assert result.used_feature_cache
     assert 0 <= result.extras["feature_cache"]["seconds"] <= wall
+    # no cache folder: computed here, nothing read back (not reported as a hit of a cache)
+    assert result.extras["feature_cache"]["key"] is None and result.extras["feature_cache"]["hit"] is False
+    assert result.extras["data_placement"] != "features"
 
 
 # --- calibration images -------------------------------------------------------------------------
@@ -274,15 +313,6 @@ class HeadPenalty(Regularizer):
 
     def penalty(self, model: nn.Module, *, images: Any, features: Any) -> torch.Tensor:
         return 1e-3 * model.head.weight.pow(2).sum()  # type: ignore[union-attr, operator]
-
-
-class LossOptionOnly(Regularizer):
-    """A regularizer with a loss option and no penalty: the solver includes it."""
-
-    name = "loss_option_only"
-
-    def loss_options(self) -> dict[str, Any]:
-        return {"label_smoothing": 0.1}
 
 
 def test_the_probe_is_solved_only_when_every_condition_holds() -> None:
