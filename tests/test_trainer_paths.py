@@ -345,3 +345,37 @@ def test_the_probe_is_solved_only_when_every_condition_holds() -> None:
     wall = time.perf_counter() - before
     assert "probe_solver" in result.extras
     assert 0 <= result.extras["epochs"][0]["train_seconds"] <= wall
+
+
+# --- the kept epoch -----------------------------------------------------------------------------
+
+
+def test_the_result_holds_the_kept_epochs_metrics_and_per_class_counts_not_the_last_ones() -> None:
+    """Bugs caught: the per-class counts taken from every epoch (the last one wins) instead of
+    the kept one; the result's metrics the last epoch's; ``seconds`` a clock reading. With lr 0
+    nothing trains, and each epoch start forces the head's prediction: class 0 in epoch 0 (10 of
+    16 validation images right), class 1 in epoch 1 (3 of 16)."""
+    import time
+
+    model = tiny_transfer_model(TinyBackbone())
+    images, _ = synthetic_images(16, size=16, num_classes=NUM_CLASSES)
+    labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 3)
+    data = decoded_images(images, labels, model.data_config)
+
+    def force(epoch: int) -> None:
+        with torch.no_grad():
+            model.head.weight.zero_()  # type: ignore[operator]
+            model.head.bias.copy_(torch.eye(NUM_CLASSES)[epoch] * 100.0)  # type: ignore[operator]
+
+    trainer = _trainer(model, LinearProbe(), optimizer="sgd", lr=0.0, epochs=2)
+    before = time.perf_counter()
+    result = trainer.fit(data, data, on_epoch_start=force)
+    wall = time.perf_counter() - before
+    assert [h["accuracy"] for h in result.history] == [10 / 16, 3 / 16]
+    assert result.best_epoch == 0 and result.metrics["accuracy"] == 10 / 16
+    assert result.extras["per_class_counts"] == [
+        [10, 10, 16],
+        [0, 3, 0],
+        [0, 3, 0],
+    ]  # per class: tp, support, predicted
+    assert 0 <= result.seconds <= wall
