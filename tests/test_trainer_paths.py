@@ -60,6 +60,19 @@ def _decoded(model: TransferModel, n: int = 16):
     return decoded_images(images, labels, model.data_config)
 
 
+class LossOptionOnly(Regularizer):
+    """Label smoothing ``epsilon`` as a loss option, and no penalty (the solver includes it)."""
+
+    name = "loss_option_only"
+
+    def __init__(self, epsilon: float = 0.1, **overrides: Any) -> None:
+        super().__init__(**overrides)
+        self.epsilon = epsilon
+
+    def loss_options(self) -> dict[str, Any]:
+        return {"label_smoothing": self.epsilon}
+
+
 # --- settings checked before any work -------------------------------------------------------------
 
 
@@ -116,6 +129,29 @@ def test_train_loss_is_the_image_weighted_mean_of_the_steps_losses() -> None:
     result = trainer.fit(data, data)
     assert result.extras["epochs"][0]["train_images"] == 20
     assert result.history[0]["train_loss"] == pytest.approx(float(start), rel=1e-5)
+    assert "data_seconds" not in result.extras["epochs"][0]  # measured only when profiling
+
+
+def test_the_training_loss_has_the_loss_options_and_val_loss_does_not() -> None:
+    """Bug caught: the step's loss computed without the regularizers' loss options (``train``
+    defaulting to False): with lr 0 the reported train loss is the smoothed cross-entropy at the
+    starting weights, the val loss the plain one."""
+    model = tiny_transfer_model(TinyBackbone())
+    with torch.no_grad():  # confident logits, where smoothing moves the loss
+        model.head.weight.mul_(50.0)  # type: ignore[operator]
+    data = _decoded(model, n=16)
+    images = torch.from_numpy(data.images).permute(0, 3, 1, 2)
+    model.eval()
+    with torch.no_grad():
+        outputs = model(Normalizer(model.data_config, device="cpu")(images))
+    targets = torch.from_numpy(data.targets)
+    smoothed = float(F.cross_entropy(outputs, targets, label_smoothing=0.3))
+    plain = float(F.cross_entropy(outputs, targets))
+    trainer = _trainer(model, LinearProbe(), [LossOptionOnly(epsilon=0.3)], optimizer="sgd", lr=0.0)
+    result = trainer.fit(data, data)
+    assert abs(smoothed - plain) > 1e-2
+    assert result.history[0]["train_loss"] == pytest.approx(smoothed, rel=1e-5)
+    assert result.history[0]["val_loss"] == pytest.approx(plain, rel=1e-5)
 
 
 class RecordingHead(nn.Linear):
@@ -150,6 +186,9 @@ def test_the_feature_cache_reports_how_long_it_took() -> None:
     wall = time.perf_counter() - before
     assert result.used_feature_cache
     assert 0 <= result.extras["feature_cache"]["seconds"] <= wall
+    # no cache folder: computed here, nothing read back (not reported as a hit of a cache)
+    assert result.extras["feature_cache"]["key"] is None and result.extras["feature_cache"]["hit"] is False
+    assert result.extras["data_placement"] != "features"
 
 
 # --- calibration images -------------------------------------------------------------------------
@@ -219,3 +258,124 @@ def test_a_non_finite_loss_stops_the_trial_at_the_step_it_appears() -> None:
     finally:
         handle.remove()
     assert len(steps) == 1
+
+
+# --- the class-balanced sampler's batches -------------------------------------------------------
+
+
+class SamplesOnlyClassZero(Regularizer):
+    """A sampler that draws only class-0 images, recording each training batch's targets."""
+
+    name = "samples_only_class_zero"
+
+    def __init__(self, **overrides: Any) -> None:
+        super().__init__(**overrides)
+        self.batches: list[torch.Tensor] = []
+
+    def class_sampling_weights(self, counts: torch.Tensor) -> torch.Tensor:
+        weights = torch.zeros(len(counts))
+        weights[0] = 1.0
+        return weights
+
+    def transform_batch(self, images: torch.Tensor, targets: torch.Tensor, *, num_outputs: int):
+        self.batches.append(targets.clone())
+        return images, targets
+
+
+@pytest.mark.parametrize(("n", "sizes"), [(17, [8, 9]), (20, [8, 8, 4]), (16, [8, 8])])
+def test_the_sampler_draws_by_its_weights_and_merges_a_last_batch_of_one(n: int, sizes: list[int]) -> None:
+    """Bugs caught: the sampler's weights ignored; a final batch of one image kept (BatchNorm
+    cannot train on it) or a longer final batch merged; the batches returned as None."""
+    model = tiny_transfer_model(TinyBackbone())
+    sampler = SamplesOnlyClassZero()
+    _trainer(model, regularizers=[sampler]).fit(_decoded(model, n=n), _decoded(model, n=6))
+    assert [len(b) for b in sampler.batches] == sizes
+    assert all(int(t) == 0 for t in torch.cat(sampler.batches))
+
+
+# --- when the head is solved rather than trained ------------------------------------------------
+
+
+class EpochProbe(LinearProbe):
+    """A frozen backbone whose strategy gives no ``probe_l2``: the head trains by epochs."""
+
+    name = "epoch_probe"
+
+    @property
+    def probe_l2(self) -> float | None:
+        return None
+
+
+class HeadPenalty(Regularizer):
+    """A penalty on the head's weights (which the L-BFGS solver would leave out)."""
+
+    name = "head_penalty"
+
+    def penalty(self, model: nn.Module, *, images: Any, features: Any) -> torch.Tensor:
+        return 1e-3 * model.head.weight.pow(2).sum()  # type: ignore[union-attr, operator]
+
+
+def test_the_probe_is_solved_only_when_every_condition_holds() -> None:
+    """Bugs caught in ``solves_probe``: a regression head, a strategy without ``probe_l2``, a
+    penalty the solver would drop, or an uncached trial solved anyway (an ``and`` turned ``or``,
+    an ``is not`` turned ``is``); and a solved epoch's ``train_seconds`` not a duration."""
+
+    def solves(strategy: FreezingStrategy, regs: Any = (), task: str = "classification", **kw: Any) -> bool:
+        model = tiny_transfer_model(
+            TinyBackbone(), num_outputs=NUM_CLASSES if task == "classification" else 1
+        )
+        settings = {"feature_cache": True, **kw}
+        return _trainer(model, strategy, regs, task=task, **settings).solves_probe()
+
+    assert solves(LinearProbe())
+    assert solves(LinearProbe(), [LossOptionOnly()])
+    assert not solves(LinearProbe(), [HeadPenalty()])
+    assert not solves(LinearProbe(), task="regression")
+    assert not solves(EpochProbe())
+    assert not solves(LinearProbe(), feature_cache=False)
+    assert not solves(LinearProbe(), solve_probe=False)
+    assert not solves(FullFinetune())
+
+    import time
+
+    model = tiny_transfer_model(TinyBackbone())
+    data = _decoded(model)
+    before = time.perf_counter()
+    result = _trainer(model, LinearProbe(), feature_cache=True).fit(data, data)
+    wall = time.perf_counter() - before
+    assert "probe_solver" in result.extras
+    assert 0 <= result.extras["epochs"][0]["train_seconds"] <= wall
+
+
+# --- the kept epoch -----------------------------------------------------------------------------
+
+
+def test_the_result_holds_the_kept_epochs_metrics_and_per_class_counts_not_the_last_ones() -> None:
+    """Bugs caught: the per-class counts taken from every epoch (the last one wins) instead of
+    the kept one; the result's metrics the last epoch's; ``seconds`` a clock reading. With lr 0
+    nothing trains, and each epoch start forces the head's prediction: class 0 in epoch 0 (10 of
+    16 validation images right), class 1 in epoch 1 (3 of 16)."""
+    import time
+
+    model = tiny_transfer_model(TinyBackbone())
+    images, _ = synthetic_images(16, size=16, num_classes=NUM_CLASSES)
+    labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 3)
+    data = decoded_images(images, labels, model.data_config)
+
+    def force(epoch: int) -> None:
+        with torch.no_grad():
+            model.head.weight.zero_()  # type: ignore[operator]
+            model.head.bias.copy_(torch.eye(NUM_CLASSES)[epoch] * 100.0)  # type: ignore[operator]
+
+    trainer = _trainer(model, LinearProbe(), optimizer="sgd", lr=0.0, epochs=2)
+    before = time.perf_counter()
+    result = trainer.fit(data, data, on_epoch_start=force)
+    wall = time.perf_counter() - before
+    assert [h["accuracy"] for h in result.history] == [10 / 16, 3 / 16]
+    assert result.best_epoch == 0 and result.metrics["accuracy"] == 10 / 16
+    assert result.extras["per_class_counts"] == [
+        [10, 10, 16],
+        [0, 3, 0],
+        [0, 3, 0],
+    ]  # per class: tp, support, predicted
+    assert 0 <= result.seconds <= wall
