@@ -15,6 +15,10 @@ accuracy (the test split is seen by nothing but the final evaluation) of:
   regularizers, ``search.timeout`` = the budget;
 * ``tlsearch_defaults`` — ``tlsearch run`` with only the backbone and the data given.
 
+Both tlsearch studies leave ``data.image_size`` unset (tlsearch's data-derived default: 64 px for
+the 8 px digits, see tlsearch.data.sizes) unless ``--tlsearch-size`` sets it; ``--size`` is the
+hand-written fine-tune's.
+
 tlsearch's scores are those of the **exported ONNX model**, run with onnxruntime through
 ``tlsearch.deploy.Predictor`` (what ships), on the validation and test folders.
 
@@ -232,10 +236,17 @@ def finetune_20_lines(task: Task, budget: float, size: int, work: Path, epochs: 
 # --- tlsearch ----------------------------------------------------------------------------------
 
 
+#: ``--tlsearch-size``: the studies' ``data.image_size`` (None: unset, the data-derived default)
+TLSEARCH_SIZE: int | None = None
+
+
 def _study(task: Task, budget: float, size: int, *, recommended: bool) -> dict:
+    data: dict = {"train": "data/train", "val": "data/val"}
+    if TLSEARCH_SIZE is not None:
+        data["image_size"] = TLSEARCH_SIZE
     study: dict = {
         "name": f"bench-{task.name}-{'recommended' if recommended else 'defaults'}",
-        "data": {"train": "data/train", "val": "data/val", "image_size": size},
+        "data": data,
         "space": {"backbone": {"efficientnet_lite0": {"weights": "packaged"}}},
         "search": {"n_trials": None, "timeout": budget, "seed": SEED},
     }
@@ -310,7 +321,13 @@ METHODS: dict[str, Callable[[Task, float, int, Path], dict[str, float]]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=float, default=1200, help="seconds per training method per task")
-    parser.add_argument("--size", type=int, default=96, help="input size (px) of the fine-tunes and tlsearch")
+    parser.add_argument("--size", type=int, default=96, help="input size (px) of the hand-written fine-tune")
+    parser.add_argument(
+        "--tlsearch-size",
+        type=int,
+        default=None,
+        help="the tlsearch studies' data.image_size (default: unset, tlsearch's data-derived size)",
+    )
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     parser.add_argument(
         "--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}"
@@ -318,6 +335,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-real-data"), help="work folder")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
+    global TLSEARCH_SIZE
+    TLSEARCH_SIZE = args.tlsearch_size
     tasks, methods = args.tasks.split(","), args.methods.split(",")
     for name, valid in ((tasks, TASKS), (methods, METHODS)):
         bad = [n for n in name if n not in valid]
@@ -327,7 +346,8 @@ def main() -> None:
 
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, budget {args.budget:.0f} s, {args.size} px, "
+        f"{torch.get_num_threads()} threads, budget {args.budget:.0f} s, {args.size} px (hand-written), "
+        f"tlsearch {args.tlsearch_size or 'data-derived'} px, "
         f"load average at start {os.getloadavg()[0]:.1f}"
     )
     rows = []

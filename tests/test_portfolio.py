@@ -49,7 +49,7 @@ def test_portfolio_uses_only_plugins_of_the_space_with_values_in_range(write_stu
     assert tune["regularizer.label_smoothing"] is True and tune["regularizer.label_smoothing.epsilon"] == 0.1
     assert tune["train.lr"] == 2e-3 and tune["regularizer.mixup"] is False
     without_full = _named(portfolio(_space(write_study, freezing=["linear_probe", "layer_decay"])))
-    assert without_full["finetune_layer_decay"]["freezing.layer_decay.decay"] == 0.75
+    assert without_full["finetune_layer_decay_label_smoothing"]["freezing.layer_decay.decay"] == 0.75
 
     no_probe = _named(portfolio(_space(write_study, freezing=["full_finetune", "bitfit"])))
     assert list(no_probe) == ["finetune_full_finetune_label_smoothing"]

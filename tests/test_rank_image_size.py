@@ -46,3 +46,16 @@ def test_cli_rank_scores_a_listed_size_study_at_the_largest_size(write_study, tm
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [r["input_size"] for r in rows] == [40, 40]
+
+
+def test_a_study_that_sets_no_size_ranks_at_the_size_its_trials_train_at(write_study) -> None:
+    """Bug caught: LogME scored 8-px digits upsampled to the native 224 px while every trial
+    trained at the data-derived 64 px (tlsearch.data.sizes)."""
+    import dataclasses
+
+    config = load_config(write_study(data={"image_size": None}, space={"backbone": TWO_MODELS}))
+    space = resolve_space(config, get_plugin_manager().registry)
+    small = dataclasses.replace(space, data_short_side=8)
+    assert {ranking_size(small, c) for c in candidates(small)} == {64}  # both native 160 px
+    large = dataclasses.replace(space, data_short_side=300)
+    assert {ranking_size(large, c) for c in candidates(large)} == {None}  # native

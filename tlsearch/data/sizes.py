@@ -24,14 +24,18 @@ import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from tlsearch.config import PluginChoice, ResolvedSpace
 
 SIZE_STEP = 32
 MIN_DEFAULT_SIZE = 64
 MAX_SAMPLED = 512
 
-__all__ = ["MIN_DEFAULT_SIZE", "SIZE_STEP", "default_image_size", "median_short_side"]
+__all__ = ["MIN_DEFAULT_SIZE", "SIZE_STEP", "default_image_size", "derived_image_size", "median_short_side"]
 
 
 def median_short_side(paths: Sequence[Path], *, max_images: int = MAX_SAMPLED) -> int | None:
@@ -73,3 +77,21 @@ def default_image_size(
     if accepted is not None and size not in accepted:
         return None
     return size
+
+
+def derived_image_size(space: ResolvedSpace, backbone: PluginChoice, params: dict[str, Any]) -> int | None:
+    """The data-derived default size of ``backbone`` (with its sampled ``params``) in a study that
+    sets no ``image_size`` (:func:`tlsearch.data.sizes.default_image_size`): the native size is what
+    the backbone's ``describe()`` reports as ``input_size``; None (its native size) when the study
+    has no measured short side or the backbone reports no native size."""
+    if space.data_short_side is None or backbone.plugin is None:
+        return None
+    try:
+        plugin = backbone.plugin(**params)
+        native = (plugin.describe() or {}).get("input_size")
+        accepted = plugin.input_sizes()
+    except Exception:  # noqa: BLE001 - describe() is advisory; the trial reports a plugin that cannot build
+        return None
+    if not isinstance(native, int) or isinstance(native, bool):
+        return None
+    return default_image_size(space.data_short_side, native=native, accepted=accepted)

@@ -22,6 +22,7 @@ import torch
 
 from tlsearch.config import ResolvedSpace
 from tlsearch.data.cache import DecodedImages
+from tlsearch.data.sizes import derived_image_size
 from tlsearch.kinds import FreezingStrategy, ParamGroup, TransferModel
 from tlsearch.preprocessing import DataConfig
 from tlsearch.rank.candidates import Candidate, candidates
@@ -230,11 +231,16 @@ def ranking_size(space: ResolvedSpace, candidate: Candidate, image_size: int | N
     """The input size a candidate is scored at: the largest of its backbone's own
     ``image_size`` list when it has one, else ``image_size`` when given, else the largest size
     the study lists (``data.image_size``); None (the backbone's native size) when the study sets
-    none. One size per backbone keeps the ranking one forward pass per candidate; the largest
+    none, or the data-derived default its trials train at (:func:`tlsearch.data.sizes.derived_image_size`).
+    One size per backbone keeps the ranking one forward pass per candidate; the largest
     because a searched size is there to be tried, and features at the largest size are what the
     backbone can give at best."""
-    own = next((c.image_size for c in space.backbone if c.name == candidate.plugin), None)
-    return _largest(own) or image_size or _largest(space.image_size)
+    choice = next((c for c in space.backbone if c.name == candidate.plugin), None)
+    own = choice.image_size if choice is not None else None
+    size = _largest(own) or image_size or _largest(space.image_size)
+    if size is None and choice is not None:  # the data-derived default the trials train at
+        size = derived_image_size(space, choice, candidate.params)
+    return size
 
 
 def rank_backbones(

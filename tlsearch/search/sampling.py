@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from tlsearch.config import PluginChoice, ResolvedSpace
-from tlsearch.data.sizes import default_image_size
+from tlsearch.data.sizes import derived_image_size
 from tlsearch.kinds import Backbone, FreezingStrategy, Head, Regularizer, TransferModel
 from tlsearch.registry import Registry
 from tlsearch.space import Categorical, Fixed, _Trial
@@ -74,24 +74,6 @@ def _sample_data(
         if value is not None:
             out[f"data.{name}"] = value
     return out
-
-
-def derived_image_size(space: ResolvedSpace, backbone: PluginChoice, params: dict[str, Any]) -> int | None:
-    """The data-derived default size of ``backbone`` (with its sampled ``params``) in a study that
-    sets no ``image_size`` (:func:`tlsearch.data.sizes.default_image_size`): the native size is what
-    the backbone's ``describe()`` reports as ``input_size``; None (its native size) when the study
-    has no measured short side or the backbone reports no native size."""
-    if space.data_short_side is None or backbone.plugin is None:
-        return None
-    try:
-        plugin = backbone.plugin(**params)
-        native = (plugin.describe() or {}).get("input_size")
-        accepted = plugin.input_sizes()
-    except Exception:  # noqa: BLE001 - describe() is advisory; the trial reports a plugin that cannot build
-        return None
-    if not isinstance(native, int) or isinstance(native, bool):
-        return None
-    return default_image_size(space.data_short_side, native=native, accepted=accepted)
 
 
 def data_choices(choices: dict[str, Any], data: Any = None) -> dict[str, Any]:
