@@ -39,7 +39,7 @@ SLOW_EPOCHS = textwrap.dedent("""
 
     @hookimpl
     def tlsearch_epoch_end(trial, epoch, metrics, out_dir):
-        time.sleep(0.7)
+        time.sleep(0.5)
 """)
 
 
@@ -121,13 +121,13 @@ def test_workers_fail_clearly_when_the_proxy_dies_and_the_study_completes_once_i
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    budget = 4
+    budget = 2
     plugin = tmp_path / "slow_epochs.py"
     plugin.write_text(SLOW_EPOCHS)
     study = write_study(
         plugins=[str(plugin)],
         space={"freezing": ["linear_probe"]},
-        training={"epochs": 3},
+        training={"epochs": 2},
         search={"n_trials": budget, "pruner": "none"},
     )
     name = yaml.safe_load(study.read_text())["name"]

@@ -179,6 +179,13 @@ class _Outage:
         self.since: float | None = None
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:  # the client pickles (Optuna's does): not the lock
+        return {"where": self.where, "seconds": self.seconds}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.where, self.seconds, self.since = state["where"], state["seconds"], None
+        self._lock = threading.Lock()
+
     def call(self, attempt: Callable[[], Any]) -> Any:
         """``attempt()`` (a gRPC outcome) until it is not UNAVAILABLE or the window is spent."""
         delay = _BACKOFF_FIRST

@@ -249,6 +249,7 @@ class Objective:
             if isinstance(exc, NonFiniteError):
                 exc = blame_non_finite(exc, self._plugins)
             kind, reason = classify(exc)
+            lost = storage_unavailable(exc) is not None
             failure_attrs: dict[str, Any] = {TRACEBACK_ATTR: short_traceback(exc)}
             if study_wide(exc, self.space):
                 failure_attrs[SCOPE_ATTR] = "study"
@@ -261,6 +262,8 @@ class Objective:
         self._end(trial, "FAIL", None, {"failure": reason})  # type: ignore[dict-item]
         if kind == "oom":
             self._retry_smaller(trial)
+        if lost:  # recorded, the proxy being back for that write; the worker stops all the same
+            raise StorageUnavailable(reason)
         raise TrialFailed(reason)
 
     def _fail(self, writer: TrialWriter, kind: str, reason: str, **attrs: Any) -> None:
