@@ -75,7 +75,9 @@ def _as_list(value: Any, name: str) -> list[Any]:
 class DataSettings(_Strict):
     """Where the images are. Either ``train`` + ``val`` folders, or one ``folder`` split by
     ``val_fraction``; for regression, ``csv`` (columns ``path,target…``) with ``val_csv`` or
-    ``val_fraction``. Folders hold one sub-folder per class.
+    ``val_fraction``; for multilabel, ``csv`` (``path,labels`` with ``label_delimiter``, or one 0/1
+    column per label; ``labels`` fixes the vocabulary: :mod:`tlsearch.data.multilabel`) the same
+    way. Folders hold one sub-folder per class.
 
     A held-out test split, which no trial ever sees, is either ``test`` (a class folder, or a CSV
     for regression) or ``test_fraction`` (carved from the training pool before ``val`` is, stratified

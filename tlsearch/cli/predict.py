@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--top-k", "top_k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image."
+    "--top-k",
+    "top_k",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Classes per image (multilabel: the most probable labels, beside the label set).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of results on stdout.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows on stdout (not with --json).")
