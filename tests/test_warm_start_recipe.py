@@ -130,3 +130,19 @@ def test_the_studys_timeout_fits_a_trials_epochs_to_the_time_left(write_study, t
     (trial,) = run_study(path, out_dir=tmp_path / "out", progress=False, on_event=on_event).study.trials
     assert trial.state == COMPLETE and trial.user_attrs["stopped"] == "timeout"
     assert trial.user_attrs["epochs_run"] == 3  # the first, then the 2 that fit
+    assert trial.user_attrs["speed"]["epochs_fitted"] == 3
+
+
+def test_the_console_shows_a_warm_start_trials_own_epochs() -> None:
+    import io
+    from types import SimpleNamespace
+
+    from tlsearch.cli.console import Console
+
+    choices = {"backbone": "timm", "head": "linear", "freezing": "full_finetune", "train.lr": 2e-3}
+    with Console(total=2, epochs=3, mode="plain", stream=io.StringIO()) as console:
+        tune = SimpleNamespace(number=0, study=None, user_attrs={TRAINING_ATTR: {"epochs": 8}})
+        console.event("trial_start", trial=tune, choices=choices)
+        sampled = SimpleNamespace(number=1, study=None, user_attrs={})
+        console.event("trial_start", trial=sampled, choices=choices)
+        assert console.current[0]["epochs"] == 8 and console.current[1]["epochs"] == 3

@@ -196,11 +196,14 @@ class Console:
         if name == "trial_start":
             self.trial_started[trial.number] = getattr(trial, "datetime_start", None) or datetime.now()
             summary = _describe(kw["choices"])
+            # a warm-start trial may train more epochs than the study's (tlsearch.search.portfolio's
+            # TRAINING_ATTR; named here as text: the console starts without optuna and torch)
+            own = (getattr(trial, "user_attrs", {}).get("portfolio_training") or {}).get("epochs")
             self.current[trial.number] = {
                 "summary": summary,
                 "epoch": 0,
                 "metrics": {},
-                "epochs": self.epochs,
+                "epochs": max(self.epochs or 0, int(own)) if own else self.epochs,
             }
             if not self.live:
                 self._echo(f"trial {trial.number}: {summary}")
