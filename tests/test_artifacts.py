@@ -337,3 +337,13 @@ def test_a_missing_study_folder_without_a_store_is_refused(command: str, tmp_pat
     assert result.exit_code == 2, result.output
     assert "nowhere" in result.output and "only with --artifacts" in result.output
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_local_workers_get_the_store_of_the_command_line(tmp_path: Path) -> None:
+    """``run --workers N --artifacts URL``: each worker process is told the same store."""
+    from tlsearch.search.workers import worker_command
+    from tlsearch.worker_process import parse_args
+
+    cmd = worker_command(tmp_path, storage="x.journal", out_dir=tmp_path, artifacts="s3://bucket/p")
+    assert parse_args(cmd[3:]).artifacts == "s3://bucket/p"
+    assert "--artifacts" not in worker_command(tmp_path, storage="x.journal", out_dir=tmp_path)

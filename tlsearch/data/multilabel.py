@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
-from tlsearch.data.sources import ImageList, _check_inside
+from tlsearch.data.image_list import ImageList, check_inside
 from tlsearch.errors import DataError
 from tlsearch.preprocessing import display_path
 
@@ -149,7 +149,7 @@ def _image(csv_path: Path, cell: str, *, where: str, real_folder: Path) -> Path:
     if not image.is_file():
         raise DataError(f"{where}: image {display_path(image)!r} does not exist")
     if relative:
-        _check_inside(
+        check_inside(
             image,
             real_folder,
             what="the CSV's folder",

@@ -6,10 +6,18 @@ import csv
 import random
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tlsearch.data.image_list import ImageList
+from tlsearch.data.image_list import check_inside as _check_inside
+from tlsearch.data.multilabel import (
+    check_training_labels,
+    read_multilabel_csv,
+    split_multilabel,
+    warn_small_validation_labels,
+)
 from tlsearch.errors import ConfigError, DataError
 from tlsearch.preprocessing import display_path
 
@@ -19,46 +27,6 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
-
-
-@dataclass
-class ImageList:
-    """Image files with their targets: class indices (classification), value lists (regression) or
-    0/1 label vectors over ``classes`` (multilabel, :mod:`tlsearch.data.multilabel`).
-
-    ``task`` says which, explicitly: left empty it is ``classification`` when ``classes`` is given
-    and ``regression`` otherwise (what the two original tasks always meant), so ``classes is None``
-    is never the test of the task; multilabel lists set ``task="multilabel"`` and have ``classes``
-    (the label vocabulary) too.
-    """
-
-    paths: list[Path]
-    targets: list[int] | list[list[float]]
-    classes: list[str] | None = None  # classification: the classes; multilabel: the label vocabulary
-    target_names: list[str] = field(default_factory=list)  # regression: the CSV's target columns
-    task: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.task:
-            self.task = "classification" if self.classes is not None else "regression"
-        if self.task == "multilabel" and self.classes is None:
-            raise ValueError("a multilabel ImageList needs classes (its label vocabulary)")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self.classes) if self.classes is not None else len(self.target_names)
-
-    def subset(self, indices: list[int]) -> ImageList:
-        return ImageList(
-            [self.paths[i] for i in indices],
-            [self.targets[i] for i in indices],  # type: ignore[arg-type]
-            self.classes,
-            self.target_names,
-            self.task,
-        )
 
 
 def scan_folder(root: Path, *, classes: list[str] | None = None) -> ImageList:
@@ -166,16 +134,6 @@ def _class_folders(root: Path) -> dict[str, Path]:
     return folders
 
 
-def _check_inside(image: Path, real_root: Path, *, what: str, hint: str, where: str = "") -> None:
-    """Refuse ``image`` when it resolves (symlinks followed) outside ``real_root``, naming it."""
-    target = image.resolve()
-    if real_root not in target.parents:
-        raise DataError(
-            f"{where}image {display_path(image)!r} resolves to {display_path(target)!r}, outside "
-            f"{what} {display_path(real_root)!r}; images must lie inside it ({hint})"
-        )
-
-
 def read_csv(path: Path) -> ImageList:
     """A regression CSV: a header ``path,<target>[,<target>…]``; image paths relative to the CSV's folder.
 
@@ -231,8 +189,6 @@ def split(
     train_idx: list[int] = []
     val_idx: list[int] = []
     if images.task == "multilabel":
-        from tlsearch.data.multilabel import split_multilabel
-
         train_idx, val_idx = split_multilabel(images, val_fraction=val_fraction, rng=rng)
     elif images.task == "classification":
         by_class: dict[int, list[int]] = {}
@@ -340,12 +296,6 @@ def _multilabel_splits(
 ) -> Splits:
     """A multi-label study's splits from ``data.csv`` (+ ``val_csv`` or ``val_fraction``, + ``test``);
     see :mod:`tlsearch.data.multilabel` for the CSV forms and what is refused."""
-    from tlsearch.data.multilabel import (
-        check_training_labels,
-        read_multilabel_csv,
-        warn_small_validation_labels,
-    )
-
     if data.csv is None:
         raise DataError(
             "task multilabel needs data.csv (columns path,labels with labels separated by "

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from tlsearch.deploy._labels import check_thresholds
 from tlsearch.errors import TlsearchError
 from tlsearch.preprocessing import DataConfig
 
@@ -67,10 +68,11 @@ def validate_metadata(metadata: Mapping[str, Any], *, source: str = "metadata") 
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise ModelFormatError(f"{source}: labels must be null or a list of strings, got {labels!r}")
     if "thresholds" in copy:  # multilabel (or binary): the decision threshold per label
-        from tlsearch.deploy._labels import check_thresholds
-
         binary = copy.get("task") == "classification"
-        check_thresholds(copy["thresholds"], labels=None if binary else labels, source=source)
+        try:
+            check_thresholds(copy["thresholds"], labels=None if binary else labels, source=source)
+        except ValueError as exc:
+            raise ModelFormatError(str(exc)) from None
         if binary and (
             len(copy["thresholds"]) != 1 or labels is None or copy.get("positive_label") not in labels
         ):

@@ -51,14 +51,12 @@ def mean_average_precision(probabilities: np.ndarray, targets: np.ndarray) -> fl
 
 
 def check_thresholds(values: Any, *, labels: Sequence[str] | None, source: str) -> None:
-    """Refuse ``thresholds`` metadata that is not one number in [0, 1] per label."""
-    from tlsearch.deploy._format import ModelFormatError
-
+    """Refuse (``ValueError``) ``thresholds`` metadata that is not one number in [0, 1] per label."""
     ok = isinstance(values, list) and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in values
     )
     if not ok or (labels is not None and len(values) != len(labels)):
-        raise ModelFormatError(
+        raise ValueError(
             f"{source}: thresholds must be a list of one number in [0, 1] per label "
             f"({len(labels) if labels is not None else '?'}), got {values!r}"
         )
