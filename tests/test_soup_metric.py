@@ -99,3 +99,23 @@ def test_a_study_on_log_loss_gets_a_soup_judged_on_log_loss(write_study, tmp_pat
     assert info["tried"], info  # the second trial was mixed in and scored
     assert info["metrics"]["log_loss"] == pytest.approx(info["value"])
     assert info["value"] <= info["single_value"]  # lower is better: kept only when it lowers log loss
+
+
+def test_every_multilabel_metric_is_measured_as_the_trainer_measures_it() -> None:
+    """Bug caught: a multi-label soup judged without mAP or val_loss (BCE), so it could not be formed
+    on the study's metric, or its val_loss differed from the trainer's."""
+    rng = np.random.default_rng(2)
+    vectors = (rng.random((24, 3)) < 0.4).astype(np.float32)
+    vectors[0] = 1.0  # every label has a positive
+    pixels = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    listed = ImageList(
+        [Path(f"{i}.png") for i in range(24)], vectors.tolist(), classes=["a", "b", "c"], task="multilabel"
+    )
+    images = DecodedImages(pixels, vectors, listed)
+    model = tiny_transfer_model(num_outputs=3, seed=1).eval()
+    ours = validation_metrics(model, images, config=model.data_config, task="multilabel")
+    trainer = _trainer(model, task="multilabel")
+    theirs = trainer.evaluate(torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(vectors))
+    assert set(METRICS["multilabel"]) <= set(ours)
+    for name in METRICS["multilabel"]:
+        assert ours[name] == pytest.approx(theirs[name], rel=1e-4, abs=1e-5), name

@@ -187,7 +187,8 @@ def validation_metrics(
     """``model``'s metrics on decoded validation ``images`` (in fp32, in the targets' own units):
     every metric a study can optimise (``tlsearch.config.METRICS``), so that a soup is judged on
     the study's own one. ``val_loss`` is the trainer's (:meth:`tlsearch.train.Trainer.loss` with
-    ``train=False``): cross-entropy, or the study's regression ``loss`` on the standardised scale."""
+    ``train=False``): cross-entropy, binary cross-entropy (multilabel), or the study's regression
+    ``loss`` on the standardised scale."""
     device = device or torch.device("cpu")
     model = model.to(device).eval()
     outputs = []
@@ -201,8 +202,11 @@ def validation_metrics(
         metrics = evaluate_outputs(out, targets, task=task)
         metrics["val_loss"] = float(torch.nn.functional.cross_entropy(out, targets.long().view(-1)))
         return metrics
-    if task != "regression":
-        return evaluate_outputs(out, targets, task=task)
+    if task == "multilabel":  # val_loss: the trainer's mean binary cross-entropy over the labels
+        metrics = evaluate_outputs(out, targets, task=task)
+        vectors = targets.float().view_as(out)
+        metrics["val_loss"] = float(torch.nn.functional.binary_cross_entropy_with_logits(out, vectors))
+        return metrics
     trained = targets.float().view_as(out)  # the scale the model was trained on
     if scale is not None:
         trained = torch.from_numpy(scale.standardise(targets.numpy())).view_as(out)
