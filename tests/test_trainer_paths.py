@@ -379,3 +379,36 @@ def test_the_result_holds_the_kept_epochs_metrics_and_per_class_counts_not_the_l
         [0, 3, 0],
     ]  # per class: tp, support, predicted
     assert 0 <= result.seconds <= wall
+
+
+# --- an epoch's random draws --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("augment", "erasing"), [("crop_flip", 0.0), ("crop_flip", 0.25), ("randaugment", 0.25)]
+)
+def test_an_epochs_draws_come_from_the_trials_generator_in_a_fixed_order(
+    augment: str, erasing: float
+) -> None:
+    """Bugs caught: erasing parameters not drawn (then taken from the global RNG, out of the
+    trial's seeded stream) or drawn when erasing is off (shifting every later draw); per-image
+    operation seeds drawn without operations, or from the wrong range. The order is crop/flip,
+    erasing, operation seeds, so a ``crop_flip`` trial draws what it always did."""
+    from tlsearch.data.augment import draw_crop_params
+    from tlsearch.data.policies import draw_erase_params
+
+    model = tiny_transfer_model(TinyBackbone())
+    trainer = _trainer(model, augment=augment, random_erasing=erasing)
+    batches = [torch.arange(8), torch.arange(8, 17)]
+    draws = trainer._epoch_draws(batches, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    crops = draw_crop_params(17, generator=g).split([8, 9])
+    erases = draw_erase_params(17, generator=g).split([8, 9]) if erasing else (None, None)
+    seeds = torch.randint(2**62, (2,), generator=g).tolist() if augment == "randaugment" else [0, 0]
+    assert len(draws) == 2
+    for draw, crop, erase, seed in zip(draws, crops, erases, seeds, strict=True):
+        assert draw.crop is not None and torch.equal(draw.crop, crop)
+        assert (draw.erase is None) if erase is None else torch.equal(draw.erase, erase)
+        assert draw.seed == seed
+    if augment == "randaugment":
+        assert seeds[0] != seeds[1] and max(seeds) > 2**40
