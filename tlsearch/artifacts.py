@@ -269,16 +269,9 @@ class Artifacts:
     def download(self, name: str, target: Path) -> bool:
         """Stream ``name`` into the local file ``target`` (a temporary file renamed into place);
         False when the store has no ``name``."""
-        from optuna.artifacts.exceptions import ArtifactNotFound
-
-        try:
-            reader = self.store.open_reader(self.key(name))
-        except ArtifactNotFound:
+        reader = self._reader(name)
+        if reader is None:
             return False
-        except TlsearchError:
-            raise
-        except Exception as exc:
-            raise self._error("read", name, exc) from None
         try:  # the connection dropping half-way leaves the target as it was
             with atomic_file(target, binary=True) as f:
                 shutil.copyfileobj(reader, f, PART_BYTES)
@@ -290,31 +283,31 @@ class Artifacts:
             reader.close()
         return True
 
-    def exists(self, name: str) -> bool:
+    def _reader(self, name: str) -> BinaryIO | None:
+        """A reader of ``name`` (None when the store has no ``name``); other failures name the store."""
         from optuna.artifacts.exceptions import ArtifactNotFound
 
         try:
-            self.store.open_reader(self.key(name)).close()
-        except ArtifactNotFound:
-            return False
-        except TlsearchError:
-            raise
-        except Exception as exc:
-            raise self._error("read", name, exc) from None
-        return True
-
-    def read_bytes(self, name: str) -> bytes | None:
-        """A small object's bytes (None when missing): a probe, a record."""
-        from optuna.artifacts.exceptions import ArtifactNotFound
-
-        try:
-            reader = self.store.open_reader(self.key(name))
+            return self.store.open_reader(self.key(name))
         except ArtifactNotFound:
             return None
         except TlsearchError:
             raise
         except Exception as exc:
             raise self._error("read", name, exc) from None
+
+    def exists(self, name: str) -> bool:
+        reader = self._reader(name)
+        if reader is None:
+            return False
+        reader.close()
+        return True
+
+    def read_bytes(self, name: str) -> bytes | None:
+        """A small object's bytes (None when missing): a probe, a record."""
+        reader = self._reader(name)
+        if reader is None:
+            return None
         try:
             return reader.read()
         finally:
