@@ -398,7 +398,8 @@ def test_worker_devices_option_takes_a_count_or_gpu_indices(write_study, tmp_pat
     from tlsearch.cli import main
     from tlsearch.cli.worker import parse_devices
 
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # recorded, so what parse_devices sets is undone
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert parse_devices("4") == 4 and "CUDA_VISIBLE_DEVICES" not in os.environ
     assert parse_devices("0, 2") == 2 and os.environ["CUDA_VISIBLE_DEVICES"] == "0,2"
     for bad in ("0", "-1", "1,1", "a,b", "2,"):
