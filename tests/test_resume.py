@@ -115,12 +115,28 @@ def test_sigkilled_worker_trial_is_failed_and_retried_with_the_same_params(slow_
     assert not [t for t in after.values() if t.state == RUNNING]
 
 
+def _ignores(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` ignores ``signum`` (Linux's /proc; False where it cannot tell)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return False
+    line = next((row for row in status.read_text().splitlines() if row.startswith("SigIgn:")), "SigIgn: 0")
+    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+
+
 def test_interrupted_worker_records_the_trial_and_the_study_resumes(slow_study, tmp_path):
     out = tmp_path / "out"
     proc = _start_worker(slow_study, out, hold=0)
     _wait_for_trial_start(out, 0, proc)
+    # (a worker that inherits SIGINT ignored, e.g. from a test runner, would hold its trial forever)
+    assert not _ignores(proc.pid, signal.SIGINT), "the worker ignores SIGINT (inherited)"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # say where it hung instead of only that it did
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the worker did not stop within 120 s of SIGINT; its stderr ends:\n{err[-3000:]}")
     assert proc.returncode == 130, err[-3000:]
     trial = _by_number(_study(out))[0]
     assert trial.state == FAIL and trial.user_attrs["failure_kind"] == "interrupted"
