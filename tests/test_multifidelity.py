@@ -185,3 +185,33 @@ def test_warm_start_trials_get_a_fair_start_then_are_pruned_like_any_trial() -> 
 def test_cost_aware_pruner_rejects_a_ratio_that_is_not_above_one() -> None:
     with pytest.raises(ValueError, match="ratio must be > 1"):
         CostAwarePruner(optuna.pruners.NopPruner(), ratio=1.0)
+
+
+def test_median_gives_warm_start_trials_their_first_epochs_then_prunes_them_like_any_trial() -> None:
+    """Bug caught: the median pruner judging the warm-start fine-tune by its first epoch against
+    the linear probes (which converge in one), as the quickstart's was, and stopping it there."""
+    study = optuna.create_study(
+        direction="maximize",
+        pruner=make_pruner(_config("median")),
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    for _ in range(6):
+        trial = study.ask()
+        for step, value in enumerate(STRONG):
+            trial.report(value, step)
+        study.tell(trial, STRONG[-1])
+
+    def first_stop(user_attrs: dict | None = None) -> int | None:
+        if user_attrs:
+            study.enqueue_trial({}, user_attrs=user_attrs)
+        trial = study.ask()
+        for step, value in enumerate(WEAK):
+            trial.report(value, step)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return step
+        study.tell(trial, WEAK[-1])
+        return None
+
+    assert first_stop() == 0  # a weak sampled trial: at its first epoch
+    assert first_stop({PORTFOLIO_ATTR: "finetune"}) == MIN_PORTFOLIO_EPOCHS  # then like any trial

@@ -45,10 +45,32 @@ def work_per_epoch(trial: FrozenTrial) -> float | None:
     return float(gflop) / epochs
 
 
-class CostAwarePruner(optuna.pruners.BasePruner):
+class WarmStartGrace(optuna.pruners.BasePruner):
+    """``pruner``'s decisions, except for warm-start (portfolio) trials in their first
+    ``min_portfolio_epochs`` epochs: a fine-tune known to be strong is not judged against the
+    linear probes' first epoch (a probe converges in one, a fine-tune does not); after that it is
+    pruned as any trial, so it cannot run the budget out."""
+
+    def __init__(
+        self, pruner: optuna.pruners.BasePruner, *, min_portfolio_epochs: int = MIN_PORTFOLIO_EPOCHS
+    ) -> None:
+        if min_portfolio_epochs < 0:
+            raise ValueError(f"min_portfolio_epochs must be >= 0 but got {min_portfolio_epochs}")
+        self.pruner = pruner
+        self.min_portfolio_epochs = min_portfolio_epochs
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if not self.pruner.prune(study, trial):
+            return False
+        return not (
+            PORTFOLIO_ATTR in trial.user_attrs and len(trial.intermediate_values) <= self.min_portfolio_epochs
+        )
+
+
+class CostAwarePruner(WarmStartGrace):
     """``pruner``'s decisions, except for portfolio trials in their first ``min_portfolio_epochs``
-    epochs and trials whose epochs cost less than ``1 / ratio`` of the most expensive finished
-    trial's work (see the module docstring)."""
+    epochs (:class:`WarmStartGrace`) and trials whose epochs cost less than ``1 / ratio`` of the
+    most expensive finished trial's work (see the module docstring)."""
 
     def __init__(
         self,
@@ -59,18 +81,11 @@ class CostAwarePruner(optuna.pruners.BasePruner):
     ) -> None:
         if ratio <= 1:
             raise ValueError(f"ratio must be > 1 (a cheap trial costs less than 1/ratio); got {ratio}")
-        if min_portfolio_epochs < 0:
-            raise ValueError(f"min_portfolio_epochs must be >= 0 but got {min_portfolio_epochs}")
-        self.pruner = pruner
+        super().__init__(pruner, min_portfolio_epochs=min_portfolio_epochs)
         self.ratio = ratio
-        self.min_portfolio_epochs = min_portfolio_epochs
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if not self.pruner.prune(study, trial):
-            return False
-        if PORTFOLIO_ATTR in trial.user_attrs and len(trial.intermediate_values) <= self.min_portfolio_epochs:
-            return False
-        return not self.is_cheap(study, trial)
+        return super().prune(study, trial) and not self.is_cheap(study, trial)
 
     def is_cheap(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """True when ``trial``'s epochs cost less work than ``1 / ratio`` of the most expensive

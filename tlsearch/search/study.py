@@ -33,7 +33,7 @@ from tlsearch.search.failures import FailurePolicy
 from tlsearch.search.objective import Objective
 from tlsearch.search.objectives import sampler_constraints_func
 from tlsearch.search.portfolio import warm_start
-from tlsearch.search.pruning import CostAwarePruner
+from tlsearch.search.pruning import CostAwarePruner, WarmStartGrace
 from tlsearch.search.recovery import requeue_after_heartbeat, sweep_stale_trials
 from tlsearch.search.storage import check_concurrency, make_storage, storage_kind
 from tlsearch.search.study_data import StudyData
@@ -64,7 +64,8 @@ def make_sampler(config: StudyConfig, *, offset: int = 0) -> optuna.samplers.Bas
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     """Epochs are the budget (a trial reports its metric at step = epoch index 0, 1, …). ``median``
-    stops a trial below the median of earlier trials from its first epoch on; ``successive_halving``
+    stops a trial below the median of earlier trials from its first epoch on (warm-start trials
+    from their third: :class:`~tlsearch.search.pruning.WarmStartGrace`); ``successive_halving``
     and ``hyperband`` (reduction factor 3) keep the best third at each rung, the first rung after
     the second epoch; ``successive_halving`` is cost-aware (:class:`~tlsearch.search.pruning.CostAwarePruner`:
     it lets trials whose epochs cost little *work* finish, and warm-start trials their first
@@ -75,7 +76,7 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     if kind == "none" or epochs < 2 or config.multi_objective:
         return optuna.pruners.NopPruner()
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        return WarmStartGrace(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     return CostAwarePruner(
