@@ -55,14 +55,7 @@ def draw_shape(shape: str, *, size: int, rng: random.Random) -> Image.Image:
         )
     r = rng.uniform(0.18, 0.34) * size
     cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
-    fill = tuple(rng.randint(0, 255) for _ in range(3))
-    outline = tuple(rng.randint(0, 255) for _ in range(3))
-    if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=2)
-    else:
-        draw.polygon(
-            _polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=fill, outline=outline, width=2
-        )
+    _draw_into(draw, shape, box=(cx, cy, r), rng=rng)
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
     noise = Image.effect_noise((size, size), rng.uniform(5, 25)).convert("RGB")
     return Image.blend(image, noise, 0.12)

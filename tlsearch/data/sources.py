@@ -304,30 +304,28 @@ def _multilabel_splits(
     full = carve(
         read_multilabel_csv(resolve(data.csv), vocabulary=data.labels, delimiter=data.label_delimiter)
     )
-    if data.val_csv is not None:
-        train = full
-        check_training_labels(train, what="data.csv")
-        val = read_multilabel_csv(
-            resolve(data.val_csv),
+
+    def held_out(path: Path, what: str) -> ImageList:
+        """A val or test CSV, its labels checked against the training ones and in their order."""
+        read = read_multilabel_csv(
+            resolve(path),
             vocabulary=data.labels,
             training=_carried(train),
             delimiter=data.label_delimiter,
-            what="data.val_csv",
+            what=what,
         )
-        val = ImageList(val.paths, _reindexed(val, train.classes or []), train.classes, task="multilabel")
+        return ImageList(read.paths, _reindexed(read, train.classes or []), train.classes, task="multilabel")
+
+    if data.val_csv is not None:
+        train = full
+        check_training_labels(train, what="data.csv")
+        val = held_out(data.val_csv, "data.val_csv")
     else:
         train, val = split(full, val_fraction=data.val_fraction, seed=seed)
         check_training_labels(train, what="the training split of data.csv")
     test = None
     if data.test is not None:
-        test = read_multilabel_csv(
-            resolve(data.test),
-            vocabulary=data.labels,
-            training=_carried(train),
-            delimiter=data.label_delimiter,
-            what="data.test",
-        )
-        test = ImageList(test.paths, _reindexed(test, train.classes or []), train.classes, task="multilabel")
+        test = held_out(data.test, "data.test")
     warn_small_validation_labels(val)
     return Splits(train, val, test)
 
