@@ -60,6 +60,21 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_shapes(tmp_path_factory.mktemp("shapes"), per_class=12, val_per_class=4, size=32, seed=0)
 
 
+def decode_shapes(shapes_dir: Path, cache: Path) -> tuple[Any, Any]:
+    """The shape images' ``train`` and ``val`` splits decoded for the tiny backbone (``cache``: the
+    decoded-image cache folder): the data of the tests that drive the real ``Trainer``."""
+    from tlsearch.data import decode_images, scan_folder
+    from tlsearch.testing._tiny import TinyBackbone
+
+    train = scan_folder(shapes_dir / "train")
+    val = scan_folder(shapes_dir / "val", classes=train.classes)
+    config = TinyBackbone().build().data_config
+    return (
+        decode_images(train, config, cache_dir=cache, progress=False),
+        decode_images(val, config, cache_dir=cache, progress=False),
+    )
+
+
 TINY_STUDY: dict[str, Any] = {
     "name": "tiny",
     "data": {"train": None, "val": None, "image_size": 32},

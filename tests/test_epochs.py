@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import load_file
 from tlsearch_builtins.freezing._static import FullFinetune, LinearProbe
 
+from tests.conftest import decode_shapes
 from tlsearch.config import parse_config
-from tlsearch.data import DecodedImages, decode_images, scan_folder
+from tlsearch.data import DecodedImages
 from tlsearch.errors import ConfigError
-from tlsearch.testing._tiny import TinyBackbone, tiny_transfer_model
+from tlsearch.testing._tiny import tiny_transfer_model
 from tlsearch.train import Trainer, TrainSettings
 from tlsearch.train import loop as loop_module
 from tlsearch.train.best import BestEpoch
@@ -28,14 +29,7 @@ COMPLETE = optuna.trial.TrialState.COMPLETE
 
 @pytest.fixture(scope="module")
 def data(shapes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[DecodedImages, DecodedImages]:
-    cache = tmp_path_factory.mktemp("images")
-    train = scan_folder(shapes_dir / "train")
-    val = scan_folder(shapes_dir / "val", classes=train.classes)
-    config = TinyBackbone().build().data_config
-    return (
-        decode_images(train, config, cache_dir=cache, progress=False),
-        decode_images(val, config, cache_dir=cache, progress=False),
-    )
+    return decode_shapes(shapes_dir, tmp_path_factory.mktemp("images"))
 
 
 def scripted_accuracy(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> list[dict[str, torch.Tensor]]:

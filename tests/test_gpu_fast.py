@@ -12,10 +12,11 @@ import pytest
 import torch
 from tlsearch_builtins.freezing._static import FullFinetune, LinearProbe
 
-from tlsearch.data import ResidentBatches, StreamingBatches, batch_indices, decode_images, scan_folder
+from tests.conftest import decode_shapes
+from tlsearch.data import ResidentBatches, StreamingBatches, batch_indices
 from tlsearch.data.augment import Normalizer, draw_crop_params, random_resized_crop_flip
 from tlsearch.preprocessing import DataConfig
-from tlsearch.testing._tiny import TinyBackbone, tiny_transfer_model
+from tlsearch.testing._tiny import tiny_transfer_model
 from tlsearch.train import Trainer, TrainSettings
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -23,14 +24,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.fixture(scope="module")
 def data(shapes_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    cache = tmp_path_factory.mktemp("images")
-    train = scan_folder(shapes_dir / "train")
-    val = scan_folder(shapes_dir / "val", classes=train.classes)
-    config = TinyBackbone().build().data_config
-    return (
-        decode_images(train, config, cache_dir=cache, progress=False),
-        decode_images(val, config, cache_dir=cache, progress=False),
-    )
+    return decode_shapes(shapes_dir, tmp_path_factory.mktemp("images"))
 
 
 def test_resident_and_streamed_gpu_batches_equal_the_cpu_batches(data):

@@ -14,7 +14,8 @@ from tlsearch_builtins.freezing._static import FullFinetune, LinearProbe
 from tlsearch_builtins.regularizers._mixing import Mixup
 from torch import nn
 
-from tlsearch.data import DecodedImages, decode_images, scan_folder
+from tests.conftest import decode_shapes
+from tlsearch.data import DecodedImages
 from tlsearch.errors import ConfigError
 from tlsearch.testing._tiny import TinyBackbone, tiny_transfer_model
 from tlsearch.train import (
@@ -37,14 +38,7 @@ CUDA = torch.device("cuda")
 
 @pytest.fixture(scope="module")
 def data(shapes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[DecodedImages, DecodedImages]:
-    cache = tmp_path_factory.mktemp("images")
-    train = scan_folder(shapes_dir / "train")
-    val = scan_folder(shapes_dir / "val", classes=train.classes)
-    config = TinyBackbone().build().data_config
-    return (
-        decode_images(train, config, cache_dir=cache, progress=False),
-        decode_images(val, config, cache_dir=cache, progress=False),
-    )
+    return decode_shapes(shapes_dir, tmp_path_factory.mktemp("images"))
 
 
 def _fit(

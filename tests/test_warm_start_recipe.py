@@ -10,13 +10,14 @@ import pytest
 from tlsearch_builtins.freezing._static import FINETUNE_TRAINING, FullFinetune
 
 import tlsearch.search.objective as objective_module
+from tests.conftest import decode_shapes
 from tlsearch.config import load_config, resolve_space
-from tlsearch.data import DecodedImages, decode_images, scan_folder
+from tlsearch.data import DecodedImages
 from tlsearch.kinds import PortfolioEntry
 from tlsearch.registry import get_plugin_manager
 from tlsearch.search import run_study
 from tlsearch.search.portfolio import PORTFOLIO_ATTR, TRAINING_ATTR, warm_start
-from tlsearch.testing._tiny import TinyBackbone, tiny_transfer_model
+from tlsearch.testing._tiny import tiny_transfer_model
 from tlsearch.train import Trainer, TrainSettings
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -69,14 +70,7 @@ def test_the_warm_start_fine_tune_trains_its_entrys_epochs_with_ema(write_study,
 
 @pytest.fixture(scope="module")
 def data(shapes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[DecodedImages, DecodedImages]:
-    cache = tmp_path_factory.mktemp("images")
-    train = scan_folder(shapes_dir / "train")
-    val = scan_folder(shapes_dir / "val", classes=train.classes)
-    config = TinyBackbone().build().data_config
-    return (
-        decode_images(train, config, cache_dir=cache, progress=False),
-        decode_images(val, config, cache_dir=cache, progress=False),
-    )
+    return decode_shapes(shapes_dir, tmp_path_factory.mktemp("images"))
 
 
 def _lrs(data, fit_epochs) -> tuple[list[float], object]:
