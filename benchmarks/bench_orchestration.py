@@ -27,12 +27,12 @@ import platform
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
+from _postgres import create_database, drop_database
 
 from tlsearch.demo import make_shapes
 from tlsearch.search.budget import BudgetCallback
@@ -84,28 +84,9 @@ def postgres_database() -> str | None:
     """A fresh database on the server ``TLSEARCH_BENCH_POSTGRES_URL`` names (or loopback), or None."""
     url = os.environ.get(POSTGRES_ENV, "postgresql://postgres@127.0.0.1:5432/postgres")
     try:
-        import psycopg2
-
-        conn = psycopg2.connect(url, connect_timeout=3)
+        return create_database(url)
     except Exception:
         return None
-    conn.autocommit = True
-    name = f"tlsearch_bench_{uuid.uuid4().hex[:8]}"
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return url.rpartition("/")[0] + "/" + name
-
-
-def drop_database(url: str) -> None:
-    import psycopg2
-
-    server, _, name = url.rpartition("/")
-    conn = psycopg2.connect(server + "/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
 
 
 def overhead(

@@ -36,12 +36,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
+from _postgres import create_database, drop_database
 from optuna.trial import TrialState
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -146,29 +146,6 @@ def worker_main(args: argparse.Namespace) -> None:
 # -- the bench -------------------------------------------------------------------------------------
 
 
-def create_database(server: str) -> str:
-    import psycopg2
-
-    conn = psycopg2.connect(server, connect_timeout=3)
-    conn.autocommit = True
-    name = f"tlsearch_bench_proxy_{uuid.uuid4().hex[:8]}"
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return server.rpartition("/")[0] + "/" + name
-
-
-def drop_database(url: str) -> None:
-    import psycopg2
-
-    server, _, name = url.rpartition("/")
-    conn = psycopg2.connect(server + "/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
-
-
 class PeakConnections:
     """The peak count of the database's client connections (but the watcher's own), from a thread."""
 
@@ -218,7 +195,7 @@ def run_mode(mode: str, server: str, args: argparse.Namespace) -> dict[str, Any]
     from tlsearch.search.budget import FINISHED
     from tlsearch.search.storage import make_storage
 
-    database = create_database(server)
+    database = create_database(server, "tlsearch_bench_proxy")
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
