@@ -17,7 +17,7 @@ from tlsearch_builtins.backbones import (
 from torch import nn
 
 from tlsearch.errors import PluginError
-from tlsearch.kinds import TransferModel
+from tlsearch.kinds import TransferModel, multiples_of
 from tlsearch.registry import get_plugin_manager
 from tlsearch.testing import BackboneContract
 
@@ -277,3 +277,22 @@ def test_a_torchvision_vit_takes_the_study_image_size_keeping_its_weights(tmp_pa
     )
     with pytest.raises(PluginError, match="image_size 70 is not a multiple of this ViT's patch size 16"):
         TorchvisionBackbone(model="vit_b_16", weights="random").build(input_size=70)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "params", "patch"),
+    [
+        (TimmBackbone, {"model": "vit_small_patch14_dinov2"}, 14),
+        (TimmBackbone, {"model": "test_vit"}, 16),
+        (TimmBackbone, {"model": "test_efficientnet"}, None),
+        (TorchvisionBackbone, {"model": "vit_b_32"}, 32),
+        (TorchvisionBackbone, {"model": "resnet18"}, None),
+        (next(c for c in CURATED if c.name == "vit_small_patch16_224"), {}, 16),
+        (next(c for c in CURATED if c.name == "efficientnet_lite0"), {}, None),
+    ],
+)
+def test_a_vit_declares_the_multiples_of_its_patch_size(plugin, params, patch) -> None:
+    """What the study's image_size is checked against and the derived default is rounded to
+    (built on the meta device: no weights)."""
+    sizes = plugin(**params, weights="random").input_sizes()
+    assert sizes == (None if patch is None else multiples_of(patch))

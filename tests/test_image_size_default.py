@@ -11,9 +11,11 @@ import optuna
 import pytest
 from PIL import Image
 
+from tests.conftest import assert_refused_before_work
 from tlsearch.config import load_config, resolve_space
 from tlsearch.data.sizes import default_image_size, median_short_side
 from tlsearch.demo import make_shapes
+from tlsearch.kinds import multiples_of
 from tlsearch.registry import get_plugin_manager
 from tlsearch.search import run_study
 from tlsearch.search.checkpoint import load_record
@@ -34,6 +36,10 @@ from tlsearch.search.sampling import sample_choices
         (8, 48, None, None),  # a backbone whose native size is below the floor keeps it
         (8, 224, (224, 256), None),  # a fixed-size backbone that cannot take 64 keeps its own
         (8, 224, (64, 224), 64),
+        (8, 224, (96, 224), 96),  # the smallest size it takes above the derived one
+        (8, 518, multiples_of(14), 70),  # a patch-14 ViT (DINOv2): 64 is not a multiple of 14
+        (100, 224, multiples_of(16), 128),  # 128 is a multiple of 16 already
+        (200, 224, multiples_of(14), None),  # 210 < 224 would do, but 224 is the derived size
         (None, 224, None, None),  # no readable header: native
         (8, None, None, None),  # a backbone that reports no native size: native
     ],
@@ -70,6 +76,29 @@ def test_the_sampler_records_the_derived_size_only_when_the_study_sets_none(writ
     )
     explicit = dataclasses.replace(_space(write_study, image_size=40), data_short_side=8)
     assert sample_choices(study.ask(), explicit)["data.image_size"] == 40
+
+
+def test_a_patch_14_vit_is_given_a_multiple_of_its_patch_size(write_study) -> None:
+    """timm refuses, in every forward, a ViT input that is not a multiple of the patch size: the
+    derived default for 8 px images is 70 px for DINOv2's patch 14, not 64."""
+    config = load_config(
+        write_study(
+            data={"image_size": None},
+            space={"backbone": {"timm": {"model": "vit_small_patch14_dinov2", "weights": "random"}}},
+        )
+    )
+    space = dataclasses.replace(resolve_space(config, get_plugin_manager().registry), data_short_side=8)
+    assert sample_choices(optuna.create_study().ask(), space)["data.image_size"] == 70
+
+
+def test_an_image_size_a_vit_cannot_take_is_a_config_error(write_study, tmp_path: Path) -> None:
+    study = write_study(
+        data={"image_size": 72},
+        space={"backbone": {"timm": {"model": "test_vit", "weights": "random"}}},
+    )
+    assert_refused_before_work(
+        study, tmp_path / "out", ["'timm'", "test_vit", "image_size 72", "multiples of 16 up to 1024"]
+    )
 
 
 @pytest.mark.parametrize(("image_px", "trained_px"), [(16, 64), (300, 160)])

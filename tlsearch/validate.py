@@ -21,7 +21,7 @@ that build one directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tlsearch.errors import ConfigError, format_choices
@@ -149,8 +149,9 @@ def _values(hp: Hyperparameter) -> list[Any]:
 
 
 def check_image_sizes(choice: PluginChoice, cls: type[Plugin], space: ResolvedSpace, *, where: str) -> None:
-    """Refuse an ``image_size`` the backbone cannot take (:meth:`Backbone.input_sizes`), naming
-    the backbone and the sizes it takes."""
+    """Refuse an ``image_size`` the backbone cannot take (:meth:`Backbone.input_sizes`: a
+    fixed-size model, or a ViT's multiples of its patch size), naming the backbone and the sizes
+    it takes."""
     sizes = _values(choice.image_size if choice.image_size is not None else space.image_size)
     if not sizes:
         return
@@ -165,10 +166,25 @@ def check_image_sizes(choice: PluginChoice, cls: type[Plugin], space: ResolvedSp
         if bad:
             shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
             raise ConfigError(
-                f"{where}: the backbone {choice.name!r}{f' ({shown})' if shown else ''} has a fixed input "
-                f"size and cannot take image_size {', '.join(map(str, bad))}; the sizes it takes: "
-                f"{', '.join(map(str, accepted))}"
+                f"{where}: the backbone {choice.name!r}{f' ({shown})' if shown else ''} cannot take "
+                f"image_size {', '.join(map(str, bad))}; the sizes it takes: {describe_sizes(accepted)}"
             )
+
+
+def describe_sizes(sizes: Sequence[int]) -> str:
+    """``sizes`` for a message: listed, or as "multiples of N up to M" when they are every multiple
+    of their smallest (a ViT's patch sizes, :func:`tlsearch.kinds.multiples_of`).
+
+    >>> describe_sizes((224, 256))
+    '224, 256'
+    >>> describe_sizes(tuple(range(14, 1025, 14)))
+    'multiples of 14 up to 1022 (14, 28, 42, …, 224, …)'
+    """
+    step = sizes[0] if sizes else 0
+    if len(sizes) > 6 and tuple(sizes) == tuple(range(step, sizes[-1] + 1, step)):
+        near = next((s for s in sizes if s >= 224), sizes[-1])
+        return f"multiples of {step} up to {sizes[-1]} ({step}, {2 * step}, {3 * step}, …, {near}, …)"
+    return ", ".join(map(str, sizes))
 
 
 def check_regularizers_apply(space: ResolvedSpace, registry: Any, *, source: str) -> None:

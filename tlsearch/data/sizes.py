@@ -11,8 +11,9 @@ The rule (:func:`default_image_size`): the training images' median shorter side,
 multiple of :data:`SIZE_STEP` (32, the stride of most CNNs and a multiple of the usual ViT patch
 sizes), at least :data:`MIN_DEFAULT_SIZE` (64 px: below it, ImageNet features degrade quickly),
 at most the backbone's native size (its pretrained resolution: larger images are downsampled to
-it, as before). A backbone built for fixed input sizes (:meth:`Backbone.input_sizes`) that cannot
-take the derived size keeps its native one.
+it, as before). A backbone that takes only some sizes (:meth:`Backbone.input_sizes`: a fixed-size
+model, or a ViT that takes multiples of its patch size, 14 for DINOv2) trains at the smallest of
+them that is at least the derived size, or at its native size when none is smaller than it.
 
 Only the image headers are read (Pillow's ``Image.open`` is lazy), at most :data:`MAX_SAMPLED`
 of them, evenly spaced through the training split, so this costs milliseconds.
@@ -60,7 +61,8 @@ def default_image_size(
 ) -> int | None:
     """The input size a backbone trains at when the study sets none (see the module doc), or None
     to keep the backbone's native size: when the images are as large as it (or larger), when the
-    native size or the images' size is unknown, or when a fixed-size backbone cannot take it.
+    native size or the images' size is unknown, or when the sizes the backbone takes (``accepted``)
+    have none at least the derived size and below the native one.
 
     >>> default_image_size(8, native=224)
     64
@@ -68,13 +70,15 @@ def default_image_size(
     128
     >>> default_image_size(300, native=224) is None
     True
+    >>> default_image_size(8, native=518, accepted=range(14, 1025, 14))  # a patch-14 ViT
+    70
     """
     if short_side is None or native is None or short_side <= 0:
         return None
     size = max(MIN_DEFAULT_SIZE, math.ceil(short_side / SIZE_STEP) * SIZE_STEP)
+    if accepted is not None:
+        size = min((s for s in accepted if s >= size), default=native)
     if size >= native:
-        return None
-    if accepted is not None and size not in accepted:
         return None
     return size
 

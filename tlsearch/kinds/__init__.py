@@ -1,7 +1,7 @@
 """The four plugin kinds: :class:`Backbone`, :class:`Head`, :class:`FreezingStrategy`, :class:`Regularizer`."""
 
 from tlsearch.kinds._base import Plugin
-from tlsearch.kinds.backbone import Backbone
+from tlsearch.kinds.backbone import Backbone, multiples_of
 from tlsearch.kinds.freezing import FreezingStrategy, ParamGroup
 from tlsearch.kinds.head import Head
 from tlsearch.kinds.model import BuiltBackbone, TransferModel
@@ -26,4 +26,5 @@ __all__ = [
     "PortfolioEntry",
     "Regularizer",
     "TransferModel",
+    "multiples_of",
 ]

@@ -56,7 +56,11 @@ class Backbone(Plugin):
         A backbone built for fixed sizes (an exported graph, a model without dynamic position
         embeddings) returns them: a study whose ``data.image_size`` (or the backbone's own
         ``image_size``) names another size is then a config error naming the backbone and these
-        sizes, before any work."""
+        sizes, before any work; a study that sets no size trains at the smallest of them that is at
+        least the data-derived size (:mod:`tlsearch.data.sizes`), or at the native size.
+
+        A patch-based model (a ViT) takes any multiple of its patch size: return
+        ``multiples_of(patch_size)``."""
         return None
 
     def describe(self) -> dict[str, Any]:
@@ -67,3 +71,19 @@ class Backbone(Plugin):
         ``params``; ``family`` and ``model`` are shown. Measure on the meta device
         (``with torch.device("meta"): …``) to stay cheap."""
         return {}
+
+
+#: The largest input size :func:`multiples_of` lists (far above any pretrained resolution).
+LARGEST_INPUT_SIZE = 1024
+
+
+def multiples_of(step: int, *, largest: int = LARGEST_INPUT_SIZE) -> tuple[int, ...]:
+    """Every multiple of ``step`` up to ``largest``: what :meth:`Backbone.input_sizes` returns for
+    a model that takes any size divisible by its patch size ``step``.
+
+    >>> multiples_of(14, largest=60)
+    (14, 28, 42, 56)
+    """
+    if step < 1:
+        raise ValueError(f"a patch size is a positive whole number of pixels, not {step!r}")
+    return tuple(range(step, largest + 1, step))

@@ -138,6 +138,21 @@ class BackboneContract(PluginContract):
     def test_describe_is_a_dict(self) -> None:
         assert isinstance(self.make_plugin().describe(), dict)
 
+    def test_a_size_it_declares_builds_and_runs(self) -> None:
+        """Built for ``input_size`` (a study's ``image_size``, or the data-derived default that
+        :meth:`Backbone.input_sizes` allows) and fed images of that size: the smallest size of at
+        least 40 px that it declares, or 40 px when it declares none (any size). A size it declares
+        but refuses would fail every trial at that size."""
+        plugin = self.make_plugin()
+        declared = plugin.input_sizes()
+        size = min((s for s in declared if s >= 40), default=None) if declared is not None else 40
+        assert size is not None, f"input_sizes() declares no size of at least 40 px: {declared}"
+        built = plugin.build(**{**self.build_options, "input_size": size})
+        built.module.eval()
+        with torch.no_grad():
+            out = built.module(torch.randn(1, 3, size, size))
+        assert out.shape == (1, built.num_features), f"input_size {size}"
+
 
 class HeadContract(PluginContract):
     """Maps ``(N, in_features)`` to ``(N, out_features)`` for classification and for one regression

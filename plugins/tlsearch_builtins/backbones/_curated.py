@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tlsearch.errors import PluginError
-from tlsearch.kinds import Backbone, BuiltBackbone
+from tlsearch.kinds import Backbone, BuiltBackbone, multiples_of
 from tlsearch.space import Categorical, Fixed, Hyperparameter
 from tlsearch_builtins.backbones._cost import measure_cost
 from tlsearch_builtins.backbones._timm import (
     WEIGHTS_HELP,
     _meta_timm,
+    _patch_size,
     build_timm_backbone,
     space_values,
     timm_weights_targets,
@@ -90,6 +91,11 @@ class CuratedTimmBackbone(Backbone):
         built = build_timm_backbone(self.timm_model, weights=weights, key_map=key_map, options=options)
         built.info.update(family="curated", backbone=self.name, tier=self.tier, weights=self.weights)
         return built
+
+    def input_sizes(self) -> tuple[int, ...] | None:
+        """The multiples of the patch size for a ViT (vit_small_patch16_224), any size otherwise."""
+        patch = _patch_size(self.timm_model)
+        return multiples_of(patch) if patch else None
 
     def describe(self) -> dict[str, Any]:
         """timm model, tier, parameter count and FLOPs at the default input size (measured, cached)."""

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tlsearch.errors import PluginError
-from tlsearch.kinds import Backbone, BuiltBackbone
+from tlsearch.kinds import Backbone, BuiltBackbone, multiples_of
 from tlsearch.preprocessing import INTERPOLATIONS, DataConfig
 from tlsearch.space import Fixed, Hyperparameter, Required
 from tlsearch_builtins.backbones._cost import cost_at_size, measure_cost
@@ -120,6 +120,22 @@ def create_timm_model(model_name: str, *, weights: str, key_map: str, **kwargs: 
             load_into(model, load_state_dict_file(path), key_map=key_map, source=f"{str(path)!r}")
     model.reset_classifier(0)
     return model
+
+
+@functools.lru_cache(maxsize=64)
+def _patch_size(model_name: str) -> int | None:
+    """The patch size of a timm ViT-like model (one with ``dynamic_img_size``: ViT, DeiT, EVA,
+    DINOv2 …), whose input must be a multiple of it; None for other models (built on the meta
+    device: no weights, no download)."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(model_name, pretrained=False, num_classes=0)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if not hasattr(model, "dynamic_img_size") or patch is None:
+        return None
+    height, width = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    return int(height) if height == width else None
 
 
 def _fixes_input_size(model_name: str) -> bool:
@@ -312,6 +328,12 @@ class TimmBackbone(Backbone):
         return build_timm_backbone(
             self.model, weights=self.weights, key_map=self.weights_key_map, options=options
         )
+
+    def input_sizes(self) -> tuple[int, ...] | None:
+        """A ViT-like model takes the multiples of its patch size (timm refuses others in every
+        forward); a convolutional one any size."""
+        patch = _patch_size(self.model)
+        return multiples_of(patch) if patch else None
 
     def describe(self) -> dict[str, Any]:
         """Family, model, parameter count and FLOPs at the default input size (measured on the meta device)."""

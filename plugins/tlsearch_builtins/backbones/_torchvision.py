@@ -9,6 +9,7 @@ pooled features of that layer's input width.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from tlsearch.errors import PluginError, format_choices
-from tlsearch.kinds import Backbone, BuiltBackbone
+from tlsearch.kinds import Backbone, BuiltBackbone, multiples_of
 from tlsearch.preprocessing import DataConfig
 from tlsearch.space import Fixed, Hyperparameter, Required
 from tlsearch_builtins.backbones._cost import cost_at_size, measure_cost
@@ -159,6 +160,16 @@ def _meta_torchvision(name: str) -> nn.Module:
     return model
 
 
+@functools.lru_cache(maxsize=64)
+def _patch_size(name: str) -> int | None:
+    """The patch size of a torchvision ViT (built on the meta device), None for other models."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    with torch.device("meta"):
+        model = _meta_torchvision(name)
+    return int(model.patch_size) if isinstance(model, VisionTransformer) else None
+
+
 def torchvision_weights_targets(model_names: list[str]) -> ModelBuilders:
     """For the up-front weights check: each model as :meth:`TorchvisionBackbone.build` loads a
     file into it (without its classifier when the file has fewer tensors), on the meta device."""
@@ -236,6 +247,12 @@ class TorchvisionBackbone(Backbone):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         _check_name(self.model)  # a misspelt name fails when the study is read, not in every trial
+
+    def input_sizes(self) -> tuple[int, ...] | None:
+        """A ViT takes the multiples of its patch size (its position embedding is interpolated to
+        the size, see :func:`_resize_vision_transformer`); other models any size."""
+        patch = _patch_size(self.model)
+        return multiples_of(patch) if patch else None
 
     def build(self, **options: Any) -> BuiltBackbone:
         from torchvision.models import get_model
