@@ -202,35 +202,81 @@ def finetune_20_lines(task: Task, budget: float, size: int, work: Path, epochs: 
     import torch
     import torch.nn.functional as F
 
+    model = train_lite0(
+        task.images["train"],
+        torch.from_numpy(task.labels["train"]).long(),
+        outputs=len(task.classes),
+        loss=lambda logits, y: F.cross_entropy(logits, y, label_smoothing=0.1),
+        budget=budget,
+        size=size,
+        epochs=epochs,
+    )
+    return {
+        s: float((lite0_logits(model, task.images[s], size).argmax(1).numpy() == task.labels[s]).mean())
+        for s in ("val", "test")
+    }
+
+
+def train_lite0(  # type: ignore[no-untyped-def]
+    images: np.ndarray,
+    targets,  # noqa: ANN001 - a torch tensor: class indices, or 0/1 label vectors for a multi-label loss
+    *,
+    outputs: int,
+    loss: Callable,
+    budget: float,
+    size: int,
+    epochs: int | None = 10,
+):
+    """The hand-written full fine-tune of the packaged Lite0 (AdamW, crop+flip, ``loss``), reused by
+    benchmarks/bench_imbalance.py: one-cycle over ``epochs`` epochs, stopped early at ``budget``
+    seconds; ``epochs=None`` trains for the whole budget instead, the cosine following the wall
+    clock (the rate reaches 0 as the budget runs out, whatever the epoch time)."""
+    import torch
+    import torch.nn.functional as F
+
     torch.manual_seed(SEED)
-    model = _lite0(len(task.classes))
-    x, y = _tensor(task.images["train"], size), torch.from_numpy(task.labels["train"]).long()
-    steps = epochs * math.ceil(len(x) / 32)
+    model = _lite0(outputs)
+    x, y = _tensor(images, size), targets
+    batches = math.ceil(len(x) / 32)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.1)
+    sched = (
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=epochs * batches, pct_start=0.1)
+        if epochs is not None
+        else None
+    )
     start = time.monotonic()
-    for _ in range(epochs):
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        epoch += 1
         model.train()
         for idx in torch.randperm(len(x)).split(32):
+            if sched is None:  # warm-up over the first 5 % of the budget, then cosine to 0 at its end
+                done = min(1.0, (time.monotonic() - start) / budget)
+                scale = done / 0.05 if done < 0.05 else 0.5 * (1 + math.cos(math.pi * (done - 0.05) / 0.95))
+                for group in opt.param_groups:
+                    group["lr"] = 1e-3 * max(scale, 0.01)
             xb = F.pad(x[idx], [size // 8] * 4, mode="reflect")
             i, j = torch.randint(0, size // 4 + 1, (2,)).tolist()
             xb = xb[..., i : i + size, j : j + size]
             xb = torch.where(torch.rand(len(xb), 1, 1, 1) < 0.5, xb.flip(-1), xb)
-            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=0.1)
+            value = loss(model(xb), y[idx])
             opt.zero_grad()
-            loss.backward()
+            value.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
         if time.monotonic() - start > budget:
             break
-    model.eval()
-    out = {}
+    return model.eval()
+
+
+def lite0_logits(model, images: np.ndarray, size: int):  # type: ignore[no-untyped-def]
+    """``model``'s outputs on ``images`` (uint8, N×H×W×3), resized to ``size`` px, in batches of 64."""
+    import torch
+
     with torch.inference_mode():
-        for s in ("val", "test"):
-            xs = _tensor(task.images[s], size)
-            pred = torch.cat([model(xs[i : i + 64]).argmax(1) for i in range(0, len(xs), 64)])
-            out[s] = float((pred.numpy() == task.labels[s]).mean())
-    return out
+        xs = _tensor(images, size)
+        return torch.cat([model(xs[i : i + 64]) for i in range(0, len(xs), 64)])
 
 
 # --- tlsearch ----------------------------------------------------------------------------------

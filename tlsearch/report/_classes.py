@@ -150,7 +150,13 @@ def classes_section(attrs: dict[str, Any], *, trial: int, root: Path | None) -> 
             "<h3>Most confused pairs</h3><table><thead><tr><th>true</th><th>predicted</th><th>images</th>"
             f"<th>of the true class</th></tr></thead><tbody>{body}</tbody></table>"
         )
-    if rows:
+    if rows and any("ap" in r for r in rows):
+        parts.append(
+            "<h3>Per label</h3><p>Average precision of each label over the validation images (a label "
+            "without a validation positive has none and is not in the mAP), the threshold tuned for "
+            "its F1, and precision, recall and F1 at that threshold.</p>" + per_class_table(rows)
+        )
+    elif rows:
         parts.append("<h3>Per class</h3>" + per_class_table(rows))
     if worst:
         parts.append(worst_images(worst, root=root))
@@ -159,16 +165,22 @@ def classes_section(attrs: dict[str, Any], *, trial: int, root: Path | None) -> 
 
 
 def per_class_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Support, precision, recall, F1 per class, and AP when the rows carry it (multi-label)."""
+    """Support, precision, recall, F1 per class, and AP and the tuned threshold when the rows carry
+    them (multi-label; AP ``—`` for a label without a validation positive)."""
     has_ap = any("ap" in r for r in rows)
+    has_threshold = any("threshold" in r for r in rows)
     head = ["class", "support", "precision", "recall", "F1"] + (["AP"] if has_ap else [])
+    head += ["threshold"] if has_threshold else []
     body = []
     for r in rows:
         cells = [f"<td>{_esc(r['class'])}</td>", f'<td class="num">{int(r["support"])}</td>']
         cells += [f'<td class="num">{float(r[k]):.3f}</td>' for k in ("precision", "recall", "f1")]
         if has_ap:
-            ap = r.get("ap")
+            ap = r.get("ap") if int(r["support"]) > 0 else None
             cells.append(f'<td class="num">{float(ap):.3f}</td>' if ap is not None else "<td>—</td>")
+        if has_threshold:
+            cut = r.get("threshold")
+            cells.append(f'<td class="num">{float(cut):.3f}</td>' if cut is not None else "<td>—</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     header = "".join(f"<th>{h}</th>" for h in head)
     return f'<table id="per-class"><thead><tr>{header}</tr></thead><tbody>{"".join(body)}</tbody></table>'

@@ -206,9 +206,12 @@ PER_CLASS_ROWS = 20
 
 def format_per_class(rows: list[dict[str, Any]], *, limit: int = PER_CLASS_ROWS) -> list[str]:
     """The best trial's per-class table (support, precision, recall, F1 on validation); with more
-    than ``limit`` classes, the ``limit`` with the lowest F1."""
+    than ``limit`` classes, the ``limit`` with the lowest F1. Multi-label rows (they carry ``ap``)
+    get :func:`format_per_label`'s table instead."""
     if not rows:
         return []
+    if any("ap" in r for r in rows):
+        return format_per_label(rows, limit=limit)
     shown = rows if len(rows) <= limit else sorted(rows, key=lambda r: r["f1"])[:limit]
     width = max(5, *(len(str(r["class"])) for r in shown))
     title = "per class (validation)" if shown is rows else f"per class, the {limit} lowest F1 of {len(rows)}"
@@ -216,6 +219,44 @@ def format_per_class(rows: list[dict[str, Any]], *, limit: int = PER_CLASS_ROWS)
     for r in shown:
         lines.append(
             f"        {str(r['class']):<{width}}  {int(r['support']):>7}  {r['precision']:>9.3f}"
+            f"  {r['recall']:>6.3f}  {r['f1']:>5.3f}"
+        )
+    return lines
+
+
+def format_per_label(rows: list[dict[str, Any]], *, limit: int = PER_CLASS_ROWS) -> list[str]:
+    """A multi-label trial's per-label table: validation support (images holding the label), AP,
+    the tuned threshold, and precision, recall, F1 at that threshold. Every label up to ``limit``
+    labels, else the ``limit`` with the lowest AP (the ones to look at), the title giving the
+    mAP over all labels. A label without a validation positive has no AP (``—``: it is not in the
+    mAP either) and is listed after the others."""
+    if not rows:
+        return []
+    scored = [r for r in rows if int(r["support"]) > 0]
+    order = sorted(scored, key=lambda r: float(r.get("ap") or 0.0)) + [r for r in rows if r not in scored]
+    shown = rows if len(rows) <= limit else order[:limit]
+    width = max(5, *(len(str(r["class"])) for r in shown))
+    mean_ap = sum(float(r.get("ap") or 0.0) for r in scored) / len(scored) if scored else None
+    unscored = len(rows) - len(scored)
+    notes = [f"mAP {mean_ap:.3f}" if mean_ap is not None else "no AP: no label has a validation positive"]
+    if unscored and mean_ap is not None:
+        notes.append(f"{unscored} label(s) without a validation positive, not in the mAP")
+    title = (
+        "per label (validation"
+        if shown is rows
+        else f"per label, the {limit} lowest AP of {len(rows)} (validation"
+    ) + f"; {', '.join(notes)}; precision, recall, F1 at the tuned threshold)"
+    lines = [
+        f"      {title}:",
+        f"        {'label':<{width}}  support     AP  threshold  precision  recall     f1",
+    ]
+    for r in shown:
+        has_ap = int(r["support"]) > 0 and r.get("ap") is not None
+        ap = f"{float(r['ap']):>5.3f}" if has_ap else f"{'—':>5}"
+        threshold = r.get("threshold")
+        cut = f"{float(threshold):>9.3f}" if threshold is not None else f"{'—':>9}"
+        lines.append(
+            f"        {str(r['class']):<{width}}  {int(r['support']):>7}  {ap}  {cut}  {r['precision']:>9.3f}"
             f"  {r['recall']:>6.3f}  {r['f1']:>5.3f}"
         )
     return lines
