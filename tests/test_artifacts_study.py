@@ -57,7 +57,7 @@ def tlsearch_storage(spec: str) -> Any:
 
 
 def test_a_study_shares_through_s3_and_another_machine_exports_it(
-    s3_bucket: Bucket, write_study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_bucket: Bucket, write_study, shapes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"{s3_bucket.url}/studies/tiny"
     study = write_study(artifacts=url, **SECTIONS)
@@ -88,6 +88,11 @@ def test_a_study_shares_through_s3_and_another_machine_exports_it(
     assert meta["trial"] == best
     np.testing.assert_allclose(_outputs(second / "here/m2.onnx"), _outputs(first / "model.onnx"), atol=1e-5)
     assert {"studies/tiny/m2.onnx", "studies/tiny/m2.json"} <= set(s3_bucket.listed())  # uploaded
+
+    # predict on machine 2 from the URL alone: the first machine's export, as its local file predicts it
+    val = shapes_dir / "val"
+    local = _cli("predict", first / "model.onnx", val, "--json")
+    assert _cli("predict", f"{url}/model.onnx", val, "--json", "--cache-dir", second / "cache") == local
 
     # a worker on machine 2 with an empty folder: the study.json from S3, its checkpoint to S3
     _cli("worker", "w2", "--storage", storage, "--artifacts", url, "--n-trials", TRIALS + 1)

@@ -19,8 +19,10 @@ temporary file renamed into place (:mod:`tlsearch.files`), so a reader never see
 S3 uploads stream from the file (``avoid_buf_copy``) in bounded parts; GCS streams both ways
 (Optuna's own reads and writes the whole object in memory). Which file of a pair is the reader's
 sign that the pair is whole is the caller's choice: weights before ``trial.json``, ``model.onnx``
-before ``model.json``. An object store makes an object visible only once its upload completes, so
-a writer killed half-way leaves at most an unfinished multipart upload, which no reader lists.
+before ``model.json``. An object store makes an object visible only once its upload completes; an
+S3 upload that fails with an exception (or a Ctrl-C) is aborted by s3transfer's failure cleanup,
+so only a writer killed outright leaves an unfinished multipart upload, which no reader lists (a
+bucket lifecycle rule removes it: docs/distributed.md).
 
 Credentials never go in the URL: boto3 and google-cloud-storage take them from their usual places
 (environment, config files, instance roles). A URL with ``user:pass@`` is refused, redacted.

@@ -17,8 +17,22 @@ if TYPE_CHECKING:
     from tlsearch.deploy import Prediction
 
 
+class ModelSource(click.ParamType):
+    """A local model file (``file:///…`` too), or an object-store URL kept as given (fetched later)."""
+
+    name = "model"
+    _local = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        from tlsearch.deploy._remote import is_remote, local_path
+
+        if isinstance(value, str) and is_remote(value):
+            return value
+        return self._local.convert(str(local_path(str(value))), param, ctx)
+
+
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=ModelSource())
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--top-k",
@@ -32,20 +46,31 @@ if TYPE_CHECKING:
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows on stdout (not with --json).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="where a model from an object store is kept (default: $TLSEARCH_MODEL_CACHE, else "
+    "~/.cache/tlsearch/models)",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Progress bar on stderr (default: with many files, on a terminal).",
 )
 def predict(
-    model: Path,
+    model: Path | str,
     paths: tuple[Path, ...],
     top_k: int,
     as_json: bool,
     as_csv: bool,
     batch_size: int,
+    cache_dir: Path | None,
     progress: bool | None,
 ) -> None:
     """Predict MODEL.onnx (exported by tlsearch) on image files and folders (recursive).
+
+    MODEL may be the model's URL in the study's artefact store (s3://bucket/prefix/model.onnx,
+    gs://…; a URL without a .onnx name means its model.onnx): it is downloaded once into a local
+    cache, and again only when the store's copy changed.
 
     Unreadable files are reported one by one (on stderr, and in the JSON/CSV rows) while the others
     are still predicted; the exit code is 1 if any failed.
@@ -54,10 +79,10 @@ def predict(
         raise click.UsageError("--json and --csv do not go together: choose one output format")
     from tlsearch.deploy import Predictor, collect_images
 
-    predictor = Predictor(model)
     files = collect_images(paths)
     if not files:
         raise click.UsageError(f"no image files found in {', '.join(map(str, paths))}")
+    predictor = Predictor(model, cache_dir=cache_dir)  # a store's model is fetched once the images are known
     show = show_progress(progress, files=len(files), batch_size=batch_size, stream=sys.stderr)
     from tqdm import tqdm
 

@@ -16,10 +16,12 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from tlsearch.artifacts import redact_url
 from tlsearch.deploy._checks import check_graph
 from tlsearch.deploy._format import INPUT_RAW, ModelFormatError, read_metadata
 from tlsearch.deploy._labels import label_sets, thresholds_of
 from tlsearch.deploy._provenance import Provenance
+from tlsearch.deploy._remote import fetch_model, is_remote, local_path
 from tlsearch.preprocessing import (
     DataConfig,
     check_image_size,
@@ -75,14 +77,35 @@ class Predictor:
 
     >>> predictor = Predictor("model.onnx")                        # doctest: +SKIP
     >>> predictor.predict(["cat.jpg", "dog.png"], top_k=3)          # doctest: +SKIP
+    >>> Predictor("s3://bucket/studies/pets/model.onnx")           # doctest: +SKIP
+
+    ``path`` is a local file (``file:///…`` too) or the URL of an exported model in an object
+    store (``s3://…``, ``gs://…``; a URL without a ``.onnx`` name means its ``model.onnx``), which
+    is downloaded into ``cache_dir`` (default ``~/.cache/tlsearch/models``) unless the cache holds
+    the store's current version already (:func:`tlsearch.deploy.fetch_model`); ``url`` is then that
+    URL and ``path`` the cached file. A store that does not answer, has no such model or refuses the
+    credentials raises :class:`ModelFetchError`.
 
     Raises :class:`ModelFormatError` when ``path`` is not an ONNX model exported by tlsearch, or
     when its metadata is out of bounds or disagrees with the graph (labels for another number of
     outputs, an input size or input format the graph does not take; see :mod:`._checks`).
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        #: the store URL the model came from (redacted), or None for a local file
+        self.url: str | None = None
+        if is_remote(path):
+            self.url = redact_url(str(path))
+            self.path = fetch_model(str(path), cache_dir=cache_dir)
+        else:
+            self.path = local_path(path)
+        shown = repr(self.url or str(self.path))
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
@@ -90,16 +113,16 @@ class Predictor:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelFormatError(f"cannot load {str(self.path)!r} as an ONNX model: {exc}") from None
-        meta = read_metadata(self.session.get_modelmeta().custom_metadata_map, source=repr(str(self.path)))
+            raise ModelFormatError(f"cannot load {shown} as an ONNX model: {exc}") from None
+        meta = read_metadata(self.session.get_modelmeta().custom_metadata_map, source=shown)
         self.metadata: dict[str, Any] = meta
         self.task: str = meta["task"]
         self.data_config = DataConfig.from_dict(meta["data_config"])
         self.raw_input = meta.get("input_format") == INPUT_RAW
         #: what made the model: the backbone's concrete model, the plugins' packages and versions
-        self.provenance = Provenance.from_metadata(meta, source=repr(str(self.path)))
+        self.provenance = Provenance.from_metadata(meta, source=shown)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        n = check_graph(meta, inputs, outputs, source=repr(str(self.path)))
+        n = check_graph(meta, inputs, outputs, source=shown)
         self.input_name = inputs[0].name
         labels = meta.get("labels")
         if labels is None and isinstance(n, int):
