@@ -12,9 +12,13 @@ Two additions to Optuna's proxy, each on its own side of the wire:
   transaction and one commit. A client that meets a plain Optuna proxy (``UNIMPLEMENTED``) falls
   back to one write per call, once and for all.
 * **Outages.** A proxy that goes away (restarted, its host lost) makes every call fail with
+  ``UNAVAILABLE``; a proxy that hangs (SIGSTOPped, a network partition: the connection stays open,
+  no answer comes) would make a call wait forever, so every call has a deadline,
+  ``TLSEARCH_PROXY_DEADLINE_SECONDS`` (default 30), and ``DEADLINE_EXCEEDED`` counts as
   ``UNAVAILABLE``. The client (:class:`TlsearchGrpcStorage`) retries such calls with jittered
-  back-off for ``TLSEARCH_PROXY_RETRY_SECONDS`` (default 60) counted from the start of the outage,
-  then raises :class:`~tlsearch.errors.StorageUnavailable`. The window is shared by every call of
+  back-off for ``TLSEARCH_PROXY_RETRY_SECONDS`` (default 60) counted from the start of the outage
+  (for a hung proxy: from the start of the first call it did not answer), then raises
+  :class:`~tlsearch.errors.StorageUnavailable`. The window is shared by every call of
   the process: once it is spent, each call tries once and raises at once, until one succeeds, so a
   worker stops promptly and its heartbeat thread keeps trying without waiting a window per beat.
 
@@ -47,6 +51,12 @@ SERVICE = "tlsearch.TrialWrites"
 COMMIT_METHOD = f"/{SERVICE}/Commit"
 RETRY_ENV = "TLSEARCH_PROXY_RETRY_SECONDS"
 RETRY_SECONDS = 60.0
+DEADLINE_ENV = "TLSEARCH_PROXY_DEADLINE_SECONDS"
+#: the longest one call waits for its answer: far above any call's time on a loaded proxy (a read
+#: of every trial of a large study takes well under a second), far below "forever"
+DEADLINE_SECONDS = 30.0
+#: the status codes that mean "no answer": retried within the window
+_NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 #: the proxy's database connections (SQLAlchemy pool_size, no overflow): peak ≤ this, whatever N
 PROXY_POOL = 3
 #: the proxy's RPC threads: more than the pool, so that reads queue on the pool, not on gRPC
@@ -65,19 +75,29 @@ _CHANNEL_OPTIONS = [
 def retry_seconds(environ: Mapping[str, str] | None = None) -> float:
     """``TLSEARCH_PROXY_RETRY_SECONDS`` (default 60): how long an outage is retried. A value that is
     not a number ≥ 0 is a ConfigError naming it."""
+    return _seconds(environ, RETRY_ENV, RETRY_SECONDS, "to retry an outage (a number ≥ 0)", zero=True)
+
+
+def deadline_seconds(environ: Mapping[str, str] | None = None) -> float:
+    """``TLSEARCH_PROXY_DEADLINE_SECONDS`` (default 30): how long one call waits for the proxy's
+    answer. A value that is not a number > 0 is a ConfigError naming it."""
+    return _seconds(
+        environ, DEADLINE_ENV, DEADLINE_SECONDS, "one call waits for an answer (a number > 0)", zero=False
+    )
+
+
+def _seconds(environ: Mapping[str, str] | None, name: str, default: float, what: str, *, zero: bool) -> float:
     from tlsearch.errors import ConfigError
 
-    raw = (os.environ if environ is None else environ).get(RETRY_ENV)
+    raw = (os.environ if environ is None else environ).get(name)
     if raw is None or raw.strip() == "":
-        return RETRY_SECONDS
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise ConfigError(
-            f"{RETRY_ENV}={raw!r} is not valid; give the seconds to retry an outage (a number ≥ 0)"
-        )
+    if not (value >= 0 if zero else value > 0) or value == float("inf"):
+        raise ConfigError(f"{name}={raw!r} is not valid; give the seconds {what}")
     return value
 
 
@@ -173,25 +193,30 @@ def make_proxy_server(storage: BaseStorage, *, host: str, port: int) -> grpc.Ser
 class _Outage:
     """When the proxy stopped answering (shared by every call of one client), and the retry loop."""
 
-    def __init__(self, where: str, seconds: float) -> None:
+    def __init__(self, where: str, seconds: float, deadline: float) -> None:
         self.where = where
         self.seconds = seconds
+        self.deadline = deadline
         self.since: float | None = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:  # the client pickles (Optuna's does): not the lock
-        return {"where": self.where, "seconds": self.seconds}
+        return {"where": self.where, "seconds": self.seconds, "deadline": self.deadline}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.where, self.seconds, self.since = state["where"], state["seconds"], None
+        self.deadline = state.get("deadline", DEADLINE_SECONDS)
         self._lock = threading.Lock()
 
-    def call(self, attempt: Callable[[], Any]) -> Any:
-        """``attempt()`` (a gRPC outcome) until it is not UNAVAILABLE or the window is spent."""
+    def call(self, attempt: Callable[[float], Any]) -> Any:
+        """``attempt(deadline)`` (a gRPC outcome) until it has an answer (any code but UNAVAILABLE
+        and DEADLINE_EXCEEDED) or the window is spent."""
         delay = _BACKOFF_FIRST
         while True:
-            outcome = attempt()
-            if outcome.code() != grpc.StatusCode.UNAVAILABLE:
+            started = time.monotonic()
+            outcome = attempt(self.deadline)
+            code = outcome.code()
+            if code not in _NO_ANSWER:
                 if self.since is not None:
                     with self._lock:
                         if self.since is not None:
@@ -199,20 +224,25 @@ class _Outage:
                         self.since = None
                 return outcome
             now = time.monotonic()
+            # a call that waited out its deadline met the outage when it was sent
+            began = started if code == grpc.StatusCode.DEADLINE_EXCEEDED else now
             with self._lock:
-                if self.since is None:
-                    self.since = now
-                    log.warning(
-                        "the storage proxy at %s is unavailable; retrying for %.0f s",
-                        self.where,
-                        self.seconds,
-                    )
+                if self.since is None or began < self.since:
+                    if self.since is None:
+                        log.warning(
+                            "the storage proxy at %s does not answer (%s); retrying for %.0f s",
+                            self.where,
+                            code.name,
+                            self.seconds,
+                        )
+                    self.since = began
                 since = self.since
             left = since + self.seconds - now
             if left <= 0:
                 raise StorageUnavailable(
                     f"the storage proxy at {self.where} did not answer for {now - since:.0f} s "
-                    f"(UNAVAILABLE: {outcome.details()}); {RETRY_ENV}={self.seconds:g} s of retries are spent. "
+                    f"({code.name}: {outcome.details()}); {RETRY_ENV}={self.seconds:g} s of retries are spent "
+                    f"(each call waits {DEADLINE_ENV}={self.deadline:g} s for an answer). "
                     "Completed trials are kept: start the proxy again (`tlsearch storage-proxy`) and "
                     "rerun a worker to resume the study"
                 )
@@ -220,12 +250,24 @@ class _Outage:
             delay = min(delay * 2, _BACKOFF_MAX)
 
 
+class _WithDeadline(grpc.ClientCallDetails):
+    """``details`` with ``timeout`` (gRPC's deadline, in seconds) where it had none."""
+
+    def __init__(self, details: Any, timeout: float) -> None:
+        self.method = details.method
+        self.timeout = details.timeout if details.timeout is not None else timeout
+        self.metadata = details.metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = getattr(details, "wait_for_ready", None)
+        self.compression = getattr(details, "compression", None)
+
+
 class _RetryInterceptor(grpc.UnaryUnaryClientInterceptor):
     def __init__(self, outage: _Outage) -> None:
         self.outage = outage
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return self.outage.call(lambda: continuation(details, request))
+        return self.outage.call(lambda deadline: continuation(_WithDeadline(details, deadline), request))
 
 
 class TlsearchGrpcStorage(GrpcStorageProxy):
@@ -238,12 +280,18 @@ class TlsearchGrpcStorage(GrpcStorageProxy):
         host: str,
         port: int,
         retry: float | None = None,
+        deadline: float | None = None,
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
     ) -> None:
         """``retry``: seconds an outage is retried (default ``TLSEARCH_PROXY_RETRY_SECONDS``);
+        ``deadline``: seconds one call waits for an answer (default ``TLSEARCH_PROXY_DEADLINE_SECONDS``);
         ``interceptors``: more gRPC client interceptors, each seeing every attempt (to count calls)."""
         where = f"grpc://{host}:{port}"
-        self._outage = _Outage(where, retry_seconds() if retry is None else retry)
+        self._outage = _Outage(
+            where,
+            retry_seconds() if retry is None else retry,
+            deadline_seconds() if deadline is None else deadline,
+        )
         self._interceptors = tuple(interceptors)
         self._grouped = True
         super().__init__(host=host, port=port)
@@ -272,6 +320,10 @@ class TlsearchGrpcStorage(GrpcStorageProxy):
     @property
     def retry_seconds(self) -> float:
         return self._outage.seconds
+
+    @property
+    def deadline_seconds(self) -> float:
+        return self._outage.deadline
 
     def commit_trial_writes(
         self,
