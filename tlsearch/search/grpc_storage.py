@@ -10,7 +10,12 @@ Two additions to Optuna's proxy, each on its own side of the wire:
   generated code): the group travels as one JSON document (never pickle) and is applied by the
   same :func:`~tlsearch.search.trial_writes.commit_trial_writes` as on a database, in one
   transaction and one commit. A client that meets a plain Optuna proxy (``UNIMPLEMENTED``) falls
-  back to one write per call, once and for all.
+  back to one write per call, once and for all. Creating a trial (``CreateTrial``) and ending it
+  (``Finish``) are tlsearch methods too, for the next point.
+* **Resent writes applied once.** Each of those calls carries a request id, recorded by the proxy
+  in the write's own transaction, so that a call resent because its answer was lost is not
+  applied twice (:mod:`tlsearch.search.proxy_writes`). Through Optuna's plain proxy only some of
+  this holds: see :meth:`TlsearchGrpcStorage.set_trial_state_values`.
 * **Outages.** A proxy that goes away (restarted, its host lost) makes every call fail with
   ``UNAVAILABLE``; a proxy that hangs (SIGSTOPped, a network partition: the connection stays open,
   no answer comes) would make a call wait forever, so every call has a deadline,
@@ -28,12 +33,15 @@ the point of the proxy, however many workers connect.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import random
+import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -41,7 +49,8 @@ import grpc
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, GrpcStorageProxy
-from optuna.storages._grpc.auto_generated import api_pb2_grpc
+from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
+from optuna.trial import FrozenTrial, TrialState
 
 from tlsearch.errors import StorageUnavailable
 
@@ -49,6 +58,11 @@ log = logging.getLogger("tlsearch")
 
 SERVICE = "tlsearch.TrialWrites"
 COMMIT_METHOD = f"/{SERVICE}/Commit"
+CREATE_METHOD = f"/{SERVICE}/CreateTrial"
+FINISH_METHOD = f"/{SERVICE}/Finish"
+#: test-only: the proxy's methods (comma-separated) after whose commit it kills itself before
+#: answering, to test "applied, but the answer lost" for real; never set it otherwise
+DIE_AFTER_ENV = "TLSEARCH_TEST_PROXY_DIES_AFTER"
 RETRY_ENV = "TLSEARCH_PROXY_RETRY_SECONDS"
 RETRY_SECONDS = 60.0
 DEADLINE_ENV = "TLSEARCH_PROXY_DEADLINE_SECONDS"
@@ -111,11 +125,13 @@ def encode_group(
     steps: dict[int, float],
     attrs: dict[str, Any],
     system_attrs: dict[str, Any],
+    request_id: str | None = None,
 ) -> bytes:
     """One JSON document for a group of writes (distributions as Optuna's own JSON; NaN and
     infinities as Python's json writes them, both ends being Python)."""
     group = {
         "trial_id": int(trial_id),
+        "request_id": request_id,
         "params": [[name, float(value), distribution_to_json(d)] for name, value, d in params],
         "steps": [[int(step), float(value)] for step, value in steps.items()],
         "attrs": attrs,
@@ -143,6 +159,7 @@ def decode_group(payload: bytes) -> dict[str, Any]:
         raise ValueError("attrs and system_attrs of the group of writes must be JSON objects")
     return {
         "trial_id": group["trial_id"],
+        "request_id": _request_id(group),
         "params": params,
         "steps": steps,
         "attrs": attrs,
@@ -150,30 +167,126 @@ def decode_group(payload: bytes) -> dict[str, Any]:
     }
 
 
+def _request_id(document: dict[str, Any]) -> str | None:
+    request_id = document.get("request_id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ValueError(f"request_id must be a string, not {request_id!r}")
+    return request_id
+
+
+def encode_create(study_id: int, template: FrozenTrial | None, *, request_id: str) -> bytes:
+    """A trial creation: the template as Optuna's own protobuf message (base64), as its service sends it."""
+    from optuna.storages._grpc.servicer import _to_proto_trial
+
+    proto = None if template is None else base64.b64encode(_to_proto_trial(template).SerializeToString())
+    return json.dumps(
+        {"study_id": int(study_id), "request_id": request_id, "template": proto and proto.decode()}
+    ).encode()
+
+
+def decode_create(payload: bytes) -> tuple[int, FrozenTrial | None, str]:
+    from optuna.storages._grpc.servicer import _from_proto_trial
+
+    document = _json_object(payload, "the trial creation")
+    study_id, request_id, template = document.get("study_id"), _request_id(document), document.get("template")
+    if not isinstance(study_id, int) or request_id is None:
+        raise ValueError("a trial creation needs an integer study_id and a string request_id")
+    if template is None:
+        return study_id, None, request_id
+    try:
+        proto = api_pb2.Trial.FromString(base64.b64decode(template, validate=True))
+    except Exception as exc:  # binascii.Error, protobuf's DecodeError
+        raise ValueError(f"the template trial is not a base64 protobuf Trial: {exc}") from None
+    return study_id, _from_proto_trial(proto), request_id
+
+
+def encode_finish(
+    trial_id: int, state: TrialState, values: Sequence[float] | None, *, request_id: str
+) -> bytes:
+    values = None if values is None else [float(v) for v in values]
+    return json.dumps(
+        {"trial_id": int(trial_id), "state": state.name, "values": values, "request_id": request_id}
+    ).encode()
+
+
+def decode_finish(payload: bytes) -> tuple[int, TrialState, list[float] | None, str]:
+    document = _json_object(payload, "the trial's end")
+    trial_id, state, values = document.get("trial_id"), document.get("state"), document.get("values")
+    request_id = _request_id(document)
+    if not isinstance(trial_id, int) or request_id is None or state not in TrialState.__members__:
+        raise ValueError(
+            "a trial's end needs an integer trial_id, a string request_id and a state among "
+            f"{', '.join(TrialState.__members__)}"
+        )
+    if values is not None and not (
+        isinstance(values, list) and all(isinstance(v, (int, float)) for v in values)
+    ):
+        raise ValueError(f"the trial's values must be a list of numbers, not {values!r}")
+    return trial_id, TrialState[str(state)], values, request_id
+
+
+def _json_object(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{what} is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{what} must be a JSON object")
+    return document
+
+
 # -- the server ------------------------------------------------------------------------------------
 
 
 def trial_writes_handler(storage: BaseStorage) -> grpc.GenericRpcHandler:
-    """The ``/tlsearch.TrialWrites/Commit`` method over ``storage`` (the proxy's database): one
-    group, one transaction. Errors map to the status codes Optuna's own service uses, so that the
-    client raises what Optuna's writes raise."""
+    """tlsearch's methods over ``storage`` (the proxy's database): ``Commit`` (one group, one
+    transaction), ``CreateTrial`` and ``Finish``, each applied once per request id
+    (:mod:`tlsearch.search.proxy_writes`). Errors map to the status codes Optuna's own service
+    uses, so that the client raises what Optuna's writes raise."""
+    from tlsearch.search.proxy_writes import create_once, finish_once
     from tlsearch.search.trial_writes import commit_trial_writes
 
-    def commit(payload: bytes, context: grpc.ServicerContext) -> bytes:
-        try:
-            group = decode_group(payload)
-            trial_id = group.pop("trial_id")
-            commit_trial_writes(storage, trial_id, **group)
-        except UpdateFinishedTrialError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except KeyError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no trial {exc}")
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return b"{}"
+    dies_after = {m.strip() for m in os.environ.get(DIE_AFTER_ENV, "").split(",") if m.strip()}
 
-    handler = grpc.unary_unary_rpc_method_handler(commit)  # bytes in, bytes out
-    return grpc.method_handlers_generic_handler(SERVICE, {"Commit": handler})
+    def applied(method: str) -> None:
+        if method in dies_after:  # test-only: committed, and the answer never leaves
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def answering(
+        method: str, apply: Callable[[bytes], Any]
+    ) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+        def handle(payload: bytes, context: grpc.ServicerContext) -> bytes:
+            try:
+                answer = apply(payload)
+            except UpdateFinishedTrialError as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            except KeyError as exc:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no such trial or study {exc}")
+            except ValueError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            applied(method)
+            return json.dumps(answer).encode()
+
+        return handle
+
+    def commit(payload: bytes) -> dict[str, Any]:
+        group = decode_group(payload)
+        commit_trial_writes(storage, group.pop("trial_id"), **group)
+        return {}
+
+    def create(payload: bytes) -> dict[str, Any]:
+        study_id, template, request_id = decode_create(payload)
+        return {"trial_id": create_once(storage, study_id, template, request_id=request_id)}
+
+    def finish(payload: bytes) -> dict[str, Any]:
+        trial_id, state, values, request_id = decode_finish(payload)
+        return {"updated": finish_once(storage, trial_id, state, values, request_id=request_id)}
+
+    methods = {"Commit": commit, "CreateTrial": create, "Finish": finish}
+    handlers = {  # bytes in, bytes out
+        name: grpc.unary_unary_rpc_method_handler(answering(name, apply)) for name, apply in methods.items()
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 def make_proxy_server(storage: BaseStorage, *, host: str, port: int) -> grpc.Server:
@@ -306,10 +419,12 @@ class TlsearchGrpcStorage(GrpcStorageProxy):
         self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
         self._cache = GrpcClientCache(self._stub)
         self._commit = self._channel.unary_unary(COMMIT_METHOD)
+        self._create = self._channel.unary_unary(CREATE_METHOD)
+        self._finish = self._channel.unary_unary(FINISH_METHOD)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        for key in ("_raw_channel", "_commit"):
+        for key in ("_raw_channel", "_commit", "_create", "_finish"):
             state.pop(key, None)
         return state
 
@@ -325,6 +440,27 @@ class TlsearchGrpcStorage(GrpcStorageProxy):
     def deadline_seconds(self) -> float:
         return self._outage.deadline
 
+    def _plain(self, exc: grpc.RpcError) -> bool:
+        """Whether ``exc`` says the proxy is Optuna's plain one (no tlsearch methods): then every
+        later call takes Optuna's methods."""
+        if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+            return False
+        if self._grouped:
+            log.info("the storage proxy has no grouped writes (Optuna's own proxy): one write per call")
+        self._grouped = False
+        return True
+
+    @staticmethod
+    def _raise(exc: grpc.RpcError) -> None:
+        code = exc.code()
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise KeyError(exc.details()) from exc
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            raise UpdateFinishedTrialError(exc.details()) from exc
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise ValueError(exc.details()) from exc
+        raise exc
+
     def commit_trial_writes(
         self,
         trial_id: int,
@@ -334,24 +470,62 @@ class TlsearchGrpcStorage(GrpcStorageProxy):
         attrs: dict[str, Any],
         system_attrs: dict[str, Any],
     ) -> bool:
-        """Apply the group in one call and one commit on the proxy; False (nothing written) when the
-        proxy is Optuna's plain one, which has no such method: write one by one then."""
+        """Apply the group in one call and one commit on the proxy, once however often the call is
+        resent; False (nothing written) when the proxy is Optuna's plain one, which has no such
+        method: write one by one then."""
         if not self._grouped:
             return False
-        payload = encode_group(trial_id, params=params, steps=steps, attrs=attrs, system_attrs=system_attrs)
+        payload = encode_group(
+            trial_id,
+            params=params,
+            steps=steps,
+            attrs=attrs,
+            system_attrs=system_attrs,
+            request_id=uuid.uuid4().hex,
+        )
         try:
             self._commit(payload)
         except grpc.RpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.UNIMPLEMENTED:
-                log.info("the storage proxy has no grouped writes (Optuna's own proxy): one write per call")
-                self._grouped = False
+            if self._plain(exc):
                 return False
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise KeyError(exc.details()) from exc
-            if code == grpc.StatusCode.FAILED_PRECONDITION:
-                raise UpdateFinishedTrialError(exc.details()) from exc
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise ValueError(exc.details()) from exc
-            raise
+            self._raise(exc)
         return True
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        """A new trial, created once however often the call is resent (through Optuna's plain
+        proxy, Optuna's call: a resent one can leave one RUNNING trial more, which the stale-trial
+        sweep fails)."""
+        if self._grouped:
+            try:
+                answer = self._create(encode_create(study_id, template_trial, request_id=uuid.uuid4().hex))
+                return int(json.loads(answer)["trial_id"])
+            except grpc.RpcError as exc:
+                if not self._plain(exc):
+                    self._raise(exc)
+        return super().create_new_trial(study_id, template_trial)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        """End (or start) a trial, once however often the call is resent.
+
+        Through Optuna's plain proxy, a resent end whose first copy was applied raises
+        UpdateFinishedTrialError there: it is taken as done when the trial already has exactly
+        this state and these values (what the first copy wrote). A resent start of a waiting
+        trial answers False there (as if another worker took it first): that trial stays RUNNING
+        until the stale-trial sweep fails and requeues it."""
+        if self._grouped:
+            try:
+                answer = self._finish(encode_finish(trial_id, state, values, request_id=uuid.uuid4().hex))
+                return bool(json.loads(answer)["updated"])
+            except grpc.RpcError as exc:
+                if not self._plain(exc):
+                    self._raise(exc)
+        try:
+            return super().set_trial_state_values(trial_id, state, values)
+        except UpdateFinishedTrialError:
+            trial = self.get_trial(trial_id)
+            wanted = None if values is None else [float(v) for v in values]
+            if trial.state == state and (wanted is None or trial.values == wanted):
+                return True
+            raise
