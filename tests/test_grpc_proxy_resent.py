@@ -1,4 +1,5 @@
-"""A write the proxy applied but whose answer was lost is resent by the client and lands once.
+"""A write the proxy applied but whose answer was lost (or that was still running when the client
+gave up on it) is resent by the client and lands once.
 
 "Applied, answer lost" is made for real: a real ``tlsearch storage-proxy`` (in front of a real
 PostgreSQL) started with its test-only hook kills itself (SIGKILL) right after it committed a
@@ -11,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -22,8 +24,8 @@ from optuna.trial import TrialState
 
 pytest.importorskip("grpc", reason="the gRPC proxy needs grpcio (tlsearch[grpc])")
 
-from tests.grpc_helpers import Proxy  # noqa: E402
-from tests.postgres import postgres_url  # noqa: E402, F401 - fixture
+from tests.grpc_helpers import CallCounter, Proxy  # noqa: E402
+from tests.postgres import _connect, postgres_url  # noqa: E402, F401 - fixture
 from tlsearch.search.budget import FINISHED  # noqa: E402
 from tlsearch.search.grpc_storage import DIE_AFTER_ENV, RETRY_ENV, TlsearchGrpcStorage  # noqa: E402
 from tlsearch.search.proxy_writes import APPLIED_KEY, CREATED_KEY  # noqa: E402
@@ -103,6 +105,71 @@ def test_a_write_applied_whose_answer_was_lost_lands_once(method: str, postgres_
             assert trials[1].number == 1 and CREATED_KEY in trials[1].system_attrs
         client.close()
     finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("write", ["create", "commit", "finish"])
+def test_copies_resent_while_the_first_is_still_running_land_once(write: str, postgres_url: str) -> None:  # noqa: F811
+    """A slow proxy, for real: the test holds the row the write locks (the study's for a creation,
+    the trial's for its end), so the proxy's handler waits on the database; the client's deadline
+    passes and it resends, copy after copy, each one a handler waiting too. Released, the copies
+    run one after another, and all but the first see its request id."""
+    database = make_storage(postgres_url, heartbeat_interval=None)
+    proxy = Proxy(postgres_url).start()
+    holder = _connect(postgres_url)
+    try:
+        counter = CallCounter()
+        host, port = grpc_address(proxy.url)
+        client = TlsearchGrpcStorage(host=host, port=port, retry=120.0, deadline=0.3, interceptors=[counter])
+        client.wait_server_ready(timeout=30)
+        study = optuna.create_study(storage=client, study_name=f"slow-{write}")
+        trial_id = client.create_new_trial(study._study_id)
+
+        holder.autocommit = False
+        with holder.cursor() as cur:
+            if write == "create":
+                cur.execute("SELECT 1 FROM studies WHERE study_id = %s FOR UPDATE", (study._study_id,))
+            else:
+                cur.execute("SELECT 1 FROM trials WHERE trial_id = %s FOR UPDATE", (trial_id,))
+        counter.methods.clear()
+        outcome: list[object] = []
+
+        def call() -> None:
+            try:
+                if write == "create":
+                    outcome.append(client.create_new_trial(study._study_id))
+                elif write == "commit":
+                    x = FloatDistribution(0.0, 1.0)
+                    outcome.append(
+                        client.commit_trial_writes(
+                            trial_id, params=[("x", 0.25, x)], steps={}, attrs={"a": 1}, system_attrs={}
+                        )
+                    )
+                else:
+                    outcome.append(client.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5]))
+            except BaseException as exc:  # asserted on below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while len(counter.methods) < 4:  # the first copy and three resends, all waiting on the lock
+            assert time.monotonic() < deadline, "the client did not resend"
+            time.sleep(0.05)
+        holder.commit()  # the lock is released: the copies run
+        thread.join(timeout=120)
+        assert len(outcome) == 1, "the resent call did not land"
+        assert not isinstance(outcome[0], BaseException), outcome[0]
+        trials = database.get_all_trials(study._study_id)
+        if write == "create":
+            assert [t._trial_id for t in trials] == [trial_id, outcome[0]], "one new trial"
+        elif write == "commit":
+            assert outcome == [True] and trials[0].params == {"x": 0.25} and trials[0].user_attrs == {"a": 1}
+        else:
+            assert outcome == [True] and trials[0].state == TrialState.COMPLETE and trials[0].values == [0.5]
+        client.close()
+    finally:
+        holder.close()
         proxy.stop()
 
 
