@@ -4,6 +4,7 @@ plain proxy) in a subprocess, started, killed and restarted on the same port."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,8 +34,18 @@ class Proxy:
     """One proxy process over ``database`` on ``port``; ``plain``: Optuna's own
     ``run_grpc_proxy_server`` (no grouped writes), else ``tlsearch storage-proxy``."""
 
-    def __init__(self, database: str, *, port: int | None = None, plain: bool = False, pool: int = 3) -> None:
+    def __init__(
+        self,
+        database: str,
+        *,
+        port: int | None = None,
+        plain: bool = False,
+        pool: int = 3,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``env``: more environment for the proxy process (e.g. its test-only fault hook)."""
         self.database, self.plain, self.pool = database, plain, pool
+        self.env = dict(env or {})
         self.port = port or free_port()
         self.url = f"grpc://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[Any] | None = None
@@ -51,7 +62,7 @@ class Proxy:
             cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--pool", str(self.pool)]
         self.process = subprocess.Popen(
             cmd,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            env={**os.environ, "OMP_NUM_THREADS": "1", **self.env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -65,6 +76,15 @@ class Proxy:
                     raise RuntimeError(f"the proxy exited with code {self.process.returncode}") from None
                 if time.monotonic() - started > START_TIMEOUT:
                     raise
+
+    def pause(self) -> None:
+        """SIGSTOP: a hung proxy (its connections stay open, nothing answers), as in a partition."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL: the proxy's host lost, no goodbye to its clients."""

@@ -1,7 +1,8 @@
 """A storage proxy that goes away: a real ``tlsearch storage-proxy`` on loopback in front of a real
-PostgreSQL, killed (SIGKILL) and started again on the same port. Calls retry ``UNAVAILABLE``
-for the window, then raise StorageUnavailable; the heartbeat thread outlives the outage; real
-workers fail clearly (exit 1) and a worker started once the proxy is back finishes the budget."""
+PostgreSQL, killed (SIGKILL) and started again on the same port, or hung (SIGSTOP) and resumed.
+Calls retry ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED`` for the window, then raise
+StorageUnavailable; the heartbeat thread outlives the outage; real workers fail clearly (exit 1)
+and a worker started once the proxy is back finishes the budget."""
 
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ from tests.postgres import postgres_url  # noqa: E402, F401 - fixture
 from tlsearch.cli import main  # noqa: E402
 from tlsearch.errors import StorageUnavailable  # noqa: E402
 from tlsearch.search.budget import FINISHED  # noqa: E402
-from tlsearch.search.grpc_storage import RETRY_ENV, TlsearchGrpcStorage, retry_seconds  # noqa: E402
+from tlsearch.search.grpc_storage import (  # noqa: E402
+    DEADLINE_ENV,
+    RETRY_ENV,
+    TlsearchGrpcStorage,
+    deadline_seconds,
+    retry_seconds,
+)
 from tlsearch.search.recovery import HEARTBEAT_ATTR, RETRY_OF_ATTR, WORKER_ATTR, TrialHeartbeat  # noqa: E402
 from tlsearch.search.storage import grpc_address, make_storage  # noqa: E402
 
@@ -50,9 +57,9 @@ GATED_EPOCHS = textwrap.dedent("""
 """)
 
 
-def _client(url: str, retry: float) -> TlsearchGrpcStorage:
+def _client(url: str, retry: float, deadline: float | None = None) -> TlsearchGrpcStorage:
     host, port = grpc_address(url)
-    client = TlsearchGrpcStorage(host=host, port=port, retry=retry)
+    client = TlsearchGrpcStorage(host=host, port=port, retry=retry, deadline=deadline)
     client.wait_server_ready(timeout=30)
     return client
 
@@ -120,6 +127,83 @@ def test_a_bad_retry_window_names_the_variable(bad: str) -> None:
     with pytest.raises(Exception, match=f"{RETRY_ENV}='{bad}'.*number ≥ 0"):
         retry_seconds({RETRY_ENV: bad})
     assert retry_seconds({}) == 60.0 and retry_seconds({RETRY_ENV: "2.5"}) == 2.5
+
+
+@pytest.mark.parametrize("bad", ["soon", "0", "-1", "nan", "inf"])
+def test_a_bad_deadline_names_the_variable(bad: str) -> None:
+    with pytest.raises(Exception, match=f"{DEADLINE_ENV}='{bad}'.*number > 0"):
+        deadline_seconds({DEADLINE_ENV: bad})
+    assert deadline_seconds({}) == 30.0 and deadline_seconds({DEADLINE_ENV: "0.5"}) == 0.5
+
+
+def test_a_bad_deadline_stops_the_run_before_anything_is_written(write_study, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(DEADLINE_ENV, "soon")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        main, ["run", str(write_study()), "--storage", "grpc://127.0.0.1:1", "--out", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"{DEADLINE_ENV}='soon'" in result.output
+    assert not out.exists()
+
+
+def _in_thread(call) -> tuple[threading.Thread, list[BaseException | None]]:  # type: ignore[no-untyped-def]
+    """``call()`` in a thread; the list gets None when it returned, else what it raised (a call
+    that hangs leaves the thread alive, which the test asserts on instead of hanging itself)."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # reported by the test's assertions
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_hung_proxy_meets_the_deadline_then_raises_and_answers_once_resumed(postgres_url: str) -> None:  # noqa: F811
+    proxy = Proxy(postgres_url).start()
+    database = make_storage(postgres_url, heartbeat_interval=None)
+    try:
+        short = _client(proxy.url, retry=1.0, deadline=0.5)
+        patient = _client(proxy.url, retry=60.0, deadline=0.5)
+        study = optuna.create_study(storage=short, study_name="hung")
+        trial_id = short.create_new_trial(study._study_id)
+        proxy.pause()  # SIGSTOP: the connection stays open and nothing answers
+
+        started = time.monotonic()
+        thread, outcome = _in_thread(lambda: short.set_trial_user_attr(trial_id, "hung", True))
+        thread.join(timeout=30)
+        assert outcome, "a call to a hung proxy still waits after 30 s: it has no deadline"
+        assert isinstance(outcome[0], StorageUnavailable), outcome
+        message = str(outcome[0])
+        assert proxy.url in message and "DEADLINE_EXCEEDED" in message, message
+        assert f"{RETRY_ENV}=1 s" in message and f"{DEADLINE_ENV}=0.5 s" in message, message
+        assert 0.9 <= time.monotonic() - started < 10, "1 s of retries of 0.5 s attempts"
+
+        # A call within its window waits through the hang and lands once the proxy resumes.
+        thread, outcome = _in_thread(lambda: patient.set_trial_user_attr(trial_id, "through_the_hang", 1))
+        thread.join(timeout=2.0)
+        assert thread.is_alive() and not outcome, "retried while the proxy is hung"
+        proxy.resume()
+        thread.join(timeout=30)
+        assert outcome == [None]
+        assert database.get_trial(trial_id).user_attrs["through_the_hang"] == 1
+
+        # Hung, then killed (the host lost for good): the client ends with StorageUnavailable too.
+        proxy.pause()
+        thread, outcome = _in_thread(lambda: short.set_trial_user_attr(trial_id, "gone", True))
+        thread.join(timeout=0.3)
+        proxy.kill()
+        thread.join(timeout=30)
+        assert outcome and isinstance(outcome[0], StorageUnavailable), outcome
+        assert proxy.url in str(outcome[0])
+    finally:
+        proxy.resume()
+        proxy.stop()
 
 
 def test_workers_fail_clearly_when_the_proxy_dies_and_the_study_completes_once_it_is_back(

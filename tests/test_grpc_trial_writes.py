@@ -17,7 +17,18 @@ pytest.importorskip("grpc", reason="the gRPC proxy needs grpcio (tlsearch[grpc])
 
 from tests.grpc_helpers import CallCounter, ConnectionWatch, Proxy  # noqa: E402
 from tests.postgres import postgres_url  # noqa: E402, F401 - fixture
-from tlsearch.search.grpc_storage import COMMIT_METHOD, TlsearchGrpcStorage, decode_group, encode_group  # noqa: E402
+from tlsearch.search.grpc_storage import (  # noqa: E402
+    COMMIT_METHOD,
+    CREATE_METHOD,
+    TlsearchGrpcStorage,
+    decode_create,
+    decode_finish,
+    decode_group,
+    encode_create,
+    encode_finish,
+    encode_group,
+)
+from tlsearch.search.proxy_writes import APPLIED_KEY, CREATED_KEY  # noqa: E402
 from tlsearch.search.storage import grpc_address, make_storage  # noqa: E402
 from tlsearch.search.trial_writes import commit_trial_writes  # noqa: E402
 
@@ -83,7 +94,11 @@ def test_one_commit_call_applies_a_whole_group_atomically(tlsearch_proxy: Proxy,
         "history": [{"acc": 0.5}],
         "seed": 3,
     }
-    assert stored.system_attrs == {"tpe:relative": [1, 2]}
+    # beside the sampler's note, the proxy's own record of the writes it applied (resends land once)
+    assert {k: v for k, v in stored.system_attrs.items() if k not in (APPLIED_KEY, CREATED_KEY)} == {
+        "tpe:relative": [1, 2]
+    }
+    assert len(stored.system_attrs[APPLIED_KEY]) == 1 and CREATED_KEY in stored.system_attrs
 
     # All or nothing: a group whose last write is invalid (lr was a float, now an int) leaves no trace.
     with pytest.raises(ValueError, match="different distribution"):
@@ -144,16 +159,20 @@ def test_against_optunas_plain_proxy_the_group_falls_back_to_one_write_per_call(
     try:
         counter = CallCounter()
         client = _client(proxy.url, counter)
-        _, trial_id = _new_trial(client)
+        study_id = optuna.create_study(storage=client, study_name="grouped")._study_id
+        counter.methods.clear()
+        trial_id = client.create_new_trial(study_id)
+        # one probe (UNIMPLEMENTED) with the first of tlsearch's methods, then Optuna's call
+        assert counter.methods == [CREATE_METHOD, "/optuna.StorageService/CreateNewTrial"]
         counter.methods.clear()
         commit_trial_writes(client, trial_id, **_group())
-        # one probe (UNIMPLEMENTED), then each write on its own: 2 parameters, 3 steps, 3 + 1 attributes
-        assert counter.methods[0] == COMMIT_METHOD
-        assert len(counter.methods) == 1 + 2 + 3 + 3 + 1
-        assert set(counter.methods[1:]) == SINGLE_WRITES
+        # no second probe: each write on its own, 2 parameters, 3 steps, 3 + 1 attributes
+        assert len(counter.methods) == 2 + 3 + 3 + 1
+        assert set(counter.methods) == SINGLE_WRITES
         stored = make_storage(postgres_url, heartbeat_interval=None).get_trial(trial_id)
         assert stored.params == {"lr": 0.01, "head": "mlp"} and stored.user_attrs["seed"] == 3
         assert stored.system_attrs == {"tpe:relative": [1, 2]} and stored.intermediate_values[1] == 0.5
+        assert APPLIED_KEY not in stored.system_attrs, "no request ids through the plain proxy"
 
         counter.methods.clear()  # the plain proxy is remembered: no second probe
         commit_trial_writes(client, trial_id, attrs={"more": 1})
@@ -178,3 +197,30 @@ def test_the_wire_format_is_json_and_refuses_what_is_not_a_group() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             decode_group(bad)
+
+
+def test_the_creation_and_end_of_a_trial_travel_as_json_with_their_request_id() -> None:
+    template = optuna.trial.create_trial(
+        state=TrialState.WAITING, params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 1e-1)}
+    )
+    study_id, decoded, request_id = decode_create(encode_create(3, template, request_id="r1"))
+    assert (study_id, request_id) == (3, "r1")
+    assert decoded is not None and decoded.state == TrialState.WAITING and decoded.params == {"lr": 0.01}
+    assert decode_create(encode_create(3, None, request_id="r2")) == (3, None, "r2")
+    payload = encode_finish(5, TrialState.COMPLETE, [0.5], request_id="r3")
+    assert payload.startswith(b"{")
+    assert decode_finish(payload) == (5, TrialState.COMPLETE, [0.5], "r3")
+    assert decode_finish(encode_finish(5, TrialState.FAIL, None, request_id="r4"))[2] is None
+    for bad, message in [
+        (b'{"study_id": 3}', "string request_id"),
+        (b'{"study_id": 3, "request_id": "r", "template": "!!"}', "base64 protobuf"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            decode_create(bad)
+    for bad, message in [
+        (b'{"trial_id": 5, "state": "DONE", "request_id": "r"}', "state among RUNNING, COMPLETE"),
+        (b'{"trial_id": 5, "state": "COMPLETE", "request_id": 7}', "request_id must be a string"),
+        (b'{"trial_id": 5, "state": "COMPLETE", "request_id": "r", "values": ["x"]}', "list of numbers"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            decode_finish(bad)

@@ -112,8 +112,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 class StorageUnavailable(TlsearchError):
-    """The study's storage (the gRPC storage proxy) stopped answering and did not come back within
-    the retry window (``TLSEARCH_PROXY_RETRY_SECONDS``). The running trial fails and the worker
+    """The study's storage (the gRPC storage proxy) stopped answering (gone, or hung: no answer
+    within ``TLSEARCH_PROXY_DEADLINE_SECONDS``) and did not come back within the retry window
+    (``TLSEARCH_PROXY_RETRY_SECONDS``). The running trial fails and the worker
     stops (exit 1); completed trials are kept, and a worker started once the storage is back
     resumes the study (the interrupted trial is failed and requeued by its stale-trial sweep)."""
 

@@ -27,7 +27,9 @@ def storage_proxy(storage: str, host: str, port: int, pool: int) -> None:
     proxy's few database connections, so a study can have hundreds of workers without hundreds of
     connections. A trial's grouped writes arrive as one call and are applied in one commit.
     Runs until stopped (Ctrl-C or SIGTERM); workers retry meanwhile for
-    TLSEARCH_PROXY_RETRY_SECONDS (default 60), so a restart loses nothing.
+    TLSEARCH_PROXY_RETRY_SECONDS (default 60), so a restart loses nothing; a call
+    unanswered for TLSEARCH_PROXY_DEADLINE_SECONDS (default 30: a hung proxy) is
+    retried the same way, and a resent write is applied once.
     """
     from tlsearch.errors import ConfigError
     from tlsearch.search.storage import redact, require_grpc, serve_grpc_proxy, storage_kind

@@ -152,10 +152,11 @@ def grpc_proxy(spec: str, *, timeout: float | None = None) -> BaseStorage:
     except ImportError as exc:  # pragma: no cover - optuna 5 has it
         raise ConfigError(f"storage {spec!r} needs Optuna's gRPC proxy: {exc}") from exc
     require_grpc(f"storage {spec!r}")
-    from tlsearch.search.grpc_storage import TlsearchGrpcStorage, retry_seconds
+    from tlsearch.search.grpc_storage import TlsearchGrpcStorage, deadline_seconds, retry_seconds
 
-    retry = retry_seconds()  # a bad TLSEARCH_PROXY_RETRY_SECONDS fails here, before any work
-    proxy = TlsearchGrpcStorage(host=host, port=port, retry=retry)
+    # a bad TLSEARCH_PROXY_RETRY_SECONDS or TLSEARCH_PROXY_DEADLINE_SECONDS fails here, before any work
+    retry, deadline = retry_seconds(), deadline_seconds()
+    proxy = TlsearchGrpcStorage(host=host, port=port, retry=retry, deadline=deadline)
     try:
         proxy.wait_server_ready(timeout=timeout)
     except Exception as exc:

@@ -109,17 +109,31 @@ def _commit_rdb(
     steps: dict[int, float],
     attrs: dict[str, Any],
     system_attrs: dict[str, Any],
+    request_id: str | None = None,
 ) -> None:
     """One transaction with few statements: the trial is checked once, intermediate values and
     user attributes are upserted with one statement per table (Optuna's own writes take two or
-    three statements per value, each in a transaction of its own)."""
+    three statements per value, each in a transaction of its own). ``request_id``: the proxy's
+    resent call (:mod:`tlsearch.search.proxy_writes`): a group already applied is not again."""
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
+
+    from tlsearch.search import proxy_writes
 
     # Integrity errors are raised, not ignored as Optuna does for its single writes (they would
     # drop the whole group here).
     with _create_scoped_session(backend.scoped_session) as session:
-        trial: Any = models.TrialModel.find_or_raise_by_id(trial_id, session)  # ORM columns, untyped
+        # a resent group waits for its first copy's transaction (the trial's row lock), then sees it
+        locked = request_id is not None
+        trial: Any = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=locked)
+        if request_id is not None:
+            applied = proxy_writes.applied_ids(session, trial_id)
+            if request_id in applied:
+                return
+            system_attrs = {
+                **system_attrs,
+                proxy_writes.APPLIED_KEY: proxy_writes.remember(applied, request_id),
+            }
         backend.check_trial_is_updatable(trial_id, trial.state)
         known = _known_distributions(storage, trial.study_id)
         for name, value, distribution in params:
@@ -240,17 +254,26 @@ def commit_trial_writes(
     steps: dict[int, float] | None = None,
     attrs: dict[str, Any] | None = None,
     system_attrs: dict[str, Any] | None = None,
+    request_id: str | None = None,
 ) -> None:
     """Write parameters (internal representation), intermediate values, user and system attributes of the
     RUNNING trial ``trial_id`` in one transaction: one database commit (``RDBStorage``), one
     journal append with one fsync (``JournalStorage``), one call and one commit on the proxy
     through tlsearch's gRPC client (:mod:`tlsearch.search.grpc_storage`); any other storage (Optuna's
-    plain proxy too) gets Optuna's writes one by one. The same checks as Optuna's own writes apply (a finished trial raises)."""
+    plain proxy too) gets Optuna's writes one by one. The same checks as Optuna's own writes apply (a finished trial raises).
+    ``request_id`` (the proxy's, on a database): the group is applied once however often it is sent."""
     steps, attrs, system_attrs = steps or {}, attrs or {}, system_attrs or {}
     backend = getattr(storage, "_backend", storage)
     if isinstance(backend, RDBStorage) and hasattr(backend, "scoped_session"):
         _commit_rdb(
-            storage, backend, trial_id, params=params, steps=steps, attrs=attrs, system_attrs=system_attrs
+            storage,
+            backend,
+            trial_id,
+            params=params,
+            steps=steps,
+            attrs=attrs,
+            system_attrs=system_attrs,
+            request_id=request_id,
         )
         return
     if isinstance(storage, JournalStorage) and hasattr(storage, "_replay_result"):
