@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -310,14 +311,16 @@ def test_a_writer_killed_mid_upload_to_s3_leaves_nothing_a_reader_takes(
 
 
 class _ReadFailsAt(io.BytesIO):
-    """A source file whose disk fails after ``at`` bytes."""
+    """A source file whose disk fails after ``at`` bytes, once ``after`` is set (s3transfer reads
+    ahead of its uploads: without the wait the failure may come before any part is sent)."""
 
-    def __init__(self, size: int, at: int) -> None:
+    def __init__(self, size: int, at: int, after: threading.Event) -> None:
         super().__init__(bytes(size))
-        self.at = at
+        self.at, self.after = at, after
 
     def read(self, n: int | None = -1) -> bytes:
         if self.tell() >= self.at:
+            self.after.wait(timeout=120)
             raise OSError(5, "Input/output error")
         return super().read(n)
 
@@ -329,17 +332,19 @@ def test_a_multipart_upload_that_fails_with_an_exception_is_aborted(s3_bucket: B
     store = open_artifacts(f"{s3_bucket.url}/runs")
     client = store.store.client  # type: ignore[attr-defined]
     parts: list[int] = []
+    uploading = threading.Event()
     size = 40 * MB  # five 8 MB parts
 
     def on_part(**_: object) -> None:
         parts.append(1)
+        uploading.set()
         if len(parts) == 2 and failure == "a part's upload":
             raise ConnectionResetError("connection reset by peer")
         if len(parts) == 2 and failure == "Ctrl-C":  # the signal reaches the main thread, as a Ctrl-C does
             os.kill(os.getpid(), signal.SIGINT)
 
     client.meta.events.register("before-call.s3.UploadPart", on_part)
-    source = _ReadFailsAt(size, 20 * MB if failure == "the source file's read" else size)
+    source = _ReadFailsAt(size, 20 * MB if failure == "the source file's read" else size, uploading)
     expected = KeyboardInterrupt if failure == "Ctrl-C" else TlsearchError
     with pytest.raises(expected) as err:
         store._call("write", "weights", lambda: store.store.write(store.key("weights"), source))
