@@ -118,7 +118,7 @@ def _commit_rdb(
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    from tlsearch.search import proxy_writes
+    from tlsearch.search.proxy_writes import APPLIED_KEY, applied_ids, remember
 
     # Integrity errors are raised, not ignored as Optuna does for its single writes (they would
     # drop the whole group here).
@@ -127,12 +127,12 @@ def _commit_rdb(
         locked = request_id is not None
         trial: Any = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=locked)
         if request_id is not None:
-            applied = proxy_writes.applied_ids(session, trial_id)
+            applied = applied_ids(session, trial_id)
             if request_id in applied:
                 return
             system_attrs = {
                 **system_attrs,
-                proxy_writes.APPLIED_KEY: proxy_writes.remember(applied, request_id),
+                APPLIED_KEY: remember(applied, request_id),
             }
         backend.check_trial_is_updatable(trial_id, trial.state)
         known = _known_distributions(storage, trial.study_id)
