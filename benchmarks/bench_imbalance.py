@@ -42,7 +42,6 @@ import argparse
 import csv
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -52,7 +51,15 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_real_data import SEED, Task, digits, lite0_logits, train_lite0, write_folders  # noqa: E402
+from bench_real_data import (  # noqa: E402
+    SEED,
+    Task,
+    digits,
+    lite0_logits,
+    run_tlsearch,
+    train_lite0,
+    write_folders,
+)
 
 SIZE = 64  # px: every method's input size (the digits are upsampled from 8 px, as tlsearch does)
 #: the shapes and their chances per image: two rare labels (tlsearch.demo draws these four)
@@ -84,33 +91,6 @@ def macro_f1(truth: np.ndarray, predicted: np.ndarray, classes: int) -> float:
 
 
 # --- tlsearch runs -------------------------------------------------------------------------------
-
-
-def run_tlsearch(study: dict, folder: Path) -> Path:
-    """``tlsearch run`` of ``study`` in ``folder`` (a subprocess, as a user runs it); the model path."""
-    import yaml
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "study.yaml").write_text(yaml.safe_dump(study))
-    log = folder / "run.log"
-    with log.open("w") as out:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tlsearch",
-                "run",
-                str(folder / "study.yaml"),
-                "--out",
-                str(folder / "run"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    model = folder / "run" / "model.onnx"
-    if proc.returncode != 0 or not model.exists():
-        raise RuntimeError(f"tlsearch run exited {proc.returncode}; see {log}")
-    return model
 
 
 def _space(regularizers: dict) -> dict:

@@ -309,16 +309,12 @@ def _study(task: Task, budget: float, size: int, *, recommended: bool) -> dict:
     return study
 
 
-def _run_tlsearch(task: Task, budget: float, size: int, work: Path, *, recommended: bool) -> dict[str, float]:
+def run_tlsearch(study: dict, folder: Path) -> Path:
+    """``tlsearch run`` of ``study`` in ``folder`` (a subprocess, as a user runs it); the model path."""
     import yaml
 
-    from tlsearch.data import scan_folder
-    from tlsearch.deploy import Predictor
-
-    folder = work / ("recommended" if recommended else "defaults")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "data").symlink_to(work / "data")
-    (folder / "study.yaml").write_text(yaml.safe_dump(_study(task, budget, size, recommended=recommended)))
+    (folder / "study.yaml").write_text(yaml.safe_dump(study))
     log = folder / "run.log"
     with log.open("w") as out:
         proc = subprocess.run(
@@ -337,6 +333,18 @@ def _run_tlsearch(task: Task, budget: float, size: int, work: Path, *, recommend
     model = folder / "run" / "model.onnx"
     if proc.returncode != 0 or not model.exists():
         raise RuntimeError(f"tlsearch run exited {proc.returncode}; see {log}")
+    return model
+
+
+def _run_tlsearch(task: Task, budget: float, size: int, work: Path, *, recommended: bool) -> dict[str, float]:
+
+    from tlsearch.data import scan_folder
+    from tlsearch.deploy import Predictor
+
+    folder = work / ("recommended" if recommended else "defaults")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data").symlink_to(work / "data")
+    model = run_tlsearch(_study(task, budget, size, recommended=recommended), folder)
     predictor = Predictor(model)
     out_scores = {}
     for s in ("val", "test"):

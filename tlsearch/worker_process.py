@@ -78,22 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_noise()
     rank = os.environ.get("TLSEARCH_WORKER_RANK")
     try:
-        if args.study.is_dir():
-            study = Study.from_dir(
-                args.study,
-                out=args.out,
-                storage=args.storage,
-                plugin_files=args.plugin,
-                artifacts=args.artifacts,
-            )
-        else:
-            study = Study.from_yaml(
-                args.study,
-                out=args.out,
-                storage=args.storage,
-                plugin_files=args.plugin,
-                artifacts=args.artifacts,
-            )
+        open_study = Study.from_dir if args.study.is_dir() else Study.from_yaml
+        study = open_study(
+            args.study,
+            out=args.out,
+            storage=args.storage,
+            plugin_files=args.plugin,
+            artifacts=args.artifacts,
+        )
         settings = WorkerSettings(
             heartbeat_interval=args.heartbeat_interval,
             grace_period=args.grace_period,

@@ -9,7 +9,7 @@ import click
 from tlsearch.cli import main
 
 
-@main.command("demo-data")
+@main.command("demo-data", short_help="Write a built-in demo image set (no download).")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--per-class", default=80, show_default=True, help="training images per class")
 @click.option("--val-per-class", default=20, show_default=True, help="validation images per class")

@@ -21,7 +21,7 @@ def describe_quantization(report: Any) -> str:
     )
 
 
-@main.command()
+@main.command(short_help="Export a trial to a verified ONNX model.")
 @click.argument("study_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--out",

@@ -16,13 +16,13 @@ def plugins() -> None:
     """List plugins and hooks."""
 
 
-@plugins.command("list")
+@plugins.command("list", short_help="Every plugin: kind, provider, hyperparameters.")
 @click.option("--kind", type=click.Choice(KIND_NAMES), help="only plugins of this kind")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @plugin_option
 def list_plugins(kind: str | None, as_json: bool, plugin_files: tuple[Path, ...]) -> None:
     """Every registered plugin: name, kind, provider package and version, hyperparameters; and the
-    broken third-party plugins that were skipped, with the reason (``"status": "broken"`` in JSON)."""
+    broken third-party plugins that were skipped, with the reason (`"status": "broken"` in JSON)."""
     import warnings
 
     from tlsearch.registry import get_plugin_manager

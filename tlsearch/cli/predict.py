@@ -31,7 +31,7 @@ class ModelSource(click.ParamType):
         return self._local.convert(str(local_path(str(value))), param, ctx)
 
 
-@main.command()
+@main.command(short_help="Predict with an exported model (onnxruntime only).")
 @click.argument("model", type=ModelSource())
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -40,21 +40,27 @@ class ModelSource(click.ParamType):
     default=5,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Classes per image (multilabel: the most probable labels, beside the label set).",
+    help="classes per image (multilabel: the most probable labels, beside the label set)",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON array of results on stdout.")
-@click.option("--csv", "as_csv", is_flag=True, help="CSV rows on stdout (not with --json).")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="one JSON array of results on stdout")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV rows on stdout (not with --json)")
+@click.option(
+    "--batch-size",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="images per onnxruntime call",
+)
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="where a model from an object store is kept (default: $TLSEARCH_MODEL_CACHE, else "
-    "~/.cache/tlsearch/models)",
+    "$XDG_CACHE_HOME/tlsearch/models or ~/.cache/tlsearch/models)",
 )
 @click.option(
     "--progress/--no-progress",
     default=None,
-    help="Progress bar on stderr (default: with many files, on a terminal).",
+    help="progress bar on stderr (default: with many files, on a terminal)",
 )
 def predict(
     model: Path | str,

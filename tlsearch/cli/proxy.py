@@ -7,7 +7,7 @@ import click
 from tlsearch.cli import main
 
 
-@main.command("storage-proxy")
+@main.command("storage-proxy", short_help="Serve a database to workers through a gRPC proxy.")
 @click.option("--storage", required=True, help="the database the proxy serves (postgresql://user@host/db)")
 @click.option("--host", default="0.0.0.0", show_default=True, help="address to listen on")
 @click.option(

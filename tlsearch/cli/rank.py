@@ -12,7 +12,7 @@ from tlsearch.cli import main
 from tlsearch.cli.options import plugin_option
 
 
-@main.command()
+@main.command(short_help="Rank the candidate backbones by transferability.")
 @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--score",

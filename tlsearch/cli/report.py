@@ -10,7 +10,7 @@ from tlsearch.cli import main
 from tlsearch.cli.options import artifacts_option
 
 
-@main.command()
+@main.command(short_help="Write a study's offline HTML report.")
 @click.argument("source")
 @click.option(
     "--out",
@@ -31,7 +31,8 @@ def report(
     artifacts: str | None,
 ) -> None:
     """Write the report of the study in SOURCE (a study folder, or an Optuna storage URL): optimisation
-    history, learning curves, plugins compared, importances, accuracy vs cost, leaderboard, exported model.
+    history, learning curves, plugins compared, importances, accuracy vs cost, leaderboard, per-class
+    results (confusion, worst images), exported model.
     The HTML needs no network: plots are inline SVG."""
     from tlsearch import Study
 

@@ -31,7 +31,7 @@ def best_trial_warning(study: Any) -> str | None:
     return study_baseline_warning(study, rows[0]["metrics"]) if rows else None
 
 
-@main.command()
+@main.command(short_help="Run or resume a study, then export its best model.")
 @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--out",

@@ -13,7 +13,7 @@ from tlsearch.cli.console import Console, console_option
 from tlsearch.cli.options import artifacts_option
 
 
-@main.command()
+@main.command(short_help="Show a study: trials, best trial, leaderboard.")
 @click.argument("source")
 @click.option("--study", "study_name", help="study name, for a storage URL holding several studies")
 @click.option("--storage", help="Optuna storage URL overriding the study folder's own")

@@ -14,7 +14,7 @@ from tlsearch.cli.options import artifacts_option, plugin_option, threads_option
 from tlsearch.worker_settings import GRACE_PERIOD, HEARTBEAT_INTERVAL, WorkerSettings
 
 
-@main.command()
+@main.command(short_help="Join a study and run its trials until the budget is done.")
 @click.argument("study", type=click.Path(path_type=Path))
 @click.option(
     "--storage",
