@@ -11,7 +11,7 @@ import yaml
 
 from tlsearch.config import load_config, resolve_space
 from tlsearch.errors import ConfigError
-from tlsearch.kinds import FreezingStrategy, PortfolioEntry
+from tlsearch.kinds import FreezingStrategy, Head, PortfolioEntry
 from tlsearch.registry import get_plugin_manager
 from tlsearch.search import run_study
 from tlsearch.search.portfolio import PORTFOLIO_ATTR, WARM_START_ATTR, warm_start
@@ -150,6 +150,12 @@ def test_an_entry_naming_an_undeclared_hyperparameter_is_refused_with_the_choice
             name = "bad_strategy"
             hyperparameters = {"rate": Float(0.1, 1.0, default=0.5)}
             portfolio = (PortfolioEntry(name="bad", params={"decay": 0.5}),)
+
+    with pytest.raises(TypeError, match=r"entry 'tuned' sets training \['epochs'\], which only a freezing"):
+
+        class TrainsItsHead(Head):
+            name = "trains_its_head"
+            portfolio = (PortfolioEntry(name="tuned", training={"epochs": 8}),)
 
     with pytest.raises(ValueError, match=r"cost 'free' is not one of \('cheap', 'full'\)"):
         PortfolioEntry(name="x", cost="free")

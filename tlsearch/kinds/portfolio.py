@@ -89,7 +89,9 @@ class PortfolioEntry:
 
 
 def check_portfolio(cls: type) -> None:
-    """Refuse, when a plugin class is defined, entries whose ``params`` name no hyperparameter of it."""
+    """Refuse, when a plugin class is defined, entries whose ``params`` name no hyperparameter of
+    it, and ``training`` on an entry of a kind other than a freezing strategy (only a strategy's
+    entry is a warm-start trial of its own; elsewhere the settings would be ignored)."""
     entries = getattr(cls, "portfolio", ())
     declared = getattr(cls, "hyperparameters", {})
     if not isinstance(entries, tuple) or not all(isinstance(e, PortfolioEntry) for e in entries):
@@ -100,4 +102,11 @@ def check_portfolio(cls: type) -> None:
             raise TypeError(
                 f"{cls.__name__}.portfolio entry {entry.name!r} sets unknown hyperparameter(s) "
                 f"{unknown}; declared: {sorted(declared) or '(none)'}"
+            )
+        kind = getattr(cls, "kind", "")
+        if entry.training and kind != "freezing":
+            raise TypeError(
+                f"{cls.__name__}.portfolio entry {entry.name!r} sets training {sorted(entry.training)}, "
+                f"which only a freezing strategy's entry may (its own warm-start trial); a {kind or 'plugin'} "
+                "entry's training would be ignored: move it to the strategy's entry or drop it"
             )
