@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -189,6 +190,7 @@ def test_model_in_training_mode_is_refused(tmp_path: Path) -> None:
         ({"metadata": metadata(labels=["a", "b"])}, "2 labels but the model has 3 outputs"),
         ({"metadata": metadata(trial=object())}, "JSON"),
         ({"exporter": "fast"}, "valid: auto, dynamo, torchscript"),
+        ({"max_batch": 1}, r"max_batch must be >= 2 but got 1"),
     ],
 )
 def test_bad_arguments_name_the_problem(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
@@ -307,3 +309,76 @@ def test_one_validation_image_still_checks_a_second_batch_size(tmp_path: Path) -
     meta = {"task": "classification", "labels": ["a", "b", "c"], "data_config": CONFIG.to_dict()}
     report = export_onnx(model, path=tmp_path / "model.onnx", metadata=meta, validation_images=images(1))
     assert tuple(report.batch_sizes_checked) == (1, 2)
+
+
+def _small() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+
+
+def test_torchscript_export_writes_opset_18_and_checks_batches_of_up_to_16(tmp_path: Path) -> None:
+    """Bugs caught: the TorchScript fallback's default opset moved; the default largest batch checked
+    moved (20 images: batches of 1, 16 and the last 4); the report's dict lost; the report writable."""
+    report = export_onnx(
+        _small(),
+        path=tmp_path / "m.onnx",
+        metadata=metadata(),
+        validation_images=images(20),
+        exporter="torchscript",
+    )
+    assert report.exporter == "torchscript" and report.opset == 18
+    assert {o.domain: o.version for o in onnx.load(str(report.path)).opset_import}[""] == 18
+    assert report.batch_sizes_checked == (1, 4, 16)
+    d = report.to_dict()
+    assert d["path"] == str(report.path) and d["batch_sizes_checked"] == [1, 4, 16]
+    assert json.loads(json.dumps(d))["opset"] == 18
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.opset = 17  # type: ignore[misc]
+
+
+def test_a_max_batch_of_2_is_accepted(tmp_path: Path) -> None:
+    """Bugs caught: the smallest valid ``max_batch`` (2) refused (``<=`` or ``< 3``)."""
+    report = export_onnx(
+        _small(),
+        path=tmp_path / "m.onnx",
+        metadata=metadata(),
+        validation_images=images(4),
+        exporter="torchscript",
+        max_batch=2,
+    )
+    assert report.batch_sizes_checked == (1, 2)
+
+
+class _OffWhenExported(nn.Module):
+    """Outputs within ±1 that the exported graph shifts by 1.5e-4: over the default 1e-4 tolerance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _small()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x) * 0.0 + torch.tensor([0.5, 0.1, -0.2])
+        if torch.onnx.is_in_onnx_export():
+            y = y + 1.5e-4
+        return y
+
+
+def test_the_default_tolerance_is_1e_4(tmp_path: Path) -> None:
+    """Bug caught: the default tolerance loosened (a 1.5e-4 difference let through)."""
+    with pytest.raises(ExportError, match=r"max abs diff 0\.00015"):
+        export_onnx(
+            _OffWhenExported().eval(),
+            path=tmp_path / "m.onnx",
+            metadata=metadata(),
+            validation_images=images(4),
+            exporter="torchscript",
+        )
+    report = export_onnx(
+        _OffWhenExported().eval(),
+        path=tmp_path / "m.onnx",
+        metadata=metadata(),
+        validation_images=images(4),
+        exporter="torchscript",
+        tolerance=2e-4,
+    )
+    assert report.tolerance == 2e-4 and report.max_abs_diff == pytest.approx(1.5e-4, rel=1e-2)
