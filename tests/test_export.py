@@ -318,10 +318,11 @@ def _small() -> nn.Module:
 
 def test_torchscript_export_writes_opset_18_and_checks_batches_of_up_to_16(tmp_path: Path) -> None:
     """Bugs caught: the TorchScript fallback's default opset moved; the default largest batch checked
-    moved (20 images: batches of 1, 16 and the last 4); the report's dict lost; the report writable."""
+    moved (20 images: batches of 1, 16 and the last 4); the report's dict lost; the report writable;
+    a missing parent folder of the path not made."""
     report = export_onnx(
         _small(),
-        path=tmp_path / "m.onnx",
+        path=tmp_path / "new" / "folder" / "m.onnx",  # its folders are made
         metadata=metadata(),
         validation_images=images(20),
         exporter="torchscript",
