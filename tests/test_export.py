@@ -177,8 +177,10 @@ class _Scaled(nn.Module):
 
 def test_model_in_training_mode_is_refused(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(3 * SIZE * SIZE, 3))
-    with pytest.raises(ExportError, match=r"training mode.*model\.eval\(\)"):
+    with pytest.raises(ExportError, match=r"training mode.*model\.eval\(\)") as info:
         export_onnx(model, path=tmp_path / "m.onnx", metadata=metadata(), validation_images=images(2))
+    # the modules named by their path, the root (no path) by its class
+    assert "(4 module(s), e.g. ['Sequential', '0', '1'])" in str(info.value)
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -383,3 +385,86 @@ def test_the_default_tolerance_is_1e_4(tmp_path: Path) -> None:
         tolerance=2e-4,
     )
     assert report.tolerance == 2e-4 and report.max_abs_diff == pytest.approx(1.5e-4, rel=1e-2)
+
+
+class _NotForTorchExport(nn.Module):
+    """A model torch.export cannot take (it raises while exporting) but TorchScript tracing can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _small()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():
+            raise NotImplementedError("no torch.export for this model")
+        return self.net(x)
+
+
+def test_auto_falls_back_to_torchscript_and_says_why(tmp_path: Path) -> None:
+    """Bug caught: the fallback's reason lost (``or`` → ``and``: always None)."""
+    report = export_onnx(
+        _NotForTorchExport().eval(),
+        path=tmp_path / "m.onnx",
+        metadata=metadata(),
+        validation_images=images(2),
+    )
+    assert report.exporter == "torchscript"
+    assert (report.fallback_reason or "").startswith(
+        "dynamo exporter: torch.onnx.export failed: TorchExportError"
+    )
+    written = json.loads(report.model_json.read_text())["verification"]
+    assert written["fallback_reason"] == report.fallback_reason
+
+
+class _WithItsOwnConfig(nn.Module):
+    data_config = DataConfig(SIZE, mean=(0.1, 0.2, 0.3))  # not CONFIG: the metadata's must win
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _small()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_the_metadatas_data_config_wins_and_labels_default_to_none(tmp_path: Path) -> None:
+    """Bugs caught: a model's own data_config replacing the one the metadata gives; a metadata
+    without labels written without the ``labels`` key (readers expect it, None when absent)."""
+    meta = {k: v for k, v in metadata().items() if k != "labels"}
+    report = export_onnx(
+        _WithItsOwnConfig().eval(),
+        path=tmp_path / "m.onnx",
+        metadata=meta,
+        validation_images=images(2),
+        exporter="torchscript",
+    )
+    written = json.loads(report.model_json.read_text())["metadata"]
+    assert written["data_config"] == CONFIG.to_dict()
+    assert "labels" in written and written["labels"] is None
+
+
+def test_a_cleanup_that_fails_does_not_hide_the_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug caught: the temporary folder's removal allowed to raise, replacing the parity refusal
+    with an OSError (here the folder is already gone when the cleanup runs)."""
+    import shutil
+
+    import tlsearch.export._onnx as onnx_module
+
+    real = onnx_module.cpu_session
+
+    def session_then_folder_gone(file: Path) -> ort.InferenceSession:
+        session = real(file)
+        shutil.rmtree(file.parent)
+        return session
+
+    monkeypatch.setattr(onnx_module, "cpu_session", session_then_folder_gone)
+    with pytest.raises(ExportError, match="max abs diff"):
+        export_onnx(
+            _DiffersWhenExported().eval(),
+            path=tmp_path / "m.onnx",
+            metadata=metadata(),
+            validation_images=images(2),
+            exporter="torchscript",
+        )
