@@ -468,3 +468,25 @@ def test_a_cleanup_that_fails_does_not_hide_the_refusal(
             validation_images=images(2),
             exporter="torchscript",
         )
+
+
+def test_a_model_the_onnx_checker_rejects_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug caught: the exported file never put through ``onnx.checker`` (full check), so a graph it
+    rejects would be written as long as onnxruntime runs it."""
+
+    def rejects(model: object, full_check: bool = False) -> None:
+        assert full_check  # the strict check, with shape inference
+        raise onnx.checker.ValidationError("a rejected graph")
+
+    monkeypatch.setattr(onnx.checker, "check_model", rejects)
+    with pytest.raises(
+        ExportError, match="onnx.checker rejected the exported model: ValidationError: a rejected graph"
+    ):
+        export_onnx(
+            _small(),
+            path=tmp_path / "m.onnx",
+            metadata=metadata(),
+            validation_images=images(2),
+            exporter="torchscript",
+        )
+    assert list(tmp_path.iterdir()) == []
