@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -490,3 +491,38 @@ def test_a_model_the_onnx_checker_rejects_is_refused(tmp_path: Path, monkeypatch
             exporter="torchscript",
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_from_inside_inference_mode_uses_dynamo_and_shows_no_exporter_warnings(tmp_path: Path) -> None:
+    """Bugs caught: the export run under the caller's inference mode (torch.export then fails and
+    ``auto`` silently falls back to TorchScript); the exporters' warnings shown to the user."""
+    with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export_onnx(
+            _small(), path=tmp_path / "m.onnx", metadata=metadata(), validation_images=images(2)
+        )
+    assert report.exporter == "dynamo" and report.fallback_reason is None
+    assert [str(w.message) for w in caught] == []
+
+
+def test_the_exporter_asked_for_is_the_one_run(tmp_path: Path) -> None:
+    """Bug caught: ``exporter == "dynamo"`` inverted (each name runs the other exporter): a model
+    torch.export cannot take exports with TorchScript and is refused by dynamo."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export_onnx(
+            _NotForTorchExport().eval(),
+            path=tmp_path / "ts.onnx",
+            metadata=metadata(),
+            validation_images=images(2),
+            exporter="torchscript",
+        )
+    assert report.exporter == "torchscript" and [str(w.message) for w in caught] == []
+    with pytest.raises(ExportError, match="^dynamo exporter: torch.onnx.export failed: TorchExportError"):
+        export_onnx(
+            _NotForTorchExport().eval(),
+            path=tmp_path / "dynamo.onnx",
+            metadata=metadata(),
+            validation_images=images(2),
+            exporter="dynamo",
+        )
