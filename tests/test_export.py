@@ -529,25 +529,30 @@ def test_the_exporter_asked_for_is_the_one_run(tmp_path: Path) -> None:
 
 
 class _WrongAtBatch1WhenExported(nn.Module):
-    """The exported graph adds 0.01 to every output when its batch holds one image, only then."""
+    """The exported graph adds 0.01 to every output when its batch holds one image, only then
+    (``large=True``: when it holds more than two)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, large: bool = False) -> None:
         super().__init__()
-        self.net = _small()
+        self.net, self.large = _small(), large
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
         if torch.onnx.is_in_onnx_export():
             images_in_batch = torch.ones_like(x[:, 0, 0, 0]).sum()  # traced from the dynamic batch axis
-            y = y + (images_in_batch == 1).float() * 0.01
+            wrong = images_in_batch > 2 if self.large else images_in_batch == 1
+            y = y + wrong.float() * 0.01
         return y
 
 
-def test_a_graph_wrong_only_at_batch_1_is_refused(tmp_path: Path) -> None:
-    """Bug caught: the batch-1 comparisons run but dropped (only the large batch counted)."""
+@pytest.mark.parametrize("large", [False, True], ids=["batch-1", "large-batch"])
+def test_a_graph_wrong_only_at_batch_1_or_only_at_the_large_batch_is_refused(
+    tmp_path: Path, large: bool
+) -> None:
+    """Bugs caught: the batch-1 comparisons, or the large batch's, run but dropped."""
     with pytest.raises(ExportError, match=r"max abs diff 0\.01"):
         export_onnx(
-            _WrongAtBatch1WhenExported().eval(),
+            _WrongAtBatch1WhenExported(large=large).eval(),
             path=tmp_path / "m.onnx",
             metadata=metadata(),
             validation_images=images(4),
