@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -176,8 +178,10 @@ class _Scaled(nn.Module):
 
 def test_model_in_training_mode_is_refused(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(3 * SIZE * SIZE, 3))
-    with pytest.raises(ExportError, match=r"training mode.*model\.eval\(\)"):
+    with pytest.raises(ExportError, match=r"training mode.*model\.eval\(\)") as info:
         export_onnx(model, path=tmp_path / "m.onnx", metadata=metadata(), validation_images=images(2))
+    # the modules named by their path, the root (no path) by its class
+    assert "(4 module(s), e.g. ['Sequential', '0', '1'])" in str(info.value)
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -189,6 +193,7 @@ def test_model_in_training_mode_is_refused(tmp_path: Path) -> None:
         ({"metadata": metadata(labels=["a", "b"])}, "2 labels but the model has 3 outputs"),
         ({"metadata": metadata(trial=object())}, "JSON"),
         ({"exporter": "fast"}, "valid: auto, dynamo, torchscript"),
+        ({"max_batch": 1}, r"max_batch must be >= 2 but got 1"),
     ],
 )
 def test_bad_arguments_name_the_problem(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
@@ -307,3 +312,249 @@ def test_one_validation_image_still_checks_a_second_batch_size(tmp_path: Path) -
     meta = {"task": "classification", "labels": ["a", "b", "c"], "data_config": CONFIG.to_dict()}
     report = export_onnx(model, path=tmp_path / "model.onnx", metadata=meta, validation_images=images(1))
     assert tuple(report.batch_sizes_checked) == (1, 2)
+
+
+def _small() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+
+
+def test_torchscript_export_writes_opset_18_and_checks_batches_of_up_to_16(tmp_path: Path) -> None:
+    """Bugs caught: the TorchScript fallback's default opset moved; the default largest batch checked
+    moved (20 images: batches of 1, 16 and the last 4); the report's dict lost; the report writable;
+    a missing parent folder of the path not made."""
+    report = export_onnx(
+        _small(),
+        path=tmp_path / "new" / "folder" / "m.onnx",  # its folders are made
+        metadata=metadata(),
+        validation_images=images(20),
+        exporter="torchscript",
+    )
+    assert report.exporter == "torchscript" and report.opset == 18
+    assert {o.domain: o.version for o in onnx.load(str(report.path)).opset_import}[""] == 18
+    assert report.batch_sizes_checked == (1, 4, 16)
+    d = report.to_dict()
+    assert d["path"] == str(report.path) and d["batch_sizes_checked"] == [1, 4, 16]
+    assert json.loads(json.dumps(d))["opset"] == 18
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.opset = 17  # type: ignore[misc]
+
+
+def test_a_max_batch_of_2_is_accepted(tmp_path: Path) -> None:
+    """Bugs caught: the smallest valid ``max_batch`` (2) refused (``<=`` or ``< 3``)."""
+    report = export_onnx(
+        _small(),
+        path=tmp_path / "m.onnx",
+        metadata=metadata(),
+        validation_images=images(4),
+        exporter="torchscript",
+        max_batch=2,
+    )
+    assert report.batch_sizes_checked == (1, 2)
+
+
+class _OffWhenExported(nn.Module):
+    """Outputs within ±1 that the exported graph shifts by 1.5e-4: over the default 1e-4 tolerance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _small()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x) * 0.0 + torch.tensor([0.5, 0.1, -0.2])
+        if torch.onnx.is_in_onnx_export():
+            y = y + 1.5e-4
+        return y
+
+
+def test_the_default_tolerance_is_1e_4(tmp_path: Path) -> None:
+    """Bug caught: the default tolerance loosened (a 1.5e-4 difference let through)."""
+    with pytest.raises(ExportError, match=r"max abs diff 0\.00015"):
+        export_onnx(
+            _OffWhenExported().eval(),
+            path=tmp_path / "m.onnx",
+            metadata=metadata(),
+            validation_images=images(4),
+            exporter="torchscript",
+        )
+    report = export_onnx(
+        _OffWhenExported().eval(),
+        path=tmp_path / "m.onnx",
+        metadata=metadata(),
+        validation_images=images(4),
+        exporter="torchscript",
+        tolerance=2e-4,
+    )
+    assert report.tolerance == 2e-4 and report.max_abs_diff == pytest.approx(1.5e-4, rel=1e-2)
+
+
+class _NotForTorchExport(nn.Module):
+    """A model torch.export cannot take (it raises while exporting) but TorchScript tracing can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _small()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():
+            raise NotImplementedError("no torch.export for this model")
+        return self.net(x)
+
+
+def test_auto_falls_back_to_torchscript_and_says_why(tmp_path: Path) -> None:
+    """Bug caught: the fallback's reason lost (``or`` → ``and``: always None)."""
+    report = export_onnx(
+        _NotForTorchExport().eval(),
+        path=tmp_path / "m.onnx",
+        metadata=metadata(),
+        validation_images=images(2),
+    )
+    assert report.exporter == "torchscript"
+    assert (report.fallback_reason or "").startswith(
+        "dynamo exporter: torch.onnx.export failed: TorchExportError"
+    )
+    written = json.loads(report.model_json.read_text())["verification"]
+    assert written["fallback_reason"] == report.fallback_reason
+
+
+class _WithItsOwnConfig(nn.Module):
+    data_config = DataConfig(SIZE, mean=(0.1, 0.2, 0.3))  # not CONFIG: the metadata's must win
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _small()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_the_metadatas_data_config_wins_and_labels_default_to_none(tmp_path: Path) -> None:
+    """Bugs caught: a model's own data_config replacing the one the metadata gives; a metadata
+    without labels written without the ``labels`` key (readers expect it, None when absent)."""
+    meta = {k: v for k, v in metadata().items() if k != "labels"}
+    report = export_onnx(
+        _WithItsOwnConfig().eval(),
+        path=tmp_path / "m.onnx",
+        metadata=meta,
+        validation_images=images(2),
+        exporter="torchscript",
+    )
+    written = json.loads(report.model_json.read_text())["metadata"]
+    assert written["data_config"] == CONFIG.to_dict()
+    assert "labels" in written and written["labels"] is None
+
+
+def test_a_cleanup_that_fails_does_not_hide_the_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug caught: the temporary folder's removal allowed to raise, replacing the parity refusal
+    with an OSError (here the folder is already gone when the cleanup runs)."""
+    import shutil
+
+    import tlsearch.export._onnx as onnx_module
+
+    real = onnx_module.cpu_session
+
+    def session_then_folder_gone(file: Path) -> ort.InferenceSession:
+        session = real(file)
+        shutil.rmtree(file.parent)
+        return session
+
+    monkeypatch.setattr(onnx_module, "cpu_session", session_then_folder_gone)
+    with pytest.raises(ExportError, match="max abs diff"):
+        export_onnx(
+            _DiffersWhenExported().eval(),
+            path=tmp_path / "m.onnx",
+            metadata=metadata(),
+            validation_images=images(2),
+            exporter="torchscript",
+        )
+
+
+def test_a_model_the_onnx_checker_rejects_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug caught: the exported file never put through ``onnx.checker`` (full check), so a graph it
+    rejects would be written as long as onnxruntime runs it."""
+
+    def rejects(model: object, full_check: bool = False) -> None:
+        assert full_check  # the strict check, with shape inference
+        raise onnx.checker.ValidationError("a rejected graph")
+
+    monkeypatch.setattr(onnx.checker, "check_model", rejects)
+    with pytest.raises(
+        ExportError, match="onnx.checker rejected the exported model: ValidationError: a rejected graph"
+    ):
+        export_onnx(
+            _small(),
+            path=tmp_path / "m.onnx",
+            metadata=metadata(),
+            validation_images=images(2),
+            exporter="torchscript",
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_from_inside_inference_mode_uses_dynamo_and_shows_no_exporter_warnings(tmp_path: Path) -> None:
+    """Bugs caught: the export run under the caller's inference mode (torch.export then fails and
+    ``auto`` silently falls back to TorchScript); the exporters' warnings shown to the user."""
+    with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export_onnx(
+            _small(), path=tmp_path / "m.onnx", metadata=metadata(), validation_images=images(2)
+        )
+    assert report.exporter == "dynamo" and report.fallback_reason is None
+    assert [str(w.message) for w in caught] == []
+
+
+def test_the_exporter_asked_for_is_the_one_run(tmp_path: Path) -> None:
+    """Bug caught: ``exporter == "dynamo"`` inverted (each name runs the other exporter): a model
+    torch.export cannot take exports with TorchScript and is refused by dynamo."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export_onnx(
+            _NotForTorchExport().eval(),
+            path=tmp_path / "ts.onnx",
+            metadata=metadata(),
+            validation_images=images(2),
+            exporter="torchscript",
+        )
+    assert report.exporter == "torchscript" and [str(w.message) for w in caught] == []
+    with pytest.raises(ExportError, match="^dynamo exporter: torch.onnx.export failed: TorchExportError"):
+        export_onnx(
+            _NotForTorchExport().eval(),
+            path=tmp_path / "dynamo.onnx",
+            metadata=metadata(),
+            validation_images=images(2),
+            exporter="dynamo",
+        )
+
+
+class _WrongAtBatch1WhenExported(nn.Module):
+    """The exported graph adds 0.01 to every output when its batch holds one image, only then
+    (``large=True``: when it holds more than two)."""
+
+    def __init__(self, *, large: bool = False) -> None:
+        super().__init__()
+        self.net, self.large = _small(), large
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        if torch.onnx.is_in_onnx_export():
+            images_in_batch = torch.ones_like(x[:, 0, 0, 0]).sum()  # traced from the dynamic batch axis
+            wrong = images_in_batch > 2 if self.large else images_in_batch == 1
+            y = y + wrong.float() * 0.01
+        return y
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["batch-1", "large-batch"])
+def test_a_graph_wrong_only_at_batch_1_or_only_at_the_large_batch_is_refused(
+    tmp_path: Path, large: bool
+) -> None:
+    """Bugs caught: the batch-1 comparisons, or the large batch's, run but dropped."""
+    with pytest.raises(ExportError, match=r"max abs diff 0\.01"):
+        export_onnx(
+            _WrongAtBatch1WhenExported(large=large).eval(),
+            path=tmp_path / "m.onnx",
+            metadata=metadata(),
+            validation_images=images(4),
+            exporter="torchscript",
+        )

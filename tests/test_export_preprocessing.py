@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,8 @@ def test_raw_input_model_gives_the_plain_models_top1_on_images_of_different_size
         assert got.argmax() == want.argmax()
         np.testing.assert_allclose(got, want, atol=0.05)
     assert report.input_format == "nhwc_uint8_raw"
+    carried = json.loads(session.get_modelmeta().custom_metadata_map["tlsearch"])  # the file says so too
+    assert carried["input_format"] == "nhwc_uint8_raw"
     assert report.preprocessing["pixel_max_diff_levels"] <= 2.0
     assert report.preprocessing["image_sizes"] == [list(s) for s in SIZES]
     assert report.preprocessing["top1_agreement"] == 1.0

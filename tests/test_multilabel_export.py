@@ -4,6 +4,7 @@ a plain ``export_onnx`` of a multi-label model, and mixup / cutmix mixing label 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,36 @@ def test_mixing_regularizers_mix_label_vectors(regularizer: Mixup) -> None:
     assert soft.shape == (8, 5) and soft.dtype == torch.float32
     torch.testing.assert_close(soft, lam * targets + (1 - lam) * targets[perm])
     assert not torch.equal(soft, targets)
+
+
+class _CrossesItsThresholdWhenExported(nn.Module):
+    """Probabilities 0.32, 0.9, 0.1; the exported graph moves the first to 0.28: across its 0.3
+    threshold, though not across the default 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_config = DataConfig(input_size=8)
+        self.conv = nn.Conv2d(3, 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.tensor([0.32, 0.9, 0.1])
+        logits = self.conv(x).mean(dim=(2, 3)) * 0.0 + torch.log(p / (1 - p))
+        if torch.onnx.is_in_onnx_export():
+            logits = logits + torch.tensor([math.log(0.28 / 0.72) - math.log(0.32 / 0.68), 0.0, 0.0])
+        return logits
+
+
+def test_the_export_check_compares_label_sets_at_the_models_own_thresholds(tmp_path: Path) -> None:
+    """Bug caught: the parity check's label sets taken at the default 0.5 instead of the metadata's
+    thresholds (the multilabel test inverted, or the metadata dropped): the refusal then reports
+    every label set as agreeing."""
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    meta = {"task": "multilabel", "labels": ["a", "b", "c"], "thresholds": [0.3, 0.5, 0.5]}
+    with pytest.raises(ExportError, match=r"label-set agreement 0\.0%"):
+        export_onnx(
+            _CrossesItsThresholdWhenExported().eval(),
+            path=tmp_path / "m.onnx",
+            metadata=meta,
+            validation_images=images,
+            exporter="torchscript",
+        )

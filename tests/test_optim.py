@@ -78,6 +78,31 @@ def test_no_weight_decay_covers_biases_norms_and_what_submodules_declare() -> No
     assert no_weight_decay(linear) == {id(linear.bias)}  # nothing declared: only ``ndim < 2``
 
 
+class _PatternsOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 2))
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+
+class _KeywordsOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rel_bias_table = nn.Parameter(torch.zeros(3, 3))
+
+    def no_weight_decay_keywords(self) -> set[str]:
+        return {"bias_table"}
+
+
+def test_a_submodule_declaring_only_names_or_only_keywords_is_still_read() -> None:
+    """Bug caught: a submodule skipped unless it declares both names and keywords (``not`` dropped)."""
+    patterns, keywords = _PatternsOnly(), _KeywordsOnly()
+    excluded = no_weight_decay(nn.Sequential(patterns, keywords))
+    assert {id(patterns.cls_token), id(keywords.rel_bias_table)} <= excluded
+
+
 def _groups() -> tuple[nn.Linear, nn.Linear, list[ParamGroup]]:
     body, head = nn.Linear(3, 3), nn.Linear(3, 2)
     return (
@@ -105,6 +130,14 @@ def test_each_group_is_split_into_decayed_weights_and_undecayed_biases_with_its_
     }
     if name == "sgd":
         assert all(pg["momentum"] == 0.9 and pg["nesterov"] for pg in optimizer.param_groups)
+
+
+def test_by_default_nothing_decays_and_the_kernel_is_not_fused() -> None:
+    """Bugs caught: a default weight decay applied when none is asked for; the CUDA-only fused kernel
+    chosen by default (the trainer asks for it on CUDA only)."""
+    optimizer = build_optimizer(_groups()[2], lr=0.01)
+    assert [pg["weight_decay"] for pg in optimizer.param_groups] == [0.0] * 4
+    assert not optimizer.defaults["fused"]
 
 
 def test_an_explicit_no_decay_set_is_what_takes_no_decay() -> None:
@@ -142,7 +175,8 @@ def test_warmup_steps_is_a_rounded_fraction_and_refuses_out_of_range() -> None:
 
 
 def test_schedule_factor_warms_up_then_decays_by_cosine_to_zero() -> None:
-    """Bugs caught: the warm-up ramp off by one step; the cosine not reaching 0; a short schedule dividing by 0."""
+    """Bugs caught: the warm-up ramp off by one step; the cosine not reaching 0; a short schedule dividing by 0;
+    a two-step schedule taken for a one-step one (``remaining <= 2``)."""
     assert [schedule_factor("constant", s, 10, warmup=3) for s in range(5)] == pytest.approx(
         [0.25, 0.5, 0.75, 1, 1]
     )
@@ -150,6 +184,7 @@ def test_schedule_factor_warms_up_then_decays_by_cosine_to_zero() -> None:
     assert cosine == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)])
     assert cosine[0] == 1.0 and cosine[-1] == pytest.approx(0.0, abs=1e-12)
     assert schedule_factor("cosine", 1, 2, warmup=1) == 1.0  # one step after warm-up: no decay to run
+    assert schedule_factor("cosine", 1, 2) == pytest.approx(0.5)  # two steps: the second is half-way
     assert schedule_factor("cosine", 0, 1) == 1.0
     with pytest.raises(ConfigError, match="'linear'.*cosine, constant"):
         schedule_factor("linear", 0, 10)
