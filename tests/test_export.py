@@ -6,6 +6,7 @@ import dataclasses
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -415,6 +416,53 @@ def test_auto_falls_back_to_torchscript_and_says_why(tmp_path: Path) -> None:
     )
     written = json.loads(report.model_json.read_text())["verification"]
     assert written["fallback_reason"] == report.fallback_reason
+
+
+def test_the_fallback_reason_has_no_colour_codes_and_keeps_the_error_lines_in_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bugs caught: terminal colour codes of the exporter's message kept in ``fallback_reason``
+    (and ``model.json``); the message cut at 500 characters, inside the line that names the error;
+    a cut tail not said (or its size wrong)."""
+    import tlsearch.export._onnx as onnx_module
+
+    real = onnx_module._run_exporter
+    first = "\x1b[1;31mUnsupported operator aten::weird\x1b[0m at " + "x" * 600 + " END-OF-FIRST-LINE"
+    second = "\x1b[33mhint: rewrite the forward\x1b[0m"
+    tail = "\n".join(f"  frame {i}: " + "y" * 60 for i in range(100))
+    message = f"{first}\n{second}\n{tail}"
+
+    def dynamo_fails(*args: Any, **kwargs: Any) -> None:
+        if kwargs["exporter"] == "dynamo":
+            raise RuntimeError(message)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_module, "_run_exporter", dynamo_fails)
+    report = export_onnx(_small(), path=tmp_path / "m.onnx", metadata=metadata(), validation_images=images(2))
+    assert report.exporter == "torchscript"
+    reason = report.fallback_reason or ""
+    clean_first = "Unsupported operator aten::weird at " + "x" * 600 + " END-OF-FIRST-LINE"
+    assert reason.startswith(f"dynamo exporter: torch.onnx.export failed: RuntimeError: {clean_first}\n")
+    assert "\nhint: rewrite the forward\n" in reason and "\x1b" not in reason
+    kept, _, note = reason.rpartition(" … (")
+    clean = message.replace("\x1b[1;31m", "").replace("\x1b[0m", "").replace("\x1b[33m", "")
+    cut = len(clean) - len(kept.split("RuntimeError: ", 1)[1])
+    assert note == f"{cut} more characters)" and 0 < cut < len(tail)
+    assert len(reason) < 1100
+    written = json.loads(report.model_json.read_text())["verification"]["fallback_reason"]
+    assert written == reason
+
+
+def test_an_error_of_one_very_long_line_is_cut_inside_it_and_a_short_one_is_kept() -> None:
+    """Bugs caught: a message without line breaks kept whole however long (or dropped to nothing);
+    a short message cut or changed beyond its escape codes."""
+    from tlsearch.export._messages import FIRST_LINE_MAX, error_text
+
+    assert error_text(ValueError("\x1b]8;;https://x\x07link\x1b]8;;\x07 \x1b[2Kshape (2, 3)\n  at here")) == (
+        "link shape (2, 3)\n  at here"
+    )
+    long = error_text(ValueError("z" * 10_000))
+    assert long == "z" * FIRST_LINE_MAX + f" … ({10_000 - FIRST_LINE_MAX} more characters)"
 
 
 class _WithItsOwnConfig(nn.Module):

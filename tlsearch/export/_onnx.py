@@ -33,6 +33,7 @@ from tlsearch.deploy._format import (
     validate_metadata,
 )
 from tlsearch.errors import ExportError
+from tlsearch.export._messages import error_text
 from tlsearch.export._parity import Comparison, cpu_session, merge, run_batched
 from tlsearch.export._parity import compare as _compare
 from tlsearch.export._preprocessing import check_preprocessing, embed_preprocessing
@@ -288,7 +289,7 @@ def _export_and_check(
     try:
         _run_exporter(model, sample, file=file, exporter=exporter, opset=opset, output_name=output_name)
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc)[:500]}") from None
+        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {error_text(exc)}") from None
     proto = _finalise(onnx.load(str(file)), meta)
     onnx.save_model(proto, str(file), save_as_external_data=False)
     _checker(file)
@@ -375,7 +376,9 @@ def _checker(file: Path) -> None:
     try:
         onnx.checker.check_model(str(file), full_check=True)
     except Exception as exc:  # ValidationError, InferenceError
-        raise ExportError(f"onnx.checker rejected the exported model: {type(exc).__name__}: {exc}") from None
+        raise ExportError(
+            f"onnx.checker rejected the exported model: {type(exc).__name__}: {error_text(exc)}"
+        ) from None
 
 
 def _parity(
