@@ -1,6 +1,7 @@
 """Per-label AP in ``tlsearch status`` and the report for a multi-label study: read from what the
 trial records (``per_class`` rows with ``ap`` and ``threshold``), every label up to 20, else the 20
-lowest AP with the mAP in the title; a label without a validation positive shows no AP."""
+lowest AP; the mAP and the count shown in a short title, what the rows are in notes under the table;
+a label without a validation positive shows no AP."""
 
 from __future__ import annotations
 
@@ -58,8 +59,9 @@ def test_status_lists_fifty_labels_as_the_twenty_lowest_ap_with_the_map(tmp_path
     rows = _label_rows(50)
     text = _status_text(_study_with(tmp_path, rows))
     expected_map = sum(r["ap"] for r in rows[:-1]) / 49
-    assert f"per label, the {PER_CLASS_ROWS} lowest AP of 50 (validation; mAP {expected_map:.3f}" in text
-    assert "1 label(s) without a validation positive, not in the mAP" in text
+    assert f"per label (validation, mAP {expected_map:.3f}, {PER_CLASS_ROWS} of 50 labels):" in text
+    assert f"shown: the {PER_CLASS_ROWS} labels with the lowest AP" in text
+    assert "1 label(s) without a validation positive: no AP (—), not in the mAP" in text
     assert "support     AP  threshold  precision  recall     f1" in text
     lines = [line.split() for line in text.splitlines() if line.strip().startswith("label_")]
     assert [cells[0] for cells in lines] == [f"label_{i:02d}" for i in range(PER_CLASS_ROWS)]
@@ -70,10 +72,34 @@ def test_status_lists_fifty_labels_as_the_twenty_lowest_ap_with_the_map(tmp_path
 def test_status_lists_every_label_of_a_small_set_and_the_one_without_a_positive(tmp_path: Path) -> None:
     """Bug caught: a label without a validation positive shown with AP 0.000 (it has none)."""
     text = _status_text(_study_with(tmp_path, _label_rows(4)))
-    assert "per label (validation; mAP 0.310, 1 label(s) without a validation positive" in text
+    assert "per label (validation, mAP 0.310, all 4 labels):" in text
+    assert "1 label(s) without a validation positive: no AP (—), not in the mAP" in text
+    assert "shown: the" not in text  # every label is shown: no cut to explain
     last = next(line.split() for line in text.splitlines() if line.strip().startswith("label_03"))
     assert last[1:4] == ["0", "—", "0.128"]
     assert format_per_class([]) == []
+
+
+def test_the_title_of_thirty_labels_fits_in_100_columns_and_keeps_the_facts() -> None:
+    """Bugs caught: the explanation put back in the title (it ran past 150 columns with more than
+    20 labels); the mAP or the "20 of 30" count dropped from the title; the notes under the table
+    lost (the tuned-threshold rule, the label without a positive)."""
+    rows = _label_rows(30)
+    lines = format_per_class(rows)
+    expected_map = sum(r["ap"] for r in rows[:-1]) / 29
+    title = lines[0]
+    assert len(title) <= 100, title
+    assert f"mAP {expected_map:.3f}" in title and f"{PER_CLASS_ROWS} of 30 labels" in title
+    assert all(len(line) <= 100 for line in lines), [line for line in lines if len(line) > 100]
+    notes = lines[2 + PER_CLASS_ROWS :]
+    assert notes == [
+        f"        shown: the {PER_CLASS_ROWS} labels with the lowest AP",
+        "        precision, recall, F1: at each label's tuned threshold",
+        "        1 label(s) without a validation positive: no AP (—), not in the mAP",
+    ]
+    none_scored = format_per_class([{**r, "support": 0} for r in _label_rows(2)])
+    assert none_scored[0] == "      per label (validation, no mAP, all 2 labels):"
+    assert none_scored[-1] == "        no label has a validation positive: no AP, no mAP"
 
 
 def test_the_report_table_gives_ap_and_threshold_per_label() -> None:
@@ -119,7 +145,7 @@ def test_status_of_a_real_multilabel_study_shows_each_labels_ap(tmp_path: Path) 
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("failure")
     out = CliRunner().invoke(main, ["status", str(tmp_path / "out")])
     assert out.exit_code == 0, out.output
-    assert "per label (validation; mAP" in out.output
+    assert "per label (validation, mAP" in out.output
     shown = {line.split()[0]: line.split() for line in out.output.splitlines() if line.startswith("        ")}
     for row in trial.user_attrs["per_class"]:
         cells = shown[row["class"]]

@@ -227,8 +227,9 @@ def format_per_class(rows: list[dict[str, Any]], *, limit: int = PER_CLASS_ROWS)
 def format_per_label(rows: list[dict[str, Any]], *, limit: int = PER_CLASS_ROWS) -> list[str]:
     """A multi-label trial's per-label table: validation support (images holding the label), AP,
     the tuned threshold, and precision, recall, F1 at that threshold. Every label up to ``limit``
-    labels, else the ``limit`` with the lowest AP (the ones to look at), the title giving the
-    mAP over all labels. A label without a validation positive has no AP (``—``: it is not in the
+    labels, else the ``limit`` with the lowest AP (the ones to look at). The title is short (the
+    mAP over all labels, how many labels are shown of how many); note lines under the table say
+    what the rows are. A label without a validation positive has no AP (``—``: it is not in the
     mAP either) and is listed after the others."""
     if not rows:
         return []
@@ -238,16 +239,10 @@ def format_per_label(rows: list[dict[str, Any]], *, limit: int = PER_CLASS_ROWS)
     width = max(5, *(len(str(r["class"])) for r in shown))
     mean_ap = sum(float(r.get("ap") or 0.0) for r in scored) / len(scored) if scored else None
     unscored = len(rows) - len(scored)
-    notes = [f"mAP {mean_ap:.3f}" if mean_ap is not None else "no AP: no label has a validation positive"]
-    if unscored and mean_ap is not None:
-        notes.append(f"{unscored} label(s) without a validation positive, not in the mAP")
-    title = (
-        "per label (validation"
-        if shown is rows
-        else f"per label, the {limit} lowest AP of {len(rows)} (validation"
-    ) + f"; {', '.join(notes)}; precision, recall, F1 at the tuned threshold)"
+    summary = f"mAP {mean_ap:.3f}" if mean_ap is not None else "no mAP"
+    count = f"all {len(rows)} labels" if shown is rows else f"{len(shown)} of {len(rows)} labels"
     lines = [
-        f"      {title}:",
+        f"      per label (validation, {summary}, {count}):",
         f"        {'label':<{width}}  support     AP  threshold  precision  recall     f1",
     ]
     for r in shown:
@@ -259,6 +254,13 @@ def format_per_label(rows: list[dict[str, Any]], *, limit: int = PER_CLASS_ROWS)
             f"        {str(r['class']):<{width}}  {int(r['support']):>7}  {ap}  {cut}  {r['precision']:>9.3f}"
             f"  {r['recall']:>6.3f}  {r['f1']:>5.3f}"
         )
+    if shown is not rows:
+        lines.append(f"        shown: the {len(shown)} labels with the lowest AP")
+    lines.append("        precision, recall, F1: at each label's tuned threshold")
+    if mean_ap is None:
+        lines.append("        no label has a validation positive: no AP, no mAP")
+    elif unscored:
+        lines.append(f"        {unscored} label(s) without a validation positive: no AP (—), not in the mAP")
     return lines
 
 
