@@ -398,6 +398,52 @@ def test_a_missing_study_folder_without_a_store_is_refused(command: str, tmp_pat
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_the_worker_process_refuses_a_missing_study_without_a_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m tlsearch.worker_process`` decides as ``tlsearch worker``. Bug caught: a missing
+    path read as a study file (its own 'not found'), not refused for what it is."""
+    from tlsearch.worker_process import main as worker_process
+
+    assert worker_process([str(tmp_path / "nowhere"), "--storage", str(tmp_path / "x.journal")]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(tmp_path / 'nowhere')!r} does not exist" in err and "only with --artifacts" in err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_worker_process_fetches_a_missing_study_folder_from_the_store(
+    write_study, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bug caught: ``worker_process`` treating STUDY as a folder only if it exists, so a missing
+    one with ``--artifacts`` was read as a study YAML file ('not found') where ``tlsearch worker``
+    fetches it: first from a store without the study (its message names the store), then from the
+    store the study was created with (the worker's folder gets its study.json, its trial runs)."""
+    from tlsearch import Study
+    from tlsearch.worker_process import main as worker_process
+
+    storage = str(tmp_path / "db" / "study.journal")
+    empty = tmp_path / "empty-store"
+    empty.mkdir()
+    assert worker_process([str(tmp_path / "w1"), "--storage", storage, "--artifacts", str(empty)]) == 2
+    assert "has no study.json" in capsys.readouterr().err
+
+    store = tmp_path / "store"
+    study = write_study(
+        artifacts=str(store),
+        training={"epochs": 1},
+        search={"n_trials": 1},
+        space={"freezing": ["linear_probe"]},
+    )
+    Study.from_yaml(study, out=tmp_path / "creator", storage=storage).create()
+    assert (store / "study.json").is_file()
+    second = tmp_path / "machine2" / "w2"
+    assert worker_process([str(second), "--storage", storage, "--artifacts", str(store)]) == 0, (
+        capsys.readouterr()
+    )
+    assert json.loads((second / "study.json").read_text()) == json.loads((store / "study.json").read_text())
+    assert "trial 0 complete" in capsys.readouterr().out
+
+
 def test_local_workers_get_the_store_of_the_command_line(tmp_path: Path) -> None:
     """``run --workers N --artifacts URL``: each worker process is told the same store."""
     from tlsearch.search.workers import worker_command

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlsearch.errors import ConfigError
+from tlsearch.errors import ConfigError, UsageError
 from tlsearch.worker_settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -33,6 +33,19 @@ if TYPE_CHECKING:
 __all__ = ["BackboneRanking", "BestExport", "Study", "Worker", "WorkerSettings"]
 
 EventHandler = Callable[..., None]
+
+
+def worker_study_is_folder(study: Path, *, artifacts: str | None) -> bool:
+    """Whether a worker's STUDY argument (``tlsearch worker``, ``python -m tlsearch.worker_process``)
+    is a study folder (:meth:`Study.from_dir`) rather than a study file (:meth:`Study.from_yaml`):
+    an existing folder, or a missing path with ``artifacts``, the folder then fetched from that
+    store. A missing path without a store is a :class:`~tlsearch.errors.UsageError` (exit 2)."""
+    if not study.exists() and artifacts is None:
+        raise UsageError(
+            f"{str(study)!r} does not exist (a study folder may be missing only with --artifacts, "
+            "which it is then fetched from)"
+        )
+    return study.is_dir() or not study.exists()
 
 
 @dataclass

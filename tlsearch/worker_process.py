@@ -50,7 +50,9 @@ def _failures(value: str) -> int | None:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tlsearch.worker_process")
-    parser.add_argument("study", type=Path, help="a study YAML file or a study folder")
+    parser.add_argument(
+        "study", type=Path, help="a study YAML file or a study folder (missing: fetched with --artifacts)"
+    )
     parser.add_argument("--storage")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--artifacts")
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tlsearch.errors import TlsearchError, disk_full_error
     from tlsearch.noise import quiet_noise
     from tlsearch.search.signals import exit_code, stop_on_sigterm
-    from tlsearch.study_api import Study, Worker
+    from tlsearch.study_api import Study, Worker, worker_study_is_folder
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     restore = stop_on_sigterm()  # a scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued
@@ -78,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_noise()
     rank = os.environ.get("TLSEARCH_WORKER_RANK")
     try:
-        open_study = Study.from_dir if args.study.is_dir() else Study.from_yaml
+        is_folder = worker_study_is_folder(args.study, artifacts=args.artifacts)
+        open_study = Study.from_dir if is_folder else Study.from_yaml
         study = open_study(
             args.study,
             out=args.out,

@@ -87,7 +87,9 @@ def worker(
     import optuna
 
     from tlsearch import Study, Worker
+    from tlsearch.errors import UsageError
     from tlsearch.search.signals import exit_code, stop_on_sigterm
+    from tlsearch.study_api import worker_study_is_folder
     from tlsearch.worker_process import event_printer
 
     # A scheduler's SIGTERM stops like Ctrl-C: the running trial is requeued.
@@ -98,13 +100,11 @@ def worker(
     machine: dict[str, int] = {"threads": threads} if threads else {}  # this machine's settings
     if devices is not None:
         machine["devices"] = parse_devices(devices)
-    if not study.exists() and artifacts is None:
-        raise click.BadParameter(
-            f"{str(study)!r} does not exist (a study folder may be missing only with --artifacts, "
-            "which it is then fetched from)",
-            param_hint="'STUDY'",
-        )
-    if study.is_dir() or not study.exists():
+    try:
+        is_folder = worker_study_is_folder(study, artifacts=artifacts)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc), param_hint="'STUDY'") from None
+    if is_folder:
         opened = Study.from_dir(
             study, out=out_dir, storage=storage, plugin_files=plugin_files, artifacts=artifacts
         )
