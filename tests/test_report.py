@@ -219,3 +219,45 @@ def test_cli_writes_report_and_pngs(study_folder: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert out.is_file() and len(list((tmp_path / "r_plots").glob("*.png"))) == 5
     assert f"wrote {out}" in result.output
+
+
+def test_cli_takes_the_study_file_and_the_folder_it_ran_in_as_status_does(
+    study_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tlsearch report STUDY.yaml --out DIR`` as ``tlsearch status STUDY.yaml --out DIR``: DIR is
+    the folder ``run`` made, the report goes into it. Bugs caught: that ``--out`` taken for the HTML
+    file (refused as a folder); ``--out FILE.html`` with a study file read as a folder; a study file
+    without ``--out`` not looked for in ``runs/<name>``."""
+    study_file = study_folder.parent / "study.yaml"
+    report_file = study_folder / "report.html"
+    report_file.unlink(missing_ok=True)
+    result = CliRunner().invoke(main, ["report", str(study_file), "--out", str(study_folder)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {report_file}" in result.output and 'id="leaderboard"' in report_file.read_text()
+    status = CliRunner().invoke(main, ["status", str(study_file), "--out", str(study_folder), "--json"])
+    assert status.exit_code == 0 and json.loads(status.output)["folder"] == str(
+        study_folder
+    )  # the same folder
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "r").symlink_to(study_folder)  # runs/<name>, where `run study.yaml` keeps it
+    monkeypatch.chdir(tmp_path)
+    html = tmp_path / "elsewhere" / "mine.html"
+    result = CliRunner().invoke(main, ["report", str(study_file), "--out", str(html)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {html}" in result.output and html.is_file()
+
+
+def test_cli_refuses_a_folder_as_the_html_file_and_a_study_file_whose_folder_is_not_there(
+    study_folder: Path, tmp_path: Path
+) -> None:
+    """Bugs caught: a folder SOURCE's ``--out DIR`` taken as a study folder (or crashing on writing
+    a file onto the folder); a study file's ``--out`` folder that does not exist not named."""
+    result = CliRunner().invoke(main, ["report", str(study_folder), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "is a folder; --out is the HTML file here" in result.output
+    missing = tmp_path / "never-ran"
+    result = CliRunner().invoke(
+        main, ["report", str(study_folder.parent / "study.yaml"), "--out", str(missing)]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"has no folder {str(missing)!r} yet" in result.output
