@@ -186,3 +186,47 @@ def test_the_trainer_trains_with_the_loss_options_and_validates_with_plain_cross
     assert float(trainer.loss(outputs, targets, train=False)) == pytest.approx(
         float(F.cross_entropy(outputs, targets))
     )
+
+
+@pytest.mark.parametrize("gamma", [0.06, 0.5, 2.0])
+def test_focal_gradients_stay_finite_on_confident_predictions(gamma: float) -> None:
+    """Bug caught: ``(1 - p)^γ`` with γ < 1 has an infinite derivative where p rounds to 1, and
+    autograd's ∞ · 0 turned every gradient NaN; a solved probe's line search then overflowed
+    ("value cannot be converted to type float without overflow") and failed the trial."""
+    from tlsearch.train.losses import multilabel_loss
+
+    outputs = torch.tensor([[120.0, 0.0, -5.0], [0.0, 2.0, 1.0]], requires_grad=True)
+    targets = torch.tensor([0, 2])
+    loss = focal_loss(outputs, targets, gamma=gamma, weight=torch.tensor([1.0, 2.0, 3.0]))
+    loss.backward()
+    assert outputs.grad is not None and torch.isfinite(outputs.grad).all(), outputs.grad
+    # the confident row's term is 0 and so is its gradient; the other row still learns
+    assert outputs.grad[0].abs().max() < 1e-12 and outputs.grad[1].abs().max() > 1e-3
+
+    logits = torch.tensor([[120.0, -120.0], [0.5, -0.5]], requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    multilabel_loss(logits, labels, options={"focal_gamma": gamma}).backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all(), logits.grad
+
+
+def test_a_solved_probe_with_focal_loss_below_one_converges() -> None:
+    """The trial that failed in benchmarks/bench_imbalance.py: an L-BFGS probe on separable
+    long-tailed features with focal γ 0.06, class weights and logit adjustment (its line search
+    overflowed once a prediction's p rounded to 1)."""
+    from tlsearch.train.probe import ProbeSolver
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(10, 16, generator=generator) * 3
+    targets = torch.arange(10).repeat_interleave(torch.tensor([107, 78, 54, 41, 29, 21, 15, 10, 7, 5]))
+    features = (centres[targets] + torch.randn(len(targets), 16, generator=generator)).relu()
+    counts = class_counts(targets, num_classes=10)
+    options: dict[str, Any] = {"focal_gamma": 0.063, "logit_adjustment_tau": 1.24}
+    options |= {"class_weighting": "effective", "class_weighting_beta": 0.955}
+
+    def loss(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return classification_loss(outputs, target, options=options, counts=counts)
+
+    linear = torch.nn.Linear(16, 10)
+    step = ProbeSolver(linear, features, targets, l2=1e-4, loss=loss, epochs=1).step()
+    assert step.converged and torch.isfinite(linear.weight).all()
+    assert (linear(features).argmax(1) == targets).float().mean() > 0.95

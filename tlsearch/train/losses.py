@@ -40,6 +40,9 @@ import torch.nn.functional as F
 
 from tlsearch.validate import TASK_LOSS_OPTIONS
 
+_FLOOR = 1e-30
+"""The least ``1 - p`` the focal factor sees (its gradient is 0 below it)."""
+
 CLASS_WEIGHTINGS = ("inverse", "effective")
 #: the loss options :func:`multilabel_loss` honours (:mod:`tlsearch.validate` refuses the others)
 MULTILABEL_LOSS_OPTIONS = TASK_LOSS_OPTIONS["multilabel"]
@@ -110,8 +113,12 @@ def focal_loss(
     soft = F.one_hot(targets, classes).float() if targets.ndim == 1 else targets.float()
     if label_smoothing:
         soft = soft * (1.0 - label_smoothing) + label_smoothing / classes
-    log_p = torch.log_softmax(outputs, dim=1)
-    terms = -soft * (1.0 - log_p.exp()).pow(gamma) * log_p
+    log_p = torch.log_softmax(outputs.float(), dim=1)
+    # (1 - p)^γ from log p without cancelling (expm1), floored: at p = 1 the factor's derivative
+    # γ (1 - p)^(γ-1) is infinite for γ < 1, and autograd's ∞ · 0 made every gradient NaN (an
+    # L-BFGS probe's line search then overflowed); the floor's gradient is 0, as is the term's.
+    factor = (-torch.expm1(log_p)).clamp_min(_FLOOR).pow(gamma)
+    terms = -soft * factor * log_p
     if weight is None:
         return terms.sum() / len(outputs)
     if targets.ndim == 1:  # as cross_entropy: normalised by the weights of the true classes
@@ -163,8 +170,9 @@ def multilabel_loss(
     if gamma == 0.0:
         return F.binary_cross_entropy_with_logits(outputs, targets, pos_weight=weight)
     log_p, log_q = F.logsigmoid(outputs), F.logsigmoid(-outputs)
-    p = log_p.exp()
-    positive = targets * (1.0 - p).pow(gamma) * log_p
+    # (1 - p)^γ = exp(γ log q) and p^γ = exp(γ log p): smooth everywhere, where ``pow`` of a
+    # probability that rounds to 0 has an infinite derivative for γ < 1 (∞ · 0 = NaN gradients)
+    positive = targets * torch.exp(gamma * log_q) * log_p
     if weight is not None:
         positive = positive * weight
-    return -(positive + (1.0 - targets) * p.pow(gamma) * log_q).mean()
+    return -(positive + (1.0 - targets) * torch.exp(gamma * log_p) * log_q).mean()
