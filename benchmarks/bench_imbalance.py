@@ -139,7 +139,7 @@ def multilabel_study(data: Path, budget: float) -> dict:
 # --- the digits ---------------------------------------------------------------------------------
 
 
-def digits_rows(budget: float, work: Path, *, rare: float) -> list[dict]:
+def digits_rows(budget: float, work: Path, *, rare: float, wanted: set[str]) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
@@ -194,7 +194,11 @@ def digits_rows(budget: float, work: Path, *, rare: float) -> list[dict]:
         "tlsearch_plain": lambda: tlsearch(False),
         "tlsearch_imbalance": lambda: tlsearch(True),
     }
-    return [_timed(task.name, setup, name, run, budget) for name, run in methods.items()]
+    return [
+        _timed(task.name, setup, name, run, budget)
+        for name, run in methods.items()
+        if not wanted or name in wanted
+    ]
 
 
 # --- the multi-label shapes --------------------------------------------------------------------
@@ -227,7 +231,7 @@ def make_shapes(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray, list[Path
     return splits
 
 
-def multilabel_rows(budget: float, work: Path) -> list[dict]:
+def multilabel_rows(budget: float, work: Path, *, wanted: set[str]) -> list[dict]:
     import torch
     import torch.nn.functional as F
     from sklearn.metrics import average_precision_score, f1_score
@@ -279,9 +283,11 @@ def multilabel_rows(budget: float, work: Path) -> list[dict]:
             "trials": _trials(work / "tlsearch" / "run"),
         }
 
+    runs = {"bce_2x": (bce_2x, 2 * budget), "tlsearch": (tlsearch, budget)}
     return [
-        _timed("shapes-multilabel", setup, "bce_2x", bce_2x, 2 * budget),
-        _timed("shapes-multilabel", setup, "tlsearch", tlsearch, budget),
+        _timed("shapes-multilabel", setup, name, run, seconds)
+        for name, (run, seconds) in runs.items()
+        if not wanted or name in wanted
     ]
 
 
@@ -314,6 +320,10 @@ def _timed(task: str, setup: str, method: str, run: Callable[[], dict], budget: 
 
 
 TASKS = {"digits-longtail": digits_rows, "shapes-multilabel": multilabel_rows}
+METHODS = {
+    "digits-longtail": ("plain_ce", "tlsearch_plain", "tlsearch_imbalance"),
+    "shapes-multilabel": ("bce_2x", "tlsearch"),
+}
 
 
 def main() -> None:
@@ -326,11 +336,20 @@ def main() -> None:
     )
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-imbalance"), help="work folder")
+    parser.add_argument(
+        "--methods", default="", help="comma-separated methods to run (default: every method of the tasks)"
+    )
     args = parser.parse_args()
     tasks = args.tasks.split(",")
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         parser.error(f"unknown task(s) {bad}; valid: {', '.join(TASKS)}")
+    wanted = {m for m in args.methods.split(",") if m}
+    valid = {m for t in tasks for m in METHODS[t]}
+    if wanted - valid:
+        parser.error(
+            f"unknown method(s) {sorted(wanted - valid)} for {args.tasks}; valid: {', '.join(sorted(valid))}"
+        )
     if args.budget <= 0:
         parser.error(f"--budget must be > 0 seconds but got {args.budget}")
     if not 0 < args.rare <= 1:
@@ -348,9 +367,9 @@ def main() -> None:
     for name in tasks:
         work = args.out / name
         if name == "digits-longtail":
-            rows += digits_rows(args.budget, work, rare=args.rare)
+            rows += digits_rows(args.budget, work, rare=args.rare, wanted=wanted)
         else:
-            rows += multilabel_rows(args.budget, work)
+            rows += multilabel_rows(args.budget, work, wanted=wanted)
     for task in dict.fromkeys(r["task"] for r in rows):
         print(f"# {task}: {next(r['setup'] for r in rows if r['task'] == task)}")
     print(f"# load average at end {os.getloadavg()[0]:.1f}")
