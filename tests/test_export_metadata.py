@@ -64,8 +64,11 @@ def test_the_entries_are_merged_into_the_onnx_metadata_and_model_json(tmp_path: 
     expected = {k: json.loads(v) for k, v in metadata_props(merged).items()}
     assert {k: json.loads(v) for k, v in props(path).items()} == expected  # the flat keys too, no other
     assert onnx.load(str(path)).graph == graph_before  # the graph and weights are untouched
-    record = json.loads(path.with_suffix(".json").read_text())
+    text = path.with_suffix(".json").read_text()
+    record = json.loads(text)
     assert record == {"path": str(path), "sha256": digest, "size_bytes": size, "metadata": merged, "kept": 7}
+    assert list(record) == ["path", "sha256", "size_bytes", "metadata", "kept"]  # its order is kept
+    assert text == json.dumps(record, indent=2) + "\n"  # and its readable layout
     assert sorted(os.listdir(tmp_path)) == ["model.json", "model.onnx"]  # no temporary file left
 
 
