@@ -122,3 +122,88 @@ def test_a_load_average_that_still_counts_a_finished_run_yields_to_the_busy_shar
 def test_a_given_free_core_count_is_shared_without_measuring(monkeypatch):
     monkeypatch.setattr("tlsearch.search.workers.load_average", lambda: pytest.fail("measured again"))
     assert worker_env(1, 3, gpus=[], base={}, free=7)["OMP_NUM_THREADS"] == "2"
+
+
+def test_a_chosen_count_says_where_it_came_from():
+    """Bug caught: a setting's or worker's count described as the automatic choice, or not at all."""
+    assert _choose(3).describe() == "3 CPU thread(s), from setting"
+    assert _choose(env={"TLSEARCH_NUM_THREADS": "2"}).describe() == "2 CPU thread(s), from worker"
+
+
+def test_without_an_affinity_call_the_cores_are_the_cpu_count(monkeypatch):
+    """Bugs caught: a crash on macOS/Windows (no sched_getaffinity), or 0 cores when the count is unknown."""
+    import tlsearch.train.threads as threads
+
+    def no_affinity(pid):
+        raise OSError("not supported")
+
+    monkeypatch.setattr(threads.os, "sched_getaffinity", no_affinity, raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 3)
+    assert threads.available_cores() == 3
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: None)
+    assert threads.available_cores() == 1
+
+
+def test_the_busy_share_now_reads_proc_stat_twice_over_the_affinity_cpus(monkeypatch):
+    """Bugs caught: one reading (or the wait not between the two), CPUs outside the affinity
+    counted, the result dropped; and a crash where there is no /proc/stat."""
+    import tlsearch.train.threads as threads
+
+    events = []
+    readings = iter([STAT_BEFORE, STAT_AFTER])
+
+    class FakePath:
+        def __init__(self, name):
+            assert name == "/proc/stat"
+
+        def read_text(self):
+            events.append("read")
+            return next(readings)
+
+    monkeypatch.setattr(threads, "Path", FakePath)
+    monkeypatch.setattr(threads.time, "sleep", lambda seconds: events.append(seconds))
+    monkeypatch.setattr(
+        threads.os, "sched_getaffinity", lambda pid: {1} if pid == 0 else {0, 1}, raising=False
+    )
+    assert threads._busy_now() == pytest.approx(0.9)  # cpu1 alone: 90 of its 100 jiffies busy
+    assert events == ["read", 0.5, "read"]
+
+    def no_stat(self):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(FakePath, "read_text", no_stat)
+    assert threads._busy_now() is None
+
+
+def test_busy_cores_at_the_edges_of_proc_stat():
+    """Bugs caught: a CPU with no time elapsed counted busy (or a division by zero), one missing
+    from either reading not noticed, a kernel's five-field line skipped, guest time counted twice."""
+    same = "cpu0 10 0 0 90 0\ncpu1 10 0 0 90 0\n"  # five fields (old kernels): read too
+    assert busy_cores(same, same, [0, 1]) == 0.0  # nothing elapsed: not busy
+    one_jiffy = "cpu0 11 0 0 90 0\ncpu1 10 0 0 91 0\n"
+    assert busy_cores(same, one_jiffy, [0, 1]) == pytest.approx(1.0)  # cpu0 busy for its one jiffy
+    assert busy_cores(same, "cpu0 11 0 0 90 0\n", [0, 1]) is None  # cpu1 missing after
+    assert busy_cores("cpu1 10 0 0 90 0\n", same, [0, 1]) is None  # cpu0 missing before
+    guest_before = "cpu0 10 0 0 90 0 0 0 0 0 0\n"
+    guest_after = "cpu0 60 0 0 140 0 0 0 0 50 0\n"  # guest (field 9) is already in user
+    assert busy_cores(guest_before, guest_after, [0]) == pytest.approx(0.5)
+
+
+def test_the_cores_are_this_processs_affinity_and_never_fewer_than_one(monkeypatch):
+    """Bugs caught: another process's affinity (pid 1's), or a floor above one core."""
+    import dataclasses
+
+    import tlsearch.train.threads as threads
+
+    monkeypatch.setattr(
+        threads.os, "sched_getaffinity", lambda pid: {3} if pid == 0 else {0, 1, 2, 3}, raising=False
+    )
+    assert threads.available_cores() == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a choice is a record, not a setting to edit
+        _choose(2).threads = 3  # type: ignore[misc]
+
+
+def test_a_worker_share_of_zero_is_not_a_thread_count():
+    """Bug caught: ``TLSEARCH_NUM_THREADS=0`` taken as 0 threads instead of the automatic choice."""
+    assert _choose(env={"TLSEARCH_NUM_THREADS": "0"}, cores=4, load=1.0).source == "auto"
+    assert _choose(env={"TLSEARCH_NUM_THREADS": "1"}, cores=4, load=1.0).threads == 1
