@@ -179,3 +179,19 @@ def test_export_uses_the_ema_copy_when_it_wins(write_study, tmp_path: Path, monk
         assert torch.equal(value, weights[name]), name
     export_study(out)
     assert json.loads((out / "model.json").read_text())["metadata"]["weights"] == "ema"
+
+
+def test_copy_to_puts_the_averaged_parameters_and_buffers_into_the_model() -> None:
+    """Bugs caught: the parameters or the BatchNorm statistics (buffers) not copied, so the
+    checkpoint and export would hold the raw weights when the EMA copy won."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = WeightAverage(model, decay=0.5)
+    with torch.no_grad():  # the averaged copy and the model now differ in every tensor
+        for tensor in [*ema.module.parameters(), *ema.module.buffers()]:
+            tensor.add_(1)  # num_batches_tracked is an integer
+    ema.copy_to(model)
+    averaged = ema.module.state_dict()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, averaged[name], rtol=0, atol=0, msg=name)
+    assert model.state_dict()["1.running_var"].eq(2.0).all()  # 1 (BatchNorm's start) + 1: a copy

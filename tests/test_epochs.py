@@ -171,3 +171,13 @@ def test_an_epochs_work_follows_what_trains_not_the_clock(data, monkeypatch) -> 
     probe = epoch_work(model, cached=True, **counts)
     assert probe < frozen < full
     assert full > 0 and probe > 0
+
+
+def test_a_non_finite_metric_never_becomes_the_best_epoch() -> None:
+    """Bug caught: a NaN or infinite score kept as the best (NaN compares false, so it would then
+    never be beaten), or the first epoch's taken whatever its value."""
+    best = BestEpoch("val_loss", maximize=False)
+    state = {"w": torch.zeros(1)}
+    assert not best.offer(0, {"val_loss": float("nan")}, lambda: state) and best.epoch == -1
+    assert not best.offer(1, {"val_loss": float("-inf")}, lambda: state) and best.value is None
+    assert best.offer(2, {"val_loss": 0.5}, lambda: state) and best.epoch == 2

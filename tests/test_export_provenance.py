@@ -231,3 +231,30 @@ def test_used_plugins_lists_the_regularizers_that_are_on() -> None:
         ("regularizer", "mixup"),
         ("regularizer", "bss"),
     ]
+
+
+class _NotAModulePlugin:
+    """A pluggy plugin registered as an object, not a module: its plugin classes' file is theirs."""
+
+
+def test_a_plugin_not_registered_by_a_module_names_its_classs_file() -> None:
+    """Bugs caught: no file (and so no sha256) for a plugin class registered by an object plugin,
+    and a crash instead of no file for a class made at run time."""
+    from tlsearch.export._provenance import plugin_source
+    from tlsearch.registration import PluginInfo, Provider
+
+    class FakeManager:
+        def list_name_plugin(self) -> list[tuple[str, object]]:
+            return [("objects", _NotAModulePlugin())]
+
+        def provider_of(self, plugin: object) -> Provider:
+            return Provider(plugin="objects")
+
+    info = PluginInfo(kind="regularizer", name="here", cls=_NotAModulePlugin, provider=Provider("objects"))  # type: ignore[arg-type]
+    entry = plugin_source(FakeManager(), info)  # type: ignore[arg-type]
+    here = Path(__file__).resolve()
+    assert (entry["file"], entry["sha256"]) == (str(here), hashlib.sha256(here.read_bytes()).hexdigest())
+    made = type("Made", (), {"__module__": "not_imported_anywhere"})
+    info = PluginInfo(kind="regularizer", name="made", cls=made, provider=Provider("objects"))
+    made_entry = plugin_source(FakeManager(), info)  # type: ignore[arg-type]
+    assert (made_entry["file"], made_entry["sha256"]) == (None, None)

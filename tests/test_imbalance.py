@@ -230,3 +230,14 @@ def test_a_solved_probe_with_focal_loss_below_one_converges() -> None:
     step = ProbeSolver(linear, features, targets, l2=1e-4, loss=loss, epochs=1).step()
     assert step.converged and torch.isfinite(linear.weight).all()
     assert (linear(features).argmax(1) == targets).float().mean() > 0.95
+
+
+def test_focal_loss_on_soft_targets_with_weights_at_gamma_zero_is_cross_entropy() -> None:
+    """Bug caught: soft (mixed) targets with class weights normalised like hard ones (by the true
+    classes' weights, which soft targets do not have) instead of by N as ``F.cross_entropy`` does."""
+    outputs, targets = _batch(1)
+    soft = 0.7 * F.one_hot(targets, 4).float() + 0.3 * F.one_hot(targets.roll(1), 4).float()
+    weight = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    assert focal_loss(outputs, soft, gamma=0.0, weight=weight) == pytest.approx(
+        float(F.cross_entropy(outputs, soft, weight=weight)), rel=1e-5
+    )

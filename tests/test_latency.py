@@ -108,3 +108,19 @@ def test_a_rerank_reads_the_backbones_latency_from_the_study_cache(write_study, 
         )
         assert ranked.forward_ms is not None and ranked.forward_ms >= 0
     assert measured == [32]
+
+
+def test_a_cache_that_cannot_be_written_costs_a_measurement_not_the_trial(tmp_path, monkeypatch) -> None:
+    """Bugs caught: a full disk failing the trial, or the temporary file left in the cache folder."""
+    import os
+
+    cache = LatencyCache(tmp_path)
+    cache.put("kept", 1.5)
+
+    def full_disk(src, dst):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    cache.put("lost", 2.5)  # logged, not raised
+    assert cache.get("kept") == 1.5 and cache.get("lost") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATENCY_FILE]

@@ -137,3 +137,21 @@ def test_multilabel_class_weights_are_bces_pos_weight_and_focal_zero_is_bce() ->
     p = torch.sigmoid(logits)
     by_hand = -(targets * (1 - p) ** 2 * p.log() + (1 - targets) * p**2 * (1 - p).log()).mean()
     torch.testing.assert_close(multilabel_loss(logits, targets, options={"focal_gamma": 2.0}), by_hand)
+
+
+def test_focal_multilabel_loss_weighs_the_positive_term_by_the_class_weights() -> None:
+    """Bug caught: ``focal_gamma`` with ``class_weighting`` dropping the positives' weights (or
+    weighting the negatives' term as well), where BCE's ``pos_weight`` weighs only the positives."""
+    from tlsearch.train.losses import positive_weights
+
+    torch.manual_seed(1)
+    logits = torch.randn(30, 3)
+    targets = (torch.rand(30, 3) < torch.tensor([0.5, 0.3, 0.1])).float()
+    targets[0] = 1.0
+    positives = targets.sum(dim=0)
+    w = positive_weights(positives, total=30, scheme="inverse")
+    p = torch.sigmoid(logits)
+    by_hand = -(w * targets * (1 - p) ** 2 * p.log() + (1 - targets) * p**2 * (1 - p).log()).mean()
+    options = {"focal_gamma": 2.0, "class_weighting": "inverse"}
+    loss = multilabel_loss(logits, targets, options=options, positives=positives, total=30)
+    torch.testing.assert_close(loss, by_hand)

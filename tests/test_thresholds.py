@@ -75,3 +75,9 @@ def test_recall_target_takes_the_highest_threshold_that_reaches_it() -> None:
     assert threshold_for_recall(scores, targets, target=1.0) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="target recall must be in"):
         threshold_for_recall(scores, targets, target=0.0)
+
+
+def test_no_validation_images_give_every_label_the_default() -> None:
+    """Bug caught: a crash (or thresholds of 0) when the split has no images."""
+    empty = torch.zeros(0, 3)
+    torch.testing.assert_close(f1_thresholds(empty, empty), torch.full((3,), DEFAULT_THRESHOLD))

@@ -143,3 +143,15 @@ def test_a_trial_without_a_searched_setting_takes_its_default(write_study) -> No
     assert trial_batch_size(config, trial) == 16  # nothing sampled: the list's first
     trial.set_user_attr("choices", {"train.batch_size": 4})  # e.g. enqueued for a rerun
     assert trial_batch_size(config, trial) == 4
+
+
+def test_a_warm_start_entry_sets_what_the_study_file_leaves_unset(write_study) -> None:
+    """Bugs caught: a portfolio entry's ``ema``/``warmup`` ignored, or overriding the study file's
+    own value; its ``epochs`` lowering the study's instead of only raising it."""
+    entry = {"ema": 0.99, "warmup": 0.2, "epochs": 6}
+    unset = load_config(write_study(training={"epochs": 3}))
+    settings = TrainSettings.for_trial(unset, batch_size=8, lr=1e-3, choices={}, portfolio=entry)
+    assert (settings.ema, settings.warmup, settings.epochs) == (0.99, 0.2, 6)
+    own = load_config(write_study(training={"epochs": 9, "ema": 0.9, "warmup": 0.0}))
+    settings = TrainSettings.for_trial(own, batch_size=8, lr=1e-3, choices={}, portfolio=entry)
+    assert (settings.ema, settings.warmup, settings.epochs) == (0.9, 0.0, 9)
