@@ -47,6 +47,17 @@ def test_the_worst_images_are_the_lowest_probability_of_their_true_class() -> No
     assert len(class_results(outputs[:5], targets[:5]).worst) == 5  # fewer images than 12
 
 
+def test_worst_images_tied_at_the_same_probability_keep_their_validation_order() -> None:
+    """Bug caught: an unstable sort (``stable=False`` reorders ties from 17 elements on), so the worst
+    images of a run with many hopeless ones (probability 0) would be an arbitrary, shuffled subset."""
+    n = 40
+    outputs, targets = torch.zeros(n, 3), torch.zeros(n, dtype=torch.long)
+    outputs[::2, 1] = 200.0  # every even image: the true class's probability underflows to exactly 0
+    worst = class_results(outputs, targets).worst
+    assert [w[0] for w in worst] == list(range(0, 24, 2))
+    assert all(w[3] == 0.0 for w in worst)
+
+
 def test_many_classes_keep_only_the_largest_confused_cells_and_say_so() -> None:
     """Bug caught: a 150×150 matrix stored in every trial, or the smallest cells kept."""
     classes = MAX_DENSE_CLASSES + 50

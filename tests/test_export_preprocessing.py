@@ -213,6 +213,9 @@ def test_a_pixel_difference_equal_to_the_tolerance_passes_and_one_above_is_refus
 
     measured = check()["pixel_max_diff_levels"]
     assert 0 < measured <= PIXEL_TOLERANCE["bicubic"]
+    # in uint8 levels, as measured here (bug caught: the normalised difference divided by std × 255)
+    direct, _, _ = _pixel_levels(config, [raw_image(hh, ww, i) for i, (hh, ww) in enumerate(SIZES)])
+    assert measured == pytest.approx(direct, abs=2e-3)
     monkeypatch.setitem(PIXEL_TOLERANCE, "bicubic", measured)
     assert check()["pixel_tolerance_levels"] == measured  # exactly at the tolerance is within it
     monkeypatch.setitem(PIXEL_TOLERANCE, "bicubic", float(np.nextafter(measured, 0.0)))

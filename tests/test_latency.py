@@ -124,3 +124,10 @@ def test_a_cache_that_cannot_be_written_costs_a_measurement_not_the_trial(tmp_pa
     cache.put("lost", 2.5)  # logged, not raised
     assert cache.get("kept") == 1.5 and cache.get("lost") is None
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATENCY_FILE]
+
+
+def test_the_first_measurement_creates_the_cache_folder(tmp_path) -> None:
+    """Bug caught: put() not creating a missing cache folder, so a new study never keeps a latency."""
+    cache = LatencyCache(tmp_path / "out" / "cache")  # a study's cache folder, not made yet
+    cache.put("key", 1.5)
+    assert LatencyCache(tmp_path / "out" / "cache").get("key") == 1.5
