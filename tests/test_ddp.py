@@ -250,8 +250,9 @@ def test_followers_still_alive_are_asked_to_end_before_being_killed() -> None:
 def test_followers_map_the_decoded_image_cache_instead_of_receiving_a_copy(shapes_dir, tmp_path) -> None:
     """The decoded images travel to a follower as the cache file's path, right after the decode
     that wrote it (in memory) and on a later hit (memory-mapped), and the follower maps the same
-    pixels. Bugs caught: the images pickled by value (a copy per rank and per trial), only hits
-    shared, the wrong file mapped."""
+    pixels. Bugs caught: the images pickled by value (a copy per rank and per trial); a placeholder
+    that is not an empty array of image rows (a pixel row, or another row shape); only hits shared;
+    the wrong file mapped."""
     import pickle
 
     from tlsearch.data import decode_images, scan_folder
@@ -265,6 +266,9 @@ def test_followers_map_the_decoded_image_cache_instead_of_receiving_a_copy(shape
         shipped, path = _portable(decoded)
         assert path == str(decoded.path), attempt
         assert len(pickle.dumps(shipped)) < decoded.images.nbytes / 10, attempt
+        assert shipped.images.shape == (0, *decoded.images.shape[1:]), (
+            attempt
+        )  # empty, rows shaped as the images
         mapped = _reopen(shipped, path)
         assert isinstance(mapped.images, np.memmap) and np.array_equal(mapped.images, decoded.images)
         assert np.array_equal(mapped.targets, decoded.targets)
