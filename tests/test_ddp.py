@@ -266,9 +266,7 @@ def test_followers_map_the_decoded_image_cache_instead_of_receiving_a_copy(shape
         shipped, path = _portable(decoded)
         assert path == str(decoded.path), attempt
         assert len(pickle.dumps(shipped)) < decoded.images.nbytes / 10, attempt
-        assert shipped.images.shape == (0, *decoded.images.shape[1:]), (
-            attempt
-        )  # empty, rows shaped as the images
+        assert shipped.images.shape == (0, *decoded.images.shape[1:]), attempt  # empty, image rows
         mapped = _reopen(shipped, path)
         assert isinstance(mapped.images, np.memmap) and np.array_equal(mapped.images, decoded.images)
         assert np.array_equal(mapped.targets, decoded.targets)
