@@ -229,6 +229,15 @@ def test_a_pixel_difference_equal_to_the_tolerance_passes_and_one_above_is_refus
     assert measured == pytest.approx(max(float(x.max()) for x in levels), rel=1e-6)
     mean = sum(float(x.sum()) for x in levels) / sum(x.size for x in levels)
     assert report["pixel_mean_diff_levels"] == pytest.approx(mean, rel=1e-6)
+    exact = DataConfig(48, interpolation="bicubic", crop_pct=1.0, crop_mode="squash")
+    unresized = check_preprocessing(  # an image at the input size: nothing to resize, no difference
+        embed_preprocessing(plain, exact),
+        plain_session=cpu_session(plain.SerializeToString()),
+        raw_images=[raw_image(48, 48, 0)],
+        config=exact,
+        task="regression",
+    )
+    assert unresized["pixel_max_diff_levels"] < 0.01  # bug caught: the running max starting above 0
     monkeypatch.setitem(PIXEL_TOLERANCE, "bicubic", measured)
     assert check()["pixel_tolerance_levels"] == measured  # exactly at the tolerance is within it
     monkeypatch.setitem(PIXEL_TOLERANCE, "bicubic", float(np.nextafter(measured, 0.0)))

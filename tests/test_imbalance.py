@@ -109,6 +109,23 @@ def test_effective_number_weights_follow_cui_et_al() -> None:
         class_weights(counts, scheme="square")
 
 
+def test_the_losses_default_beta_is_the_class_weights_plugins() -> None:
+    """Bug caught: the β a direct caller gets (``class_weights``, ``positive_weights``, a loss whose
+    options name no β) drifting from the ``class_weights`` regularizer's default."""
+    from tlsearch.train.losses import positive_weights
+
+    beta = ClassWeightedLoss.hyperparameters["beta"].default
+    counts = torch.tensor([500.0, 20.0, 3.0])
+    assert beta == 0.999
+    torch.testing.assert_close(
+        class_weights(counts, scheme="effective"), class_weights(counts, scheme="effective", beta=beta)
+    )
+    torch.testing.assert_close(
+        positive_weights(counts, total=600, scheme="effective"),
+        positive_weights(counts, total=600, scheme="effective", beta=beta),
+    )
+
+
 def test_logit_adjustment_adds_tau_log_prior_to_the_logits() -> None:
     """Bug caught: the prior subtracted (which favours the frequent classes even more)."""
     outputs, targets = _batch(2)
