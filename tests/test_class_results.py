@@ -83,6 +83,17 @@ def test_many_classes_keep_only_the_largest_confused_cells_and_say_so() -> None:
     assert normalised_rows(record, classes=classes) is None
 
 
+def test_the_dense_matrix_is_kept_up_to_the_cap_and_every_single_confusion_counts() -> None:
+    """Bugs caught: a study of exactly ``MAX_DENSE_CLASSES`` classes losing its matrix; a cell
+    confused once left out of the capped record (only cells above 1 counted)."""
+    dense = torch.eye(MAX_DENSE_CLASSES, dtype=torch.long)
+    assert confusion_record(dense) == dense.tolist()
+    many = torch.eye(MAX_DENSE_CLASSES + 1, dtype=torch.long) * 5
+    many[0, 1] = many[2, 3] = 1  # two images confused once each, the only confusions
+    record = confusion_record(many)
+    assert isinstance(record, dict) and sorted(record["cells"]) == [[0, 1, 1], [2, 3, 1]]
+
+
 def test_confused_pairs_and_normalised_rows_read_the_recorded_matrix() -> None:
     """Bug caught: the diagonal (correct images) listed as a confusion, or rows normalised by columns."""
     matrix = [[8, 2, 0], [5, 5, 0], [0, 1, 0]]

@@ -124,6 +124,22 @@ def test_the_losses_default_beta_is_the_class_weights_plugins() -> None:
         positive_weights(counts, total=600, scheme="effective"),
         positive_weights(counts, total=600, scheme="effective", beta=beta),
     )
+    from tlsearch.train.losses import multilabel_loss
+
+    logits, labels = torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), torch.eye(3).repeat(2, 1)
+    plain, given = (
+        {"class_weighting": "effective"},
+        {"class_weighting": "effective", "class_weighting_beta": beta},
+    )
+    multilabel = {"positives": torch.tensor([2.0, 2.0, 2.0]), "total": 6}
+    torch.testing.assert_close(
+        multilabel_loss(logits, labels, options=plain, **multilabel),
+        multilabel_loss(logits, labels, options=given, **multilabel),
+    )
+    torch.testing.assert_close(
+        classification_loss(logits, labels.argmax(1), options=plain, counts=counts),
+        classification_loss(logits, labels.argmax(1), options=given, counts=counts),
+    )
 
 
 def test_logit_adjustment_adds_tau_log_prior_to_the_logits() -> None:

@@ -131,3 +131,14 @@ def test_the_first_measurement_creates_the_cache_folder(tmp_path) -> None:
     cache = LatencyCache(tmp_path / "out" / "cache")  # a study's cache folder, not made yet
     cache.put("key", 1.5)
     assert LatencyCache(tmp_path / "out" / "cache").get("key") == 1.5
+
+
+def test_measuring_leaves_a_training_model_in_training_mode() -> None:
+    """Bug caught: the model not put back in the mode it was in (a model measured between epochs
+    would go on training in eval mode: BatchNorm statistics frozen, no dropout)."""
+    model = _net().train()
+    latency_module.measure_latency(model, input_size=16, device="cpu", runs=1, warmup=0)
+    assert model.training
+    model.eval()
+    latency_module.measure_latency(model, input_size=16, device="cpu", runs=1, warmup=0)
+    assert not model.training
