@@ -213,3 +213,16 @@ def test_copy_to_puts_the_averaged_parameters_and_buffers_into_the_model() -> No
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, averaged[name], rtol=0, atol=0, msg=name)
     assert model.state_dict()["1.running_var"].eq(2.0).all()  # 1 (BatchNorm's start) + 1: a copy
+
+
+def test_the_batchnorm_statistics_are_averaged_and_its_counter_copied() -> None:
+    """Bug caught: the running statistics left out of the average (the copy would evaluate with
+    its start's statistics, or the averaged tensors pair with the wrong model tensors)."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        model[1].running_mean.fill_(2.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.apply_update_(model, 0.5)
+    torch.testing.assert_close(ema.module[1].running_mean, torch.full((4,), 1.0))  # 0.5·0 + 0.5·2
+    assert int(ema.module[1].num_batches_tracked) == 7

@@ -238,6 +238,19 @@ def test_a_pixel_difference_equal_to_the_tolerance_passes_and_one_above_is_refus
         task="regression",
     )
     assert unresized["pixel_max_diff_levels"] < 0.01  # bug caught: the running max starting above 0
+    for bad in (
+        np.zeros((48, 48, 4), np.uint8),
+        np.zeros((48, 48, 3), np.float32),
+        np.zeros((48, 48), np.uint8),
+    ):
+        with pytest.raises(ExportError, match="must be HWC uint8 RGB"):  # each fault alone is refused
+            check_preprocessing(
+                raw_model,
+                plain_session=cpu_session(plain.SerializeToString()),
+                raw_images=[bad],
+                config=config,
+                task="regression",
+            )
     monkeypatch.setitem(PIXEL_TOLERANCE, "bicubic", measured)
     assert check()["pixel_tolerance_levels"] == measured  # exactly at the tolerance is within it
     monkeypatch.setitem(PIXEL_TOLERANCE, "bicubic", float(np.nextafter(measured, 0.0)))

@@ -274,3 +274,10 @@ def test_focal_loss_on_soft_targets_with_weights_at_gamma_zero_is_cross_entropy(
     assert focal_loss(outputs, soft, gamma=0.0, weight=weight) == pytest.approx(
         float(F.cross_entropy(outputs, soft, weight=weight)), rel=1e-5
     )
+
+
+@pytest.mark.parametrize("options", [{"class_weighting": "inverse"}, {"logit_adjustment_tau": 1.0}])
+def test_a_loss_option_that_needs_the_class_counts_refuses_to_run_without_them(options: dict) -> None:
+    """Bug caught: either option alone silently training unweighted when no counts are given."""
+    with pytest.raises(ValueError, match="need the training class counts"):
+        classification_loss(torch.zeros(2, 3), torch.tensor([0, 1]), options=options)
