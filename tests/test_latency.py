@@ -142,3 +142,20 @@ def test_measuring_leaves_a_training_model_in_training_mode() -> None:
     model.eval()
     latency_module.measure_latency(model, input_size=16, device="cpu", runs=1, warmup=0)
     assert not model.training
+
+
+def test_the_key_sees_a_parameter_shape_that_no_module_setting_shows() -> None:
+    """Bug caught: parameter and buffer shapes left out of the key, so a plugin's module whose size
+    lives only in its parameters (no ``extra_repr``) would read another size's latency."""
+
+    class Scale(torch.nn.Module):
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(n, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.weight
+
+    assert latency_key(Scale(3), input_size=16, device="cpu") != latency_key(
+        Scale(1), input_size=16, device="cpu"
+    )

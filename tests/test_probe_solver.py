@@ -96,6 +96,15 @@ def test_a_converged_probe_ends_the_trial_instead_of_repeating_its_epochs() -> N
     assert fit.best_epoch <= len(fit.history) - 1
 
 
+def test_converging_in_the_last_epoch_is_no_early_stop() -> None:
+    """``stopped: converged`` says epochs were left unrun. Bugs caught: a one-epoch trial that
+    converged reported as stopped early; one converged with exactly one epoch left not reported."""
+    for epochs, stopped in ((1, None), (2, "converged")):
+        _, _, fit, _, _ = _fit(solve=True, epochs=epochs)
+        assert fit.extras["probe_solver"]["converged"] and len(fit.history) == 1
+        assert fit.stopped == stopped, epochs
+
+
 def test_an_unconverged_probe_runs_every_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Far from convergence (one L-BFGS iteration per epoch) every epoch still runs."""
     from tlsearch.train.probe import ProbeSolver
