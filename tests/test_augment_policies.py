@@ -77,6 +77,14 @@ def test_evaluation_inputs_are_only_normalised_whatever_the_policy(settings: dic
     torch.testing.assert_close(trainer._inputs(images, train=False), plain, rtol=0, atol=0)
 
 
+def test_operations_without_the_epochs_draws_still_run() -> None:
+    """A batch augmented outside an epoch (no draws: a plugin or a test calling ``_inputs``) takes a
+    fresh seed. Bug caught: a seed drawn out of int64's range."""
+    trainer = _trainer(augment="trivial")
+    images = _batch()
+    assert trainer._inputs(images, train=True).shape == trainer._inputs(images, train=False).shape
+
+
 def test_none_leaves_the_batch_unchanged_and_the_old_switch_still_works() -> None:
     """Bugs caught: ``none`` still cropping; ``augment: false`` (the old switch) becoming a random policy."""
     images = _batch()

@@ -159,3 +159,10 @@ def test_the_key_sees_a_parameter_shape_that_no_module_setting_shows() -> None:
     assert latency_key(Scale(3), input_size=16, device="cpu") != latency_key(
         Scale(1), input_size=16, device="cpu"
     )
+
+
+def test_the_key_sees_the_module_types_that_no_parameter_shows() -> None:
+    """Bug caught: the module tree left out of the key (a GELU and a ReLU network would share one)."""
+    relu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    gelu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GELU())
+    assert latency_key(relu, input_size=16, device="cpu") != latency_key(gelu, input_size=16, device="cpu")
