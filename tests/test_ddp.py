@@ -217,6 +217,14 @@ def test_rank_0s_decision_reaches_a_follower_whole(monkeypatch: pytest.MonkeyPat
     assert (code, reason) == (3, "failed") and cut == "x" * (512 - 3 - len("failed") - 1)
 
 
+def test_each_rank_of_a_cpu_trial_runs_on_the_cpu() -> None:
+    """Bug caught: a rank's device lost for a CPU trial (only CUDA trials give each rank its GPU)."""
+    from tlsearch.train.distributed import rank_device
+
+    assert rank_device(torch.device("cpu"), 1) == torch.device("cpu")
+    assert rank_device(torch.device("cuda", 0), 1) == torch.device("cuda", 1)  # named, never used
+
+
 def test_followers_still_alive_are_asked_to_end_before_being_killed() -> None:
     """Bug caught: a follower still waiting on rank 0 not sent SIGTERM, so rank 0 waits the whole
     grace period (10 s) for it and then kills it; one that already exited is only reaped."""

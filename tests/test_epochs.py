@@ -180,6 +180,14 @@ def test_patience_used_up_in_the_last_epoch_is_no_early_stop(data, monkeypatch) 
     assert len(result.history) == 3 and result.stopped is None and result.best_epoch == 0
 
 
+def test_patience_counts_from_a_best_first_epoch() -> None:
+    """Bug caught: a best epoch 0 never exhausting the patience (the trial would run every epoch)."""
+    best = BestEpoch("accuracy", maximize=True, patience=2)
+    state = {"w": torch.zeros(1)}
+    assert best.offer(0, {"accuracy": 0.9}, lambda: state)
+    assert not best.exhausted(1) and best.exhausted(2)
+
+
 def test_a_patience_of_one_epoch_is_allowed() -> None:
     """Bug caught: the smallest patience (stop after one epoch without improvement) refused."""
     assert BestEpoch("accuracy", maximize=True, patience=1).patience == 1

@@ -78,6 +78,12 @@ def test_solved_head_is_in_the_model_and_its_checkpoint() -> None:
     assert abs(replay["val_loss"] - fit.metrics["val_loss"]) < 1e-5
 
 
+def test_a_linear_layer_alone_in_a_sequential_is_solved() -> None:
+    """Bug caught: ``nn.Sequential(nn.Linear(...))`` (a head plugin's usual wrapping) not solved."""
+    head = nn.Sequential(nn.Linear(4, 2))
+    assert solvable_linear(head) is head[0]
+
+
 def test_heads_that_are_not_one_linear_layer_train_by_epochs() -> None:
     assert solvable_linear(nn.Sequential(nn.Dropout(0.2), nn.Linear(4, 2))) is not None
     assert solvable_linear(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))) is None
