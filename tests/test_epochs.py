@@ -159,8 +159,9 @@ def test_the_timeout_ends_the_running_trial_at_the_next_epoch_boundary(write_stu
 
 
 def test_an_epochs_work_is_its_documented_formula() -> None:
-    """Bugs caught in the formula: the trainable share inverted or subtracted. Full fine-tuning costs
-    three backbone passes per training image (forward and two backward), a frozen backbone one."""
+    """Bugs caught in the formula: the trainable share inverted or subtracted, a head's evaluation
+    subtracted. Full fine-tuning costs three backbone passes per training image (forward and two
+    backward), a frozen backbone one, a head on cached features none."""
     from tlsearch.train.work import backbone_gflops
 
     model = tiny_transfer_model(num_outputs=4, seed=0)
@@ -171,6 +172,8 @@ def test_an_epochs_work_is_its_documented_formula() -> None:
     LinearProbe().setup(model)
     frozen = epoch_work(model, train_images=10, val_images=4, cached=False)
     assert frozen == pytest.approx(10 * (forward + 3 * head) + 4 * (forward + head), rel=1e-9)
+    cached = epoch_work(model, train_images=10, val_images=4, cached=True)  # the head on features
+    assert cached == pytest.approx(10 * 3 * head + 4 * head, rel=1e-9)
 
 
 def test_patience_used_up_in_the_last_epoch_is_no_early_stop(data, monkeypatch) -> None:
