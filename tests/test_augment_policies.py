@@ -60,7 +60,29 @@ def test_each_policy_changes_the_batch_and_is_deterministic_under_a_seed(setting
     first = _train_inputs(trainer, images, seed=3)
     assert not torch.allclose(first, plain)
     assert torch.equal(first, _train_inputs(_trainer(**settings), images, seed=3))
+    with torch.random.fork_rng():  # building a tiny model reseeds the global stream: move it on
+        torch.manual_seed(99)
+        assert torch.equal(first, _train_inputs(trainer, images, seed=3))  # bug: drawn from that stream
     assert not torch.equal(first, _train_inputs(trainer, images, seed=4))
+
+
+@pytest.mark.parametrize("settings", POLICIES, ids=lambda s: "+".join(map(str, s.values())))
+def test_evaluation_inputs_are_only_normalised_whatever_the_policy(settings: dict) -> None:
+    """Bug caught: a policy's step (random erasing, here on every image) applied to validation batches too."""
+    from tlsearch.data.augment import Normalizer
+
+    trainer = _trainer(**{**settings, "random_erasing": 1.0})
+    images = _batch()
+    plain = Normalizer(trainer.model.data_config, device=images.device)(images)
+    torch.testing.assert_close(trainer._inputs(images, train=False), plain, rtol=0, atol=0)
+
+
+def test_operations_without_the_epochs_draws_still_run() -> None:
+    """A batch augmented outside an epoch (no draws: a plugin or a test calling ``_inputs``) takes a
+    fresh seed. Bug caught: a seed drawn out of int64's range."""
+    trainer = _trainer(augment="trivial")
+    images = _batch()
+    assert trainer._inputs(images, train=True).shape == trainer._inputs(images, train=False).shape
 
 
 def test_none_leaves_the_batch_unchanged_and_the_old_switch_still_works() -> None:

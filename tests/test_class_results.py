@@ -47,6 +47,17 @@ def test_the_worst_images_are_the_lowest_probability_of_their_true_class() -> No
     assert len(class_results(outputs[:5], targets[:5]).worst) == 5  # fewer images than 12
 
 
+def test_worst_images_tied_at_the_same_probability_keep_their_validation_order() -> None:
+    """Bug caught: an unstable sort (``stable=False`` reorders ties from 17 elements on), so the worst
+    images of a run with many hopeless ones (probability 0) would be an arbitrary, shuffled subset."""
+    n = 40
+    outputs, targets = torch.zeros(n, 3), torch.zeros(n, dtype=torch.long)
+    outputs[::2, 1] = 200.0  # every even image: the true class's probability underflows to exactly 0
+    worst = class_results(outputs, targets).worst
+    assert [w[0] for w in worst] == list(range(0, 24, 2))
+    assert all(w[3] == 0.0 for w in worst)
+
+
 def test_many_classes_keep_only_the_largest_confused_cells_and_say_so() -> None:
     """Bug caught: a 150×150 matrix stored in every trial, or the smallest cells kept."""
     classes = MAX_DENSE_CLASSES + 50
@@ -70,6 +81,17 @@ def test_many_classes_keep_only_the_largest_confused_cells_and_say_so() -> None:
         top[0].count / int(results.confusion[labels.index(top[0].true)].sum())
     )
     assert normalised_rows(record, classes=classes) is None
+
+
+def test_the_dense_matrix_is_kept_up_to_the_cap_and_every_single_confusion_counts() -> None:
+    """Bugs caught: a study of exactly ``MAX_DENSE_CLASSES`` classes losing its matrix; a cell
+    confused once left out of the capped record (only cells above 1 counted)."""
+    dense = torch.eye(MAX_DENSE_CLASSES, dtype=torch.long)
+    assert confusion_record(dense) == dense.tolist()
+    many = torch.eye(MAX_DENSE_CLASSES + 1, dtype=torch.long) * 5
+    many[0, 1] = many[2, 3] = 1  # two images confused once each, the only confusions
+    record = confusion_record(many)
+    assert isinstance(record, dict) and sorted(record["cells"]) == [[0, 1, 1], [2, 3, 1]]
 
 
 def test_confused_pairs_and_normalised_rows_read_the_recorded_matrix() -> None:

@@ -195,11 +195,72 @@ def test_shards_cover_each_batch_once_and_weigh_by_their_share() -> None:
         Parallel(0, 3).shard_epoch([torch.arange(2)], None)
 
 
+def test_rank_0s_decision_reaches_a_follower_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision after each epoch (go on, pruned, failed, with a reason and a detail) as a follower
+    reads it, over a stand-in for the broadcast: whole, beyond 255 bytes (the length's two bytes),
+    in UTF-8, and a detail too long for the buffer cut rather than refused. Bug caught: the follower
+    reading the wrong span of the bytes (the reason garbled or empty on every follower)."""
+    wire: list[torch.Tensor] = []
+
+    def broadcast(buf: torch.Tensor) -> torch.Tensor:  # rank 0 sends first; every rank gets its bytes
+        if not wire:
+            wire.append(buf.clone())
+        return wire[0].clone()
+
+    monkeypatch.setattr(Parallel, "_broadcast", staticmethod(broadcast))
+    detail = "accuracy 0.41 < median 0.62 — pruned " * 8  # 320 bytes: the length needs both bytes
+    Parallel(0, 2).broadcast_decision(2, "pruned", detail)
+    assert Parallel(1, 2).receive_decision() == (2, "pruned", detail)
+    wire.clear()
+    Parallel(0, 2).broadcast_decision(3, "failed", "x" * 1000)
+    code, reason, cut = Parallel(1, 2).receive_decision()
+    assert (code, reason) == (3, "failed") and cut == "x" * (512 - 3 - len("failed") - 1)
+
+
+def test_each_rank_of_a_cpu_trial_runs_on_the_cpu() -> None:
+    """Bug caught: a rank's device lost for a CPU trial (only CUDA trials give each rank its GPU)."""
+    from tlsearch.train.distributed import rank_device
+
+    assert rank_device(torch.device("cpu"), 1) == torch.device("cpu")
+    assert rank_device(torch.device("cuda", 0), 1) == torch.device("cuda", 1)  # named, never used
+
+
+def test_followers_still_alive_are_asked_to_end_before_being_killed() -> None:
+    """Bug caught: a follower still waiting on rank 0 not sent SIGTERM, so rank 0 waits the whole
+    grace period (10 s) for it and then kills it; one that already exited is only reaped."""
+    from types import SimpleNamespace
+
+    from tlsearch.train.distributed import _terminate
+
+    class Follower:
+        def __init__(self, alive: bool) -> None:
+            self.alive, self.calls = alive, []
+
+        def is_alive(self) -> bool:
+            return self.alive
+
+        def terminate(self) -> None:
+            self.calls.append("terminate")
+            self.alive = False
+
+        def kill(self) -> None:
+            self.calls.append("kill")
+            self.alive = False
+
+        def join(self, timeout: float | None = None) -> None:
+            self.calls.append("join")
+
+    waiting, exited = Follower(alive=True), Follower(alive=False)
+    _terminate(SimpleNamespace(processes=[waiting, exited]))
+    assert waiting.calls == ["terminate", "join"] and exited.calls == ["join"]
+
+
 def test_followers_map_the_decoded_image_cache_instead_of_receiving_a_copy(shapes_dir, tmp_path) -> None:
     """The decoded images travel to a follower as the cache file's path, right after the decode
     that wrote it (in memory) and on a later hit (memory-mapped), and the follower maps the same
-    pixels. Bugs caught: the images pickled by value (a copy per rank and per trial), only hits
-    shared, the wrong file mapped."""
+    pixels. Bugs caught: the images pickled by value (a copy per rank and per trial); a placeholder
+    that is not an empty array of image rows (a pixel row, or another row shape); only hits shared;
+    the wrong file mapped."""
     import pickle
 
     from tlsearch.data import decode_images, scan_folder
@@ -213,6 +274,7 @@ def test_followers_map_the_decoded_image_cache_instead_of_receiving_a_copy(shape
         shipped, path = _portable(decoded)
         assert path == str(decoded.path), attempt
         assert len(pickle.dumps(shipped)) < decoded.images.nbytes / 10, attempt
+        assert shipped.images.shape == (0, *decoded.images.shape[1:]), attempt  # empty, image rows
         mapped = _reopen(shipped, path)
         assert isinstance(mapped.images, np.memmap) and np.array_equal(mapped.images, decoded.images)
         assert np.array_equal(mapped.targets, decoded.targets)

@@ -137,6 +137,24 @@ def test_when_the_ema_copy_wins_the_trained_model_holds_its_weights(monkeypatch:
         assert torch.equal(value, weights[name]), name
 
 
+def test_the_ema_record_is_the_kept_epochs_not_the_last_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug caught: ``extras["ema"]`` (which copy won, both scores) read from the last epoch when an
+    earlier one is kept: the trial would report the raw weights while it holds the EMA copy."""
+    scores = iter([0.5, 0.9, 0.6, 0.4])  # epoch 0: raw 0.5, EMA 0.9 (kept); epoch 1: raw 0.6, EMA 0.4
+    evaluate = Trainer._evaluate
+
+    def scripted(self: Trainer, source: Any, *, cached: bool, model: Any = None) -> dict[str, float]:
+        return {**evaluate(self, source, cached=cached, model=model), "accuracy": next(scores)}
+
+    monkeypatch.setattr(Trainer, "_evaluate", scripted)
+    model, data = _data(16)
+    settings = TrainSettings(epochs=2, batch_size=8, lr=0.05, augment=False, ema=0.9)
+    result = Trainer(model, strategy=TrainEverything(), num_outputs=3, settings=settings).fit(data, data)
+    assert result.best_epoch == 0 and result.history[1]["ema_used"] == 0.0
+    ema = result.extras["ema"]
+    assert (ema["used"], ema["raw_accuracy"], ema["ema_accuracy"]) == (True, 0.5, 0.9)
+
+
 def test_without_ema_nothing_changes() -> None:
     """Bug caught: EMA on by default (an extra evaluation per epoch and a copy of the model)."""
     model, data = _data(16)
@@ -195,3 +213,16 @@ def test_copy_to_puts_the_averaged_parameters_and_buffers_into_the_model() -> No
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, averaged[name], rtol=0, atol=0, msg=name)
     assert model.state_dict()["1.running_var"].eq(2.0).all()  # 1 (BatchNorm's start) + 1: a copy
+
+
+def test_the_batchnorm_statistics_are_averaged_and_its_counter_copied() -> None:
+    """Bug caught: the running statistics left out of the average (the copy would evaluate with
+    its start's statistics, or the averaged tensors pair with the wrong model tensors)."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        model[1].running_mean.fill_(2.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.apply_update_(model, 0.5)
+    torch.testing.assert_close(ema.module[1].running_mean, torch.full((4,), 1.0))  # 0.5·0 + 0.5·2
+    assert int(ema.module[1].num_batches_tracked) == 7

@@ -158,6 +158,44 @@ def test_the_timeout_ends_the_running_trial_at_the_next_epoch_boundary(write_stu
     assert trial.value == trial.user_attrs["history"][0]["accuracy"]
 
 
+def test_an_epochs_work_is_its_documented_formula() -> None:
+    """Bugs caught in the formula: the trainable share inverted or subtracted, a head's evaluation
+    subtracted. Full fine-tuning costs three backbone passes per training image (forward and two
+    backward), a frozen backbone one, a head on cached features none."""
+    from tlsearch.train.work import backbone_gflops
+
+    model = tiny_transfer_model(num_outputs=4, seed=0)
+    FullFinetune().setup(model)
+    forward, head = backbone_gflops(model), 2.0 * sum(p.numel() for p in model.head.parameters()) / 1e9
+    full = epoch_work(model, train_images=10, val_images=4, cached=False)
+    assert full == pytest.approx(10 * (3 * forward + 3 * head) + 4 * (forward + head), rel=1e-9)
+    LinearProbe().setup(model)
+    frozen = epoch_work(model, train_images=10, val_images=4, cached=False)
+    assert frozen == pytest.approx(10 * (forward + 3 * head) + 4 * (forward + head), rel=1e-9)
+    cached = epoch_work(model, train_images=10, val_images=4, cached=True)  # the head on features
+    assert cached == pytest.approx(10 * 3 * head + 4 * head, rel=1e-9)
+
+
+def test_patience_used_up_in_the_last_epoch_is_no_early_stop(data, monkeypatch) -> None:
+    """Bug caught: a trial whose patience runs out in its last planned epoch reported as stopped."""
+    scripted_accuracy(monkeypatch, [0.9, 0.5, 0.5])
+    result = _trainer(epochs=3, patience=2).fit(*data)
+    assert len(result.history) == 3 and result.stopped is None and result.best_epoch == 0
+
+
+def test_patience_counts_from_a_best_first_epoch() -> None:
+    """Bug caught: a best epoch 0 never exhausting the patience (the trial would run every epoch)."""
+    best = BestEpoch("accuracy", maximize=True, patience=2)
+    state = {"w": torch.zeros(1)}
+    assert best.offer(0, {"accuracy": 0.9}, lambda: state)
+    assert not best.exhausted(1) and best.exhausted(2)
+
+
+def test_a_patience_of_one_epoch_is_allowed() -> None:
+    """Bug caught: the smallest patience (stop after one epoch without improvement) refused."""
+    assert BestEpoch("accuracy", maximize=True, patience=1).patience == 1
+
+
 def test_an_epochs_work_follows_what_trains_not_the_clock(data, monkeypatch) -> None:
     model = tiny_transfer_model(num_outputs=4, seed=0)
     counts = {"train_images": 48, "val_images": 16}

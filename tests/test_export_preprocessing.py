@@ -211,8 +211,46 @@ def test_a_pixel_difference_equal_to_the_tolerance_passes_and_one_above_is_refus
             task="regression",
         )
 
-    measured = check()["pixel_max_diff_levels"]
+    report = check()
+    measured = report["pixel_max_diff_levels"]
     assert 0 < measured <= PIXEL_TOLERANCE["bicubic"]
+    # in uint8 levels, over every pixel of every image (bugs caught: the normalised difference
+    # divided by std × 255; the mean's count or sum off by one)
+    session = ort.InferenceSession(preprocessing_model(config).SerializeToString())
+    std = np.asarray(config.std, np.float32).reshape(1, 3, 1, 1) * 255
+    levels = [
+        np.abs(
+            session.run(None, {"image": raw[None]})[0]
+            - normalize(resize_center_crop(Image.fromarray(raw), config)[None], config)
+        )
+        * std
+        for raw in (raw_image(hh, ww, i) for i, (hh, ww) in enumerate(SIZES))
+    ]
+    assert measured == pytest.approx(max(float(x.max()) for x in levels), rel=1e-6)
+    mean = sum(float(x.sum()) for x in levels) / sum(x.size for x in levels)
+    assert report["pixel_mean_diff_levels"] == pytest.approx(mean, rel=1e-6)
+    exact = DataConfig(48, interpolation="bicubic", crop_pct=1.0, crop_mode="squash")
+    unresized = check_preprocessing(  # an image at the input size: nothing to resize, no difference
+        embed_preprocessing(plain, exact),
+        plain_session=cpu_session(plain.SerializeToString()),
+        raw_images=[raw_image(48, 48, 0)],
+        config=exact,
+        task="regression",
+    )
+    assert unresized["pixel_max_diff_levels"] < 0.01  # bug caught: the running max starting above 0
+    for bad in (
+        np.zeros((48, 48, 4), np.uint8),
+        np.zeros((48, 48, 3), np.float32),
+        np.zeros((48, 48), np.uint8),
+    ):
+        with pytest.raises(ExportError, match="must be HWC uint8 RGB"):  # each fault alone is refused
+            check_preprocessing(
+                raw_model,
+                plain_session=cpu_session(plain.SerializeToString()),
+                raw_images=[bad],
+                config=config,
+                task="regression",
+            )
     monkeypatch.setitem(PIXEL_TOLERANCE, "bicubic", measured)
     assert check()["pixel_tolerance_levels"] == measured  # exactly at the tolerance is within it
     monkeypatch.setitem(PIXEL_TOLERANCE, "bicubic", float(np.nextafter(measured, 0.0)))

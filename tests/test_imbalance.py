@@ -109,6 +109,39 @@ def test_effective_number_weights_follow_cui_et_al() -> None:
         class_weights(counts, scheme="square")
 
 
+def test_the_losses_default_beta_is_the_class_weights_plugins() -> None:
+    """Bug caught: the β a direct caller gets (``class_weights``, ``positive_weights``, a loss whose
+    options name no β) drifting from the ``class_weights`` regularizer's default."""
+    from tlsearch.train.losses import positive_weights
+
+    beta = ClassWeightedLoss.hyperparameters["beta"].default
+    counts = torch.tensor([500.0, 20.0, 3.0])
+    assert beta == 0.999
+    torch.testing.assert_close(
+        class_weights(counts, scheme="effective"), class_weights(counts, scheme="effective", beta=beta)
+    )
+    torch.testing.assert_close(
+        positive_weights(counts, total=600, scheme="effective"),
+        positive_weights(counts, total=600, scheme="effective", beta=beta),
+    )
+    from tlsearch.train.losses import multilabel_loss
+
+    logits, labels = torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), torch.eye(3).repeat(2, 1)
+    plain, given = (
+        {"class_weighting": "effective"},
+        {"class_weighting": "effective", "class_weighting_beta": beta},
+    )
+    multilabel = {"positives": torch.tensor([2.0, 2.0, 2.0]), "total": 6}
+    torch.testing.assert_close(
+        multilabel_loss(logits, labels, options=plain, **multilabel),
+        multilabel_loss(logits, labels, options=given, **multilabel),
+    )
+    torch.testing.assert_close(
+        classification_loss(logits, labels.argmax(1), options=plain, counts=counts),
+        classification_loss(logits, labels.argmax(1), options=given, counts=counts),
+    )
+
+
 def test_logit_adjustment_adds_tau_log_prior_to_the_logits() -> None:
     """Bug caught: the prior subtracted (which favours the frequent classes even more)."""
     outputs, targets = _batch(2)
@@ -241,3 +274,10 @@ def test_focal_loss_on_soft_targets_with_weights_at_gamma_zero_is_cross_entropy(
     assert focal_loss(outputs, soft, gamma=0.0, weight=weight) == pytest.approx(
         float(F.cross_entropy(outputs, soft, weight=weight)), rel=1e-5
     )
+
+
+@pytest.mark.parametrize("options", [{"class_weighting": "inverse"}, {"logit_adjustment_tau": 1.0}])
+def test_a_loss_option_that_needs_the_class_counts_refuses_to_run_without_them(options: dict) -> None:
+    """Bug caught: either option alone silently training unweighted when no counts are given."""
+    with pytest.raises(ValueError, match="need the training class counts"):
+        classification_loss(torch.zeros(2, 3), torch.tensor([0, 1]), options=options)

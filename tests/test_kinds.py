@@ -132,3 +132,35 @@ def test_the_default_batchnorm_policy_puts_only_fully_frozen_norm_layers_in_eval
     _TrainAll().set_train_mode(model)  # type: ignore[arg-type]
     assert [m.training for m in model] == [False, True, True, True]
     assert not FreezingStrategy.backbone_frozen
+
+
+def test_freeze_stats_where_frozen_counts_a_parameter_free_batchnorm_as_frozen() -> None:
+    """Unlike the base class's default (above), the helper the built-ins call documents a layer
+    without parameters (``affine=False``) as frozen: its pretrained running statistics are kept.
+    Bug caught: it following ``model.training`` and updating them."""
+    from tlsearch.kinds.freezing import freeze_stats_where_frozen
+
+    frozen, trainable, no_params = nn.BatchNorm2d(2), nn.BatchNorm2d(2), nn.BatchNorm2d(2, affine=False)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    model = nn.Sequential(frozen, trainable, no_params).train()
+    freeze_stats_where_frozen(model)  # type: ignore[arg-type]
+    assert [m.training for m in model] == [False, True, False]
+
+
+def test_by_default_a_regularizer_is_off_only_where_it_needs_a_backbone_the_strategy_freezes() -> None:
+    """Bug caught: the default ``applies_to`` inverted (a penalty on the backbone sampled for a
+    linear probe, and skipped where it would act)."""
+
+    class Frozen(_TrainAll):
+        backbone_frozen = True
+
+    class OnTheBackbone(Regularizer):
+        name = "on_the_backbone"
+        needs_trainable_backbone = True
+
+    class Anywhere(Regularizer):
+        name = "anywhere"
+
+    assert not OnTheBackbone.applies_to(Frozen()) and OnTheBackbone.applies_to(_TrainAll())
+    assert Anywhere.applies_to(Frozen()) and Anywhere.applies_to(_TrainAll())

@@ -124,3 +124,45 @@ def test_a_cache_that_cannot_be_written_costs_a_measurement_not_the_trial(tmp_pa
     cache.put("lost", 2.5)  # logged, not raised
     assert cache.get("kept") == 1.5 and cache.get("lost") is None
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATENCY_FILE]
+
+
+def test_the_first_measurement_creates_the_cache_folder(tmp_path) -> None:
+    """Bug caught: put() not creating a missing cache folder, so a new study never keeps a latency."""
+    cache = LatencyCache(tmp_path / "out" / "cache")  # a study's cache folder, not made yet
+    cache.put("key", 1.5)
+    assert LatencyCache(tmp_path / "out" / "cache").get("key") == 1.5
+
+
+def test_measuring_leaves_a_training_model_in_training_mode() -> None:
+    """Bug caught: the model not put back in the mode it was in (a model measured between epochs
+    would go on training in eval mode: BatchNorm statistics frozen, no dropout)."""
+    model = _net().train()
+    latency_module.measure_latency(model, input_size=16, device="cpu", runs=1, warmup=0)
+    assert model.training
+    model.eval()
+    latency_module.measure_latency(model, input_size=16, device="cpu", runs=1, warmup=0)
+    assert not model.training
+
+
+def test_the_key_sees_a_parameter_shape_that_no_module_setting_shows() -> None:
+    """Bug caught: parameter and buffer shapes left out of the key, so a plugin's module whose size
+    lives only in its parameters (no ``extra_repr``) would read another size's latency."""
+
+    class Scale(torch.nn.Module):
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(n, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.weight
+
+    assert latency_key(Scale(3), input_size=16, device="cpu") != latency_key(
+        Scale(1), input_size=16, device="cpu"
+    )
+
+
+def test_the_key_sees_the_module_types_that_no_parameter_shows() -> None:
+    """Bug caught: the module tree left out of the key (a GELU and a ReLU network would share one)."""
+    relu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    gelu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GELU())
+    assert latency_key(relu, input_size=16, device="cpu") != latency_key(gelu, input_size=16, device="cpu")

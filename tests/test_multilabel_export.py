@@ -41,6 +41,17 @@ def test_compare_checks_label_sets_at_the_thresholds_not_top1() -> None:
     assert compare(reference, crossed, task="multilabel", what="x", thresholds=tight).top1_agreement == 0.5
 
 
+def test_compare_defaults_to_the_half_threshold_and_agrees_on_no_images() -> None:
+    """Bugs caught: no thresholds given not meaning 0.5 for each label; an empty comparison not
+    agreeing (it has nothing to disagree on)."""
+    reference = np.array([[0.6, 0.4], [0.2, 0.9]])
+    crossed = np.array([[0.45, 0.4], [0.2, 0.9]])  # 0.6 -> 0.45 crosses 0.5
+    assert compare(reference, crossed, task="multilabel", what="x").top1_agreement == 0.5
+    assert compare(reference, reference + 0.05, task="multilabel", what="x").top1_agreement == 1.0
+    empty = np.zeros((0, 2))
+    assert compare(empty, empty, task="multilabel", what="x").top1_agreement == 1.0
+
+
 class _Tiny(nn.Module):
     def __init__(self) -> None:
         super().__init__()

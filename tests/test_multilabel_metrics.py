@@ -139,6 +139,19 @@ def test_multilabel_class_weights_are_bces_pos_weight_and_focal_zero_is_bce() ->
     torch.testing.assert_close(multilabel_loss(logits, targets, options={"focal_gamma": 2.0}), by_hand)
 
 
+def test_a_label_without_positives_is_weighted_one_and_a_single_positive_counts() -> None:
+    """Bugs caught: a label no training image carries weighted by its negatives (it has no positive
+    term to weigh), or a label with one positive left unweighted."""
+    from tlsearch.train.losses import positive_weights
+
+    positives = torch.tensor([0.0, 1.0, 10.0])
+    torch.testing.assert_close(
+        positive_weights(positives, total=20, scheme="inverse"), torch.tensor([1.0, 19.0, 1.0])
+    )
+    effective = positive_weights(positives, total=20, scheme="effective", beta=0.9)
+    torch.testing.assert_close(effective, torch.tensor([1.0, (1 - 0.9**19) / (1 - 0.9), 1.0]))
+
+
 def test_focal_multilabel_loss_weighs_the_positive_term_by_the_class_weights() -> None:
     """Bug caught: ``focal_gamma`` with ``class_weighting`` dropping the positives' weights (or
     weighting the negatives' term as well), where BCE's ``pos_weight`` weighs only the positives."""

@@ -78,6 +78,12 @@ def test_solved_head_is_in_the_model_and_its_checkpoint() -> None:
     assert abs(replay["val_loss"] - fit.metrics["val_loss"]) < 1e-5
 
 
+def test_a_linear_layer_alone_in_a_sequential_is_solved() -> None:
+    """Bug caught: ``nn.Sequential(nn.Linear(...))`` (a head plugin's usual wrapping) not solved."""
+    head = nn.Sequential(nn.Linear(4, 2))
+    assert solvable_linear(head) is head[0]
+
+
 def test_heads_that_are_not_one_linear_layer_train_by_epochs() -> None:
     assert solvable_linear(nn.Sequential(nn.Dropout(0.2), nn.Linear(4, 2))) is not None
     assert solvable_linear(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))) is None
@@ -94,6 +100,15 @@ def test_a_converged_probe_ends_the_trial_instead_of_repeating_its_epochs() -> N
     assert 1 <= len(fit.history) < 10
     assert fit.extras["stopped"] == {"reason": "converged", "after_epoch": len(fit.history) - 1}
     assert fit.best_epoch <= len(fit.history) - 1
+
+
+def test_converging_in_the_last_epoch_is_no_early_stop() -> None:
+    """``stopped: converged`` says epochs were left unrun. Bugs caught: a one-epoch trial that
+    converged reported as stopped early; one converged with exactly one epoch left not reported."""
+    for epochs, stopped in ((1, None), (2, "converged")):
+        _, _, fit, _, _ = _fit(solve=True, epochs=epochs)
+        assert fit.extras["probe_solver"]["converged"] and len(fit.history) == 1
+        assert fit.stopped == stopped, epochs
 
 
 def test_an_unconverged_probe_runs_every_epoch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,6 +68,16 @@ def test_precision_target_takes_the_lowest_threshold_that_reaches_it() -> None:
     assert threshold_for_precision(torch.tensor([0.9]), torch.tensor([0.0]), target=0.5) is None
 
 
+def test_tied_scores_are_never_split_by_a_threshold() -> None:
+    """An item is positive at or above the threshold, so tied scores fall on the same side. Bug
+    caught: a cut between two equal scores, whose precision (1/2 here) no threshold gives (at 0.5
+    it is 1/3): the precision target would be reported reached when it is not."""
+    scores = torch.tensor([0.9, 0.5, 0.5])
+    for targets in (torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])):  # either tie order
+        assert threshold_for_precision(scores, targets, target=0.5) is None
+        assert threshold_for_precision(scores, targets, target=1 / 3) == pytest.approx(0.5)
+
+
 def test_recall_target_takes_the_highest_threshold_that_reaches_it() -> None:
     scores = torch.tensor([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3])
     targets = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 
 from tlsearch.config import Range, TrainingSettings, load_config, resolve_space
@@ -155,3 +157,9 @@ def test_a_warm_start_entry_sets_what_the_study_file_leaves_unset(write_study) -
     own = load_config(write_study(training={"epochs": 9, "ema": 0.9, "warmup": 0.0}))
     settings = TrainSettings.for_trial(own, batch_size=8, lr=1e-3, choices={}, portfolio=entry)
     assert (settings.ema, settings.warmup, settings.epochs) == (0.9, 0.0, 9)
+
+
+def test_a_bare_trial_settings_trains_at_adamws_own_default_lr() -> None:
+    """Bug caught: the lr of a ``TrainSettings`` built without one (a script or a plugin's test
+    driving the Trainer directly, as the benchmarks do) drifting from torch's AdamW default, the documented 1e-3."""
+    assert TrainSettings().lr == inspect.signature(torch.optim.AdamW).parameters["lr"].default == 1e-3

@@ -37,7 +37,8 @@ class TrainSettings:
     """What the loop needs of a study's ``training`` section (see
     :class:`tlsearch.config.TrainingSettings` for each setting), for one trial.
 
-    Beyond the study file's settings: ``lr`` is the trial's sampled learning rate;
+    Beyond the study file's settings: ``lr`` is the trial's sampled learning rate (built without
+    one: 1e-3, torch's AdamW default);
     ``data_budget_fraction`` of free GPU memory the images may take to stay resident;
     ``solve_probe``: solve a linear head on cached features when the strategy asks (``probe_l2``,
     see :mod:`tlsearch.train.probe`), False trains it by epochs as any head; ``metric``: what the
