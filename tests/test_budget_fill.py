@@ -132,3 +132,20 @@ def test_a_grown_warm_start_trial_is_still_pruned_when_weak_after_its_grace(benc
     trial = b.optimize()[-1]
     assert trial.state == PRUNED and sorted(trial.intermediate_values) == [0, 1, 2, 3, 4]
     assert trial.user_attrs["epochs_planned"] == 12
+
+
+def test_the_live_view_follows_the_grown_plan() -> None:
+    import io
+    from types import SimpleNamespace
+
+    from tlsearch.cli.console import Console
+
+    choices = {"backbone": "timm", "head": "linear", "freezing": "full_finetune", "train.lr": 2e-3}
+    metrics = {"accuracy": 0.5, "epoch_seconds": 0.1}
+    with Console(total=2, epochs=3, mode="plain", stream=io.StringIO()) as console:
+        tune = SimpleNamespace(number=0, study=None, user_attrs={TRAINING_ATTR: {"epochs": 8}})
+        console.event("trial_start", trial=tune, choices=choices)
+        console.event("epoch_end", trial=tune, epoch=1, metrics=metrics, epochs=21)  # grown after epoch 0
+        assert console.current[0]["epochs"] == 21
+        console.event("epoch_end", trial=tune, epoch=2, metrics=metrics)  # another worker's (watch.py)
+        assert console.current[0]["epochs"] == 21
