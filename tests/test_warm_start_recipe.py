@@ -24,12 +24,16 @@ COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
 def test_an_entry_may_set_only_its_trials_epochs_ema_and_warmup() -> None:
-    with pytest.raises(ValueError, match=r"'x': training sets \['lr'\]; valid: epochs, ema, warmup"):
+    with pytest.raises(
+        ValueError, match=r"'x': training sets \['lr'\]; valid: epochs, ema, warmup, budget_share"
+    ):
         PortfolioEntry(name="x", training={"lr": 1e-3})
     with pytest.raises(ValueError, match=r"'x': training epochs must be an int >= 1 but got 0"):
         PortfolioEntry(name="x", training={"epochs": 0})
     assert (
-        FullFinetune.portfolio[0].training == FINETUNE_TRAINING == {"epochs": 8, "warmup": 0.1, "ema": 0.999}
+        FullFinetune.portfolio[0].training
+        == FINETUNE_TRAINING
+        == {"epochs": 8, "warmup": 0.1, "ema": 0.999, "budget_share": 0.5}
     )
 
 

@@ -212,6 +212,8 @@ class Console:
                 trial.number, {"summary": "", "epoch": 0, "metrics": {}, "epochs": self.epochs}
             )
             state["epoch"], state["metrics"] = kw["epoch"] + 1, kw["metrics"]
+            if kw.get("epochs"):  # the trial's plan now (a time budget re-plans it; not from watch.py)
+                state["epochs"] = kw["epochs"]
             if not self.live:
                 metrics = kw["metrics"]
                 shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch_seconds")

@@ -40,7 +40,7 @@ from tlsearch.kinds._names import NAME_PATTERN
 
 COSTS = ("cheap", "full")
 #: the training settings a freezing strategy's entry may set for its own trial (``training``)
-TRAINING_KEYS = ("epochs", "ema", "warmup")
+TRAINING_KEYS = ("epochs", "ema", "warmup", "budget_share")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,12 @@ class PortfolioEntry:
     only, where the study does not set them itself: ``epochs`` is a minimum (the trial trains
     ``max(study's epochs, epochs)``; a warm-start fine-tune needs more epochs than a sampled trial
     that the pruner compares early), ``ema`` the decay of the weights' average, ``warmup`` the
-    warm-up fraction; a study that sets ``training.ema`` or ``training.warmup`` keeps its own."""
+    warm-up fraction; a study that sets ``training.ema`` or ``training.warmup`` keeps its own.
+    ``budget_share`` (in (0, 1]), in a study with ``search.timeout``: after the trial's first
+    epoch its epochs grow to what fits in this share of the time left (never fewer than
+    ``epochs``, at most :data:`tlsearch.train.loop.MAX_BUDGET_EPOCHS`), its schedule re-planned
+    to end there; a fine-tune still climbing at its recipe's last epoch gets the budget's time
+    instead of the probes after it (:meth:`tlsearch.train.Trainer.fit`)."""
 
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -77,6 +82,14 @@ class PortfolioEntry:
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise ValueError(
                 f"portfolio entry {self.name!r}: training epochs must be an int >= 1 but got {epochs!r}"
+            )
+        share = self.training.get("budget_share")
+        if share is not None and (
+            isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1
+        ):
+            raise ValueError(
+                f"portfolio entry {self.name!r}: training budget_share must be a number in (0, 1] "
+                f"but got {share!r}"
             )
         if not NAME_PATTERN.match(self.name):
             raise ValueError(

@@ -106,7 +106,8 @@ class Objective:
     the checkpoint holds the weights' moving average), ``worker`` (who ran it), ``work`` (GFLOP of the epochs so far and their count,
     :mod:`tlsearch.train.work`), ``best_epoch``
     (the epoch whose weights and metrics the trial keeps, 0-based), ``epochs_run``, ``stopped``
-    (``patience``, ``converged`` or ``timeout`` when training ended early, the trial still complete), and, when it
+    (``patience``, ``converged`` or ``timeout`` when training ended early, the trial still complete),
+    ``epochs_planned`` (when the time budget re-planned its epochs, down or up), and, when it
     fails, ``failure`` (the reason) and ``failure_kind`` (see :mod:`tlsearch.search.failures`).
 
     ``deadline`` (a ``time.time()`` value; the study's ``deadline`` user attribute too, when set):
@@ -308,19 +309,24 @@ class Objective:
         writer: TrialWriter,
         history: list[dict[str, float]],
         *,
-        epochs: int | None = None,
+        epochs: int | Callable[[], int] | None = None,
     ) -> Callable[[int, dict[str, float]], None]:
         """What happens after each epoch: record the history and report to the pruner (one commit,
         at most every ``progress_interval`` seconds), call the ``tlsearch_epoch_end`` hooks, stop
         the trial when the pruner says so, and end its training (keeping its best epoch) when the
         study's deadline has passed. ``epochs``: the trial's (a warm-start entry may raise the
-        study's ``training.epochs``)."""
+        study's ``training.epochs``), or what returns its current plan (the trainer's
+        ``planned_epochs``: a time budget re-plans it, down or, for a warm-start fine-tune, up), so
+        that only the planned last epoch is spared the pruner. The ``epoch_end`` event carries the
+        plan (``epochs``: the live view's epochs of the trial)."""
         config = self.config
-        epochs = config.training.epochs if epochs is None else epochs
+        given = config.training.epochs if epochs is None else epochs
         metric = config.metric
         deadline = self._deadline(trial)
+        staged: dict[str, int] = {}  # the plan last recorded (the first epoch's: the recipe's)
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+            epochs = given() if callable(given) else given
             history.append(metrics)
             if not config.multi_objective:  # Optuna cannot prune multi-objective trials
                 writer.report(metrics[metric], epoch)
@@ -333,7 +339,10 @@ class Objective:
                 metrics=metrics,
                 out_dir=str(self.study_dir.root),
             )
-            self.on_event("epoch_end", trial=trial, epoch=epoch, metrics=metrics)
+            if epochs != staged.setdefault("epochs", epochs):  # re-planned by the budget: recorded
+                staged["epochs"] = epochs
+                writer.stage(epochs_planned=epochs)
+            self.on_event("epoch_end", trial=trial, epoch=epoch, metrics=metrics, epochs=epochs)
             last = epoch + 1 >= epochs
             if not last and not config.multi_objective and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={metrics[metric]:.4g}")
@@ -436,7 +445,9 @@ class Objective:
             target_scale=target_scale,
         )
         metric = config.metric
-        on_epoch_end = self.epoch_callback(trial, writer, history, epochs=settings.epochs)
+        on_epoch_end = self.epoch_callback(
+            trial, writer, history, epochs=lambda: trainer.planned_epochs or settings.epochs
+        )
         cached = trainer.use_feature_cache()
         work: list[float] = []
 

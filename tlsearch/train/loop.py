@@ -21,6 +21,7 @@ linear-probe convention), so the cached and uncached forms of a trial compute th
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -74,12 +75,14 @@ from tlsearch.train.timing import DataTimer
 from tlsearch.validate import check_trainer_options
 
 __all__ = [
+    "MAX_BUDGET_EPOCHS",
     "FitResult",
     "NonFiniteError",
     "StopTraining",
     "TrainSettings",
     "Trainer",
     "apply_lr",
+    "budget_epochs",
     "build_optimizer",
     "merge_options",
     "no_weight_decay",
@@ -91,6 +94,36 @@ EpochStartCallback = Callable[[int], None]
 #: ``fit_epochs(epoch, seconds_per_epoch)``: how many epochs in all fit the time left after ``epoch``
 FitEpochsCallback = Callable[[int, float], int | None]
 CHECK_EVERY = 50  # steps between checks that the loss is finite on CUDA (each check synchronises)
+MAX_BUDGET_EPOCHS = 100
+"""The most epochs a trial's ``budget_share`` grows its plan to (:func:`budget_epochs`): past it a
+fine-tune has long converged, and the rest of the budget is the search's."""
+
+
+def budget_epochs(fitted: int, *, epoch: int, planned: int, share: float | None) -> int:
+    """A trial's epochs in all once epoch ``epoch`` has ended and ``fitted`` epochs in all fit
+    before the deadline (``Trainer.fit``'s ``fit_epochs``), where ``planned`` were planned.
+
+    Down: fewer fit than planned (but at least one more), so the plan ends at ``fitted``.
+    Up: with a ``budget_share`` (a warm-start fine-tune's, :class:`TrainSettings`), after the
+    first epoch only, the plan grows to the epochs that fit in ``share`` of the time left, at most
+    :data:`MAX_BUDGET_EPOCHS`, never below ``planned``. Only after the first epoch: it is when the
+    seconds per epoch are first known and the cosine has barely left its peak (a re-plan then
+    moves the learning rate by a hair); growing a schedule that has already decayed would raise
+    its learning rate again, throwing away what the low rate converged to.
+
+    >>> budget_epochs(41, epoch=0, planned=8, share=0.5)  # 40 more fit: half of them
+    21
+    >>> budget_epochs(5, epoch=0, planned=8, share=0.5)  # the budget cannot fit the recipe
+    5
+    >>> budget_epochs(41, epoch=1, planned=8, share=0.5)  # later: only down
+    8
+    """
+    if share is not None and epoch == 0:
+        grown = epoch + 1 + int(share * max(0, fitted - epoch - 1))
+        planned = max(planned, min(grown, MAX_BUDGET_EPOCHS))
+    if epoch + 1 < fitted < planned:
+        return fitted
+    return planned
 
 
 def training_batches(
@@ -210,6 +243,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None  # the real optimizer while fit runs
         self.ema: WeightAverage | None = None  # the weights' moving average while fit runs
         self._warmup = 0  # warm-up steps, known once fit counts the steps
+        self.planned_epochs: int | None = None  # the epochs fit plans while it runs (it may re-plan)
         self.class_counts: torch.Tensor | None = None  # training images per class, set by fit
         self._sample_weights: torch.Tensor | None = None  # per training image, when a sampler asks
         self._last_classes: ClassResults | None = None  # the last evaluation's per-class results
@@ -449,7 +483,10 @@ class Trainer:
         each epoch, how many epochs in all fit the time left at the mean epoch's duration so far.
         When fewer than planned (but at least one more) fit, the schedule is re-planned to end
         there: the cosine then decays to zero at the budget instead of being cut half-way at a
-        high learning rate (``extras["epochs_fitted"]``).
+        high learning rate (``extras["epochs_fitted"]``). With ``settings.budget_share`` the plan
+        also grows, once, after the first epoch, to that share of the time left
+        (:func:`budget_epochs`). ``self.planned_epochs`` is the current plan while ``fit`` runs
+        (the objective's epoch callback reads it: which epoch is the last).
         """
         started = time.perf_counter()
         if self.target_scale is not None:  # same images arrays (device copies stay cached)
@@ -530,10 +567,11 @@ class Trainer:
         kept_counts: torch.Tensor | None = None  # multilabel
         stopped: str | None = None
         try:
-            planned = self.settings.epochs
-            for epoch in range(self.settings.epochs):
+            planned = self.planned_epochs = self.settings.epochs
+            for epoch in itertools.count():
                 if epoch >= planned:
-                    stopped = "timeout"  # re-planned to end at the budget (fit_epochs)
+                    if planned < self.settings.epochs:
+                        stopped = "timeout"  # re-planned to end at the budget (fit_epochs)
                     break
                 epoch_start = time.perf_counter()
                 model.train()
@@ -591,11 +629,16 @@ class Trainer:
                     if epoch + 1 < self.settings.epochs:
                         stopped = "converged"
                     break
-                if fit_epochs is not None and solver is None and epoch + 1 < planned:
+                share = self.settings.budget_share
+                may_grow = share is not None and epoch == 0
+                if fit_epochs is not None and solver is None and (epoch + 1 < planned or may_grow):
                     mean_seconds = sum(h["epoch_seconds"] for h in history) / len(history)
                     fitted = fit_epochs(epoch, mean_seconds)
-                    if fitted is not None and epoch + 1 < fitted < planned:
-                        planned = fitted
+                    replanned = planned
+                    if fitted is not None:
+                        replanned = budget_epochs(fitted, epoch=epoch, planned=planned, share=share)
+                    if replanned != planned:  # the cosine (and its warm-up, done) now ends there
+                        planned = self.planned_epochs = replanned
                         total_steps = steps_per_epoch * planned
                         extras["epochs_fitted"] = planned
             best.restore(model)  # before the regularizers' teardown: the state has their names too
@@ -606,6 +649,7 @@ class Trainer:
                 if not best.metrics and extras["ema"]["used"]:
                     ema.copy_to(model)  # the checkpoint and the export get the better weights
         finally:
+            self.planned_epochs = None
             self.optimizer = None  # its state (AdamW's moments) is freed with fit's frame, as before
             self.ema = None
             for reg in self.regularizers:

@@ -44,7 +44,10 @@ class TrainSettings:
     see :mod:`tlsearch.train.probe`), False trains it by epochs as any head; ``metric``: what the
     EMA copy must beat the raw weights on (None: the task's first); ``select_metric``: the
     validation metric that picks the epoch whose weights the trial keeps (None: the task's first,
-    accuracy or r2; its direction is the metric's own), see :mod:`tlsearch.train.best`.
+    accuracy or r2; its direction is the metric's own), see :mod:`tlsearch.train.best`;
+    ``budget_share``: with a time budget (``Trainer.fit``'s ``fit_epochs``), the share of the time
+    left that the trial's epochs may grow to fill after its first epoch (None: they never grow;
+    a warm-start fine-tune's, see :class:`~tlsearch.kinds.PortfolioEntry`).
     ``augment`` also takes ``True`` / ``False`` (``crop_flip`` / ``none``).
     """
 
@@ -73,6 +76,7 @@ class TrainSettings:
     top_k: int = DEFAULT_TOP_K  # k of the top_k_accuracy metric (capped at the class count)
     select_metric: str | None = None
     patience: int | None = _default("patience")
+    budget_share: float | None = None
 
     def augment_policy(self) -> AugmentPolicy:
         return AugmentPolicy(policy_name(self.augment), self.randaugment_magnitude, self.random_erasing)
@@ -94,7 +98,9 @@ class TrainSettings:
 
         ``portfolio``: a warm-start trial's own settings (its entry's ``training``,
         :class:`~tlsearch.kinds.PortfolioEntry`): ``epochs`` raises the study's to at least that
-        many; ``ema`` and ``warmup`` apply where the study file does not set them."""
+        many; ``ema`` and ``warmup`` apply where the study file does not set them; ``budget_share``
+        lets its epochs grow into the time budget (no study setting: a sampled trial keeps the
+        study's ``training.epochs``)."""
         t = config.training
         choices = choices or {}
         portfolio = portfolio or {}
@@ -134,4 +140,5 @@ class TrainSettings:
             # the kept epoch is the best by the study's metric (a cost objective cannot pick it)
             select_metric=config.metric if config.metric in METRICS[config.task] else None,
             patience=t.patience,
+            budget_share=portfolio.get("budget_share"),
         )

@@ -17,8 +17,11 @@ from tlsearch.space import Categorical, Fixed, Float
 #: a warm-start fine-tune's own training (PortfolioEntry.training): enough epochs for the cosine to
 #: converge (the study's ``search.timeout`` re-plans them to end at the budget), warm-up, EMA on.
 #: Measured on the real-data benchmark's digits (Lite0, 64 px): a full fine-tune at lr 2e-3 reached
-#: 0.989 validation accuracy in 8 epochs, where the 3-epoch default stopped at 0.90.
-FINETUNE_TRAINING = {"epochs": 8, "warmup": 0.1, "ema": 0.999}
+#: 0.989 validation accuracy in 8 epochs, where the 3-epoch default stopped at 0.90. With a
+#: timeout the epochs grow into half the time left after the first epoch (``budget_share``): on
+#: digits-longtail at 300 s the 8-epoch fine-tune stopped at 0.61 test macro-F1 still rising 2-4
+#: points an epoch, where a plain fine-tune trained for the whole 300 s (~40 epochs) reached 0.95.
+FINETUNE_TRAINING = {"epochs": 8, "warmup": 0.1, "ema": 0.999, "budget_share": 0.5}
 
 
 class FullFinetune(FreezingStrategy):
