@@ -472,3 +472,92 @@ def test_worker_devices_option_takes_a_count_or_gpu_indices(write_study, tmp_pat
     assert cli.exit_code == 2 and "--devices" in cli.output
     cli = CliRunner().invoke(main, ["worker", str(study), "--out", str(tmp_path / "o"), "--devices", "65"])
     assert cli.exit_code == 2 and "devices" in cli.output and "65" in cli.output, cli.output
+
+
+def test_a_decision_of_exactly_256_bytes_keeps_its_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug caught: the length's high byte computed with another base than the low byte's 256 (a
+    text of exactly 256 bytes read back as empty or cut), over the same stand-in broadcast."""
+    wire: list[torch.Tensor] = []
+
+    def broadcast(buf: torch.Tensor) -> torch.Tensor:
+        if not wire:
+            wire.append(buf.clone())
+        return wire[0].clone()
+
+    detail = "d" * (256 - len("pruned") - 1)  # reason, NUL and detail: 256 bytes
+    monkeypatch.setattr(Parallel, "_broadcast", staticmethod(broadcast))
+    Parallel(0, 2).broadcast_decision(2, "pruned", detail)
+    assert Parallel(1, 2).receive_decision() == (2, "pruned", detail)
+
+
+def test_the_epochs_buffers_are_averaged_over_the_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over a stand-in all-reduce where the other rank sent the same values (the sum doubles):
+    BatchNorm's running statistics come back as the ranks' mean, the loss and image count as their
+    sums. Bug caught: the buffers scaled by the world size instead of its inverse."""
+    import tlsearch.train.distributed as distributed
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda t, *a, **k: t.mul_(2))
+    norm = nn.BatchNorm1d(3)
+    norm.running_mean.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    norm.running_var.fill_(4.0)
+    loss, seen = Parallel(0, 2).end_epoch([norm], torch.tensor(1.5), 10)
+    assert norm.running_mean.tolist() == [1.0, 2.0, 3.0] and norm.running_var.tolist() == [4.0] * 3
+    assert (float(loss), seen) == (3.0, 20)
+    assert int(norm.num_batches_tracked) == 0  # an integer buffer is not averaged
+
+
+def test_a_cache_file_of_other_rows_is_not_mapped_by_the_followers(tmp_path) -> None:
+    """Bug caught: a cache file whose shape differs from the images (same dtype) taken for them, so
+    a follower would map other pixels; only a file of the same shape and dtype is shared."""
+    from dataclasses import replace
+
+    from tlsearch.train.distributed import _portable
+
+    data = decoded_images(*synthetic_images(4, size=16), _model().data_config)
+    other = tmp_path / "other.npy"
+    np.save(other, np.zeros((3, *data.images.shape[1:]), dtype=data.images.dtype))
+    stale = replace(data, path=other)
+    shipped, path = _portable(stale)
+    assert shipped is stale and path is None
+    np.save(other, data.images.astype(np.float64))  # same shape, other dtype
+    shipped, path = _portable(stale)
+    assert shipped is stale and path is None
+
+
+def _two_device_trainer() -> tuple[Trainer, object, object]:
+    model = _model()
+    train, val = _data(model, n_val=2)
+    settings = TrainSettings(epochs=1, batch_size=8, compile="never", feature_cache=False, precision="fp32")
+    return Trainer(model, strategy=TrainEverything(), num_outputs=3, settings=settings), train, val
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_two_devices_take_a_validation_set_of_two_images_on_an_os_chosen_port(monkeypatch) -> None:
+    """One validation image per rank is enough, and rank 0's store listens on a port the OS picks
+    (0: two trials on one machine never collide). Bugs caught: a validation set as large as the
+    device count refused; a fixed port. The store is a stand-in that stops before any spawn."""
+    import tlsearch.train.distributed as distributed
+
+    seen: dict[str, object] = {}
+
+    def store(host, port, world, **kw):  # type: ignore[no-untyped-def]
+        seen.update(host=host, port=port, world=world, is_master=kw.get("is_master"))
+        raise _Stop
+
+    monkeypatch.setattr(distributed.dist, "TCPStore", store)
+    trainer, train, val = _two_device_trainer()
+    with pytest.raises(_Stop):
+        fit_on_devices(trainer, train, val, devices=2)
+    assert seen == {"host": "127.0.0.1", "port": 0, "world": 2, "is_master": True}
+    with pytest.raises(ConfigError, match="devices is 3 but the validation set has only 2 image"):
+        fit_on_devices(trainer, train, val, devices=3)
+
+
+def test_an_unknown_follower_failure_is_described_by_its_message() -> None:
+    """Bug caught: a failure that is neither a raised exception nor an exit described as nothing."""
+    from tlsearch.train.distributed import _describe
+
+    assert _describe(RuntimeError("store closed"), 2) == "a follower rank failed: store closed"

@@ -176,6 +176,18 @@ def test_an_epochs_work_is_its_documented_formula() -> None:
     assert cached == pytest.approx(10 * 3 * head + 4 * head, rel=1e-9)
 
 
+def test_a_backbone_without_a_gflops_fact_costs_two_flops_per_parameter() -> None:
+    """Bug caught: the fallback forward cost (2 × params) not given in GFLOP (another divisor)."""
+    from tlsearch.train.work import backbone_gflops
+
+    model = tiny_transfer_model(num_outputs=4, seed=0)
+    model.info.pop("gflops", None)
+    params = sum(p.numel() for p in model.backbone.parameters())
+    assert backbone_gflops(model) == pytest.approx(2.0 * params / 1e9, rel=1e-12)
+    model.info["gflops"] = 0.25  # the plugin's counted fact wins
+    assert backbone_gflops(model) == 0.25
+
+
 def test_patience_used_up_in_the_last_epoch_is_no_early_stop(data, monkeypatch) -> None:
     """Bug caught: a trial whose patience runs out in its last planned epoch reported as stopped."""
     scripted_accuracy(monkeypatch, [0.9, 0.5, 0.5])

@@ -323,7 +323,7 @@ def _small() -> nn.Module:
 def test_torchscript_export_writes_opset_18_and_checks_batches_of_up_to_16(tmp_path: Path) -> None:
     """Bugs caught: the TorchScript fallback's default opset moved; the default largest batch checked
     moved (20 images: batches of 1, 16 and the last 4); the report's dict lost; the report writable;
-    a missing parent folder of the path not made."""
+    a missing parent folder of the path not made; another axis than the batch made dynamic."""
     report = export_onnx(
         _small(),
         path=tmp_path / "new" / "folder" / "m.onnx",  # its folders are made
@@ -334,6 +334,10 @@ def test_torchscript_export_writes_opset_18_and_checks_batches_of_up_to_16(tmp_p
     assert report.exporter == "torchscript" and report.opset == 18
     assert {o.domain: o.version for o in onnx.load(str(report.path)).opset_import}[""] == 18
     assert report.batch_sizes_checked == (1, 4, 16)
+    graph = onnx.load(str(report.path)).graph  # the batch axis is symbolic in and out, the rest fixed
+    for value in (graph.input[0], graph.output[0]):
+        dims = value.type.tensor_type.shape.dim
+        assert dims[0].dim_param and all(d.dim_value and not d.dim_param for d in dims[1:]), value
     d = report.to_dict()
     assert d["path"] == str(report.path) and d["batch_sizes_checked"] == [1, 4, 16]
     assert json.loads(json.dumps(d))["opset"] == 18

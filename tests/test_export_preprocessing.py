@@ -281,3 +281,30 @@ def test_a_bilinear_whole_image_model_exports_with_raw_input(tmp_path: Path) -> 
         plain = model(torch.from_numpy(normalize(np.stack(prepared), config))).numpy()
     for raw, want in zip(raws, plain, strict=True):
         np.testing.assert_allclose(session.run(None, {"image": raw[None]})[0][0], want, atol=0.05)
+
+
+def test_a_raw_input_model_the_onnx_checker_rejects_is_refused(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Bug caught: the raw-input model (the plain one with preprocessing in front) written without
+    onnx.checker's full check, so a malformed graph would reach a deployer. A stand-in embedding
+    leaves the IR version unset, which the checker refuses."""
+    import tlsearch.export._onnx as onnx_module
+
+    def malformed(plain, config):  # type: ignore[no-untyped-def]
+        proto = embed_preprocessing(plain, config)
+        proto.ir_version = 0
+        return proto
+
+    monkeypatch.setattr(onnx_module, "embed_preprocessing", malformed)
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=3).eval()
+    config = DataConfig(32, interpolation="bilinear", crop_pct=1.0)
+    raws = [raw_image(64, 64, 0), raw_image(45, 70, 1)]
+    with pytest.raises(ExportError, match="onnx.checker rejected the exported model"):
+        export_onnx(
+            model,
+            path=tmp_path / "model.onnx",
+            metadata={"task": "classification", "labels": list("abc"), "data_config": config.to_dict()},
+            validation_images=np.stack([resize_center_crop(Image.fromarray(r), config) for r in raws]),
+            embed_preprocessing=True,
+            raw_images=raws,
+        )

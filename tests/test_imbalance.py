@@ -281,3 +281,39 @@ def test_a_loss_option_that_needs_the_class_counts_refuses_to_run_without_them(o
     """Bug caught: either option alone silently training unweighted when no counts are given."""
     with pytest.raises(ValueError, match="need the training class counts"):
         classification_loss(torch.zeros(2, 3), torch.tensor([0, 1]), options=options)
+
+
+def test_a_multilabel_trainer_counts_each_labels_positives_and_weighs_its_training_loss() -> None:
+    """Bugs caught: a multi-label fit not counting its training images per label (the class
+    weights then have no counts); the weighted training loss not returned; validation weighted."""
+    from tlsearch.testing._loop import decoded_images
+    from tlsearch.train.loop import Trainer, TrainSettings
+    from tlsearch.train.losses import multilabel_loss
+
+    model = tiny_transfer_model(num_outputs=3)
+    images, _ = synthetic_images(12, size=16, num_classes=3)
+    vectors = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]).repeat(4, 1)
+    train = decoded_images(images[:9], vectors[:9], model.data_config)
+    val = decoded_images(images[9:], vectors[9:], model.data_config)
+    options = ClassWeightedLoss(scheme="inverse", beta=0.999)
+    trainer = Trainer(
+        model,
+        strategy=TrainEverything(),
+        regularizers=[options],
+        num_outputs=3,
+        task="multilabel",
+        settings=TrainSettings(
+            epochs=1, batch_size=8, compile="never", feature_cache=False, precision="fp32"
+        ),
+    )
+    trainer.fit(train, val)
+    assert trainer.class_counts is not None and trainer.class_counts.tolist() == [9.0, 3.0, 3.0]
+    outputs = torch.tensor([[2.0, -1.0, 0.5], [-0.5, 1.0, -2.0]])
+    targets = vectors[:2]
+    expected = multilabel_loss(
+        outputs, targets, options=options.loss_options(), positives=trainer.class_counts, total=9
+    )
+    assert float(trainer.loss(outputs, targets)) == pytest.approx(float(expected))
+    plain = multilabel_loss(outputs, targets)
+    assert float(trainer.loss(outputs, targets, train=False)) == pytest.approx(float(plain))
+    assert float(expected) != pytest.approx(float(plain))  # the weights matter on this batch

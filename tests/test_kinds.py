@@ -164,3 +164,21 @@ def test_by_default_a_regularizer_is_off_only_where_it_needs_a_backbone_the_stra
 
     assert not OnTheBackbone.applies_to(Frozen()) and OnTheBackbone.applies_to(_TrainAll())
     assert Anywhere.applies_to(Frozen()) and Anywhere.applies_to(_TrainAll())
+
+
+def test_norm_parameters_are_each_norm_layers_own_scale_and_shift() -> None:
+    """Bug caught: a norm layer's parameters taken recursively, so a norm subclass that holds a
+    submodule (here a conditioning Linear inside a LayerNorm, itself holding a GroupNorm) adds
+    that submodule's weights to the "norm" parameters, and a nested norm's twice."""
+    from tlsearch.kinds.freezing import norm_parameters
+
+    class ConditionedNorm(nn.LayerNorm):
+        def __init__(self) -> None:
+            super().__init__(4)
+            self.scale = nn.Linear(4, 4)
+            self.inner = nn.GroupNorm(2, 4)
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), ConditionedNorm())
+    norm = net[1]
+    expected = [norm.weight, norm.bias, norm.inner.weight, norm.inner.bias]
+    assert [id(p) for p in norm_parameters(net)] == [id(p) for p in expected]

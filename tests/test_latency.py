@@ -166,3 +166,18 @@ def test_the_key_sees_the_module_types_that_no_parameter_shows() -> None:
     relu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     gelu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GELU())
     assert latency_key(relu, input_size=16, device="cpu") != latency_key(gelu, input_size=16, device="cpu")
+
+
+def test_the_latency_is_the_fastest_timed_call_in_milliseconds(monkeypatch) -> None:
+    """Bugs caught: seconds not converted to milliseconds (divided, or by another factor), the
+    median or the warm-up calls taken instead of the fastest timed call."""
+    ticks = iter([0.0, 1.0, 1.004, 2.0, 2.003, 3.0, 3.005])  # warm-up (one read), then 4, 3, 5 ms
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            return next(ticks)
+
+    monkeypatch.setattr(latency_module, "time", Clock)
+    ms = latency_module.measure_latency(_net(), input_size=16, device="cpu", runs=3, warmup=1)
+    assert ms == pytest.approx(3.0, rel=1e-6)

@@ -159,3 +159,12 @@ def test_an_entry_naming_an_undeclared_hyperparameter_is_refused_with_the_choice
 
     with pytest.raises(ValueError, match=r"cost 'free' is not one of \('cheap', 'full'\)"):
         PortfolioEntry(name="x", cost="free")
+
+
+def test_an_entry_without_a_priority_runs_after_the_built_in_ones_and_one_epoch_is_a_minimum() -> None:
+    """Bugs caught: the documented default priority (100) changed, so a plugin's entry that sets
+    none no longer ties with an explicit 100; a one-epoch minimum (the smallest valid) refused."""
+    assert PortfolioEntry(name="x").priority == 100
+    assert PortfolioEntry(name="x", training={"epochs": 1}).training["epochs"] == 1
+    with pytest.raises(ValueError, match=r"training epochs must be an int >= 1 but got 0"):
+        PortfolioEntry(name="x", training={"epochs": 0})

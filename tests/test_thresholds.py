@@ -91,3 +91,11 @@ def test_no_validation_images_give_every_label_the_default() -> None:
     """Bug caught: a crash (or thresholds of 0) when the split has no images."""
     empty = torch.zeros(0, 3)
     torch.testing.assert_close(f1_thresholds(empty, empty), torch.full((3,), DEFAULT_THRESHOLD))
+
+
+@pytest.mark.parametrize("target", [0.0, 1.5])
+def test_a_precision_target_outside_zero_to_one_is_refused(target: float) -> None:
+    """Bug caught: the precision target not checked (0 would pick the lowest score, 1.5 none)."""
+    scores, targets = torch.tensor([0.9, 0.2]), torch.tensor([1.0, 0.0])
+    with pytest.raises(ValueError, match="target precision must be in"):
+        threshold_for_precision(scores, targets, target=target)

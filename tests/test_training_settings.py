@@ -163,3 +163,10 @@ def test_a_bare_trial_settings_trains_at_adamws_own_default_lr() -> None:
     """Bug caught: the lr of a ``TrainSettings`` built without one (a script or a plugin's test
     driving the Trainer directly, as the benchmarks do) drifting from torch's AdamW default, the documented 1e-3."""
     assert TrainSettings().lr == inspect.signature(torch.optim.AdamW).parameters["lr"].default == 1e-3
+
+
+def test_settings_built_without_an_lr_take_torchs_adamw_default() -> None:
+    """Bug caught: the documented default learning rate (1e-3, torch's AdamW default) changed, so
+    a Trainer built without a sampled lr trains at another step size."""
+    adamw_default = inspect.signature(torch.optim.AdamW).parameters["lr"].default
+    assert TrainSettings().lr == adamw_default == 1e-3

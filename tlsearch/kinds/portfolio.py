@@ -50,7 +50,7 @@ class PortfolioEntry:
     ``name``: how the study records the trial (``portfolio`` user attribute); ``params``: the
     plugin's own hyperparameters (others take their declared defaults); ``lr``: the trial's
     learning rate (None: the study's default); ``cost``: ``"cheap"`` (frozen backbone, cached
-    features) or ``"full"`` (the backbone trains); ``priority``: lower runs sooner; ``slot``:
+    features) or ``"full"`` (the backbone trains); ``priority``: lower runs sooner (default 100, after every built-in entry); ``slot``:
     entries sharing it are alternatives, the best-priority one present joins.
 
     ``training`` (freezing strategies' entries): settings of :data:`TRAINING_KEYS` for this trial
